@@ -1,0 +1,21 @@
+//! Gauntlet's shared vocabulary.
+//!
+//! Everything the other crates agree on lives here: the [`Classifier`] trait (a
+//! differentiable model in pixel space), valid input [`Bounds`], perturbation
+//! [`Norm`]s, input gradients through candle's autograd, keyed random streams
+//! ([`SeedStream`]) and file fingerprints.
+
+mod classifier;
+mod error;
+mod fingerprint;
+mod loss;
+mod seed;
+
+pub use classifier::{input_gradient, Bounds, Classifier, Norm};
+pub use error::{Error, Result};
+pub use fingerprint::{sha256_bytes, sha256_file, Sha256Hasher};
+pub use loss::{cross_entropy_per_sample, cross_entropy_sum, log_softmax, softmax};
+pub use seed::SeedStream;
+
+/// Re-exported so downstream crates and users name one candle version.
+pub use candle_core;

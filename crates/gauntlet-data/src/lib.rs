@@ -1,0 +1,647 @@
+//! Datasets for Gauntlet: the formats users actually have.
+//!
+//! - MNIST-style IDX directories (MNIST, Fashion-MNIST, KMNIST; raw or `.gz`),
+//! - CIFAR-10 binary batches (`data_batch_*.bin`, `test_batch.bin`),
+//! - NumPy: an `.npz` archive or a directory of `.npy` files holding `x` (images,
+//!   `uint8` 0..255 or float 0..1, NCHW or NHWC) and `y` (integer labels).
+//!
+//! [`load`] detects the format. Images are kept compactly (bytes when the source
+//! is bytes) and turned into `f32` tensors in `[0, 1]`, NCHW, one batch at a time.
+//! `limit` takes the first N samples unshuffled, so results stay comparable
+//! between runs and tools. Every malformed file yields an [`Error`] naming it.
+
+mod error;
+mod idx;
+mod npy;
+pub use npy::encode_npy;
+mod reader;
+
+use std::fs::File;
+use std::io::Read;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use gauntlet_core::Sha256Hasher;
+use serde::{Deserialize, Serialize};
+
+use error::{format_err, io_err};
+pub use error::{Error, Result};
+
+/// Which part of a dataset to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// The training split.
+    Train,
+    /// The held-out test split.
+    Test,
+}
+
+impl Split {
+    /// `"train"` or `"test"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Test => "test",
+        }
+    }
+}
+
+impl std::str::FromStr for Split {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "train" => Ok(Split::Train),
+            "test" => Ok(Split::Test),
+            other => Err(Error::Invalid(format!(
+                "unknown split '{other}', expected 'train' or 'test'"
+            ))),
+        }
+    }
+}
+
+/// The on-disk format a dataset was read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataFormat {
+    /// MNIST-style IDX files.
+    Idx,
+    /// CIFAR-10 binary batches.
+    Cifar10Binary,
+    /// A NumPy `.npz` archive.
+    Npz,
+    /// A directory of NumPy `.npy` files.
+    Npy,
+}
+
+impl DataFormat {
+    /// Short name used in records and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataFormat::Idx => "idx",
+            DataFormat::Cifar10Binary => "cifar10-binary",
+            DataFormat::Npz => "npz",
+            DataFormat::Npy => "npy",
+        }
+    }
+}
+
+/// How to load a dataset.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Which split (default: test).
+    pub split: Split,
+    /// Keep only the first `limit` samples, in file order (default: all).
+    pub limit: Option<usize>,
+    /// Number of classes; labels must lie in `0..num_classes`. Default: 10 for IDX
+    /// and CIFAR-10, `max label + 1` for NumPy data.
+    pub num_classes: Option<usize>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            split: Split::Test,
+            limit: None,
+            num_classes: None,
+        }
+    }
+}
+
+/// Pixel storage: bytes are scaled by 1/255 when batched.
+#[derive(Clone, Debug)]
+enum Pixels {
+    U8(Vec<u8>),
+    F32(Vec<f32>),
+}
+
+/// A labelled image dataset held in memory, NCHW.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    path: PathBuf,
+    format: DataFormat,
+    split: Split,
+    sha256: String,
+    shape: [usize; 3],
+    num_classes: usize,
+    pixels: Pixels,
+    labels: Vec<u32>,
+}
+
+impl Dataset {
+    /// Build a dataset from `f32` pixels in `[0, 1]` (NCHW) and labels, checking both.
+    pub fn from_f32(
+        name: impl Into<PathBuf>,
+        shape: [usize; 3],
+        pixels: Vec<f32>,
+        labels: Vec<u32>,
+        num_classes: usize,
+    ) -> Result<Self> {
+        let path = name.into();
+        let mut bytes = Vec::with_capacity(pixels.len() * 4 + labels.len() * 4);
+        pixels.iter().for_each(|p| bytes.extend(p.to_le_bytes()));
+        labels.iter().for_each(|l| bytes.extend(l.to_le_bytes()));
+        let dataset = Self {
+            sha256: gauntlet_core::sha256_bytes(&bytes),
+            path: path.clone(),
+            format: DataFormat::Npy,
+            split: Split::Test,
+            shape,
+            num_classes,
+            pixels: Pixels::F32(pixels),
+            labels,
+        };
+        dataset.check(&path)?;
+        Ok(dataset)
+    }
+
+    fn check(&self, path: &Path) -> Result<()> {
+        let per = self.sample_len();
+        let n_pixels = match &self.pixels {
+            Pixels::U8(p) => p.len(),
+            Pixels::F32(p) => p.len(),
+        };
+        if per == 0 || n_pixels != per * self.labels.len() {
+            return Err(format_err(
+                path,
+                format!(
+                    "{} images of shape {:?} need {} values, found {n_pixels}",
+                    self.labels.len(),
+                    self.shape,
+                    per * self.labels.len()
+                ),
+            ));
+        }
+        if let Pixels::F32(p) = &self.pixels {
+            if let Some((i, v)) = p
+                .iter()
+                .enumerate()
+                .find(|(_, v)| !(v.is_finite() && (0.0..=1.0).contains(*v)))
+            {
+                return Err(format_err(
+                    path,
+                    format!(
+                        "float image value {v} at sample {} is outside [0, 1] (NaN and Inf are refused); scale 0..255 data by 1/255",
+                        i / per
+                    ),
+                ));
+            }
+        }
+        check_labels(
+            path,
+            self.labels.iter().map(|&l| l as i64),
+            self.num_classes,
+        )
+    }
+
+    /// Where the data was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// The detected format.
+    pub fn format(&self) -> DataFormat {
+        self.format
+    }
+    /// The split read.
+    pub fn split(&self) -> Split {
+        self.split
+    }
+    /// sha256 over the files that make up this split (names and contents), before `limit`.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+    /// Shape of one image, `[channels, height, width]`.
+    pub fn image_shape(&self) -> [usize; 3] {
+        self.shape
+    }
+    /// Number of classes labels range over.
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    /// Whether the dataset holds no samples.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    /// All labels, in dataset order.
+    pub fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+    fn sample_len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The images of `range` as `f32` values in `[0, 1]`, NCHW, flattened.
+    pub fn images_f32(&self, range: Range<usize>) -> Result<Vec<f32>> {
+        self.check_range(&range)?;
+        let per = self.sample_len();
+        let span = range.start * per..range.end * per;
+        Ok(match &self.pixels {
+            Pixels::U8(p) => p[span].iter().map(|&v| v as f32 / 255.0).collect(),
+            Pixels::F32(p) => p[span].to_vec(),
+        })
+    }
+
+    /// Images `(N, C, H, W)` as `f32` and labels `(N,)` as `u32` for `range`.
+    pub fn batch(&self, range: Range<usize>, device: &Device) -> Result<(Tensor, Tensor)> {
+        let n = range.len();
+        let [c, h, w] = self.shape;
+        let images = Tensor::from_vec(self.images_f32(range.clone())?, (n, c, h, w), device)?;
+        let labels = Tensor::from_vec(self.labels[range].to_vec(), n, device)?;
+        Ok((images, labels))
+    }
+
+    /// The samples at `indices`, in that order (for shuffled training batches).
+    pub fn gather(&self, indices: &[usize], device: &Device) -> Result<(Tensor, Tensor)> {
+        let per = self.sample_len();
+        let mut images = Vec::with_capacity(indices.len() * per);
+        let mut labels = Vec::with_capacity(indices.len());
+        for &i in indices {
+            images.extend(self.images_f32(i..i + 1)?);
+            labels.push(self.labels[i]);
+        }
+        let [c, h, w] = self.shape;
+        Ok((
+            Tensor::from_vec(images, (indices.len(), c, h, w), device)?,
+            Tensor::from_vec(labels, indices.len(), device)?,
+        ))
+    }
+
+    /// Keep only the first `n` samples (no-op if there are fewer).
+    pub fn truncate(&mut self, n: usize) {
+        let per = self.sample_len();
+        self.labels.truncate(n);
+        match &mut self.pixels {
+            Pixels::U8(p) => p.truncate(n * per),
+            Pixels::F32(p) => p.truncate(n * per),
+        }
+    }
+
+    fn check_range(&self, range: &Range<usize>) -> Result<()> {
+        if range.start > range.end || range.end > self.len() {
+            return Err(Error::Invalid(format!(
+                "sample range {range:?} is outside the dataset's 0..{}",
+                self.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn check_labels(path: &Path, labels: impl Iterator<Item = i64>, num_classes: usize) -> Result<()> {
+    for (index, label) in labels.enumerate() {
+        if label < 0 || label >= num_classes as i64 {
+            return Err(Error::LabelOutOfRange {
+                path: path.to_path_buf(),
+                index,
+                label,
+                num_classes,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Load a dataset, detecting its format from `path`.
+pub fn load(path: &Path, options: &LoadOptions) -> Result<Dataset> {
+    let meta = std::fs::metadata(path).map_err(io_err(path))?;
+    let mut dataset = if meta.is_dir() {
+        load_dir(path, options)?
+    } else {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("npz") => load_npz(path, options)?,
+            _ => {
+                return Err(Error::UnknownFormat {
+                    path: path.to_path_buf(),
+                    message: "unsupported dataset file, expected an .npz archive or a directory (MNIST IDX, CIFAR-10 binary, or x.npy + y.npy)".into(),
+                })
+            }
+        }
+    };
+    if dataset.is_empty() {
+        return Err(format_err(path, "the dataset holds no samples"));
+    }
+    if let Some(limit) = options.limit {
+        if limit == 0 {
+            return Err(Error::Invalid("--limit must be at least 1".into()));
+        }
+        dataset.truncate(limit);
+    }
+    Ok(dataset)
+}
+
+fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Dataset> {
+    if let Some((images, labels)) = find_idx_pair(dir, options.split) {
+        return load_idx(dir, &images, &labels, options);
+    }
+    for cifar_dir in [dir.to_path_buf(), dir.join("cifar-10-batches-bin")] {
+        if let Some(files) = find_cifar_batches(&cifar_dir, options.split)? {
+            return load_cifar10(dir, &files, options);
+        }
+    }
+    let split = options.split.as_str();
+    for (x, y) in [
+        (format!("x_{split}.npy"), format!("y_{split}.npy")),
+        ("x.npy".to_string(), "y.npy".to_string()),
+    ] {
+        if dir.join(&x).is_file() && dir.join(&y).is_file() {
+            return load_npy_dir(dir, &dir.join(x), &dir.join(y), options);
+        }
+    }
+    Err(Error::UnknownFormat {
+        path: dir.to_path_buf(),
+        message: format!(
+            "no {split} split found: expected MNIST IDX files ({}-images-idx3-ubyte[.gz] and labels), CIFAR-10 batches ({}), or x.npy + y.npy",
+            if split == "train" { "train" } else { "t10k" },
+            if split == "train" { "data_batch_*.bin" } else { "test_batch.bin" }
+        ),
+    })
+}
+
+fn find_idx_pair(dir: &Path, split: Split) -> Option<(PathBuf, PathBuf)> {
+    let prefixes: &[&str] = match split {
+        Split::Train => &["train"],
+        Split::Test => &["t10k", "test"],
+    };
+    for prefix in prefixes {
+        for sep in ["-", "."] {
+            for gz in ["", ".gz"] {
+                let images = dir.join(format!("{prefix}-images{sep}idx3-ubyte{gz}"));
+                let labels = dir.join(format!("{prefix}-labels{sep}idx1-ubyte{gz}"));
+                if images.is_file() && labels.is_file() {
+                    return Some((images, labels));
+                }
+            }
+        }
+    }
+    None
+}
+
+fn fingerprint(files: &[&Path]) -> Result<String> {
+    let mut hasher = Sha256Hasher::new();
+    for file in files {
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let digest = gauntlet_core::sha256_file(file).map_err(|e| match e {
+            gauntlet_core::Error::Io { path, source } => Error::Io { path, source },
+            other => Error::Invalid(other.to_string()),
+        })?;
+        hasher.update(name.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(digest.as_bytes());
+        hasher.update(b"\n");
+    }
+    Ok(hasher.finish_hex())
+}
+
+fn load_idx(
+    dir: &Path,
+    images_path: &Path,
+    labels_path: &Path,
+    options: &LoadOptions,
+) -> Result<Dataset> {
+    let images = idx::read_idx(images_path, 3)?;
+    let labels = idx::read_idx(labels_path, 1)?;
+    let (n, h, w) = (images.dims[0], images.dims[1], images.dims[2]);
+    if labels.dims[0] != n {
+        return Err(format_err(
+            labels_path,
+            format!(
+                "holds {} labels but {} holds {n} images: counts must match",
+                labels.dims[0],
+                images_path.display()
+            ),
+        ));
+    }
+    let num_classes = options.num_classes.unwrap_or(10);
+    check_labels(
+        labels_path,
+        labels.data.iter().map(|&l| l as i64),
+        num_classes,
+    )?;
+    Ok(Dataset {
+        path: dir.to_path_buf(),
+        format: DataFormat::Idx,
+        split: options.split,
+        sha256: fingerprint(&[images_path, labels_path])?,
+        shape: [1, h, w],
+        num_classes,
+        pixels: Pixels::U8(images.data),
+        labels: labels.data.into_iter().map(u32::from).collect(),
+    })
+}
+
+const CIFAR_IMAGE: usize = 3 * 32 * 32;
+
+fn find_cifar_batches(dir: &Path, split: Split) -> Result<Option<Vec<PathBuf>>> {
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let files = match split {
+        Split::Test => vec![dir.join("test_batch.bin")],
+        Split::Train => (1..=5)
+            .map(|i| dir.join(format!("data_batch_{i}.bin")))
+            .collect(),
+    };
+    let present: Vec<PathBuf> = files.into_iter().filter(|f| f.is_file()).collect();
+    Ok(if present.is_empty() {
+        None
+    } else {
+        Some(present)
+    })
+}
+
+fn load_cifar10(dir: &Path, files: &[PathBuf], options: &LoadOptions) -> Result<Dataset> {
+    let num_classes = options.num_classes.unwrap_or(10);
+    let mut pixels = Vec::new();
+    let mut labels = Vec::new();
+    for file in files {
+        let mut bytes = Vec::new();
+        File::open(file)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(io_err(file))?;
+        if bytes.is_empty() || bytes.len() % (CIFAR_IMAGE + 1) != 0 {
+            return Err(format_err(
+                file,
+                format!(
+                    "{} bytes is not a whole number of CIFAR-10 records ({} bytes each: 1 label + 3x32x32 pixels); truncated or not CIFAR-10 binary",
+                    bytes.len(),
+                    CIFAR_IMAGE + 1
+                ),
+            ));
+        }
+        let offset = labels.len();
+        for record in bytes.chunks_exact(CIFAR_IMAGE + 1) {
+            labels.push(record[0] as u32);
+            pixels.extend_from_slice(&record[1..]);
+        }
+        check_labels(
+            file,
+            labels[offset..].iter().map(|&l| l as i64),
+            num_classes,
+        )?;
+    }
+    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    Ok(Dataset {
+        path: dir.to_path_buf(),
+        format: DataFormat::Cifar10Binary,
+        split: options.split,
+        sha256: fingerprint(&refs)?,
+        shape: [3, 32, 32],
+        num_classes,
+        pixels: Pixels::U8(pixels),
+        labels,
+    })
+}
+
+fn load_npy_dir(
+    dir: &Path,
+    x_path: &Path,
+    y_path: &Path,
+    options: &LoadOptions,
+) -> Result<Dataset> {
+    let read = |p: &Path| -> Result<npy::NpyArray> {
+        let file = File::open(p).map_err(io_err(p))?;
+        let len = file.metadata().map_err(io_err(p))?.len() as usize;
+        npy::read_npy(&mut std::io::BufReader::new(file), len, p)
+    };
+    let x = read(x_path)?;
+    let y = read(y_path)?;
+    let mut dataset = from_arrays(x_path, y_path, x, y, options)?;
+    dataset.path = dir.to_path_buf();
+    dataset.format = DataFormat::Npy;
+    dataset.sha256 = fingerprint(&[x_path, y_path])?;
+    Ok(dataset)
+}
+
+fn load_npz(path: &Path, options: &LoadOptions) -> Result<Dataset> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let file_len = file.metadata().map_err(io_err(path))?.len() as usize;
+    let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| format_err(path, format!("not a valid .npz (zip) archive: {e}")))?;
+    let split = options.split.as_str();
+    let names: Vec<String> = archive.file_names().map(str::to_string).collect();
+    let pick = |candidates: &[String]| candidates.iter().find(|c| names.contains(c)).cloned();
+    let x_name = pick(&[
+        format!("x_{split}.npy"),
+        "x.npy".into(),
+        "images.npy".into(),
+    ]);
+    let y_name = pick(&[
+        format!("y_{split}.npy"),
+        "y.npy".into(),
+        "labels.npy".into(),
+    ]);
+    let (Some(x_name), Some(y_name)) = (x_name, y_name) else {
+        return Err(format_err(
+            path,
+            format!("expected arrays 'x' and 'y' (or 'x_{split}'/'y_{split}'), found {names:?}"),
+        ));
+    };
+    let mut read = |name: &str| -> Result<npy::NpyArray> {
+        let mut entry = archive
+            .by_name(name)
+            .map_err(|e| format_err(path, format!("cannot open '{name}': {e}")))?;
+        // A stored entry can be no larger than the file; deflate expands ~1032x at most.
+        let max_len = file_len.saturating_mul(1100);
+        let entry_path = path.join(name);
+        npy::read_npy(&mut entry, max_len, &entry_path)
+    };
+    let x = read(&x_name)?;
+    let y = read(&y_name)?;
+    let mut dataset = from_arrays(&path.join(&x_name), &path.join(&y_name), x, y, options)?;
+    dataset.path = path.to_path_buf();
+    dataset.format = DataFormat::Npz;
+    dataset.sha256 = fingerprint(&[path])?;
+    Ok(dataset)
+}
+
+/// Interpret `x` (images) and `y` (labels) arrays.
+fn from_arrays(
+    x_path: &Path,
+    y_path: &Path,
+    x: npy::NpyArray,
+    y: npy::NpyArray,
+    options: &LoadOptions,
+) -> Result<Dataset> {
+    if !y.dtype.is_integer() || y.shape.len() != 1 {
+        return Err(format_err(
+            y_path,
+            format!(
+                "labels must be a 1-D integer array, got shape {:?} of {:?}",
+                y.shape, y.dtype
+            ),
+        ));
+    }
+    let n = y.shape[0];
+    let (shape, nhwc) = match x.shape.as_slice() {
+        [_, h, w] => ([1, *h, *w], false),
+        [_, c, h, w] if matches!(c, 1 | 3) => ([*c, *h, *w], false),
+        [_, h, w, c] if matches!(c, 1 | 3) => ([*c, *h, *w], true),
+        other => {
+            return Err(format_err(
+                x_path,
+                format!("images of shape {other:?} are not supported, expected (N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3"),
+            ))
+        }
+    };
+    if x.shape[0] != n {
+        return Err(format_err(
+            y_path,
+            format!(
+                "holds {n} labels but {} holds {} images: counts must match",
+                x_path.display(),
+                x.shape[0]
+            ),
+        ));
+    }
+    let labels_f64 = y.to_f64();
+    let max_label = labels_f64.iter().cloned().fold(0.0f64, f64::max);
+    let num_classes = options.num_classes.unwrap_or(max_label as usize + 1);
+    check_labels(y_path, labels_f64.iter().map(|&l| l as i64), num_classes)?;
+    let labels: Vec<u32> = labels_f64.iter().map(|&l| l as u32).collect();
+    let [c, h, w] = shape;
+    let to_nchw = |i: usize| -> usize {
+        if !nhwc {
+            return i;
+        }
+        // i indexes NCHW output; map to the NHWC source offset.
+        let (sample, rest) = (i / (c * h * w), i % (c * h * w));
+        let (ch, pix) = (rest / (h * w), rest % (h * w));
+        sample * c * h * w + pix * c + ch
+    };
+    let pixels = match x.dtype {
+        npy::NpyDtype::U8 => {
+            let src = &x.bytes;
+            Pixels::U8((0..src.len()).map(|i| src[to_nchw(i)]).collect())
+        }
+        npy::NpyDtype::F32 | npy::NpyDtype::F64 => {
+            let src = x.to_f64();
+            Pixels::F32((0..src.len()).map(|i| src[to_nchw(i)] as f32).collect())
+        }
+        other => {
+            return Err(format_err(
+                x_path,
+                format!("image dtype {other:?} is not supported, expected uint8 (0..255) or float32/float64 (0..1)"),
+            ))
+        }
+    };
+    let dataset = Dataset {
+        path: x_path.to_path_buf(),
+        format: DataFormat::Npy,
+        split: options.split,
+        sha256: String::new(),
+        shape,
+        num_classes,
+        pixels,
+        labels,
+    };
+    dataset.check(x_path)?;
+    Ok(dataset)
+}
