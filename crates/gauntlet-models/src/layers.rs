@@ -1,0 +1,523 @@
+//! Differentiable building blocks shared by the built-in architectures and the
+//! ONNX interpreter.
+//!
+//! candle 0.11's `max_pool2d` scales its backward pass by 1/(k·k) and refuses
+//! overlapping windows, and has no padding; [`pool2d`] replaces it (and average
+//! pooling) with one op whose backward pass routes gradients exactly.
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, WithDType};
+
+use crate::{Error, Result};
+
+/// Max or average pooling.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PoolKind {
+    /// Maximum over the window (padding never wins).
+    Max,
+    /// Mean over the window.
+    Avg {
+        /// Count padded positions in the divisor (PyTorch's default, ONNX's opt-in).
+        count_include_pad: bool,
+    },
+}
+
+/// A 2-D pooling configuration over NCHW input.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Pool2d {
+    /// Max or average.
+    pub kind: PoolKind,
+    /// Window `(height, width)`.
+    pub kernel: (usize, usize),
+    /// Step `(height, width)`.
+    pub stride: (usize, usize),
+    /// Implicit padding `[top, left, bottom, right]`.
+    pub pads: [usize; 4],
+    /// Round the output size up instead of down (PyTorch/ONNX `ceil_mode`).
+    pub ceil_mode: bool,
+}
+
+impl Pool2d {
+    /// Non-overlapping `k×k` max-pooling with stride `k` and no padding.
+    pub fn max(k: usize) -> Self {
+        Self {
+            kind: PoolKind::Max,
+            kernel: (k, k),
+            stride: (k, k),
+            pads: [0; 4],
+            ceil_mode: false,
+        }
+    }
+
+    fn out_len(
+        &self,
+        len: usize,
+        k: usize,
+        s: usize,
+        pad_lo: usize,
+        pad_hi: usize,
+    ) -> Result<usize> {
+        let padded = len + pad_lo + pad_hi;
+        if k == 0 || s == 0 || padded < k {
+            return Err(Error::Invalid(format!(
+                "pooling window {k} with stride {s} does not fit an input of size {len} (padding {pad_lo}+{pad_hi})"
+            )));
+        }
+        let span = padded - k;
+        let mut out = if self.ceil_mode {
+            span.div_ceil(s)
+        } else {
+            span / s
+        } + 1;
+        // PyTorch's rule: the last window must start inside the input or left padding.
+        if self.ceil_mode && (out - 1) * s >= len + pad_lo {
+            out -= 1;
+        }
+        Ok(out)
+    }
+
+    fn geometry(&self, dims: &[usize]) -> Result<Geometry> {
+        let [n, c, h, w] = match dims {
+            [n, c, h, w] => [*n, *c, *h, *w],
+            other => {
+                return Err(Error::Invalid(format!(
+                    "pooling expects NCHW input, got shape {other:?}"
+                )))
+            }
+        };
+        let (kh, kw) = self.kernel;
+        let (sh, sw) = self.stride;
+        let [pt, pl, pb, pr] = self.pads;
+        Ok(Geometry {
+            planes: n * c,
+            h,
+            w,
+            oh: self.out_len(h, kh, sh, pt, pb)?,
+            ow: self.out_len(w, kw, sw, pl, pr)?,
+            n,
+            c,
+        })
+    }
+
+    /// Positions (flat indices into the plane) of output `(oy, ox)`'s window
+    /// that fall inside the input, and the averaging divisor.
+    fn window(&self, g: &Geometry, oy: usize, ox: usize, cells: &mut Vec<usize>) -> usize {
+        let (kh, kw) = self.kernel;
+        let (sh, sw) = self.stride;
+        let [pt, pl, pb, pr] = self.pads;
+        cells.clear();
+        let y0 = (oy * sh) as isize - pt as isize;
+        let x0 = (ox * sw) as isize - pl as isize;
+        let mut with_pad = 0;
+        for dy in 0..kh as isize {
+            let y = y0 + dy;
+            for dx in 0..kw as isize {
+                let x = x0 + dx;
+                let in_padded = y < (g.h + pb) as isize && x < (g.w + pr) as isize;
+                if in_padded {
+                    with_pad += 1;
+                }
+                if y >= 0 && x >= 0 && (y as usize) < g.h && (x as usize) < g.w {
+                    cells.push(y as usize * g.w + x as usize);
+                }
+            }
+        }
+        match self.kind {
+            PoolKind::Avg {
+                count_include_pad: true,
+            } => with_pad,
+            _ => cells.len(),
+        }
+    }
+
+    fn forward_slice<T: WithDType>(&self, src: &[T], g: &Geometry) -> Vec<T> {
+        let mut out = Vec::with_capacity(g.planes * g.oh * g.ow);
+        let mut cells = Vec::new();
+        for p in 0..g.planes {
+            let plane = &src[p * g.h * g.w..(p + 1) * g.h * g.w];
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let divisor = self.window(g, oy, ox, &mut cells);
+                    out.push(match self.kind {
+                        PoolKind::Max => argmax(plane, &cells)
+                            .map(|i| plane[i])
+                            .unwrap_or_else(T::zero),
+                        PoolKind::Avg { .. } => {
+                            let mut sum = T::zero();
+                            cells.iter().for_each(|&i| sum += plane[i]);
+                            if divisor == 0 {
+                                T::zero()
+                            } else {
+                                sum / T::from_f64(divisor as f64)
+                            }
+                        }
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn backward_slice<T: WithDType>(&self, src: &[T], grad_out: &[T], g: &Geometry) -> Vec<T> {
+        let mut grad_in = vec![T::zero(); g.planes * g.h * g.w];
+        let mut cells = Vec::new();
+        for p in 0..g.planes {
+            let plane = &src[p * g.h * g.w..(p + 1) * g.h * g.w];
+            let grad_plane = &mut grad_in[p * g.h * g.w..(p + 1) * g.h * g.w];
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let go = grad_out[(p * g.oh + oy) * g.ow + ox];
+                    let divisor = self.window(g, oy, ox, &mut cells);
+                    match self.kind {
+                        PoolKind::Max => {
+                            if let Some(i) = argmax(plane, &cells) {
+                                grad_plane[i] += go;
+                            }
+                        }
+                        PoolKind::Avg { .. } => {
+                            if divisor > 0 {
+                                let share = go / T::from_f64(divisor as f64);
+                                cells.iter().for_each(|&i| grad_plane[i] += share);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        grad_in
+    }
+}
+
+struct Geometry {
+    n: usize,
+    c: usize,
+    planes: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+}
+
+/// First index of the largest value (PyTorch's tie rule); NaN wins, so it propagates.
+fn argmax<T: WithDType>(plane: &[T], cells: &[usize]) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for &i in cells {
+        let v = plane[i];
+        match best {
+            None => best = Some(i),
+            Some(b) => {
+                let bv = plane[b];
+                if bv.to_f64().is_nan() {
+                    continue;
+                }
+                if v > bv || v.to_f64().is_nan() {
+                    best = Some(i);
+                }
+            }
+        }
+    }
+    best
+}
+
+fn contiguous<'a, T: WithDType>(storage: &'a [T], layout: &Layout) -> candle_core::Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&storage[start..end]),
+        None => candle_core::bail!("pool2d needs a contiguous input"),
+    }
+}
+
+impl CustomOp1 for Pool2d {
+    fn name(&self) -> &'static str {
+        "gauntlet-pool2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self
+            .geometry(layout.dims())
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let shape = Shape::from((g.n, g.c, g.oh, g.ow));
+        let out = match storage {
+            CpuStorage::F32(s) => CpuStorage::F32(self.forward_slice(contiguous(s, layout)?, &g)),
+            CpuStorage::F64(s) => CpuStorage::F64(self.forward_slice(contiguous(s, layout)?, &g)),
+            _ => candle_core::bail!("pool2d supports f32 and f64 tensors only"),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let g = self
+            .geometry(arg.dims())
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let grad = match arg.dtype() {
+            DType::F32 => {
+                let src = arg.flatten_all()?.to_vec1::<f32>()?;
+                let go = grad_res.flatten_all()?.to_vec1::<f32>()?;
+                Tensor::from_vec(
+                    self.backward_slice(&src, &go, &g),
+                    arg.shape(),
+                    arg.device(),
+                )?
+            }
+            DType::F64 => {
+                let src = arg.flatten_all()?.to_vec1::<f64>()?;
+                let go = grad_res.flatten_all()?.to_vec1::<f64>()?;
+                Tensor::from_vec(
+                    self.backward_slice(&src, &go, &g),
+                    arg.shape(),
+                    arg.device(),
+                )?
+            }
+            other => candle_core::bail!("pool2d supports f32 and f64, got {other:?}"),
+        };
+        Ok(Some(grad))
+    }
+}
+
+/// Apply 2-D pooling to an NCHW tensor (differentiable, exact gradients).
+pub fn pool2d(x: &Tensor, pool: Pool2d) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(pool)?)
+}
+
+/// 2-D convolution over NCHW input with PyTorch/ONNX semantics.
+///
+/// `weight` is `[out, in/groups, kh, kw]`; `pads` is `[top, left, bottom, right]`.
+/// Asymmetric padding is applied explicitly with zeros.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    pads: [usize; 4],
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    let [pt, pl, pb, pr] = pads;
+    let y = if pt == pl && pt == pb && pt == pr {
+        x.conv2d(weight, pt, stride, dilation, groups)?
+    } else {
+        let padded = x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
+        padded.conv2d(weight, 0, stride, dilation, groups)?
+    };
+    match bias {
+        Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?),
+        None => Ok(y),
+    }
+}
+
+/// `x Wᵀ + b` with PyTorch's `[out, in]` weight layout.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let y = x.matmul(&weight.t()?)?;
+    match bias {
+        Some(b) => Ok(y.broadcast_add(b)?),
+        None => Ok(y),
+    }
+}
+
+/// Softmax along `dim`, composed of differentiable ops (candle's fused kernels
+/// drop gradients).
+pub fn softmax_dim(x: &Tensor, dim: usize) -> Result<Tensor> {
+    let max = x.max_keepdim(dim)?.detach();
+    let exp = x.broadcast_sub(&max)?.exp()?;
+    Ok(exp.broadcast_div(&exp.sum_keepdim(dim)?)?)
+}
+
+/// Log-softmax along `dim`, differentiable.
+pub fn log_softmax_dim(x: &Tensor, dim: usize) -> Result<Tensor> {
+    let max = x.max_keepdim(dim)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let log_sum = shifted.exp()?.sum_keepdim(dim)?.log()?;
+    Ok(shifted.broadcast_sub(&log_sum)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn seeded(n: usize, seed: u64) -> Vec<f64> {
+        gauntlet_core::SeedStream::new(seed)
+            .uniform_f32(n, -1.0, 1.0)
+            .into_iter()
+            .map(f64::from)
+            .collect()
+    }
+
+    /// Check d(sum(f(x) * w))/dx against central differences at every coordinate.
+    fn check_gradient(f: &dyn Fn(&Tensor) -> Result<Tensor>, shape: &[usize], seed: u64) {
+        let n: usize = shape.iter().product();
+        let x = Tensor::from_vec(seeded(n, seed), shape, &Device::Cpu).unwrap();
+        let y_shape = f(&x).unwrap().dims().to_vec();
+        let m: usize = y_shape.iter().product();
+        let w = Tensor::from_vec(seeded(m, seed + 1), y_shape, &Device::Cpu).unwrap();
+        let objective = |x: &Tensor| f(x).unwrap().mul(&w).unwrap().sum_all().unwrap();
+        let var = Var::from_tensor(&x).unwrap();
+        let grads = objective(var.as_tensor()).backward().unwrap();
+        let analytic = grads
+            .get(&var)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let base = x.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let h = 1e-6;
+        for i in 0..n {
+            let mut plus = base.clone();
+            plus[i] += h;
+            let mut minus = base.clone();
+            minus[i] -= h;
+            let at = |v: Vec<f64>| {
+                objective(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap())
+                    .to_scalar::<f64>()
+                    .unwrap()
+            };
+            let numeric = (at(plus) - at(minus)) / (2.0 * h);
+            assert!(
+                (numeric - analytic[i]).abs() < 1e-6 * (1.0 + numeric.abs()),
+                "coordinate {i}: numeric {numeric}, analytic {}",
+                analytic[i]
+            );
+        }
+    }
+
+    #[test]
+    fn max_pool_matches_candle_forward_on_plain_windows() {
+        let x = Tensor::from_vec(seeded(2 * 3 * 8 * 6, 1), (2, 3, 8, 6), &Device::Cpu).unwrap();
+        let ours = pool2d(&x, Pool2d::max(2)).unwrap();
+        let theirs = x.max_pool2d(2).unwrap();
+        let diff = (ours - theirs)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert_eq!(diff, 0.0);
+    }
+
+    #[test]
+    fn avg_pool_matches_candle_forward_on_plain_windows() {
+        let x = Tensor::from_vec(seeded(2 * 6 * 6, 2), (1, 2, 6, 6), &Device::Cpu).unwrap();
+        let pool = Pool2d {
+            kind: PoolKind::Avg {
+                count_include_pad: false,
+            },
+            ..Pool2d::max(3)
+        };
+        let diff = (pool2d(&x, pool).unwrap() - x.avg_pool2d(3).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(diff < 1e-12);
+    }
+
+    #[test]
+    fn max_pool_gradient_is_exact_not_scaled() {
+        // candle 0.11 scales this gradient by 1/(k*k); ours must route it whole.
+        check_gradient(&|x| pool2d(x, Pool2d::max(2)), &[1, 2, 4, 4], 3);
+    }
+
+    #[test]
+    fn overlapping_padded_ceil_mode_pooling_gradients_match_finite_differences() {
+        let configs = [
+            Pool2d {
+                kind: PoolKind::Max,
+                kernel: (3, 3),
+                stride: (2, 2),
+                pads: [1, 1, 1, 1],
+                ceil_mode: false,
+            },
+            Pool2d {
+                kind: PoolKind::Max,
+                kernel: (3, 2),
+                stride: (2, 1),
+                pads: [1, 0, 0, 1],
+                ceil_mode: true,
+            },
+            Pool2d {
+                kind: PoolKind::Avg {
+                    count_include_pad: true,
+                },
+                kernel: (3, 3),
+                stride: (1, 2),
+                pads: [1, 1, 1, 1],
+                ceil_mode: true,
+            },
+            Pool2d {
+                kind: PoolKind::Avg {
+                    count_include_pad: false,
+                },
+                kernel: (2, 3),
+                stride: (2, 2),
+                pads: [0, 1, 1, 0],
+                ceil_mode: false,
+            },
+        ];
+        for (i, pool) in configs.into_iter().enumerate() {
+            check_gradient(&move |x| pool2d(x, pool), &[2, 2, 7, 5], 10 + i as u64);
+        }
+    }
+
+    #[test]
+    fn padded_max_pool_never_picks_padding() {
+        let x = Tensor::from_vec(vec![-5.0f64; 9], (1, 1, 3, 3), &Device::Cpu).unwrap();
+        let pool = Pool2d {
+            kind: PoolKind::Max,
+            kernel: (3, 3),
+            stride: (2, 2),
+            pads: [1; 4],
+            ceil_mode: false,
+        };
+        let y = pool2d(&x, pool)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        assert_eq!(y, vec![-5.0; 4]);
+    }
+
+    #[test]
+    fn conv_gradients_with_asymmetric_padding_stride_and_groups_match_finite_differences() {
+        let w = Tensor::from_vec(seeded(4 * 2 * 3 * 3, 20), (4, 2, 3, 3), &Device::Cpu).unwrap();
+        let b = Tensor::from_vec(seeded(4, 21), 4, &Device::Cpu).unwrap();
+        check_gradient(
+            &|x| conv2d(x, &w, Some(&b), 1, [1, 0, 2, 1], 1, 2),
+            &[2, 4, 5, 5],
+            22,
+        );
+        let w1 = Tensor::from_vec(seeded(3 * 4 * 3 * 3, 23), (3, 4, 3, 3), &Device::Cpu).unwrap();
+        check_gradient(
+            &|x| conv2d(x, &w1, None, 2, [1; 4], 1, 1),
+            &[1, 4, 7, 7],
+            24,
+        );
+    }
+
+    #[test]
+    fn linear_and_softmax_gradients_match_finite_differences() {
+        let w = Tensor::from_vec(seeded(3 * 5, 30), (3, 5), &Device::Cpu).unwrap();
+        check_gradient(&|x| linear(x, &w, None), &[2, 5], 31);
+        check_gradient(&|x| softmax_dim(x, 1), &[2, 5], 32);
+        check_gradient(&|x| log_softmax_dim(x, 0), &[3, 4], 33);
+    }
+
+    #[test]
+    fn pooling_that_does_not_fit_is_an_error() {
+        let x = Tensor::zeros((1, 1, 2, 2), DType::F32, &Device::Cpu).unwrap();
+        assert!(pool2d(&x, Pool2d::max(3)).is_err());
+    }
+}

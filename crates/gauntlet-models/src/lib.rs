@@ -1,0 +1,20 @@
+//! The model-loading layer on candle.
+//!
+//! Built-in architectures ([`Arch`]) with PyTorch-compatible names, loaded from
+//! safetensors or PyTorch state dicts, and ONNX graphs ([`onnx::OnnxModel`]); all
+//! are [`gauntlet_core::Classifier`]s in pixel space with input gradients through
+//! candle's autograd. [`load_model`] detects the format, fingerprints the file and
+//! refuses models whose input gets no gradient.
+
+mod arch;
+mod error;
+pub mod layers;
+mod load;
+mod network;
+pub mod onnx;
+mod safetensors_io;
+
+pub use arch::{Arch, ParamSpec};
+pub use error::{Error, Result};
+pub use load::{load_model, verify_input_gradient, Model, ModelFormat, ModelInfo, ModelOptions};
+pub use network::{Network, Normalization};

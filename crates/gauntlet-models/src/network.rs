@@ -1,0 +1,265 @@
+//! A built-in architecture with its weights: a [`Classifier`] in pixel space.
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::{DType, Device, Tensor, Var};
+use gauntlet_core::{Bounds, Classifier, SeedStream};
+use serde::{Deserialize, Serialize};
+
+use crate::arch::{Arch, Params};
+use crate::{Error, Result};
+
+/// Per-channel input normalisation `(x - mean) / std`, folded into the model so that
+/// attacks work in pixel space. Empty vectors mean "no normalisation".
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    /// Per-channel mean (pixel units).
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation (pixel units), all > 0.
+    pub std: Vec<f32>,
+}
+
+impl Normalization {
+    /// Whether this is the identity.
+    pub fn is_identity(&self) -> bool {
+        self.mean.is_empty() && self.std.is_empty()
+    }
+
+    pub(crate) fn validate(&self, channels: usize) -> Result<()> {
+        if self.is_identity() {
+            return Ok(());
+        }
+        if self.mean.len() != channels || self.std.len() != channels {
+            return Err(Error::Invalid(format!(
+                "normalisation has {} mean and {} std values, expected {channels} each (one per input channel)",
+                self.mean.len(),
+                self.std.len()
+            )));
+        }
+        if let Some(s) = self.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(Error::Invalid(format!(
+                "normalisation std {s} must be finite and > 0"
+            )));
+        }
+        if let Some(m) = self.mean.iter().find(|m| !m.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "normalisation mean {m} must be finite"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `(x - mean) / std` as a differentiable op, or `x` unchanged.
+    pub(crate) fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        if self.is_identity() {
+            return Ok(x.clone());
+        }
+        let c = self.mean.len();
+        let mean = Tensor::from_slice(&self.mean, (1, c, 1, 1), x.device())?.to_dtype(x.dtype())?;
+        let std = Tensor::from_slice(&self.std, (1, c, 1, 1), x.device())?.to_dtype(x.dtype())?;
+        Ok(x.broadcast_sub(&mean)?.broadcast_div(&std)?)
+    }
+}
+
+/// A built-in architecture with weights, normalisation and input bounds.
+#[derive(Clone, Debug)]
+pub struct Network {
+    arch: Arch,
+    params: Params,
+    normalization: Normalization,
+    bounds: Bounds,
+    device: Device,
+}
+
+impl Network {
+    /// Build from named tensors, checking that every parameter the architecture
+    /// needs is present with the right shape. Extra tensors are an error too (they
+    /// usually mean the wrong architecture was chosen).
+    pub fn from_tensors(
+        arch: Arch,
+        tensors: HashMap<String, Tensor>,
+        normalization: Normalization,
+        bounds: Bounds,
+        device: &Device,
+    ) -> Result<Self> {
+        normalization.validate(arch.input_shape()[0])?;
+        let specs = arch.parameters();
+        let mut found: Vec<String> = tensors.keys().cloned().collect();
+        found.sort();
+        let missing: Vec<String> = specs
+            .iter()
+            .filter(|s| !tensors.contains_key(&s.name))
+            .map(|s| s.name.clone())
+            .collect();
+        let unexpected: Vec<&String> = found
+            .iter()
+            .filter(|n| !specs.iter().any(|s| &s.name == *n))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::MissingTensors {
+                arch: arch.name().into(),
+                missing,
+                found,
+            });
+        }
+        if !unexpected.is_empty() {
+            return Err(Error::Invalid(format!(
+                "{arch} does not use tensors {unexpected:?}: is this the right architecture? (expected exactly {:?})",
+                specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()
+            )));
+        }
+        let mut params = HashMap::new();
+        for spec in specs {
+            let Some(t) = tensors.get(&spec.name) else {
+                continue;
+            };
+            if t.dims() != spec.shape.as_slice() {
+                return Err(Error::ShapeMismatch {
+                    name: spec.name,
+                    expected: spec.shape,
+                    got: t.dims().to_vec(),
+                });
+            }
+            let t = t.to_dtype(DType::F32)?.to_device(device)?;
+            params.insert(spec.name, t);
+        }
+        Ok(Self {
+            arch,
+            params: Params(params),
+            normalization,
+            bounds,
+            device: device.clone(),
+        })
+    }
+
+    /// Fresh trainable weights, PyTorch's default initialisation (uniform in
+    /// ±1/√fan_in for weights and biases), drawn from `seed` on the host.
+    /// Returns the network (whose weights are the variables) and the variables.
+    pub fn init(
+        arch: Arch,
+        normalization: Normalization,
+        seed: &SeedStream,
+        device: &Device,
+    ) -> Result<(Self, Vec<(String, Var)>)> {
+        normalization.validate(arch.input_shape()[0])?;
+        let mut vars = Vec::new();
+        let mut params = HashMap::new();
+        for spec in arch.parameters() {
+            let bound = 1.0 / (spec.fan_in as f32).sqrt();
+            let n = spec.shape.iter().product();
+            let values = seed
+                .derive(&format!("init/{}", spec.name))
+                .uniform_f32(n, -bound, bound);
+            let var = Var::from_tensor(&Tensor::from_vec(values, spec.shape.as_slice(), device)?)?;
+            params.insert(spec.name.clone(), var.as_tensor().clone());
+            vars.push((spec.name, var));
+        }
+        let net = Self {
+            arch,
+            params: Params(params),
+            normalization,
+            bounds: Bounds::UNIT,
+            device: device.clone(),
+        };
+        Ok((net, vars))
+    }
+
+    /// The same network with its weights as constants: attacks compute no weight gradients.
+    pub fn detached(&self) -> Self {
+        let params = self
+            .params
+            .0
+            .iter()
+            .map(|(k, v)| (k.clone(), v.detach()))
+            .collect();
+        Self {
+            params: Params(params),
+            ..self.clone()
+        }
+    }
+
+    /// A copy with weights converted to `dtype` (f64 for finite-difference checks).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let mut params = HashMap::new();
+        for (k, v) in &self.params.0 {
+            params.insert(k.clone(), v.to_dtype(dtype)?);
+        }
+        Ok(Self {
+            params: Params(params),
+            ..self.clone()
+        })
+    }
+
+    /// The architecture.
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    /// The folded normalisation.
+    pub fn normalization(&self) -> &Normalization {
+        &self.normalization
+    }
+
+    /// Parameter tensors by name.
+    pub fn tensors(&self) -> &HashMap<String, Tensor> {
+        &self.params.0
+    }
+
+    /// Safetensors bytes: every parameter as f32 plus Gauntlet's metadata
+    /// (architecture, input shape, bounds, mean/std, classes), so the file loads
+    /// without `--arch`. Deterministic: the same weights give the same bytes.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        let mut metadata = BTreeMap::new();
+        metadata.insert("gauntlet.format".to_string(), "1".to_string());
+        metadata.insert("gauntlet.arch".to_string(), self.arch.name().to_string());
+        metadata.insert(
+            "gauntlet.input_shape".to_string(),
+            json(&self.arch.input_shape().to_vec()),
+        );
+        metadata.insert(
+            "gauntlet.num_classes".to_string(),
+            self.arch.num_classes().to_string(),
+        );
+        metadata.insert(
+            "gauntlet.bounds".to_string(),
+            json(&vec![self.bounds.min, self.bounds.max]),
+        );
+        metadata.insert("gauntlet.mean".to_string(), json(&self.normalization.mean));
+        metadata.insert("gauntlet.std".to_string(), json(&self.normalization.std));
+        let mut tensors = BTreeMap::new();
+        for (name, t) in &self.params.0 {
+            let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            tensors.insert(name.clone(), (t.dims().to_vec(), values));
+        }
+        Ok(crate::safetensors_io::serialize(&metadata, &tensors))
+    }
+
+    /// Write [`Network::to_safetensors`] atomically to `path`.
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        gauntlet_core::write_atomic(path, &self.to_safetensors()?)?;
+        Ok(())
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+impl Classifier for Network {
+    fn logits(&self, x: &Tensor) -> gauntlet_core::Result<Tensor> {
+        let x = self.normalization.apply(x)?;
+        Ok(self.arch.forward(&self.params, &x)?)
+    }
+    fn bounds(&self) -> Bounds {
+        self.bounds
+    }
+    fn num_classes(&self) -> usize {
+        self.arch.num_classes()
+    }
+    fn input_shape(&self) -> [usize; 3] {
+        self.arch.input_shape()
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+}

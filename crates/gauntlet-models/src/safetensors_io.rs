@@ -1,0 +1,43 @@
+//! Writing safetensors deterministically (the `safetensors` crate serialises its
+//! metadata from a `HashMap`, whose order changes between runs); reading uses the
+//! crate's validated parser.
+
+use std::collections::BTreeMap;
+
+/// Serialise f32 tensors `(shape, values)` with string metadata.
+pub(crate) fn serialize(
+    metadata: &BTreeMap<String, String>,
+    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    header.insert(
+        "__metadata__".into(),
+        serde_json::Value::Object(
+            metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect(),
+        ),
+    );
+    let mut offset = 0usize;
+    for (name, (shape, values)) in tensors {
+        let len = values.len() * 4;
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len]}),
+        );
+        offset += len;
+    }
+    // serde_json's Map is a BTreeMap here (no preserve_order feature): sorted keys.
+    let mut header_bytes = serde_json::Value::Object(header).to_string().into_bytes();
+    while !header_bytes.len().is_multiple_of(8) {
+        header_bytes.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + header_bytes.len() + offset);
+    out.extend((header_bytes.len() as u64).to_le_bytes());
+    out.extend(header_bytes);
+    for (_, values) in tensors.values() {
+        values.iter().for_each(|v| out.extend(v.to_le_bytes()));
+    }
+    out
+}

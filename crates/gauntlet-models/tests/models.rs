@@ -1,0 +1,520 @@
+//! Public-API tests of the model-loading layer: every format, gradients against
+//! finite differences, round trips, and every kind of bad model file.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use gauntlet_core::{input_gradient, Classifier, SeedStream};
+use gauntlet_models::{
+    load_model, Arch, Error, Model, ModelFormat, ModelOptions, Network, Normalization,
+};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn cpu() -> Device {
+    Device::Cpu
+}
+
+fn with_arch(arch: Arch) -> ModelOptions {
+    ModelOptions {
+        arch: Some(arch),
+        ..ModelOptions::default()
+    }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+struct Reference {
+    input: Tensor,
+    output: Tensor,
+}
+
+fn reference(name: &str) -> Reference {
+    let text = std::fs::read_to_string(fixture("reference.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let entry = &json[name];
+    let floats = |key: &str| -> Vec<f32> {
+        entry[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let shape = |key: &str| -> Vec<usize> {
+        entry[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect()
+    };
+    let input = Tensor::from_vec(floats("input"), shape("input_shape"), &cpu()).unwrap();
+    let output = floats("output");
+    let n = input.dims()[0];
+    let output = Tensor::from_vec(output.clone(), (n, output.len() / n), &cpu()).unwrap();
+    Reference { input, output }
+}
+
+/// Compare the input gradient of `sum(logits * w)` with central differences on
+/// `coords` coordinates, in f64.
+fn check_input_gradient(model: &Model, seed: u64, coords: usize) {
+    let model = model.to_dtype(DType::F64).unwrap();
+    let [c, h, w] = model.input_shape();
+    let n = 2;
+    let stream = SeedStream::new(seed);
+    let x: Vec<f64> = stream
+        .uniform_f32(n * c * h * w, 0.05, 0.95)
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    let x = Tensor::from_vec(x, (n, c, h, w), &cpu()).unwrap();
+    let k = model.num_classes();
+    let weights: Vec<f64> = stream
+        .derive("w")
+        .uniform_f32(n * k, -1.0, 1.0)
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    let weights = Tensor::from_vec(weights, (n, k), &cpu()).unwrap();
+    let objective = |x: &Tensor| -> f64 {
+        model
+            .logits(x)
+            .unwrap()
+            .mul(&weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let (_, grad) = input_gradient(&model, &x, |l| Ok(l.mul(&weights)?.sum_all()?)).unwrap();
+    let grad = grad.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let base = x.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let picks = stream.derive("coords").permutation(base.len());
+    let h_step = 1e-6;
+    let mut nonzero = 0;
+    for &i in picks.iter().take(coords) {
+        let mut plus = base.clone();
+        plus[i] += h_step;
+        let mut minus = base.clone();
+        minus[i] -= h_step;
+        let at = |v: Vec<f64>| objective(&Tensor::from_vec(v, (n, c, h, w), &cpu()).unwrap());
+        let numeric = (at(plus) - at(minus)) / (2.0 * h_step);
+        assert!(
+            (numeric - grad[i]).abs() <= 1e-6 * (1.0 + numeric.abs()),
+            "coordinate {i}: finite difference {numeric}, autograd {}",
+            grad[i]
+        );
+        if grad[i] != 0.0 {
+            nonzero += 1;
+        }
+    }
+    assert!(
+        nonzero > coords / 2,
+        "only {nonzero} of {coords} gradient entries are non-zero"
+    );
+}
+
+fn random_network(arch: Arch, seed: u64) -> Network {
+    Network::init(
+        arch,
+        Normalization::default(),
+        &SeedStream::new(seed),
+        &cpu(),
+    )
+    .unwrap()
+    .0
+    .detached()
+}
+
+#[test]
+fn mlp_input_gradient_matches_finite_differences() {
+    check_input_gradient(&Model::Network(random_network(Arch::Mlp, 1)), 11, 40);
+}
+
+#[test]
+fn cnn_input_gradient_matches_finite_differences() {
+    check_input_gradient(&Model::Network(random_network(Arch::Cnn, 2)), 12, 40);
+}
+
+#[test]
+fn cifar_cnn_input_gradient_matches_finite_differences() {
+    check_input_gradient(&Model::Network(random_network(Arch::CifarCnn, 3)), 13, 30);
+}
+
+#[test]
+fn normalisation_is_folded_in_with_its_gradient() {
+    let norm = Normalization {
+        mean: vec![0.1307],
+        std: vec![0.3081],
+    };
+    let (net, _) = Network::init(Arch::Mlp, norm, &SeedStream::new(4), &cpu()).unwrap();
+    let net = net.detached();
+    check_input_gradient(&Model::Network(net.clone()), 14, 20);
+    // Equivalent to normalising by hand and running the un-normalised network.
+    let plain = Network::from_tensors(
+        Arch::Mlp,
+        net.tensors().clone(),
+        Normalization::default(),
+        gauntlet_core::Bounds::UNIT,
+        &cpu(),
+    )
+    .unwrap();
+    let x = Tensor::from_vec(
+        SeedStream::new(5).uniform_f32(784, 0.0, 1.0),
+        (1, 1, 28, 28),
+        &cpu(),
+    )
+    .unwrap();
+    let by_hand = ((x.clone() - 0.1307).unwrap() / 0.3081).unwrap();
+    assert!(max_abs_diff(&net.logits(&x).unwrap(), &plain.logits(&by_hand).unwrap()) < 1e-5);
+}
+
+#[test]
+fn safetensors_round_trip_gives_identical_logits_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let norm = Normalization {
+        mean: vec![0.5],
+        std: vec![0.25],
+    };
+    let (net, _) = Network::init(Arch::Cnn, norm.clone(), &SeedStream::new(6), &cpu()).unwrap();
+    let path = dir.path().join("cnn.safetensors");
+    net.save(&path).unwrap();
+    let (loaded, info) = load_model(&path, &ModelOptions::default(), &cpu()).unwrap();
+    assert_eq!(info.format, ModelFormat::Safetensors);
+    assert_eq!(info.arch, "cnn");
+    assert_eq!(info.input_shape, [1, 28, 28]);
+    assert_eq!(info.num_classes, 10);
+    assert_eq!(info.sha256, gauntlet_core::sha256_file(&path).unwrap());
+    let Model::Network(inner) = &loaded else {
+        panic!("expected a built-in network")
+    };
+    assert_eq!(inner.normalization(), &norm);
+    let x = Tensor::from_vec(
+        SeedStream::new(7).uniform_f32(3 * 784, 0.0, 1.0),
+        (3, 1, 28, 28),
+        &cpu(),
+    )
+    .unwrap();
+    assert_eq!(
+        max_abs_diff(&net.logits(&x).unwrap(), &loaded.logits(&x).unwrap()),
+        0.0
+    );
+    let again = dir.path().join("again.safetensors");
+    inner.save(&again).unwrap();
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        std::fs::read(&again).unwrap()
+    );
+}
+
+#[test]
+fn pytorch_state_dict_gives_the_same_logits_as_safetensors() {
+    let r = reference("mlp");
+    let (st, _) = load_model(&fixture("mlp.safetensors"), &with_arch(Arch::Mlp), &cpu()).unwrap();
+    let (pt, info) = load_model(&fixture("mlp.pt"), &with_arch(Arch::Mlp), &cpu()).unwrap();
+    assert_eq!(info.format, ModelFormat::Pytorch);
+    assert_eq!(
+        max_abs_diff(&st.logits(&r.input).unwrap(), &pt.logits(&r.input).unwrap()),
+        0.0
+    );
+    // And both agree with the numpy computation in the fixture script.
+    assert!(max_abs_diff(&st.logits(&r.input).unwrap(), &r.output) < 1e-4);
+}
+
+#[test]
+fn onnx_mlp_gives_the_same_logits_as_safetensors_and_a_true_gradient() {
+    let r = reference("mlp");
+    let (st, _) = load_model(&fixture("mlp.safetensors"), &with_arch(Arch::Mlp), &cpu()).unwrap();
+    let (onnx, info) = load_model(&fixture("mlp.onnx"), &ModelOptions::default(), &cpu()).unwrap();
+    assert_eq!(info.format, ModelFormat::Onnx);
+    assert_eq!(info.num_classes, 10);
+    assert_eq!(info.input_shape, [1, 28, 28]);
+    assert!(
+        max_abs_diff(
+            &st.logits(&r.input).unwrap(),
+            &onnx.logits(&r.input).unwrap()
+        ) < 1e-5
+    );
+    check_input_gradient(&onnx, 15, 20);
+}
+
+#[test]
+fn onnx_resnet_matches_the_onnx_reference_implementation() {
+    let r = reference("resnet");
+    let (model, info) =
+        load_model(&fixture("resnet.onnx"), &ModelOptions::default(), &cpu()).unwrap();
+    assert_eq!(info.input_shape, [3, 15, 15]);
+    let out = model.logits(&r.input).unwrap();
+    assert_eq!(out.dims(), r.output.dims());
+    assert!(
+        max_abs_diff(&out, &r.output) < 1e-5,
+        "diff {}",
+        max_abs_diff(&out, &r.output)
+    );
+}
+
+#[test]
+fn onnx_resnet_gradient_flows_through_softmax_without_axis() {
+    let (model, _) = load_model(&fixture("resnet.onnx"), &ModelOptions::default(), &cpu()).unwrap();
+    check_input_gradient(&model, 16, 40);
+}
+
+#[test]
+fn onnx_pooling_edge_cases_match_the_reference_and_finite_differences() {
+    let r = reference("pools");
+    let (model, _) = load_model(&fixture("pools.onnx"), &ModelOptions::default(), &cpu()).unwrap();
+    let out = model.logits(&r.input).unwrap();
+    assert_eq!(out.dims(), r.output.dims());
+    assert!(
+        max_abs_diff(&out, &r.output) < 1e-5,
+        "diff {}",
+        max_abs_diff(&out, &r.output)
+    );
+    // Batch of one: the graph's declared input is fixed at N = 1.
+    let model64 = model.to_dtype(DType::F64).unwrap();
+    let x = r.input.to_dtype(DType::F64).unwrap();
+    let (_, grad) = input_gradient(&model64, &x, |l| Ok(l.narrow(1, 3, 1)?.sum_all()?)).unwrap();
+    let grad = grad.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let base = x.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let f = |v: Vec<f64>| {
+        let t = Tensor::from_vec(v, x.dims(), &cpu()).unwrap();
+        model64
+            .logits(&t)
+            .unwrap()
+            .narrow(1, 3, 1)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    for i in (0..base.len()).step_by(7) {
+        let (mut p, mut m) = (base.clone(), base.clone());
+        p[i] += 1e-6;
+        m[i] -= 1e-6;
+        let numeric = (f(p) - f(m)) / 2e-6;
+        assert!(
+            (numeric - grad[i]).abs() < 1e-6 * (1.0 + numeric.abs()),
+            "coordinate {i}: {numeric} vs {}",
+            grad[i]
+        );
+    }
+}
+
+// ---------- errors ----------
+
+fn mlp_tensors() -> HashMap<String, Tensor> {
+    random_network(Arch::Mlp, 8).tensors().clone()
+}
+
+#[test]
+fn missing_tensors_are_listed_by_name() {
+    let mut t = mlp_tensors();
+    t.remove("fc3.bias");
+    let err = Network::from_tensors(
+        Arch::Mlp,
+        t,
+        Normalization::default(),
+        gauntlet_core::Bounds::UNIT,
+        &cpu(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingTensors { missing, .. } if missing == &vec!["fc3.bias".to_string()]),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("fc1.weight"),
+        "found names should be listed: {err}"
+    );
+}
+
+#[test]
+fn shape_mismatch_names_the_tensor_and_both_shapes() {
+    let mut t = mlp_tensors();
+    t.insert(
+        "fc2.weight".into(),
+        Tensor::zeros((256, 255), DType::F32, &cpu()).unwrap(),
+    );
+    let err = Network::from_tensors(
+        Arch::Mlp,
+        t,
+        Normalization::default(),
+        gauntlet_core::Bounds::UNIT,
+        &cpu(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("fc2.weight") && err.contains("[256, 256]") && err.contains("[256, 255]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_architecture_for_a_state_dict_is_reported() {
+    let err = load_model(&fixture("mlp.pt"), &with_arch(Arch::Cnn), &cpu())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("conv1.weight"), "{err}");
+    let err = load_model(&fixture("mlp.pt"), &ModelOptions::default(), &cpu())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--arch"), "{err}");
+    let err = load_model(
+        &fixture("mlp.safetensors"),
+        &ModelOptions::default(),
+        &cpu(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--arch"), "{err}");
+}
+
+#[test]
+fn truncated_and_garbage_model_files_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["mlp.safetensors", "mlp.pt", "mlp.onnx"] {
+        let bytes = std::fs::read(fixture(name)).unwrap();
+        let cut = dir.path().join(name);
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let err = load_model(&cut, &with_arch(Arch::Mlp), &cpu())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(name), "{name}: {err}");
+        std::fs::write(&cut, b"").unwrap();
+        assert!(load_model(&cut, &with_arch(Arch::Mlp), &cpu()).is_err());
+    }
+    let unknown = dir.path().join("model.weights");
+    std::fs::write(&unknown, b"hello").unwrap();
+    let err = load_model(&unknown, &ModelOptions::default(), &cpu())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown model format"), "{err}");
+    let err = load_model(
+        &dir.path().join("absent.onnx"),
+        &ModelOptions::default(),
+        &cpu(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn unsupported_onnx_operators_are_named() {
+    use gauntlet_models::onnx::proto::*;
+    use prost::Message;
+    let node = |op: &str, i: &str, o: &str| NodeProto {
+        input: vec![i.into()],
+        output: vec![o.into()],
+        op_type: Some(op.into()),
+        ..Default::default()
+    };
+    let dim = |v: i64| Dimension {
+        dim_value: Some(v),
+        dim_param: None,
+    };
+    let model = ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(13),
+        }],
+        producer_name: None,
+        graph: Some(GraphProto {
+            node: vec![
+                node("Erf", "x", "a"),
+                node("Flatten", "a", "b"),
+                node("NonMaxSuppression", "b", "y"),
+            ],
+            name: Some("g".into()),
+            initializer: vec![],
+            input: vec![ValueInfoProto {
+                name: Some("x".into()),
+                r#type: Some(TypeProto {
+                    tensor_type: Some(TypeProtoTensor {
+                        elem_type: Some(1),
+                        shape: Some(TensorShapeProto {
+                            dim: vec![dim(1), dim(1), dim(4), dim(4)],
+                        }),
+                    }),
+                }),
+            }],
+            output: vec![ValueInfoProto {
+                name: Some("y".into()),
+                r#type: None,
+            }],
+        }),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.onnx");
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    let err = load_model(&path, &ModelOptions::default(), &cpu()).unwrap_err();
+    assert!(
+        matches!(&err, Error::UnsupportedOps { ops, .. } if ops == &vec!["Erf".to_string(), "NonMaxSuppression".to_string()]),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_model_whose_input_gets_no_gradient_is_refused() {
+    let mut t = mlp_tensors();
+    t.insert(
+        "fc1.weight".into(),
+        Tensor::zeros((256, 784), DType::F32, &cpu()).unwrap(),
+    );
+    let net = Network::from_tensors(
+        Arch::Mlp,
+        t,
+        Normalization::default(),
+        gauntlet_core::Bounds::UNIT,
+        &cpu(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dead.safetensors");
+    net.save(&path).unwrap();
+    let err = load_model(&path, &ModelOptions::default(), &cpu())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no gradient") && err.contains("dead.safetensors"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_normalisation_is_rejected() {
+    let norm = Normalization {
+        mean: vec![0.5, 0.5],
+        std: vec![0.2, 0.2],
+    };
+    let err = Network::init(Arch::Mlp, norm, &SeedStream::new(1), &cpu())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected 1 each"), "{err}");
+    let norm = Normalization {
+        mean: vec![0.5],
+        std: vec![0.0],
+    };
+    assert!(Network::init(Arch::Mlp, norm, &SeedStream::new(1), &cpu()).is_err());
+}
