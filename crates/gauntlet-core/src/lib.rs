@@ -10,6 +10,7 @@ mod error;
 mod fingerprint;
 mod fs;
 mod loss;
+mod observer;
 mod seed;
 
 pub use classifier::{input_gradient, Bounds, Classifier, Norm};
@@ -17,6 +18,7 @@ pub use error::{Error, Result};
 pub use fingerprint::{sha256_bytes, sha256_file, Sha256Hasher};
 pub use fs::write_atomic;
 pub use loss::{cross_entropy_per_sample, cross_entropy_sum, log_softmax, softmax};
+pub use observer::{NoProgress, Observer};
 pub use seed::SeedStream;
 
 /// Re-exported so downstream crates and users name one candle version.

@@ -1,0 +1,118 @@
+//! Gauntlet's criterion benchmarks, one module per area (candle's layout).
+//!
+//! Run with `cargo bench -p gauntlet-benches`; numbers go to `benches/README.md`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use candle_core::Device;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use gauntlet_core::{cross_entropy_sum, input_gradient, NoProgress, SeedStream};
+use gauntlet_data::{load, Dataset, LoadOptions, Split};
+use gauntlet_models::{Arch, Network, Normalization};
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+fn mnist(split: Split) -> Dataset {
+    load(
+        &repo("datasets/mnist-5k"),
+        &LoadOptions {
+            split,
+            limit: None,
+            num_classes: None,
+        },
+    )
+    .unwrap()
+}
+
+mod gradients {
+    use super::*;
+
+    /// One forward + backward to the input at batch 100: the inner step of every
+    /// white-box attack (image-gradient-steps/s = 100 / time).
+    pub fn input_gradient_step(c: &mut Criterion) {
+        let data = mnist(Split::Test);
+        let (images, labels) = data.batch(0..100, &Device::Cpu).unwrap();
+        let mut group = c.benchmark_group("input_gradient_batch100");
+        group
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(8));
+        group.throughput(Throughput::Elements(100));
+        for arch in [Arch::Mlp, Arch::Cnn] {
+            let (net, _) = Network::init(
+                arch,
+                Normalization::default(),
+                &SeedStream::new(1),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let net = net.detached();
+            group.bench_function(arch.name(), |b| {
+                b.iter(|| {
+                    input_gradient(&net, &images, |logits| cross_entropy_sum(logits, &labels))
+                        .unwrap()
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+mod training {
+    use super::*;
+
+    /// One epoch of standard training of `cnn` on the 4000 mnist-5k training
+    /// images (batch 50, Adam), evaluation on 1000 test images included.
+    pub fn cnn_epoch(c: &mut Criterion) {
+        let (train_set, test_set) = (mnist(Split::Train), mnist(Split::Test));
+        let config = gauntlet_train::TrainConfig {
+            epochs: 1,
+            ..Default::default()
+        };
+        let mut group = c.benchmark_group("train_epoch");
+        group
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(60));
+        group.throughput(Throughput::Elements(train_set.len() as u64));
+        group.bench_function("cnn_mnist5k", |b| {
+            b.iter(|| gauntlet_train::train(&config, &train_set, &test_set, &NoProgress).unwrap())
+        });
+        group.finish();
+    }
+}
+
+mod evaluation {
+    use super::*;
+
+    /// Clean evaluation of `cnn` on the 1000 mnist-5k test images.
+    pub fn clean_cnn(c: &mut Criterion) {
+        let data = mnist(Split::Test);
+        let (net, _) = Network::init(
+            Arch::Cnn,
+            Normalization::default(),
+            &SeedStream::new(2),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let net = net.detached();
+        let mut group = c.benchmark_group("clean_eval");
+        group.sample_size(10);
+        group.throughput(Throughput::Elements(data.len() as u64));
+        group.bench_function("cnn_mnist5k_test", |b| {
+            b.iter(|| gauntlet_eval::evaluate_clean(&net, &data, 500, &NoProgress).unwrap())
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(
+    benches,
+    gradients::input_gradient_step,
+    evaluation::clean_cnn,
+    training::cnn_epoch
+);
+criterion_main!(benches);

@@ -1,0 +1,422 @@
+//! Argument parsing, planning (every user error before any compute) and dispatch.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::{Args, Parser, Subcommand};
+use gauntlet_core::{Bounds, Classifier};
+use gauntlet_data::{Dataset, LoadOptions, Split};
+use gauntlet_models::{load_model, Arch, Model, ModelInfo, ModelOptions, Normalization};
+use gauntlet_record::{
+    CleanRecord, DatasetRecord, Environment, ModelRecord, RunKind, RunRecord, TrainingRecord,
+    SCHEMA_VERSION,
+};
+use gauntlet_train::{OptimizerKind, TrainConfig};
+
+use crate::progress::CliProgress;
+
+/// Adversarial-robustness testing for image classifiers.
+#[derive(Parser, Debug)]
+#[command(name = "gauntlet", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a built-in architecture (seeded, reproducible) and save it as safetensors.
+    Train(TrainArgs),
+    /// Evaluate a model on a dataset and write the run record (results.json).
+    Eval(EvalArgs),
+    /// Load a model, check it, and print what it is (format, architecture, sha256).
+    Info(InfoArgs),
+}
+
+/// How to read a model file.
+#[derive(Args, Debug, Clone)]
+struct ModelArgs {
+    /// Model file: .safetensors, .pt/.pth (PyTorch state dict) or .onnx.
+    #[arg(long)]
+    model: PathBuf,
+    /// Architecture, for files that do not record one: mlp, cnn, cifar-cnn.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Per-channel mean to fold into the model, e.g. 0.1307 or 0.4914,0.4822,0.4465.
+    #[arg(long, value_delimiter = ',', requires = "std")]
+    mean: Option<Vec<f32>>,
+    /// Per-channel standard deviation to fold into the model.
+    #[arg(long, value_delimiter = ',', requires = "mean")]
+    std: Option<Vec<f32>>,
+    /// Input shape C,H,W for ONNX graphs whose input shape is symbolic.
+    #[arg(long, value_delimiter = ',')]
+    input_shape: Option<Vec<usize>>,
+}
+
+/// Which data to read.
+#[derive(Args, Debug, Clone)]
+struct DataArgs {
+    /// Dataset: an MNIST IDX directory, a CIFAR-10 binary directory, an .npz file,
+    /// or a directory with x.npy and y.npy.
+    #[arg(long)]
+    data: PathBuf,
+    /// Evaluate only the first N samples (unshuffled, so runs stay comparable).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Number of classes, when the labels do not show it (default: 10 for IDX/CIFAR).
+    #[arg(long)]
+    num_classes: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Split to evaluate.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// The run's seed (recorded; every random choice derives from it).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Samples per forward pass.
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+    /// Output directory for results.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// No progress output.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Architecture to train: mlp, cnn, cifar-cnn.
+    #[arg(long, default_value = "cnn")]
+    arch: String,
+    /// Passes over the training split.
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    /// Mini-batch size.
+    #[arg(long, default_value_t = 50)]
+    batch_size: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Optimiser: adam or sgd.
+    #[arg(long, default_value = "adam")]
+    optimizer: String,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// The run's seed: initialisation and shuffling derive from it.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Per-channel mean to fold into the model.
+    #[arg(long, value_delimiter = ',', requires = "std")]
+    mean: Option<Vec<f32>>,
+    /// Per-channel standard deviation to fold into the model.
+    #[arg(long, value_delimiter = ',', requires = "mean")]
+    std: Option<Vec<f32>>,
+    /// Where to write the model (.safetensors); its record goes next to it as <name>.record.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// No progress output.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct InfoArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+/// Run a parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Train(args) => train(args),
+        Command::Eval(args) => eval(args),
+        Command::Info(args) => info(args),
+    }
+    .map(|()| ExitCode::SUCCESS)
+}
+
+/// The command line as typed, with the program named `gauntlet` wherever it was run from.
+fn command_line() -> Vec<String> {
+    std::iter::once("gauntlet".to_string())
+        .chain(std::env::args().skip(1))
+        .collect()
+}
+
+fn environment() -> Environment {
+    Environment {
+        device: "cpu".into(),
+        threads: candle_core::utils::get_num_threads(),
+    }
+}
+
+fn model_options(args: &ModelArgs) -> Result<ModelOptions> {
+    let arch = args.arch.as_deref().map(Arch::parse).transpose()?;
+    let normalization = match (&args.mean, &args.std) {
+        (Some(mean), Some(std)) => Some(Normalization {
+            mean: mean.clone(),
+            std: std.clone(),
+        }),
+        _ => None,
+    };
+    let input_shape = match args.input_shape.as_deref() {
+        None => None,
+        Some([c, h, w]) if *c > 0 && *h > 0 && *w > 0 => Some([*c, *h, *w]),
+        Some(other) => bail!("--input-shape {other:?} must be three positive numbers C,H,W"),
+    };
+    Ok(ModelOptions {
+        arch,
+        normalization,
+        bounds: None,
+        input_shape,
+    })
+}
+
+fn load_model_checked(args: &ModelArgs) -> Result<(Model, ModelInfo)> {
+    let options = model_options(args)?;
+    load_model(&args.model, &options, &Device::Cpu)
+        .with_context(|| format!("cannot load model {}", args.model.display()))
+}
+
+fn load_data(args: &DataArgs, split: Split) -> Result<Dataset> {
+    let options = LoadOptions {
+        split,
+        limit: args.limit,
+        num_classes: args.num_classes,
+    };
+    gauntlet_data::load(&args.data, &options).with_context(|| {
+        format!(
+            "cannot load the {} split of {}",
+            split.as_str(),
+            args.data.display()
+        )
+    })
+}
+
+fn model_record(info: &ModelInfo) -> ModelRecord {
+    ModelRecord {
+        path: info.path.display().to_string(),
+        sha256: info.sha256.clone(),
+        format: info.format.as_str().into(),
+        arch: info.arch.clone(),
+        num_classes: info.num_classes,
+        input_shape: info.input_shape,
+        bounds: [info.bounds.min, info.bounds.max],
+    }
+}
+
+fn dataset_record(data: &Dataset) -> DatasetRecord {
+    DatasetRecord {
+        path: data.path().display().to_string(),
+        sha256: data.sha256().into(),
+        format: data.format().as_str().into(),
+        split: data.split().as_str().into(),
+        num_samples: data.len(),
+    }
+}
+
+/// Refuse an output path that is an existing file where a directory is expected.
+fn check_out_dir(out: &Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        bail!("--out {} exists and is not a directory", out.display());
+    }
+    Ok(())
+}
+
+fn write_record(path: &Path, record: &RunRecord) -> Result<()> {
+    gauntlet_core::write_atomic(path, record.to_json().as_bytes())
+        .with_context(|| format!("cannot write the run record {}", path.display()))
+}
+
+fn eval(args: EvalArgs) -> Result<()> {
+    let started = Instant::now();
+    // Plan: every user error surfaces here, before any compute.
+    let split: Split = args.split.parse()?;
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    check_out_dir(&args.out)?;
+    let (model, info) = load_model_checked(&args.model)?;
+    let data = load_data(&args.data, split)?;
+    gauntlet_eval::check_compatible(&model, &data).with_context(|| {
+        format!(
+            "model {} does not fit dataset {}",
+            args.model.model.display(),
+            args.data.data.display()
+        )
+    })?;
+
+    let progress = CliProgress::new(args.quiet);
+    let clean = gauntlet_eval::evaluate_clean(&model, &data, args.batch_size, &progress)?;
+    let record = RunRecord {
+        schema_version: SCHEMA_VERSION,
+        tool: gauntlet_record::this_tool(),
+        kind: RunKind::Eval,
+        command: command_line(),
+        seed: args.seed,
+        environment: environment(),
+        model: model_record(&info),
+        dataset: dataset_record(&data),
+        clean: Some(CleanRecord {
+            accuracy: clean.accuracy,
+            correct: clean.correct,
+            predictions: clean.predictions,
+        }),
+        training: None,
+        wall_seconds: started.elapsed().as_secs_f64(),
+    };
+    let path = args.out.join("results.json");
+    write_record(&path, &record)?;
+    let correct = record
+        .clean
+        .as_ref()
+        .map(|c| c.correct.iter().filter(|x| **x).count())
+        .unwrap_or(0);
+    println!(
+        "{} ({}, {}) on {} {} ({} samples): clean accuracy {:.2}% ({correct}/{})",
+        info.path.display(),
+        info.arch,
+        &info.sha256[..12],
+        data.path().display(),
+        split.as_str(),
+        data.len(),
+        100.0 * clean.accuracy,
+        data.len(),
+    );
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn train(args: TrainArgs) -> Result<()> {
+    let started = Instant::now();
+    let arch = Arch::parse(&args.arch)?;
+    let optimizer = OptimizerKind::parse(&args.optimizer)?;
+    let normalization = match (args.mean, args.std) {
+        (Some(mean), Some(std)) => Normalization { mean, std },
+        _ => Normalization::default(),
+    };
+    let config = TrainConfig {
+        arch,
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        learning_rate: args.lr,
+        optimizer,
+        momentum: args.momentum,
+        seed: args.seed,
+        normalization,
+        ..TrainConfig::default()
+    };
+    config.validate()?;
+    if args.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        bail!("--out {} must end in .safetensors", args.out.display());
+    }
+    if args.out.is_dir() {
+        bail!(
+            "--out {} is a directory, expected a .safetensors file path",
+            args.out.display()
+        );
+    }
+    let train_set = load_data(&args.data, Split::Train)?;
+    // The evaluation split is always used whole: --limit restricts training data only.
+    let eval_args = DataArgs {
+        limit: None,
+        ..args.data.clone()
+    };
+    let test_set = load_data(&eval_args, Split::Test)?;
+
+    let progress = CliProgress::new(args.quiet);
+    let (network, history) = gauntlet_train::train(&config, &train_set, &test_set, &progress)?;
+    network
+        .save(&args.out)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+
+    // Describe the saved file exactly as `eval` would, by loading it back.
+    let (model, info) = load_model(&args.out, &ModelOptions::default(), &Device::Cpu)
+        .with_context(|| format!("cannot reload the trained model {}", args.out.display()))?;
+    let clean = gauntlet_eval::evaluate_clean(
+        &model,
+        &test_set,
+        config.eval_batch_size,
+        &gauntlet_core::NoProgress,
+    )?;
+    let record = RunRecord {
+        schema_version: SCHEMA_VERSION,
+        tool: gauntlet_record::this_tool(),
+        kind: RunKind::Train,
+        command: command_line(),
+        seed: config.seed,
+        environment: environment(),
+        model: model_record(&info),
+        dataset: dataset_record(&test_set),
+        clean: Some(CleanRecord {
+            accuracy: clean.accuracy,
+            correct: clean.correct,
+            predictions: clean.predictions,
+        }),
+        training: Some(TrainingRecord {
+            train_dataset: dataset_record(&train_set),
+            arch: arch.name().into(),
+            epochs: config.epochs,
+            batch_size: config.batch_size,
+            optimizer: optimizer.name().into(),
+            learning_rate: config.learning_rate,
+            momentum: if optimizer == OptimizerKind::Sgd {
+                config.momentum
+            } else {
+                0.0
+            },
+            mean: config.normalization.mean.clone(),
+            std: config.normalization.std.clone(),
+            history: history
+                .iter()
+                .map(|e| gauntlet_record::EpochRecord {
+                    epoch: e.epoch,
+                    train_loss: e.train_loss,
+                    train_accuracy: e.train_accuracy,
+                    test_accuracy: e.test_accuracy,
+                    wall_seconds: e.wall_seconds,
+                })
+                .collect(),
+        }),
+        wall_seconds: started.elapsed().as_secs_f64(),
+    };
+    let record_path = args.out.with_extension("record.json");
+    write_record(&record_path, &record)?;
+    println!(
+        "trained {} for {} epochs: test accuracy {:.2}% on {} samples, {:.1}s",
+        arch,
+        config.epochs,
+        100.0 * clean.accuracy,
+        test_set.len(),
+        record.wall_seconds
+    );
+    println!("wrote {} and {}", args.out.display(), record_path.display());
+    Ok(())
+}
+
+fn info(args: InfoArgs) -> Result<()> {
+    let (model, info) = load_model_checked(&args.model)?;
+    let Bounds { min, max } = model.bounds();
+    println!("path         {}", info.path.display());
+    println!("sha256       {}", info.sha256);
+    println!("format       {}", info.format.as_str());
+    println!("arch         {}", info.arch);
+    println!("input shape  {:?} (C, H, W)", info.input_shape);
+    println!("classes      {}", info.num_classes);
+    println!("bounds       [{min}, {max}]");
+    println!("gradient     ok (input receives a finite, non-zero gradient)");
+    Ok(())
+}

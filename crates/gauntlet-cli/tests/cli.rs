@@ -1,0 +1,331 @@
+//! The one integration-test binary for the `gauntlet` command: real binary, real
+//! files, asserted exit codes and outputs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+fn gauntlet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gauntlet"))
+        .args(args)
+        .current_dir(repo(""))
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// An error run: exit code 2 and a single `error:` line naming the problem.
+fn assert_clear_error(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(needle),
+        "expected '{needle}' in: {err}"
+    );
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn eval_on_the_shipped_model_writes_a_consistent_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = gauntlet(&[
+        "eval",
+        "--model",
+        "examples/models/mnist-cnn.safetensors",
+        "--data",
+        "datasets/mnist-5k",
+        "--limit",
+        "200",
+        "--seed",
+        "42",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let record = read_json(&out.join("results.json"));
+    assert_eq!(record["schema_version"], 1);
+    assert_eq!(record["kind"], "eval");
+    assert_eq!(record["seed"], 42);
+    assert_eq!(record["dataset"]["num_samples"], 200);
+    assert_eq!(record["dataset"]["split"], "test");
+    assert_eq!(record["model"]["arch"], "cnn");
+    let sha = gauntlet_core::sha256_file(&repo("examples/models/mnist-cnn.safetensors")).unwrap();
+    assert_eq!(record["model"]["sha256"], sha.as_str());
+    let correct = record["clean"]["correct"].as_array().unwrap();
+    assert_eq!(correct.len(), 200);
+    let n_correct = correct.iter().filter(|c| c.as_bool().unwrap()).count();
+    assert_eq!(
+        record["clean"]["accuracy"].as_f64().unwrap(),
+        n_correct as f64 / 200.0
+    );
+    assert!(n_correct >= 190, "shipped CNN got only {n_correct}/200");
+    // Nothing but the record in the output directory: no temporary files left.
+    let names: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("results.json")]);
+}
+
+#[test]
+fn eval_of_a_pytorch_state_dict_and_its_onnx_twin_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut verdicts = Vec::new();
+    for (name, extra) in [("mlp.pt", vec!["--arch", "mlp"]), ("mlp.onnx", vec![])] {
+        let out = dir.path().join(name);
+        let model = repo("crates/gauntlet-models/tests/fixtures").join(name);
+        let mut args = vec![
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            "datasets/mnist-5k",
+            "--limit",
+            "50",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let o = gauntlet(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        verdicts.push(read_json(&out.join("results.json"))["clean"]["predictions"].clone());
+    }
+    assert_eq!(verdicts[0], verdicts[1]);
+}
+
+#[test]
+fn train_is_reproducible_and_its_model_evaluates() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = Vec::new();
+    for run in ["a", "b"] {
+        let model = dir.path().join(format!("{run}.safetensors"));
+        let o = gauntlet(&[
+            "train",
+            "--data",
+            "datasets/mnist-5k",
+            "--arch",
+            "mlp",
+            "--epochs",
+            "1",
+            "--limit",
+            "300",
+            "--seed",
+            "9",
+            "--out",
+            model.to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        bytes.push(std::fs::read(&model).unwrap());
+        let record = read_json(&dir.path().join(format!("{run}.record.json")));
+        assert_eq!(record["kind"], "train");
+        assert_eq!(record["training"]["history"].as_array().unwrap().len(), 1);
+        assert_eq!(record["training"]["train_dataset"]["num_samples"], 300);
+        assert_eq!(record["dataset"]["num_samples"], 1000);
+        let final_acc = record["training"]["history"][0]["test_accuracy"]
+            .as_f64()
+            .unwrap();
+        assert_eq!(
+            record["clean"]["accuracy"].as_f64().unwrap(),
+            final_acc,
+            "reloaded model must match training's last evaluation"
+        );
+    }
+    assert_eq!(
+        bytes[0], bytes[1],
+        "same seed must give the same model file"
+    );
+    let o = gauntlet(&[
+        "info",
+        "--model",
+        dir.path().join("a.safetensors").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("mlp"));
+}
+
+#[test]
+fn user_errors_exit_2_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o");
+    let out = out.to_str().unwrap();
+    let cnn = "examples/models/mnist-cnn.safetensors";
+    assert_clear_error(
+        &gauntlet(&[
+            "eval",
+            "--model",
+            "missing.safetensors",
+            "--data",
+            "datasets/mnist-5k",
+            "--out",
+            out,
+        ]),
+        "missing.safetensors",
+    );
+    assert_clear_error(
+        &gauntlet(&["eval", "--model", cnn, "--data", "nowhere", "--out", out]),
+        "nowhere",
+    );
+    assert_clear_error(
+        &gauntlet(&[
+            "eval",
+            "--model",
+            cnn,
+            "--data",
+            "datasets/mnist-5k",
+            "--split",
+            "validation",
+            "--out",
+            out,
+        ]),
+        "unknown split 'validation'",
+    );
+    assert_clear_error(
+        &gauntlet(&[
+            "eval",
+            "--model",
+            cnn,
+            "--data",
+            "datasets/mnist-5k",
+            "--limit",
+            "0",
+            "--out",
+            out,
+        ]),
+        "--limit",
+    );
+    let pt = repo("crates/gauntlet-models/tests/fixtures/mlp.pt");
+    assert_clear_error(
+        &gauntlet(&[
+            "eval",
+            "--model",
+            pt.to_str().unwrap(),
+            "--data",
+            "datasets/mnist-5k",
+            "--out",
+            out,
+        ]),
+        "--arch",
+    );
+    assert_clear_error(
+        &gauntlet(&[
+            "eval",
+            "--model",
+            pt.to_str().unwrap(),
+            "--arch",
+            "cnn",
+            "--data",
+            "datasets/mnist-5k",
+            "--out",
+            out,
+        ]),
+        "conv1.weight",
+    );
+    assert_clear_error(
+        &gauntlet(&[
+            "eval",
+            "--model",
+            cnn,
+            "--arch",
+            "vgg",
+            "--data",
+            "datasets/mnist-5k",
+            "--out",
+            out,
+        ]),
+        "unknown architecture 'vgg'",
+    );
+    let file = dir.path().join("file.txt");
+    std::fs::write(&file, "x").unwrap();
+    assert_clear_error(
+        &gauntlet(&[
+            "eval",
+            "--model",
+            cnn,
+            "--data",
+            "datasets/mnist-5k",
+            "--out",
+            file.to_str().unwrap(),
+        ]),
+        "not a directory",
+    );
+    assert_clear_error(
+        &gauntlet(&[
+            "train",
+            "--data",
+            "datasets/mnist-5k",
+            "--epochs",
+            "0",
+            "--out",
+            "x.safetensors",
+        ]),
+        "epochs",
+    );
+    assert_clear_error(
+        &gauntlet(&[
+            "train",
+            "--data",
+            "datasets/mnist-5k",
+            "--optimizer",
+            "lbfgs",
+            "--out",
+            "x.safetensors",
+        ]),
+        "lbfgs",
+    );
+    assert!(!out_exists(out), "no output may be written on error");
+}
+
+fn out_exists(p: &str) -> bool {
+    Path::new(p).exists()
+}
+
+#[test]
+fn a_model_that_does_not_fit_the_data_is_refused_before_compute() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("rgb.npz");
+    // A 3-channel dataset for a 1-channel model.
+    let x = gauntlet_data::encode_npy("|u1", &[2, 3, 28, 28], &vec![0u8; 2 * 3 * 28 * 28]);
+    let y = gauntlet_data::encode_npy("|u1", &[2], &[0, 1]);
+    write_npz(&data, &[("x.npy", x), ("y.npy", y)]);
+    let out = dir.path().join("o");
+    let o = gauntlet(&[
+        "eval",
+        "--model",
+        "examples/models/mnist-cnn.safetensors",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_clear_error(&o, "[1, 28, 28]");
+    assert!(!out.exists());
+}
+
+fn write_npz(path: &Path, entries: &[(&str, Vec<u8>)]) {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    for (name, bytes) in entries {
+        zip.start_file(*name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zip.write_all(bytes).unwrap();
+    }
+    zip.finish().unwrap();
+}

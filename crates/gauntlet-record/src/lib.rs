@@ -1,0 +1,282 @@
+//! The run record: `results.json`, the single source of truth of a Gauntlet run.
+//!
+//! Serde only (no candle), so reports, merges and CI checks build and run fast.
+//! The schema is versioned ([`SCHEMA_VERSION`]) and documented in
+//! `docs/record-schema.md`; readers refuse versions they do not know.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the schema this crate writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Errors reading a record.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Not valid JSON, or not a run record.
+    #[error("not a valid Gauntlet run record: {0}")]
+    Parse(#[from] serde_json::Error),
+    /// A schema version this build does not understand.
+    #[error("run record has schema_version {found}, this build reads version {expected}")]
+    SchemaVersion {
+        /// Version in the file.
+        found: u64,
+        /// Version supported.
+        expected: u32,
+    },
+}
+
+/// Result with the record [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What kind of run produced the record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunKind {
+    /// `gauntlet eval`.
+    Eval,
+    /// `gauntlet train`.
+    Train,
+}
+
+/// One run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRecord {
+    /// Always [`SCHEMA_VERSION`] when written by this build.
+    pub schema_version: u32,
+    /// The tool that wrote the record.
+    pub tool: Tool,
+    /// What kind of run this was.
+    pub kind: RunKind,
+    /// The command line, for re-running exactly this evaluation.
+    pub command: Vec<String>,
+    /// The run's seed: every random choice derives from it.
+    pub seed: u64,
+    /// The machine-independent execution settings.
+    pub environment: Environment,
+    /// The model evaluated (or produced, for training).
+    pub model: ModelRecord,
+    /// The data evaluated on (for training: the evaluation split).
+    pub dataset: DatasetRecord,
+    /// Clean accuracy, per sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clean: Option<CleanRecord>,
+    /// Training configuration and per-epoch history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<TrainingRecord>,
+    /// Wall-clock seconds of the whole run (the only field that varies between identical runs).
+    pub wall_seconds: f64,
+}
+
+/// Name and version of the writer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tool {
+    /// `"gauntlet"`.
+    pub name: String,
+    /// Crate version.
+    pub version: String,
+}
+
+/// Where the run executed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    /// `"cpu"` (or an accelerator name).
+    pub device: String,
+    /// Worker threads used by the tensor backend.
+    pub threads: usize,
+}
+
+/// The model, identified by content.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRecord {
+    /// Path as given.
+    pub path: String,
+    /// sha256 of the file.
+    pub sha256: String,
+    /// `safetensors`, `pytorch` or `onnx`.
+    pub format: String,
+    /// Architecture (`mlp`, `cnn`, `cifar-cnn`, or `onnx`).
+    pub arch: String,
+    /// Number of classes.
+    pub num_classes: usize,
+    /// `[C, H, W]`.
+    pub input_shape: [usize; 3],
+    /// Valid input range `[min, max]`.
+    pub bounds: [f64; 2],
+}
+
+/// The dataset, identified by content.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetRecord {
+    /// Path as given.
+    pub path: String,
+    /// sha256 over the split's files.
+    pub sha256: String,
+    /// `idx`, `cifar10-binary`, `npz` or `npy`.
+    pub format: String,
+    /// `train` or `test`.
+    pub split: String,
+    /// Samples evaluated: the first `num_samples` of the split, in file order.
+    pub num_samples: usize,
+}
+
+/// Clean (unattacked) results.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CleanRecord {
+    /// Fraction of samples classified correctly.
+    pub accuracy: f64,
+    /// One entry per sample, dataset order: was it classified correctly?
+    pub correct: Vec<bool>,
+    /// Predicted class per sample, dataset order.
+    pub predictions: Vec<u32>,
+}
+
+/// Training configuration and history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingRecord {
+    /// Training data (the train split).
+    pub train_dataset: DatasetRecord,
+    /// Architecture trained.
+    pub arch: String,
+    /// Number of epochs.
+    pub epochs: usize,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Optimiser: `adam` or `sgd`.
+    pub optimizer: String,
+    /// Learning rate.
+    pub learning_rate: f64,
+    /// SGD momentum (0 for Adam).
+    pub momentum: f64,
+    /// Folded input normalisation, per channel (empty: none).
+    pub mean: Vec<f32>,
+    /// Folded input normalisation, per channel (empty: none).
+    pub std: Vec<f32>,
+    /// One entry per epoch.
+    pub history: Vec<EpochRecord>,
+}
+
+/// Statistics of one training epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpochRecord {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's batches.
+    pub train_loss: f64,
+    /// Training accuracy over the epoch (as the weights changed).
+    pub train_accuracy: f64,
+    /// Accuracy on the evaluation split after the epoch.
+    pub test_accuracy: f64,
+    /// Seconds the epoch took (training plus evaluation).
+    pub wall_seconds: f64,
+}
+
+impl RunRecord {
+    /// Pretty JSON with a trailing newline; the same record always gives the same bytes.
+    pub fn to_json(&self) -> String {
+        let mut text = serde_json::to_string_pretty(self).unwrap_or_default();
+        text.push('\n');
+        text
+    }
+
+    /// Parse a record, refusing unknown schema versions before anything else.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let value: serde_json::Value = serde_json::from_str(text)?;
+        let found = value
+            .get("schema_version")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        if found != u64::from(SCHEMA_VERSION) {
+            return Err(Error::SchemaVersion {
+                found,
+                expected: SCHEMA_VERSION,
+            });
+        }
+        Ok(serde_json::from_value(value)?)
+    }
+}
+
+/// The tool block for records written by this build.
+pub fn this_tool() -> Tool {
+    Tool {
+        name: "gauntlet".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> RunRecord {
+        RunRecord {
+            schema_version: SCHEMA_VERSION,
+            tool: this_tool(),
+            kind: RunKind::Eval,
+            command: vec!["gauntlet".into(), "eval".into()],
+            seed: 7,
+            environment: Environment {
+                device: "cpu".into(),
+                threads: 2,
+            },
+            model: ModelRecord {
+                path: "m.safetensors".into(),
+                sha256: "ab".repeat(32),
+                format: "safetensors".into(),
+                arch: "cnn".into(),
+                num_classes: 10,
+                input_shape: [1, 28, 28],
+                bounds: [0.0, 1.0],
+            },
+            dataset: DatasetRecord {
+                path: "datasets/mnist-5k".into(),
+                sha256: "cd".repeat(32),
+                format: "idx".into(),
+                split: "test".into(),
+                num_samples: 3,
+            },
+            clean: Some(CleanRecord {
+                accuracy: 2.0 / 3.0,
+                correct: vec![true, false, true],
+                predictions: vec![1, 2, 3],
+            }),
+            training: None,
+            wall_seconds: 0.5,
+        }
+    }
+
+    #[test]
+    fn round_trip_is_lossless_and_byte_stable() {
+        let r = sample();
+        let text = r.to_json();
+        let back = RunRecord::from_json(&text).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.to_json(), text);
+        assert!(!text.contains("training"), "absent sections are omitted");
+    }
+
+    #[test]
+    fn unknown_schema_versions_and_fields_are_refused() {
+        let text = sample()
+            .to_json()
+            .replace("\"schema_version\": 1", "\"schema_version\": 99");
+        let err = RunRecord::from_json(&text).unwrap_err().to_string();
+        assert!(err.contains("99") && err.contains("version 1"), "{err}");
+        let text = sample()
+            .to_json()
+            .replace("\"seed\": 7", "\"seed\": 7, \"sede\": 8");
+        assert!(RunRecord::from_json(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("sede"));
+        assert!(RunRecord::from_json("{").is_err());
+    }
+}
