@@ -56,6 +56,31 @@ impl SeedStream {
         (0..n).map(|_| rng.random_range(low..high)).collect()
     }
 
+    /// `n` standard normal values.
+    pub fn normal_f32(&self, n: usize) -> Vec<f32> {
+        use rand::Rng;
+        let mut rng = self.rng();
+        (0..n)
+            .map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal))
+            .collect()
+    }
+
+    /// `n` values that are each -1 or +1 with equal probability.
+    pub fn signs_f32(&self, n: usize) -> Vec<f32> {
+        use rand::Rng;
+        let mut rng = self.rng();
+        (0..n)
+            .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
+            .collect()
+    }
+
+    /// `n` integers uniform in `0..bound` (`bound` > 0).
+    pub fn below(&self, n: usize, bound: usize) -> Vec<usize> {
+        use rand::Rng;
+        let mut rng = self.rng();
+        (0..n).map(|_| rng.random_range(0..bound.max(1))).collect()
+    }
+
     /// A uniformly random permutation of `0..n` (Fisher–Yates).
     pub fn permutation(&self, n: usize) -> Vec<usize> {
         use rand::seq::SliceRandom;
@@ -90,6 +115,20 @@ mod tests {
         assert_ne!(p, (0..1000).collect::<Vec<_>>());
         p.sort_unstable();
         assert_eq!(p, (0..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn normal_values_have_unit_variance() {
+        let v = SeedStream::new(4).normal_f32(20_000);
+        let mean = v.iter().sum::<f32>() / v.len() as f32;
+        let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / v.len() as f32;
+        assert!(
+            mean.abs() < 0.03 && (var - 1.0).abs() < 0.05,
+            "mean {mean}, var {var}"
+        );
+        let s = SeedStream::new(4).signs_f32(1000);
+        assert!(s.iter().all(|x| *x == 1.0 || *x == -1.0));
+        assert!(s.iter().filter(|x| **x > 0.0).count().abs_diff(500) < 80);
     }
 
     #[test]

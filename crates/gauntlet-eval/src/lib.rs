@@ -1,8 +1,15 @@
 //! The evaluation runner: turns a classifier and a dataset into per-sample results.
 //!
-//! For now: compatibility checks between model and data, and clean accuracy with
-//! one verdict per sample in dataset order (the shape every later robust result
-//! takes, so worst-case aggregation is a per-sample AND).
+//! Compatibility checks between model and data, clean accuracy with one verdict
+//! per sample in dataset order, and robust accuracy over attack suites with the
+//! per-sample worst case ([`evaluate_robust`]).
+
+mod robust;
+
+pub use robust::{
+    evaluate_robust, model_sanity, AttackResult, MinimalNorms, RobustConfig, RobustResult,
+    SuiteEntry, TargetSpec, Warning, WorstCase,
+};
 
 use candle_core::{DType, Tensor, D};
 use gauntlet_core::{Classifier, Observer};
@@ -33,6 +40,9 @@ pub enum Error {
     /// From candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// From an attack.
+    #[error(transparent)]
+    Attack(#[from] gauntlet_attacks::Error),
 }
 
 /// Result with the eval [`Error`].

@@ -1,0 +1,82 @@
+//! What an attack sees of the model: logits and loss gradients, counted.
+
+use candle_core::{Tensor, Var};
+use gauntlet_core::Classifier;
+
+use crate::Result;
+
+/// The model as an attack sees it. Every forward and gradient evaluation is
+/// counted per sample, for the record and for query budgets.
+pub struct AttackContext<'a> {
+    model: &'a dyn Classifier,
+    forwards: u64,
+    gradients: u64,
+}
+
+/// The result of one gradient evaluation.
+pub struct LossGradient {
+    /// Logits of the forward pass (no gradient attached).
+    pub logits: Tensor,
+    /// Per-sample loss `(N,)`.
+    pub loss: Vec<f32>,
+    /// d(sum of losses)/d(input), shape of the input.
+    pub gradient: Tensor,
+}
+
+impl<'a> AttackContext<'a> {
+    /// Wrap a model.
+    pub fn new(model: &'a dyn Classifier) -> Self {
+        Self {
+            model,
+            forwards: 0,
+            gradients: 0,
+        }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &dyn Classifier {
+        self.model
+    }
+
+    /// Logits without gradient (counts one forward per sample).
+    pub fn logits(&mut self, x: &Tensor) -> Result<Tensor> {
+        self.forwards += x.dim(0)? as u64;
+        Ok(self.model.logits(&x.detach())?.detach())
+    }
+
+    /// Per-sample loss and the input gradient of its sum (counts one gradient per
+    /// sample). `loss` maps logits `(N, K)` to per-sample losses `(N,)`. Samples are
+    /// independent, so each row of the gradient is that sample's own gradient.
+    pub fn loss_gradient<F>(&mut self, x: &Tensor, loss: F) -> Result<LossGradient>
+    where
+        F: Fn(&Tensor) -> Result<Tensor>,
+    {
+        let n = x.dim(0)? as u64;
+        self.gradients += n;
+        let input = Var::from_tensor(&x.detach())?;
+        let logits = self.model.logits(input.as_tensor())?;
+        let per_sample = loss(&logits)?;
+        let grads = per_sample.sum_all()?.backward()?;
+        let gradient = match grads.get(input.as_tensor()) {
+            Some(g) => g.clone(),
+            None => x.zeros_like()?,
+        };
+        Ok(LossGradient {
+            logits: logits.detach(),
+            loss: per_sample
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?,
+            gradient,
+        })
+    }
+
+    /// Per-sample forward evaluations so far.
+    pub fn forwards(&self) -> u64 {
+        self.forwards
+    }
+
+    /// Per-sample gradient evaluations so far.
+    pub fn gradients(&self) -> u64 {
+        self.gradients
+    }
+}

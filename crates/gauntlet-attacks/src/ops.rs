@@ -1,0 +1,117 @@
+//! Per-sample tensor helpers shared by the attacks: norms, projections, steps.
+
+use candle_core::{DType, Device, Tensor, D};
+use gauntlet_core::{Bounds, Norm, SeedStream};
+
+use crate::Result;
+
+/// Per-sample norms of `delta` `(N, ...)` as `(N,)`.
+pub fn norms(delta: &Tensor, norm: Norm) -> Result<Tensor> {
+    let flat = delta.flatten_from(1)?;
+    Ok(match norm {
+        Norm::Linf => flat.abs()?.max(1)?,
+        Norm::L2 => flat.sqr()?.sum(1)?.sqrt()?,
+    })
+}
+
+/// Per-sample norms as host values.
+pub fn norms_vec(delta: &Tensor, norm: Norm) -> Result<Vec<f64>> {
+    Ok(norms(delta, norm)?.to_dtype(DType::F64)?.to_vec1::<f64>()?)
+}
+
+/// Broadcast a per-sample `(N,)` tensor against `(N, C, H, W)`.
+pub fn per_sample(values: &Tensor, like: &Tensor) -> Result<Tensor> {
+    let mut shape = vec![like.dim(0)?];
+    shape.extend(std::iter::repeat_n(1, like.rank() - 1));
+    Ok(values.reshape(shape)?)
+}
+
+/// Project each sample of `delta` onto the ε-ball of `norm`.
+pub fn project(delta: &Tensor, norm: Norm, eps: f64) -> Result<Tensor> {
+    Ok(match norm {
+        Norm::Linf => delta.clamp(-eps, eps)?,
+        Norm::L2 => {
+            let n = norms(delta, Norm::L2)?;
+            // factor = min(1, eps / ||delta||)
+            let factor = (n + 1e-12)?.recip()?.affine(eps, 0.0)?.clamp(0.0, 1.0)?;
+            delta.broadcast_mul(&per_sample(&factor, delta)?)?
+        }
+    })
+}
+
+/// Clip into the valid input range.
+pub fn clip(x: &Tensor, bounds: Bounds) -> Result<Tensor> {
+    Ok(x.clamp(bounds.min, bounds.max)?)
+}
+
+/// `clip(x + project(candidate - x))`: the one way a perturbation enters an image.
+pub fn project_and_clip(
+    x: &Tensor,
+    candidate: &Tensor,
+    norm: Norm,
+    eps: f64,
+    bounds: Bounds,
+) -> Result<Tensor> {
+    let delta = project(&(candidate - x)?, norm, eps)?;
+    clip(&(x + delta)?, bounds)
+}
+
+/// The steepest-ascent direction of a gradient under `norm`: `sign(g)` for L∞,
+/// `g / ||g||₂` for L2 (zero gradients stay zero).
+pub fn ascent_direction(gradient: &Tensor, norm: Norm) -> Result<Tensor> {
+    Ok(match norm {
+        Norm::Linf => gradient.sign()?,
+        Norm::L2 => {
+            let n = (norms(gradient, Norm::L2)? + 1e-12)?;
+            gradient.broadcast_div(&per_sample(&n, gradient)?)?
+        }
+    })
+}
+
+/// A random point in the ε-ball of `norm` around zero, shaped like `like`, drawn on
+/// the host from `seed`: uniform in the L∞ box; uniform in the L2 ball.
+pub fn random_in_ball(like: &Tensor, norm: Norm, eps: f64, seed: &SeedStream) -> Result<Tensor> {
+    let shape = like.dims().to_vec();
+    let n = like.dim(0)?;
+    let count = like.elem_count();
+    let device: &Device = like.device();
+    let t = match norm {
+        Norm::Linf => Tensor::from_vec(
+            seed.uniform_f32(count, -(eps as f32), eps as f32),
+            shape,
+            device,
+        )?,
+        Norm::L2 => {
+            let dim = count / n.max(1);
+            let direction = Tensor::from_vec(
+                seed.derive("direction").normal_f32(count),
+                shape.clone(),
+                device,
+            )?;
+            let unit = ascent_direction(&direction, Norm::L2)?;
+            // Radius eps * u^(1/d) makes the point uniform in the ball.
+            let radii: Vec<f32> = seed
+                .derive("radius")
+                .uniform_f32(n, 0.0, 1.0)
+                .into_iter()
+                .map(|u| eps as f32 * u.powf(1.0 / dim as f32))
+                .collect();
+            let radii = Tensor::from_vec(radii, n, device)?;
+            unit.broadcast_mul(&per_sample(&radii, &unit)?)?
+        }
+    };
+    Ok(t.to_dtype(like.dtype())?)
+}
+
+/// Select rows of `x` where `mask` is true, with the rows of `other` elsewhere.
+pub fn where_rows(mask: &[bool], x: &Tensor, other: &Tensor) -> Result<Tensor> {
+    let m: Vec<u8> = mask.iter().map(|&b| u8::from(b)).collect();
+    let m = Tensor::from_vec(m, mask.len(), x.device())?;
+    let m = per_sample(&m, x)?.broadcast_as(x.shape())?;
+    Ok(m.where_cond(x, other)?)
+}
+
+/// Arg-max per row.
+pub fn argmax(logits: &Tensor) -> Result<Vec<u32>> {
+    Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
+}

@@ -1,0 +1,119 @@
+//! Best iterate per sample: the first adversarial point found, or else the point
+//! with the highest loss. Attacks report this, not their last iterate.
+
+use candle_core::Tensor;
+
+use crate::ops::{argmax, where_rows};
+use crate::{Goal, Result};
+
+/// Per-sample best iterate.
+pub struct BestIterate {
+    adversarial: Tensor,
+    found: Vec<bool>,
+    loss: Vec<f32>,
+}
+
+impl BestIterate {
+    /// Start at the clean input, nothing found.
+    pub fn new(x: &Tensor) -> Result<Self> {
+        let n = x.dim(0)?;
+        Ok(Self {
+            adversarial: x.clone(),
+            found: vec![false; n],
+            loss: vec![f32::NEG_INFINITY; n],
+        })
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.found.len()
+    }
+
+    /// Whether there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.found.is_empty()
+    }
+
+    /// Indices of samples with no adversarial example yet.
+    pub fn remaining(&self) -> Vec<usize> {
+        self.found
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !**f)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Which samples have an adversarial example.
+    pub fn found(&self) -> &[bool] {
+        &self.found
+    }
+
+    /// Consider `candidate` (with its logits and per-sample loss).
+    pub fn update(
+        &mut self,
+        candidate: &Tensor,
+        logits: &Tensor,
+        loss: &[f32],
+        goal: &Goal,
+    ) -> Result<()> {
+        let predictions = argmax(logits)?;
+        let mut take = vec![false; self.found.len()];
+        for i in 0..take.len() {
+            if self.found[i] {
+                continue;
+            }
+            if goal.is_success(i, predictions[i]) {
+                take[i] = true;
+                self.found[i] = true;
+                self.loss[i] = loss[i];
+            } else if loss[i] > self.loss[i] {
+                take[i] = true;
+                self.loss[i] = loss[i];
+            }
+        }
+        if take.iter().any(|t| *t) {
+            self.adversarial = where_rows(&take, candidate, &self.adversarial)?;
+        }
+        Ok(())
+    }
+
+    /// Rows `indices` of `x`.
+    pub fn select(&self, x: &Tensor, indices: &[usize]) -> Result<Tensor> {
+        let idx: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
+        let idx = Tensor::from_vec(idx, indices.len(), x.device())?;
+        Ok(x.index_select(&idx, 0)?)
+    }
+
+    /// Fold in the results of a run on the subset `indices`.
+    pub fn merge(&mut self, indices: &[usize], sub: &BestIterate) -> Result<()> {
+        let mut rows = Vec::with_capacity(self.len());
+        let mut improved = false;
+        let mut pos = 0;
+        for i in 0..self.len() {
+            if pos < indices.len() && indices[pos] == i {
+                let better = sub.found[pos] || (!self.found[i] && sub.loss[pos] > self.loss[i]);
+                if better {
+                    self.found[i] |= sub.found[pos];
+                    self.loss[i] = sub.loss[pos];
+                    rows.push(sub.adversarial.narrow(0, pos, 1)?);
+                    improved = true;
+                } else {
+                    rows.push(self.adversarial.narrow(0, i, 1)?);
+                }
+                pos += 1;
+            } else {
+                rows.push(self.adversarial.narrow(0, i, 1)?);
+            }
+        }
+        if improved {
+            self.adversarial = Tensor::cat(&rows, 0)?;
+        }
+        Ok(())
+    }
+
+    /// The best points.
+    pub fn into_adversarial(self) -> Tensor {
+        self.adversarial
+    }
+}

@@ -1,0 +1,347 @@
+//! One table-driven suite over every attack in the registry, plus closed forms
+//! and strength orderings on the shipped models.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use gauntlet_attacks::{build_attack, run_attack, AttackKind, Goal, NAMES, NORM_TOLERANCE};
+use gauntlet_core::{Bounds, Classifier, Norm, SeedStream};
+use gauntlet_data::{load, LoadOptions, Split};
+use gauntlet_models::{load_model, Model, ModelOptions};
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+fn shipped(name: &str) -> Model {
+    load_model(
+        &repo(&format!("examples/models/{name}.safetensors")),
+        &ModelOptions::default(),
+        &Device::Cpu,
+    )
+    .unwrap()
+    .0
+}
+
+/// The first `n` test images the model classifies correctly.
+fn correct_batch(model: &Model, n: usize) -> (Tensor, Vec<u32>) {
+    let data = load(
+        &repo("datasets/mnist-5k"),
+        &LoadOptions {
+            split: Split::Test,
+            limit: Some(4 * n),
+            num_classes: None,
+        },
+    )
+    .unwrap();
+    let (x, y) = data.batch(0..data.len(), &Device::Cpu).unwrap();
+    let preds = model
+        .logits(&x)
+        .unwrap()
+        .argmax(1)
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap();
+    let labels = y.to_vec1::<u32>().unwrap();
+    let keep: Vec<u32> = (0..labels.len())
+        .filter(|&i| preds[i] == labels[i])
+        .take(n)
+        .map(|i| i as u32)
+        .collect();
+    let idx = Tensor::from_vec(keep.clone(), keep.len(), &Device::Cpu).unwrap();
+    (
+        x.index_select(&idx, 0).unwrap(),
+        keep.iter().map(|&i| labels[i as usize]).collect(),
+    )
+}
+
+fn eps_for(norm: Norm) -> f64 {
+    match norm {
+        Norm::Linf => 0.15,
+        Norm::L2 => 1.5,
+    }
+}
+
+fn bytes(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+#[test]
+fn every_attack_respects_the_ball_and_the_bounds() {
+    let model = shipped("mnist-mlp");
+    let (x, labels) = correct_batch(&model, 16);
+    let goal = Goal::Untargeted { labels };
+    for name in NAMES {
+        let attack = build_attack(name, &serde_json::Value::Null).unwrap();
+        let eps = eps_for(attack.norm());
+        let out = run_attack(attack.as_ref(), &model, &x, &goal, eps, &SeedStream::new(1)).unwrap();
+        let adv = bytes(&out.adversarial);
+        assert!(
+            adv.iter().all(|v| (0.0..=1.0).contains(v)),
+            "{name}: value outside [0, 1]"
+        );
+        if attack.kind() == AttackKind::FixedEpsilon {
+            for (i, norm) in out.norms.iter().enumerate() {
+                assert!(
+                    *norm <= eps * (1.0 + NORM_TOLERANCE) + NORM_TOLERANCE,
+                    "{name}: sample {i} has norm {norm} > ε {eps}"
+                );
+            }
+        }
+        // Recompute the norms independently of the library's helper.
+        let clean = bytes(&x);
+        let per = clean.len() / goal.labels().len();
+        for i in 0..goal.labels().len() {
+            let d: Vec<f32> = (0..per)
+                .map(|k| adv[i * per + k] - clean[i * per + k])
+                .collect();
+            let norm = match attack.norm() {
+                Norm::Linf => d.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64,
+                Norm::L2 => (d.iter().map(|v| (*v as f64).powi(2)).sum::<f64>()).sqrt(),
+            };
+            assert!(
+                (norm - out.norms[i]).abs() < 1e-4,
+                "{name}: reported norm {} vs recomputed {norm}",
+                out.norms[i]
+            );
+        }
+        assert!(
+            out.success.iter().any(|s| *s),
+            "{name} broke nothing on the MLP at ε = {eps}"
+        );
+        assert!(
+            out.gradients > 0 || !attack.uses_gradients(),
+            "{name}: gradient evaluations not counted"
+        );
+    }
+}
+
+#[test]
+fn no_attack_succeeds_at_zero_epsilon_on_correct_points() {
+    let model = shipped("mnist-mlp");
+    let (x, labels) = correct_batch(&model, 12);
+    let goal = Goal::Untargeted { labels };
+    for name in NAMES {
+        let attack = build_attack(name, &serde_json::Value::Null).unwrap();
+        if attack.kind() != AttackKind::FixedEpsilon {
+            continue;
+        }
+        let out = run_attack(attack.as_ref(), &model, &x, &goal, 0.0, &SeedStream::new(2)).unwrap();
+        assert!(out.success.iter().all(|s| !*s), "{name} succeeded at ε = 0");
+        assert!(
+            out.norms.iter().all(|n| *n == 0.0),
+            "{name} moved a point at ε = 0"
+        );
+    }
+}
+
+#[test]
+fn same_seed_same_bytes_and_randomised_attacks_depend_on_the_seed() {
+    let model = shipped("mnist-mlp");
+    let (x, labels) = correct_batch(&model, 8);
+    let goal = Goal::Untargeted { labels };
+    for name in NAMES {
+        let attack = build_attack(name, &serde_json::Value::Null).unwrap();
+        let eps = eps_for(attack.norm()) / 3.0;
+        let a = run_attack(attack.as_ref(), &model, &x, &goal, eps, &SeedStream::new(3)).unwrap();
+        let b = run_attack(attack.as_ref(), &model, &x, &goal, eps, &SeedStream::new(3)).unwrap();
+        assert_eq!(
+            bytes(&a.adversarial),
+            bytes(&b.adversarial),
+            "{name} is not deterministic under a seed"
+        );
+        if attack.is_randomized() {
+            let c =
+                run_attack(attack.as_ref(), &model, &x, &goal, eps, &SeedStream::new(4)).unwrap();
+            assert_ne!(
+                bytes(&a.adversarial),
+                bytes(&c.adversarial),
+                "{name} ignores its seed"
+            );
+        }
+    }
+}
+
+/// `logits = W x + b` on flattened input: FGSM has a closed form.
+struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Classifier for Linear {
+    fn logits(&self, x: &Tensor) -> gauntlet_core::Result<Tensor> {
+        Ok(x.flatten_from(1)?
+            .matmul(&self.weight.t()?)?
+            .broadcast_add(&self.bias)?)
+    }
+    fn bounds(&self) -> Bounds {
+        Bounds::UNIT
+    }
+    fn num_classes(&self) -> usize {
+        3
+    }
+    fn input_shape(&self) -> [usize; 3] {
+        [1, 2, 3]
+    }
+    fn device(&self) -> &Device {
+        self.weight.device()
+    }
+}
+
+#[test]
+fn fgsm_on_a_linear_model_equals_the_closed_form() {
+    let s = SeedStream::new(5);
+    let (k, d, n) = (3, 6, 5);
+    let w = s.derive("w").uniform_f32(k * d, -1.0, 1.0);
+    let b = s.derive("b").uniform_f32(k, -0.5, 0.5);
+    let xs = s.derive("x").uniform_f32(n * d, 0.0, 1.0);
+    let model = Linear {
+        weight: Tensor::from_vec(w.clone(), (k, d), &Device::Cpu).unwrap(),
+        bias: Tensor::from_vec(b.clone(), k, &Device::Cpu).unwrap(),
+    };
+    let x = Tensor::from_vec(xs.clone(), (n, 1, 2, 3), &Device::Cpu).unwrap();
+    // Label every point with the model's own prediction: attacks start from
+    // correctly classified points (a misclassified one is returned unchanged).
+    let labels = model
+        .logits(&x)
+        .unwrap()
+        .argmax(1)
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap();
+    let eps = 0.1;
+    let attack = build_attack("fgsm", &serde_json::Value::Null).unwrap();
+    let out = run_attack(
+        attack.as_ref(),
+        &model,
+        &x,
+        &Goal::Untargeted {
+            labels: labels.clone(),
+        },
+        eps,
+        &SeedStream::new(0),
+    )
+    .unwrap();
+    let adv = bytes(&out.adversarial);
+    for i in 0..n {
+        // d CE / dx = W^T (softmax(z) - e_y), computed here in f64 by hand.
+        let z: Vec<f64> = (0..k)
+            .map(|c| {
+                (0..d)
+                    .map(|j| w[c * d + j] as f64 * xs[i * d + j] as f64)
+                    .sum::<f64>()
+                    + b[c] as f64
+            })
+            .collect();
+        let m = z.iter().cloned().fold(f64::MIN, f64::max);
+        let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        for j in 0..d {
+            let g: f64 = (0..k)
+                .map(|c| {
+                    w[c * d + j] as f64
+                        * (e[c] / sum - if c as u32 == labels[i] { 1.0 } else { 0.0 })
+                })
+                .sum();
+            let expected = (xs[i * d + j] as f64 + eps * g.signum()).clamp(0.0, 1.0);
+            assert!(
+                (adv[i * d + j] as f64 - expected).abs() < 1e-6,
+                "sample {i}, coordinate {j}: {} vs {expected}",
+                adv[i * d + j]
+            );
+        }
+    }
+}
+
+fn robust_fraction(name: &str, model: &Model, x: &Tensor, labels: &[u32], eps: f64) -> f64 {
+    let attack = build_attack(name, &serde_json::Value::Null).unwrap();
+    let out = run_attack(
+        attack.as_ref(),
+        model,
+        x,
+        &Goal::Untargeted {
+            labels: labels.to_vec(),
+        },
+        eps,
+        &SeedStream::new(6),
+    )
+    .unwrap();
+    out.success.iter().filter(|s| !**s).count() as f64 / labels.len() as f64
+}
+
+#[test]
+fn on_the_shipped_cnn_pgd_is_at_least_as_strong_as_fgsm_and_accuracy_falls_with_epsilon() {
+    let model = shipped("mnist-cnn");
+    let (x, labels) = correct_batch(&model, 16);
+    let mut previous = 1.0;
+    for eps in [0.1, 0.2, 0.3] {
+        let fgsm = robust_fraction("fgsm", &model, &x, &labels, eps);
+        let pgd = robust_fraction("pgd-linf", &model, &x, &labels, eps);
+        assert!(
+            pgd <= fgsm,
+            "ε = {eps}: PGD robust {pgd} > FGSM robust {fgsm}"
+        );
+        assert!(
+            pgd <= previous,
+            "robust accuracy rose from {previous} to {pgd} at ε = {eps}"
+        );
+        previous = pgd;
+    }
+    assert_eq!(
+        robust_fraction("pgd-linf", &model, &x, &labels, 0.4),
+        0.0,
+        "a standard CNN must fall to 0 at ε = 0.4"
+    );
+}
+
+#[test]
+fn unknown_attacks_and_parameters_are_named() {
+    let err = build_attack("deepfake", &serde_json::Value::Null)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("deepfake") && err.contains("pgd-linf"),
+        "{err}"
+    );
+    let err = build_attack("pgd-linf", &serde_json::json!({"stepz": 3}))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("stepz") && err.contains("steps"), "{err}");
+    let err = build_attack("pgd-linf", &serde_json::json!({"steps": 0}))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("steps"), "{err}");
+    let ok = build_attack("pgd-linf", &serde_json::json!({"steps": 7, "restarts": 2})).unwrap();
+    assert_eq!(ok.parameters()["steps"], 7);
+    assert_eq!(ok.parameters()["restarts"], 2);
+}
+
+#[test]
+fn targeted_pgd_reaches_its_targets() {
+    let model = shipped("mnist-mlp");
+    let (x, labels) = correct_batch(&model, 10);
+    let targets: Vec<u32> = labels.iter().map(|l| (l + 1) % 10).collect();
+    let attack = build_attack("pgd-linf", &serde_json::json!({"steps": 60})).unwrap();
+    let goal = Goal::Targeted {
+        labels,
+        targets: targets.clone(),
+    };
+    let out = run_attack(attack.as_ref(), &model, &x, &goal, 0.3, &SeedStream::new(7)).unwrap();
+    for (i, ok) in out.success.iter().enumerate() {
+        if *ok {
+            assert_eq!(out.predictions[i], targets[i]);
+        }
+    }
+    assert!(
+        out.success.iter().filter(|s| **s).count() >= 8,
+        "targeted PGD reached only {:?}",
+        out.success
+    );
+}

@@ -1,0 +1,575 @@
+//! Robust accuracy: attacks swept over ε, per-sample worst case.
+//!
+//! For each attack in order and each ε (ascending), only samples that are still
+//! robust are attacked (AutoAttack's schedule): clean-correct and not yet broken
+//! by any attack of the same norm at a perturbation ≤ ε. A sample counts as robust
+//! at ε only if no attack, restart or iterate found an adversarial example within
+//! ε; adversarial examples found at a smaller ε count for every larger ε.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use candle_core::Tensor;
+use gauntlet_attacks::{run_attack, Attack, AttackKind, Goal};
+use gauntlet_core::{Classifier, Norm, Observer, SeedStream};
+use gauntlet_data::Dataset;
+use serde::{Deserialize, Serialize};
+
+use crate::{predictions_of, CleanResult, Error, Result};
+
+/// How targets are chosen for targeted attacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetSpec {
+    /// Untargeted: any wrong class.
+    None,
+    /// A uniformly random wrong class per sample, drawn from the run's seed.
+    Random,
+    /// The class the model finds least likely on the clean input.
+    LeastLikely,
+    /// The same class for every sample (samples of that class are skipped as unbreakable).
+    Class(u32),
+}
+
+/// One attack of a suite, with its ε grid.
+pub struct SuiteEntry {
+    /// The attack.
+    pub attack: Box<dyn Attack>,
+    /// ε values (sorted ascending before running). Minimal-perturbation attacks use
+    /// them as the points at which their curve is reported.
+    pub epsilons: Vec<f64>,
+    /// Targeting.
+    pub target: TargetSpec,
+}
+
+/// Result of one attack at one ε.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttackResult {
+    /// Registry name.
+    pub attack: String,
+    /// Norm.
+    pub norm: Norm,
+    /// Fixed-ε or minimal-perturbation.
+    pub kind: AttackKind,
+    /// Full resolved parameters.
+    pub parameters: serde_json::Value,
+    /// Targeting.
+    pub target: TargetSpec,
+    /// ε.
+    pub epsilon: f64,
+    /// Robust accuracy after this attack (and everything before it in the suite).
+    pub robust_accuracy: f64,
+    /// Per sample, dataset order: still robust after this attack.
+    pub robust: Vec<bool>,
+    /// Samples this attack was run on.
+    pub attacked: usize,
+    /// Samples this attack broke that nothing before it had.
+    pub newly_broken: usize,
+    /// Per-sample gradient evaluations.
+    pub gradient_evaluations: u64,
+    /// Per-sample forward evaluations.
+    pub forward_evaluations: u64,
+    /// Seconds spent.
+    pub wall_seconds: f64,
+    /// Mean perturbation norm of the adversarial examples this attack found (0 if none).
+    pub mean_perturbation: f64,
+    /// Largest perturbation norm of the adversarial examples this attack found.
+    pub max_perturbation: f64,
+    /// Proposals refused (NaN/Inf) and replaced by the clean input.
+    pub rejected: usize,
+}
+
+/// Per-sample minimal perturbation found by a minimal-perturbation attack.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MinimalNorms {
+    /// Registry name.
+    pub attack: String,
+    /// Norm.
+    pub norm: Norm,
+    /// Per sample, dataset order: the norm of the adversarial example found, or
+    /// `None` (not attacked because misclassified, or no adversarial example).
+    pub norms: Vec<Option<f64>>,
+}
+
+/// Worst case over the whole suite for one norm and ε.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorstCase {
+    /// Norm.
+    pub norm: Norm,
+    /// ε.
+    pub epsilon: f64,
+    /// Fraction robust.
+    pub robust_accuracy: f64,
+    /// Per sample, dataset order.
+    pub robust: Vec<bool>,
+}
+
+/// A documented sanity warning: what was seen, why it matters, what to do.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Warning {
+    /// Stable identifier, e.g. `probabilities-not-logits`.
+    pub code: String,
+    /// What was observed.
+    pub message: String,
+    /// Why it matters.
+    pub cause: String,
+    /// What to do about it.
+    pub remedy: String,
+}
+
+/// Everything a robust evaluation found.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RobustResult {
+    /// Per attack and ε, in the order run.
+    pub attacks: Vec<AttackResult>,
+    /// Per minimal-perturbation attack.
+    pub minimal: Vec<MinimalNorms>,
+    /// Per norm and ε.
+    pub worst_case: Vec<WorstCase>,
+    /// Sanity warnings.
+    pub warnings: Vec<Warning>,
+    /// Adversarial examples kept for `--save-adversarial`: sample index -> (ε, attack, image).
+    #[serde(skip)]
+    pub examples: BTreeMap<usize, (f64, String, Vec<f32>)>,
+}
+
+/// Settings of a robust evaluation.
+#[derive(Clone, Debug)]
+pub struct RobustConfig {
+    /// Samples per attack batch.
+    pub batch_size: usize,
+    /// The run's seed.
+    pub seed: u64,
+    /// Keep one adversarial example per broken sample (the smallest ε), for saving.
+    pub keep_examples: bool,
+}
+
+fn fraction(v: &[bool]) -> f64 {
+    v.iter().filter(|b| **b).count() as f64 / v.len().max(1) as f64
+}
+
+/// Choose targets per sample.
+fn targets_for(
+    spec: TargetSpec,
+    model: &dyn Classifier,
+    data: &Dataset,
+    indices: &[usize],
+    seed: &SeedStream,
+    batch_size: usize,
+) -> Result<Option<Vec<u32>>> {
+    let k = model.num_classes() as u32;
+    let labels = data.labels();
+    Ok(match spec {
+        TargetSpec::None => None,
+        TargetSpec::Class(c) => {
+            if c >= k {
+                return Err(Error::Invalid(format!(
+                    "target class {c} is out of range, the model has classes 0..{k}"
+                )));
+            }
+            Some(indices.iter().map(|_| c).collect())
+        }
+        TargetSpec::Random => {
+            // Per sample, keyed by its index: independent of batching and pruning.
+            Some(
+                indices
+                    .iter()
+                    .map(|&i| {
+                        let draw =
+                            seed.derive(&format!("target/{i}")).below(1, k as usize - 1)[0] as u32;
+                        if draw >= labels[i] {
+                            draw + 1
+                        } else {
+                            draw
+                        }
+                    })
+                    .collect(),
+            )
+        }
+        TargetSpec::LeastLikely => {
+            let mut out = Vec::with_capacity(indices.len());
+            for chunk in indices.chunks(batch_size) {
+                let images = gather(data, chunk, model)?;
+                let logits = model.logits(&images)?;
+                out.extend(
+                    logits
+                        .neg()?
+                        .argmax(candle_core::D::Minus1)?
+                        .to_vec1::<u32>()?,
+                );
+            }
+            Some(out)
+        }
+    })
+}
+
+fn gather(data: &Dataset, indices: &[usize], model: &dyn Classifier) -> Result<Tensor> {
+    Ok(data.gather(indices, model.device())?.0)
+}
+
+/// Run every attack of `suite` on `data`, after `clean`.
+pub fn evaluate_robust(
+    model: &dyn Classifier,
+    data: &Dataset,
+    clean: &CleanResult,
+    suite: &[SuiteEntry],
+    config: &RobustConfig,
+    observer: &dyn Observer,
+) -> Result<RobustResult> {
+    if config.batch_size == 0 {
+        return Err(Error::Invalid("batch size must be at least 1".into()));
+    }
+    let n = data.len();
+    let root = SeedStream::new(config.seed);
+    // Smallest perturbation at which each sample has been broken, per norm.
+    let mut broken_at: BTreeMap<Norm, Vec<f64>> = BTreeMap::new();
+    let mut grids: BTreeMap<Norm, Vec<f64>> = BTreeMap::new();
+    let mut result = RobustResult::default();
+    let mut white_box_done: BTreeMap<Norm, bool> = BTreeMap::new();
+
+    for (position, entry) in suite.iter().enumerate() {
+        let attack = entry.attack.as_ref();
+        let key = attack.norm();
+        let mut epsilons = entry.epsilons.clone();
+        if let Some(bad) = epsilons.iter().find(|e| !(e.is_finite() && **e >= 0.0)) {
+            return Err(Error::Invalid(format!(
+                "{}: epsilon {bad} must be finite and >= 0",
+                attack.name()
+            )));
+        }
+        epsilons.sort_by(f64::total_cmp);
+        epsilons.dedup();
+        grids
+            .entry(key)
+            .or_default()
+            .extend(epsilons.iter().copied());
+        let broken = broken_at
+            .entry(key)
+            .or_insert_with(|| vec![f64::INFINITY; n]);
+        let stream = root.derive(&format!("attack-{position}/{}", attack.name()));
+
+        if attack.kind() == AttackKind::MinimalPerturbation {
+            let indices: Vec<usize> = (0..n).filter(|&i| clean.correct[i]).collect();
+            let started = Instant::now();
+            observer.start(attack.name(), indices.len() as u64);
+            let targets = targets_for(
+                entry.target,
+                model,
+                data,
+                &indices,
+                &stream,
+                config.batch_size,
+            )?;
+            let mut norms = vec![None; n];
+            let (mut grads, mut fwds, mut rejected) = (0, 0, 0);
+            for (b, chunk) in indices.chunks(config.batch_size).enumerate() {
+                let images = gather(data, chunk, model)?;
+                let goal = make_goal(data, chunk, targets.as_deref(), &indices);
+                let outcome = run_attack(
+                    attack,
+                    model,
+                    &images,
+                    &goal,
+                    f64::INFINITY,
+                    &stream.derive(&format!("batch-{b}")),
+                )?;
+                for (j, &i) in chunk.iter().enumerate() {
+                    if outcome.success[j] {
+                        norms[i] = Some(outcome.norms[j]);
+                        broken[i] = broken[i].min(outcome.norms[j]);
+                    }
+                }
+                grads += outcome.gradients;
+                fwds += outcome.forwards;
+                rejected += outcome.rejected;
+                observer.advance(chunk.len() as u64, "");
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            let found: Vec<f64> = norms.iter().flatten().copied().collect();
+            for (k, &eps) in epsilons.iter().enumerate() {
+                let robust: Vec<bool> = (0..n)
+                    .map(|i| clean.correct[i] && broken[i] > eps)
+                    .collect();
+                let newly = (0..n)
+                    .filter(|&i| norms[i].is_some_and(|v| v <= eps))
+                    .count();
+                result.attacks.push(AttackResult {
+                    attack: attack.name().into(),
+                    norm: attack.norm(),
+                    kind: attack.kind(),
+                    parameters: attack.parameters(),
+                    target: entry.target,
+                    epsilon: eps,
+                    robust_accuracy: fraction(&robust),
+                    robust,
+                    attacked: indices.len(),
+                    newly_broken: newly,
+                    gradient_evaluations: if k == 0 { grads } else { 0 },
+                    forward_evaluations: if k == 0 { fwds } else { 0 },
+                    wall_seconds: if k == 0 { seconds } else { 0.0 },
+                    mean_perturbation: mean(&found),
+                    max_perturbation: found.iter().copied().fold(0.0, f64::max),
+                    rejected,
+                });
+            }
+            observer.finish(&format!(
+                "{}: adversarial examples for {} of {} samples",
+                attack.name(),
+                found.len(),
+                indices.len()
+            ));
+            result.minimal.push(MinimalNorms {
+                attack: attack.name().into(),
+                norm: attack.norm(),
+                norms,
+            });
+            continue;
+        }
+
+        for &eps in &epsilons {
+            let indices: Vec<usize> = (0..n)
+                .filter(|&i| clean.correct[i] && broken[i] > eps)
+                .collect();
+            let started = Instant::now();
+            observer.start(
+                &format!("{} ε={eps:.4}", attack.name()),
+                indices.len() as u64,
+            );
+            let eps_stream = stream.derive(&format!("eps-{eps}"));
+            let targets = targets_for(
+                entry.target,
+                model,
+                data,
+                &indices,
+                &eps_stream,
+                config.batch_size,
+            )?;
+            let (mut grads, mut fwds, mut rejected, mut newly) = (0, 0, 0, 0);
+            let mut found_norms = Vec::new();
+            let mut black_box_only = 0;
+            for (b, chunk) in indices.chunks(config.batch_size).enumerate() {
+                let images = gather(data, chunk, model)?;
+                let goal = make_goal(data, chunk, targets.as_deref(), &indices);
+                let outcome = run_attack(
+                    attack,
+                    model,
+                    &images,
+                    &goal,
+                    eps,
+                    &eps_stream.derive(&format!("batch-{b}")),
+                )?;
+                // Misclassification is what robust accuracy measures, whatever the goal.
+                let preds = &outcome.predictions;
+                for (j, &i) in chunk.iter().enumerate() {
+                    // Rejected proposals were replaced by the (correctly classified)
+                    // clean input, so a misclassified output within ε is a real break.
+                    let within = outcome.norms[j]
+                        <= eps * (1.0 + gauntlet_attacks::NORM_TOLERANCE)
+                            + gauntlet_attacks::NORM_TOLERANCE;
+                    if preds[j] != data.labels()[i] && within {
+                        newly += 1;
+                        found_norms.push(outcome.norms[j]);
+                        broken[i] = broken[i].min(outcome.norms[j].min(eps));
+                        if !attack.uses_gradients()
+                            && white_box_done.get(&key).copied().unwrap_or(false)
+                        {
+                            black_box_only += 1;
+                        }
+                        if config.keep_examples {
+                            let image = outcome
+                                .adversarial
+                                .narrow(0, j, 1)?
+                                .flatten_all()?
+                                .to_dtype(candle_core::DType::F32)?
+                                .to_vec1::<f32>()?;
+                            result.examples.entry(i).or_insert((
+                                eps,
+                                attack.name().to_string(),
+                                image,
+                            ));
+                        }
+                    }
+                }
+                grads += outcome.gradients;
+                fwds += outcome.forwards;
+                rejected += outcome.rejected;
+                let robust_now = (0..n)
+                    .filter(|&i| clean.correct[i] && broken[i] > eps)
+                    .count();
+                observer.advance(
+                    chunk.len() as u64,
+                    &format!("robust {:.1}%", 100.0 * robust_now as f64 / n as f64),
+                );
+            }
+            let robust: Vec<bool> = (0..n)
+                .map(|i| clean.correct[i] && broken[i] > eps)
+                .collect();
+            let robust_accuracy = fraction(&robust);
+            observer.finish(&format!(
+                "{} ε={eps}: robust accuracy {:.2}% ({newly} newly broken of {} attacked)",
+                attack.name(),
+                100.0 * robust_accuracy,
+                indices.len()
+            ));
+            if black_box_only > 0 {
+                result.warnings.push(Warning {
+                    code: "black-box-beats-white-box".into(),
+                    message: format!("{} (gradient-free) broke {black_box_only} samples at ε = {eps} that the gradient-based attacks before it could not", attack.name()),
+                    cause: "gradients are masked or obfuscated (e.g. saturated softmax, non-differentiable preprocessing, randomness), so white-box attacks underestimate the threat".into(),
+                    remedy: "trust the worst case, not the white-box numbers; use logits (not probabilities), DLR-loss attacks (apgd-dlr) and more restarts".into(),
+                });
+            }
+            result.attacks.push(AttackResult {
+                attack: attack.name().into(),
+                norm: attack.norm(),
+                kind: attack.kind(),
+                parameters: attack.parameters(),
+                target: entry.target,
+                epsilon: eps,
+                robust_accuracy,
+                robust,
+                attacked: indices.len(),
+                newly_broken: newly,
+                gradient_evaluations: grads,
+                forward_evaluations: fwds,
+                wall_seconds: started.elapsed().as_secs_f64(),
+                mean_perturbation: mean(&found_norms),
+                max_perturbation: found_norms.iter().copied().fold(0.0, f64::max),
+                rejected,
+            });
+        }
+        if attack.uses_gradients() {
+            white_box_done.insert(key, true);
+        }
+    }
+
+    for (key, mut grid) in grids {
+        grid.sort_by(f64::total_cmp);
+        grid.dedup();
+        let broken = &broken_at[&key];
+        for eps in grid {
+            let robust: Vec<bool> = (0..n)
+                .map(|i| clean.correct[i] && broken[i] > eps)
+                .collect();
+            result.worst_case.push(WorstCase {
+                norm: key,
+                epsilon: eps,
+                robust_accuracy: fraction(&robust),
+                robust,
+            });
+        }
+    }
+    result
+        .warnings
+        .extend(large_epsilon_warnings(model, &result.worst_case));
+    Ok(result)
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+fn make_goal(data: &Dataset, chunk: &[usize], targets: Option<&[u32]>, indices: &[usize]) -> Goal {
+    let labels: Vec<u32> = chunk.iter().map(|&i| data.labels()[i]).collect();
+    match targets {
+        None => Goal::Untargeted { labels },
+        Some(all) => {
+            // `targets` is aligned with `indices`; chunks are consecutive slices of it.
+            let start = indices.iter().position(|&i| i == chunk[0]).unwrap_or(0);
+            Goal::Targeted {
+                labels,
+                targets: all[start..start + chunk.len()].to_vec(),
+            }
+        }
+    }
+}
+
+/// Accuracy above chance at a perturbation that can turn any image into any other
+/// means the attacks failed, not that the model is robust.
+fn large_epsilon_warnings(model: &dyn Classifier, worst: &[WorstCase]) -> Vec<Warning> {
+    let bounds = model.bounds();
+    let range = bounds.max - bounds.min;
+    let [c, h, w] = model.input_shape();
+    let chance = 1.0 / model.num_classes() as f64;
+    worst
+        .iter()
+        .filter(|wc| {
+            let huge = match wc.norm {
+                Norm::Linf => range * 0.5,
+                Norm::L2 => range * 0.5 * ((c * h * w) as f64).sqrt(),
+            };
+            wc.epsilon >= huge && wc.robust_accuracy > chance
+        })
+        .map(|wc| Warning {
+            code: "accuracy-above-chance-at-huge-epsilon".into(),
+            message: format!("robust accuracy {:.1}% at ε = {} ({:?}), where any input can be changed into a mid-grey image", 100.0 * wc.robust_accuracy, wc.epsilon, wc.norm),
+            cause: "the attacks are not converging (too few steps, a too small step size) or the gradients are masked".into(),
+            remedy: "add steps and restarts, use apgd-ce/apgd-dlr and square-linf, and check the gradient warnings".into(),
+        })
+        .collect()
+}
+
+/// Model-level sanity checks on one batch: probabilities instead of logits,
+/// non-deterministic forwards, zero or NaN gradients.
+pub fn model_sanity(
+    model: &dyn Classifier,
+    images: &Tensor,
+    labels: &Tensor,
+) -> Result<Vec<Warning>> {
+    let mut warnings = Vec::new();
+    let a = model.logits(images)?;
+    let b = model.logits(images)?;
+    let rows = a.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+    let probabilities = rows.iter().all(|r| {
+        r.iter().all(|v| (0.0..=1.0).contains(v)) && (r.iter().sum::<f32>() - 1.0).abs() < 1e-3
+    });
+    if probabilities {
+        warnings.push(Warning {
+            code: "probabilities-not-logits".into(),
+            message: "the model's outputs are non-negative and sum to 1: they look like probabilities, not logits".into(),
+            cause: "a final softmax saturates, so gradients of the cross-entropy vanish and gradient attacks underestimate the threat".into(),
+            remedy: "export the model without its final Softmax, or rely on apgd-dlr and square-linf".into(),
+        });
+    }
+    let diff = (&a - &b)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()?;
+    if diff != 0.0 {
+        warnings.push(Warning {
+            code: "non-deterministic-forward".into(),
+            message: format!("two forward passes on the same input differ by up to {diff:e}"),
+            cause: "randomised layers (dropout in training mode, random transforms) make a single attack run meaningless".into(),
+            remedy: "put the model in evaluation mode; for randomised defences use expectation over transformation".into(),
+        });
+    }
+    let _ = predictions_of(&a, 0)?;
+    let input = candle_core::Var::from_tensor(&images.detach())?;
+    let loss = gauntlet_core::cross_entropy_per_sample(&model.logits(input.as_tensor())?, labels)?;
+    let grads = loss.sum_all()?.backward()?;
+    if let Some(g) = grads.get(input.as_tensor()) {
+        let per = g
+            .flatten_from(1)?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec2::<f32>()?;
+        let bad = per
+            .iter()
+            .filter(|r| r.iter().all(|v| *v == 0.0) || r.iter().any(|v| !v.is_finite()))
+            .count();
+        if bad * 10 > per.len() {
+            warnings.push(Warning {
+                code: "zero-or-nan-gradients".into(),
+                message: format!("{bad} of {} samples have an all-zero or non-finite input gradient", per.len()),
+                cause: "saturated outputs or non-differentiable operations mask the gradient; white-box attacks will fail for the wrong reason".into(),
+                remedy: "use logits, check for NaNs in the model, and rely on apgd-dlr and square-linf".into(),
+            });
+        }
+    }
+    Ok(warnings)
+}
