@@ -70,6 +70,53 @@ impl<'a> AttackContext<'a> {
         })
     }
 
+    /// Logits and the input gradient of each listed class's logit, from one
+    /// forward pass (counts one gradient per sample and class).
+    pub fn class_gradients(&mut self, x: &Tensor, classes: usize) -> Result<(Tensor, Vec<Tensor>)> {
+        let n = x.dim(0)? as u64;
+        self.gradients += n * classes as u64;
+        let input = Var::from_tensor(&x.detach())?;
+        let logits = self.model.logits(input.as_tensor())?;
+        let mut out = Vec::with_capacity(classes);
+        for k in 0..classes {
+            let grads = logits.narrow(1, k, 1)?.sum_all()?.backward()?;
+            out.push(match grads.get(input.as_tensor()) {
+                Some(g) => g.clone(),
+                None => x.zeros_like()?,
+            });
+        }
+        Ok((logits.detach(), out))
+    }
+
+    /// Gradient with respect to a latent `w` that `map` turns into an input
+    /// (e.g. C&W's tanh box): `loss(w, x, logits)` is per sample. Returns
+    /// `(x, logits, per-sample loss, d(sum loss)/dw)`.
+    pub fn latent_gradient<M, F>(
+        &mut self,
+        w: &Tensor,
+        map: M,
+        loss: F,
+    ) -> Result<(Tensor, Tensor, Vec<f32>, Tensor)>
+    where
+        M: Fn(&Tensor) -> Result<Tensor>,
+        F: Fn(&Tensor, &Tensor) -> Result<Tensor>,
+    {
+        self.gradients += w.dim(0)? as u64;
+        let latent = Var::from_tensor(&w.detach())?;
+        let x = map(latent.as_tensor())?;
+        let logits = self.model.logits(&x)?;
+        let per_sample = loss(&x, &logits)?;
+        let grads = per_sample.sum_all()?.backward()?;
+        let gradient = match grads.get(latent.as_tensor()) {
+            Some(g) => g.clone(),
+            None => w.zeros_like()?,
+        };
+        let values = per_sample
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
+        Ok((x.detach(), logits.detach(), values, gradient))
+    }
+
     /// Per-sample forward evaluations so far.
     pub fn forwards(&self) -> u64 {
         self.forwards

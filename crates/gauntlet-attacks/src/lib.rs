@@ -8,23 +8,29 @@
 //!
 //! Registry names: see [`registry::NAMES`].
 
+mod apgd;
 mod context;
 mod error;
 pub mod losses;
+mod minimal;
 pub mod ops;
 mod pgd;
 pub mod registry;
+mod square;
 mod tracker;
 
 use candle_core::{Device, Tensor};
 use gauntlet_core::{Classifier, Norm, SeedStream};
 use serde::{Deserialize, Serialize};
 
+pub use apgd::{Apgd, ApgdParams};
 pub use context::{AttackContext, LossGradient};
 pub use error::{Error, Result};
 pub use losses::Loss;
+pub use minimal::{CarliniWagner, CwParams, DeepFool, DeepFoolParams};
 pub use pgd::{Pgd, PgdParams, StepSize};
 pub use registry::{build_attack, NAMES};
+pub use square::{Square, SquareParams};
 pub use tracker::BestIterate;
 
 /// Whom the attack tries to fool, and how.

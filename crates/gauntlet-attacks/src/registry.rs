@@ -2,11 +2,31 @@
 
 use serde_json::Value;
 
+use gauntlet_core::Norm;
+
+use crate::apgd::Apgd;
+use crate::minimal::{CarliniWagner, DeepFool};
 use crate::pgd::{Pgd, PgdParams};
+use crate::square::Square;
 use crate::{Attack, Error, Result};
 
 /// Every registered attack name.
-pub const NAMES: &[&str] = &["fgsm", "bim", "pgd-linf", "pgd-l2", "mifgsm"];
+pub const NAMES: &[&str] = &[
+    "fgsm",
+    "bim",
+    "pgd-linf",
+    "pgd-l2",
+    "mifgsm",
+    "apgd-ce",
+    "apgd-dlr",
+    "apgd-t",
+    "apgd-ce-l2",
+    "apgd-dlr-l2",
+    "apgd-t-l2",
+    "square-linf",
+    "deepfool",
+    "cw-l2",
+];
 
 /// Build an attack by name, applying `overrides` (a JSON object of parameters) on
 /// top of its documented defaults. Unknown names and keys are errors that say what
@@ -24,7 +44,37 @@ pub fn build_attack(name: &str, overrides: &Value) -> Result<Box<dyn Attack>> {
         let params: PgdParams = merge(name, attack.params(), overrides)?;
         return Ok(Box::new(attack.with_params(params)?));
     }
-    Err(Error::Unknown(name.to_string(), NAMES.join(", ")))
+    let apgd = match name {
+        "apgd-ce" => Some(Apgd::ce(Norm::Linf)),
+        "apgd-dlr" => Some(Apgd::dlr(Norm::Linf)),
+        "apgd-t" => Some(Apgd::targeted(Norm::Linf)),
+        "apgd-ce-l2" => Some(Apgd::ce(Norm::L2)),
+        "apgd-dlr-l2" => Some(Apgd::dlr(Norm::L2)),
+        "apgd-t-l2" => Some(Apgd::targeted(Norm::L2)),
+        _ => None,
+    };
+    if let Some(attack) = apgd {
+        let params = merge(name, attack.params(), overrides)?;
+        return Ok(Box::new(attack.with_params(params)?));
+    }
+    match name {
+        "square-linf" => {
+            let attack = Square::default();
+            let params = merge(name, attack.params(), overrides)?;
+            Ok(Box::new(attack.with_params(params)?))
+        }
+        "deepfool" => {
+            let attack = DeepFool::default();
+            let params = merge(name, attack.params(), overrides)?;
+            Ok(Box::new(attack.with_params(params)?))
+        }
+        "cw-l2" => {
+            let attack = CarliniWagner::default();
+            let params = merge(name, attack.params(), overrides)?;
+            Ok(Box::new(attack.with_params(params)?))
+        }
+        _ => Err(Error::Unknown(name.to_string(), NAMES.join(", "))),
+    }
 }
 
 /// Overlay `overrides` on `defaults` and deserialise, naming any unknown key.

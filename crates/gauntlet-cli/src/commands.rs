@@ -9,10 +9,11 @@ use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
 use gauntlet_core::{Bounds, Classifier};
 use gauntlet_data::{Dataset, LoadOptions, Split};
+use gauntlet_eval::{RobustConfig, Suite, TargetSpec};
 use gauntlet_models::{load_model, Arch, Model, ModelInfo, ModelOptions, Normalization};
 use gauntlet_record::{
-    CleanRecord, DatasetRecord, Environment, ModelRecord, RunKind, RunRecord, TrainingRecord,
-    SCHEMA_VERSION,
+    CleanRecord, DatasetRecord, Environment, ModelRecord, RobustnessRecord, RunKind, RunRecord,
+    SuiteRecord, TrainingRecord, SCHEMA_VERSION,
 };
 use gauntlet_train::{OptimizerKind, TrainConfig};
 
@@ -30,8 +31,11 @@ pub struct Cli {
 enum Command {
     /// Train a built-in architecture (seeded, reproducible) and save it as safetensors.
     Train(TrainArgs),
-    /// Evaluate a model on a dataset and write the run record (results.json).
+    /// Evaluate a model on a dataset: clean accuracy, and robust accuracy under an
+    /// attack suite (--suite); writes the run record (results.json).
     Eval(EvalArgs),
+    /// Run one attack over an ε grid and write the run record (results.json).
+    Attack(AttackArgs),
     /// Load a model, check it, and print what it is (format, architecture, sha256).
     Info(InfoArgs),
 }
@@ -86,6 +90,63 @@ struct EvalArgs {
     /// Samples per forward pass.
     #[arg(long, default_value_t = 500)]
     batch_size: usize,
+    /// Attack suite (TOML preset, e.g. attacks/quick.toml); without it only clean accuracy.
+    #[arg(long)]
+    suite: Option<PathBuf>,
+    /// Also write the adversarial examples found to DIR/adversarial.npz.
+    #[arg(long)]
+    save_adversarial: bool,
+    /// Output directory for results.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// No progress output.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct AttackArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Attack registry name (fgsm, bim, pgd-linf, pgd-l2, mifgsm, apgd-ce, apgd-dlr,
+    /// apgd-t, apgd-ce-l2, apgd-dlr-l2, apgd-t-l2, square-linf, deepfool, cw-l2).
+    #[arg(long)]
+    attack: String,
+    /// ε values, comma-separated; fractions like 8/255 are accepted.
+    #[arg(long, value_delimiter = ',', required = true)]
+    eps: Vec<String>,
+    /// Iterations (iterative attacks).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Absolute step size (PGD family).
+    #[arg(long, conflicts_with = "rel_step_size")]
+    step_size: Option<f64>,
+    /// Step size relative to ε (PGD family).
+    #[arg(long)]
+    rel_step_size: Option<f64>,
+    /// Restarts (PGD family, APGD).
+    #[arg(long)]
+    restarts: Option<usize>,
+    /// Query budget (square-linf).
+    #[arg(long)]
+    queries: Option<usize>,
+    /// Targeted goal: random, least-likely, or a class index.
+    #[arg(long)]
+    targeted: Option<String>,
+    /// Split to evaluate.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// The run's seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Samples per batch.
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+    /// Also write the adversarial examples found to DIR/adversarial.npz.
+    #[arg(long)]
+    save_adversarial: bool,
     /// Output directory for results.json.
     #[arg(long)]
     out: PathBuf,
@@ -144,6 +205,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
+        Command::Attack(args) => attack(args),
         Command::Info(args) => info(args),
     }
     .map(|()| ExitCode::SUCCESS)
@@ -241,63 +303,336 @@ fn write_record(path: &Path, record: &RunRecord) -> Result<()> {
         .with_context(|| format!("cannot write the run record {}", path.display()))
 }
 
-fn eval(args: EvalArgs) -> Result<()> {
-    let started = Instant::now();
-    // Plan: every user error surfaces here, before any compute.
-    let split: Split = args.split.parse()?;
-    if args.batch_size == 0 {
+/// Everything an evaluation needs, resolved and checked before any compute.
+struct EvalPlan {
+    model: Model,
+    info: ModelInfo,
+    data: Dataset,
+    split: Split,
+    seed: u64,
+    batch_size: usize,
+    suite: Option<(Suite, SuiteRecord)>,
+    save_adversarial: bool,
+    out: PathBuf,
+    quiet: bool,
+}
+
+fn plan(
+    model: &ModelArgs,
+    data: &DataArgs,
+    split: &str,
+    batch_size: usize,
+    out: &Path,
+) -> Result<(Model, ModelInfo, Dataset, Split)> {
+    let split: Split = split.parse()?;
+    if batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    check_out_dir(&args.out)?;
-    let (model, info) = load_model_checked(&args.model)?;
-    let data = load_data(&args.data, split)?;
-    gauntlet_eval::check_compatible(&model, &data).with_context(|| {
+    check_out_dir(out)?;
+    let (loaded, info) = load_model_checked(model)?;
+    let dataset = load_data(data, split)?;
+    gauntlet_eval::check_compatible(&loaded, &dataset).with_context(|| {
         format!(
             "model {} does not fit dataset {}",
-            args.model.model.display(),
-            args.data.data.display()
+            model.model.display(),
+            data.data.display()
         )
     })?;
+    Ok((loaded, info, dataset, split))
+}
 
-    let progress = CliProgress::new(args.quiet);
-    let clean = gauntlet_eval::evaluate_clean(&model, &data, args.batch_size, &progress)?;
+fn eval(args: EvalArgs) -> Result<()> {
+    let started = Instant::now();
+    let suite = match &args.suite {
+        None => None,
+        Some(path) => {
+            let suite = Suite::from_file(path)?;
+            let sha256 = gauntlet_core::sha256_file(path)
+                .with_context(|| format!("cannot read suite {}", path.display()))?;
+            let record = SuiteRecord {
+                name: suite.name.clone(),
+                description: suite.description.clone(),
+                path: Some(path.display().to_string()),
+                sha256: Some(sha256),
+            };
+            Some((suite, record))
+        }
+    };
+    if args.save_adversarial && suite.is_none() {
+        bail!(
+            "--save-adversarial needs --suite: there are no adversarial examples without attacks"
+        );
+    }
+    let (model, info, data, split) = plan(
+        &args.model,
+        &args.data,
+        &args.split,
+        args.batch_size,
+        &args.out,
+    )?;
+    run_plan(
+        EvalPlan {
+            model,
+            info,
+            data,
+            split,
+            seed: args.seed,
+            batch_size: args.batch_size,
+            suite,
+            save_adversarial: args.save_adversarial,
+            out: args.out,
+            quiet: args.quiet,
+        },
+        started,
+    )
+}
+
+fn attack(args: AttackArgs) -> Result<()> {
+    let started = Instant::now();
+    let mut params = serde_json::Map::new();
+    if let Some(v) = args.steps {
+        params.insert("steps".into(), v.into());
+    }
+    if let Some(v) = args.step_size {
+        params.insert("step_size".into(), serde_json::json!({ "absolute": v }));
+    }
+    if let Some(v) = args.rel_step_size {
+        params.insert("step_size".into(), serde_json::json!({ "relative": v }));
+    }
+    if let Some(v) = args.restarts {
+        params.insert("restarts".into(), v.into());
+    }
+    if let Some(v) = args.queries {
+        params.insert("queries".into(), v.into());
+    }
+    let params = serde_json::Value::Object(params);
+    let epsilons = args
+        .eps
+        .iter()
+        .map(|e| gauntlet_eval::parse_epsilon(e))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let target = match &args.targeted {
+        None => TargetSpec::None,
+        Some(t) => gauntlet_eval::parse_target(t)?,
+    };
+    gauntlet_attacks::build_attack(&args.attack, &params)?;
+    let suite = Suite {
+        name: args.attack.clone(),
+        description: format!("single attack: {}", args.attack),
+        attacks: vec![gauntlet_eval::SuiteAttack {
+            name: args.attack.clone(),
+            epsilons,
+            target,
+            params,
+        }],
+    };
+    let record = SuiteRecord {
+        name: suite.name.clone(),
+        description: suite.description.clone(),
+        path: None,
+        sha256: None,
+    };
+    let (model, info, data, split) = plan(
+        &args.model,
+        &args.data,
+        &args.split,
+        args.batch_size,
+        &args.out,
+    )?;
+    run_plan(
+        EvalPlan {
+            model,
+            info,
+            data,
+            split,
+            seed: args.seed,
+            batch_size: args.batch_size,
+            suite: Some((suite, record)),
+            save_adversarial: args.save_adversarial,
+            out: args.out,
+            quiet: args.quiet,
+        },
+        started,
+    )
+}
+
+fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
+    let EvalPlan {
+        model,
+        info,
+        data,
+        split,
+        seed,
+        batch_size,
+        suite,
+        save_adversarial,
+        out,
+        quiet,
+    } = plan;
+    let progress = CliProgress::new(quiet);
+    let clean = gauntlet_eval::evaluate_clean(&model, &data, batch_size, &progress)?;
+    let mut robustness = None;
+    let mut examples = None;
+    if let Some((suite, suite_record)) = suite {
+        let entries = suite.entries()?;
+        let (images, labels) = data.batch(0..data.len().min(batch_size), model.device())?;
+        let mut warnings = gauntlet_eval::model_sanity(&model, &images, &labels)?;
+        let config = RobustConfig {
+            batch_size,
+            seed,
+            keep_examples: save_adversarial,
+        };
+        let result =
+            gauntlet_eval::evaluate_robust(&model, &data, &clean, &entries, &config, &progress)?;
+        warnings.extend(result.warnings.iter().cloned());
+        fn convert<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T> {
+            serde_json::from_value(value)
+                .context("internal: robust result does not match the record schema")
+        }
+        robustness = Some(RobustnessRecord {
+            suite: suite_record,
+            attacks: convert(serde_json::to_value(&result.attacks)?)?,
+            minimal: convert(serde_json::to_value(&result.minimal)?)?,
+            worst_case: convert(serde_json::to_value(&result.worst_case)?)?,
+            warnings: convert(serde_json::to_value(&warnings)?)?,
+        });
+        examples = Some(result.examples);
+    }
     let record = RunRecord {
         schema_version: SCHEMA_VERSION,
         tool: gauntlet_record::this_tool(),
         kind: RunKind::Eval,
         command: command_line(),
-        seed: args.seed,
+        seed,
         environment: environment(),
         model: model_record(&info),
         dataset: dataset_record(&data),
         clean: Some(CleanRecord {
             accuracy: clean.accuracy,
-            correct: clean.correct,
-            predictions: clean.predictions,
+            correct: clean.correct.clone(),
+            predictions: clean.predictions.clone(),
         }),
         training: None,
+        robustness,
         wall_seconds: started.elapsed().as_secs_f64(),
     };
-    let path = args.out.join("results.json");
+    if let Some(examples) = examples.filter(|_| save_adversarial) {
+        let path = out.join("adversarial.npz");
+        write_adversarial(&path, &model, &data, &clean.predictions, &examples)?;
+        println!(
+            "wrote {} ({} adversarial examples)",
+            path.display(),
+            examples.len()
+        );
+    }
+    let path = out.join("results.json");
     write_record(&path, &record)?;
-    let correct = record
-        .clean
-        .as_ref()
-        .map(|c| c.correct.iter().filter(|x| **x).count())
-        .unwrap_or(0);
+    print_summary(&info, &data, split, &record);
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn print_summary(info: &ModelInfo, data: &Dataset, split: Split, record: &RunRecord) {
+    let clean = record.clean.as_ref().map(|c| c.accuracy).unwrap_or(0.0);
     println!(
-        "{} ({}, {}) on {} {} ({} samples): clean accuracy {:.2}% ({correct}/{})",
+        "{} ({}, {}) on {} {} ({} samples): clean accuracy {:.2}%",
         info.path.display(),
         info.arch,
         &info.sha256[..12],
         data.path().display(),
         split.as_str(),
         data.len(),
-        100.0 * clean.accuracy,
-        data.len(),
+        100.0 * clean,
     );
-    println!("wrote {}", path.display());
-    Ok(())
+    if let Some(r) = &record.robustness {
+        for wc in &r.worst_case {
+            println!(
+                "  worst case {:>4} ε = {:<8} robust accuracy {:6.2}%",
+                wc.norm,
+                format!("{:.4}", wc.epsilon),
+                100.0 * wc.robust_accuracy
+            );
+        }
+        for w in &r.warnings {
+            println!("  warning [{}]: {}", w.code, w.message);
+        }
+    }
+}
+
+/// The adversarial examples as an NPZ that `gauntlet eval --data` reads directly
+/// (`x`, `y`), plus where they came from.
+fn write_adversarial(
+    path: &Path,
+    model: &Model,
+    data: &Dataset,
+    clean_predictions: &[u32],
+    examples: &std::collections::BTreeMap<usize, (f64, String, Vec<f32>)>,
+) -> Result<()> {
+    use std::io::Write;
+    let [c, h, w] = data.image_shape();
+    let m = examples.len();
+    let mut images = Vec::with_capacity(m * c * h * w);
+    let (mut labels, mut indices, mut clean_pred, mut eps) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (&i, (e, _, image)) in examples {
+        images.extend_from_slice(image);
+        labels.push(data.labels()[i] as i64);
+        indices.push(i as i64);
+        clean_pred.push(clean_predictions[i] as i64);
+        eps.push(*e);
+    }
+    let mut adv_pred = Vec::with_capacity(m);
+    if m > 0 {
+        let x = candle_core::Tensor::from_vec(images.clone(), (m, c, h, w), model.device())?;
+        let logits = model.logits(&x)?;
+        adv_pred = gauntlet_eval::predictions_of(&logits, 0)?
+            .into_iter()
+            .map(i64::from)
+            .collect();
+    }
+    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let i64s = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let f64s = |v: &[f64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let entries = [
+        (
+            "x.npy",
+            gauntlet_data::encode_npy("<f4", &[m, c, h, w], &f32s(&images)),
+        ),
+        (
+            "y.npy",
+            gauntlet_data::encode_npy("<i8", &[m], &i64s(&labels)),
+        ),
+        (
+            "indices.npy",
+            gauntlet_data::encode_npy("<i8", &[m], &i64s(&indices)),
+        ),
+        (
+            "clean_predictions.npy",
+            gauntlet_data::encode_npy("<i8", &[m], &i64s(&clean_pred)),
+        ),
+        (
+            "adversarial_predictions.npy",
+            gauntlet_data::encode_npy("<i8", &[m], &i64s(&adv_pred)),
+        ),
+        (
+            "epsilons.npy",
+            gauntlet_data::encode_npy("<f8", &[m], &f64s(&eps)),
+        ),
+    ];
+    let mut buffer = std::io::Cursor::new(Vec::new());
+    {
+        let mut zip = zip::ZipWriter::new(&mut buffer);
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .last_modified_time(zip::DateTime::default());
+        for (name, bytes) in entries {
+            zip.start_file(name, options)?;
+            zip.write_all(&bytes)?;
+        }
+        zip.finish()?;
+    }
+    gauntlet_core::write_atomic(path, buffer.get_ref())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn train(args: TrainArgs) -> Result<()> {
@@ -391,6 +726,7 @@ fn train(args: TrainArgs) -> Result<()> {
                 })
                 .collect(),
         }),
+        robustness: None,
         wall_seconds: started.elapsed().as_secs_f64(),
     };
     let record_path = args.out.with_extension("record.json");

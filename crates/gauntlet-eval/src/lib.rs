@@ -5,11 +5,13 @@
 //! per-sample worst case ([`evaluate_robust`]).
 
 mod robust;
+mod suite;
 
 pub use robust::{
     evaluate_robust, model_sanity, AttackResult, MinimalNorms, RobustConfig, RobustResult,
     SuiteEntry, TargetSpec, Warning, WorstCase,
 };
+pub use suite::{parse_epsilon, parse_target, Suite, SuiteAttack};
 
 use candle_core::{DType, Tensor, D};
 use gauntlet_core::{Classifier, Observer};

@@ -65,6 +65,9 @@ pub struct RunRecord {
     /// Training configuration and per-epoch history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training: Option<TrainingRecord>,
+    /// Attack results, the per-sample worst case and sanity warnings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub robustness: Option<RobustnessRecord>,
     /// Wall-clock seconds of the whole run (the only field that varies between identical runs).
     pub wall_seconds: f64,
 }
@@ -179,6 +182,116 @@ pub struct EpochRecord {
     pub wall_seconds: f64,
 }
 
+/// Robust evaluation: what was run, what it found, and what looked suspicious.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RobustnessRecord {
+    /// The suite (or the single attack) that was run.
+    pub suite: SuiteRecord,
+    /// Per attack and ε, in the order run.
+    pub attacks: Vec<AttackRecord>,
+    /// Per minimal-perturbation attack: the norm found per sample.
+    #[serde(default)]
+    pub minimal: Vec<MinimalRecord>,
+    /// Per norm and ε: the worst case over every attack.
+    pub worst_case: Vec<WorstCaseRecord>,
+    /// Sanity warnings, each with a cause and a remedy.
+    #[serde(default)]
+    pub warnings: Vec<WarningRecord>,
+}
+
+/// The attack suite.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuiteRecord {
+    /// Preset name (or the attack's name for `gauntlet attack`).
+    pub name: String,
+    /// What it is for.
+    pub description: String,
+    /// The TOML file, if one was used.
+    pub path: Option<String>,
+    /// sha256 of that file.
+    pub sha256: Option<String>,
+}
+
+/// One attack at one ε.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttackRecord {
+    /// Registry name.
+    pub attack: String,
+    /// `linf` or `l2`.
+    pub norm: String,
+    /// `fixed-epsilon` or `minimal-perturbation`.
+    pub kind: String,
+    /// The attack's full resolved parameters.
+    pub parameters: serde_json::Value,
+    /// Targeting: `"none"`, `"random"`, `"least-likely"` or `{"class": k}`.
+    pub target: serde_json::Value,
+    /// ε.
+    pub epsilon: f64,
+    /// Robust accuracy after this attack and everything before it in the suite.
+    pub robust_accuracy: f64,
+    /// Per sample, dataset order: still robust after this attack.
+    pub robust: Vec<bool>,
+    /// Samples this attack was run on (clean-correct and still robust).
+    pub attacked: usize,
+    /// Samples it broke that nothing before it had.
+    pub newly_broken: usize,
+    /// Per-sample gradient evaluations.
+    pub gradient_evaluations: u64,
+    /// Per-sample forward evaluations.
+    pub forward_evaluations: u64,
+    /// Seconds.
+    pub wall_seconds: f64,
+    /// Mean norm of the adversarial perturbations it found.
+    pub mean_perturbation: f64,
+    /// Largest norm of the adversarial perturbations it found.
+    pub max_perturbation: f64,
+    /// Proposals refused (NaN or Inf).
+    pub rejected: usize,
+}
+
+/// Per-sample minimal perturbations.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinimalRecord {
+    /// Registry name.
+    pub attack: String,
+    /// `linf` or `l2`.
+    pub norm: String,
+    /// Per sample: the norm of the adversarial example found, or null.
+    pub norms: Vec<Option<f64>>,
+}
+
+/// The worst case over the suite for one norm and ε.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorstCaseRecord {
+    /// `linf` or `l2`.
+    pub norm: String,
+    /// ε.
+    pub epsilon: f64,
+    /// Fraction of samples robust to every attack.
+    pub robust_accuracy: f64,
+    /// Per sample, dataset order.
+    pub robust: Vec<bool>,
+}
+
+/// A documented sanity warning.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarningRecord {
+    /// Stable identifier, e.g. `probabilities-not-logits`.
+    pub code: String,
+    /// What was observed.
+    pub message: String,
+    /// Why it matters.
+    pub cause: String,
+    /// What to do.
+    pub remedy: String,
+}
+
 impl RunRecord {
     /// Pretty JSON with a trailing newline; the same record always gives the same bytes.
     pub fn to_json(&self) -> String {
@@ -249,6 +362,7 @@ mod tests {
                 predictions: vec![1, 2, 3],
             }),
             training: None,
+            robustness: None,
             wall_seconds: 0.5,
         }
     }

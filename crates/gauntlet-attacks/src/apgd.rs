@@ -1,0 +1,323 @@
+//! Auto-PGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness
+//! with an ensemble of diverse parameter-free attacks"): PGD with momentum and a
+//! step size that halves at checkpoints when progress stalls, restarting from the
+//! best point. `apgd-ce` ascends cross-entropy, `apgd-dlr` the scale-invariant
+//! DLR loss, and `apgd-t` the targeted DLR loss towards each of the top classes in
+//! turn (a sample counts as broken when it is misclassified, as in AutoAttack).
+
+use candle_core::{DType, Tensor};
+use gauntlet_core::{Norm, SeedStream};
+use serde::{Deserialize, Serialize};
+
+use crate::context::AttackContext;
+use crate::losses::{objective, Loss};
+use crate::ops::{ascent_direction, per_sample, project_and_clip, random_in_ball, where_rows};
+use crate::tracker::BestIterate;
+use crate::{Attack, Error, Goal, Result};
+
+/// Parameters of APGD; defaults are AutoAttack's "standard" version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApgdParams {
+    /// Iterations per restart (default 100).
+    pub steps: usize,
+    /// Restarts, each on the samples not yet broken (default 1).
+    pub restarts: usize,
+    /// Loss ascended (CE for `apgd-ce`, DLR for `apgd-dlr` and `apgd-t`).
+    pub loss: Loss,
+    /// Momentum α of the update (default 0.75).
+    pub momentum: f64,
+    /// Fraction ρ of improving steps below which the step size halves (default 0.75).
+    pub rho: f64,
+    /// `apgd-t` only: number of target classes tried, highest-scoring first (default 9).
+    pub target_classes: usize,
+}
+
+/// An APGD attack.
+#[derive(Clone, Debug)]
+pub struct Apgd {
+    name: &'static str,
+    norm: Norm,
+    targeted: bool,
+    params: ApgdParams,
+}
+
+impl Apgd {
+    /// `apgd-ce` (L∞) or `apgd-ce-l2`.
+    pub fn ce(norm: Norm) -> Self {
+        Self::new(
+            if norm == Norm::Linf {
+                "apgd-ce"
+            } else {
+                "apgd-ce-l2"
+            },
+            norm,
+            false,
+            Loss::Ce,
+        )
+    }
+    /// `apgd-dlr` (L∞) or `apgd-dlr-l2`.
+    pub fn dlr(norm: Norm) -> Self {
+        Self::new(
+            if norm == Norm::Linf {
+                "apgd-dlr"
+            } else {
+                "apgd-dlr-l2"
+            },
+            norm,
+            false,
+            Loss::Dlr,
+        )
+    }
+    /// `apgd-t` (L∞) or `apgd-t-l2`: targeted DLR over the top classes.
+    pub fn targeted(norm: Norm) -> Self {
+        Self::new(
+            if norm == Norm::Linf {
+                "apgd-t"
+            } else {
+                "apgd-t-l2"
+            },
+            norm,
+            true,
+            Loss::Dlr,
+        )
+    }
+
+    fn new(name: &'static str, norm: Norm, targeted: bool, loss: Loss) -> Self {
+        Self {
+            name,
+            norm,
+            targeted,
+            params: ApgdParams {
+                steps: 100,
+                restarts: 1,
+                loss,
+                momentum: 0.75,
+                rho: 0.75,
+                target_classes: 9,
+            },
+        }
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &ApgdParams {
+        &self.params
+    }
+
+    /// Replace the parameters (validated).
+    pub fn with_params(mut self, params: ApgdParams) -> Result<Self> {
+        let bad = |m: &str| {
+            Err(Error::Param {
+                attack: self.name.into(),
+                message: m.into(),
+            })
+        };
+        if params.steps == 0 || params.restarts == 0 || params.target_classes == 0 {
+            return bad("steps, restarts and target_classes must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&params.momentum) || !(0.0..=1.0).contains(&params.rho) {
+            return bad("momentum and rho must be in [0, 1]");
+        }
+        self.params = params;
+        Ok(self)
+    }
+
+    /// Checkpoint iterations: p₀ = 0, p₁ = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06).
+    fn checkpoints(steps: usize) -> Vec<usize> {
+        let mut p = vec![0.0f64, 0.22];
+        while *p.last().unwrap_or(&1.0) < 1.0 {
+            let n = p.len();
+            p.push(p[n - 1] + (p[n - 1] - p[n - 2] - 0.03).max(0.06));
+        }
+        let mut w: Vec<usize> = p
+            .iter()
+            .map(|v| (v * steps as f64).ceil() as usize)
+            .filter(|&c| c > 0 && c < steps)
+            .collect();
+        w.dedup();
+        w
+    }
+
+    /// One APGD run on a batch, ascending `objective` towards `targets` if given.
+    #[allow(clippy::too_many_arguments)]
+    fn run_once(
+        &self,
+        ctx: &mut AttackContext,
+        x: &Tensor,
+        goal: &Goal,
+        targets: Option<&Tensor>,
+        eps: f64,
+        seed: &SeedStream,
+        best: &mut BestIterate,
+    ) -> Result<()> {
+        let bounds = ctx.model().bounds();
+        let n = x.dim(0)?;
+        let labels = goal.labels_tensor(x.device())?;
+        let loss = self.params.loss;
+        let f = |logits: &Tensor| objective(loss, logits, &labels, targets);
+        let proj = |t: &Tensor| project_and_clip(x, t, self.norm, eps, bounds);
+
+        let mut x_adv = if eps > 0.0 {
+            proj(&(x + random_in_ball(x, self.norm, eps, &seed.derive("start"))?)?)?
+        } else {
+            x.clone()
+        };
+        let mut eta = vec![2.0 * eps as f32; n];
+        let lg = ctx.loss_gradient(&x_adv, |l| Ok(f(l)?))?;
+        best.update(&x_adv, &lg.logits, &lg.loss, goal)?;
+        let mut grad = lg.gradient;
+        let mut f_cur = lg.loss.clone();
+        let mut f_best = lg.loss;
+        let mut x_best = x_adv.clone();
+        let mut grad_best = grad.clone();
+        let mut x_prev = x_adv.clone();
+        let mut increases = vec![0usize; n];
+        let mut f_best_last_check = f_best.clone();
+        let mut reduced_last_check = vec![false; n];
+        let checkpoints = Self::checkpoints(self.params.steps);
+        let mut last_check = 0;
+        let alpha = self.params.momentum;
+
+        for k in 0..self.params.steps {
+            let eta_t = per_sample(
+                &Tensor::from_vec(eta.clone(), n, x.device())?.to_dtype(x.dtype())?,
+                x,
+            )?;
+            let z = proj(&(&x_adv + ascent_direction(&grad, self.norm)?.broadcast_mul(&eta_t)?)?)?;
+            let x_new = if k == 0 {
+                z
+            } else {
+                let moved = ((&x_adv + ((&z - &x_adv)? * alpha)?)?
+                    + ((&x_adv - &x_prev)? * (1.0 - alpha))?)?;
+                proj(&moved)?
+            };
+            x_prev = x_adv;
+            x_adv = x_new;
+            let lg = ctx.loss_gradient(&x_adv, |l| Ok(f(l)?))?;
+            best.update(&x_adv, &lg.logits, &lg.loss, goal)?;
+            grad = lg.gradient;
+            let mut improved = vec![false; n];
+            for i in 0..n {
+                if lg.loss[i] > f_cur[i] {
+                    increases[i] += 1;
+                }
+                if lg.loss[i] > f_best[i] {
+                    f_best[i] = lg.loss[i];
+                    improved[i] = true;
+                }
+            }
+            f_cur = lg.loss;
+            if improved.iter().any(|b| *b) {
+                x_best = where_rows(&improved, &x_adv, &x_best)?;
+                grad_best = where_rows(&improved, &grad, &grad_best)?;
+            }
+            if checkpoints.contains(&(k + 1)) {
+                let interval = (k + 1 - last_check) as f64;
+                let mut reduce = vec![false; n];
+                for i in 0..n {
+                    let oscillating = (increases[i] as f64) <= self.params.rho * interval;
+                    let stalled = !reduced_last_check[i] && f_best_last_check[i] >= f_best[i];
+                    reduce[i] = oscillating || stalled;
+                    if reduce[i] {
+                        eta[i] /= 2.0;
+                    }
+                }
+                if reduce.iter().any(|b| *b) {
+                    x_adv = where_rows(&reduce, &x_best, &x_adv)?;
+                    grad = where_rows(&reduce, &grad_best, &grad)?;
+                }
+                reduced_last_check = reduce;
+                f_best_last_check = f_best.clone();
+                increases = vec![0; n];
+                last_check = k + 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Attack for Apgd {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn norm(&self) -> Norm {
+        self.norm
+    }
+    fn parameters(&self) -> serde_json::Value {
+        serde_json::to_value(&self.params).unwrap_or_default()
+    }
+    fn is_randomized(&self) -> bool {
+        true
+    }
+    fn run(
+        &self,
+        ctx: &mut AttackContext,
+        x: &Tensor,
+        goal: &Goal,
+        eps: f64,
+        seed: &SeedStream,
+    ) -> Result<Tensor> {
+        let mut best = BestIterate::new(x)?;
+        // Targets for apgd-t: the classes ranked 2nd, 3rd, ... on the clean input.
+        let ranked: Option<Vec<Vec<u32>>> = if self.targeted {
+            let logits = ctx.logits(x)?;
+            let (_, order) = logits.sort_last_dim(false)?;
+            Some(order.to_dtype(DType::U32)?.to_vec2::<u32>()?)
+        } else {
+            None
+        };
+        let runs = if self.targeted {
+            self.params.target_classes
+        } else {
+            1
+        };
+        for run in 0..runs {
+            for restart in 0..self.params.restarts {
+                let remaining = best.remaining();
+                if remaining.is_empty() {
+                    return Ok(best.into_adversarial());
+                }
+                let stream = seed.derive(&format!("target-{run}/restart-{restart}"));
+                let sub_x = best.select(x, &remaining)?;
+                let sub_goal = goal.select(&remaining);
+                let targets = match (&ranked, goal) {
+                    (Some(order), _) => {
+                        let k = order.first().map(|r| r.len()).unwrap_or(0);
+                        if run + 1 >= k {
+                            return Ok(best.into_adversarial());
+                        }
+                        let t: Vec<u32> = remaining.iter().map(|&i| order[i][run + 1]).collect();
+                        Some(Tensor::from_vec(t, remaining.len(), x.device())?)
+                    }
+                    (None, Goal::Targeted { .. }) => sub_goal.targets_tensor(x.device())?,
+                    (None, Goal::Untargeted { .. }) => None,
+                };
+                let mut sub_best = BestIterate::new(&sub_x)?;
+                self.run_once(
+                    ctx,
+                    &sub_x,
+                    &sub_goal,
+                    targets.as_ref(),
+                    eps,
+                    &stream,
+                    &mut sub_best,
+                )?;
+                best.merge(&remaining, &sub_best)?;
+            }
+        }
+        Ok(best.into_adversarial())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_follow_the_paper_schedule() {
+        // p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99, 1.05; ceil(p·100) in
+        // binary floating point gives 58 for 0.57 (0.5700000000000001), exactly as
+        // the reference implementation computes it.
+        assert_eq!(Apgd::checkpoints(100), vec![22, 41, 58, 70, 80, 87, 93, 99]);
+    }
+}

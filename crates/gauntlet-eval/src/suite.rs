@@ -1,0 +1,240 @@
+//! Attack suites: frozen TOML presets (`attacks/*.toml`).
+//!
+//! ```toml
+//! name = "quick"
+//! description = "FGSM and PGD-Linf on the MNIST epsilon grid"
+//!
+//! [[attack]]
+//! name = "pgd-linf"
+//! eps = [0.1, "8/255", 0.3]      # numbers or fractions
+//! target = "none"                # or "random", "least-likely", or a class index
+//! params = { steps = 40, restarts = 1 }
+//! ```
+//! Unknown keys anywhere are rejected with a message naming the key.
+
+use std::path::Path;
+
+use gauntlet_attacks::build_attack;
+use serde::Deserialize;
+
+use crate::robust::{SuiteEntry, TargetSpec};
+use crate::{Error, Result};
+
+/// A parsed suite (before the attacks are built).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Suite {
+    /// Preset name.
+    pub name: String,
+    /// What it is for.
+    pub description: String,
+    /// Attacks in the order they run.
+    pub attacks: Vec<SuiteAttack>,
+}
+
+/// One attack of a suite.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SuiteAttack {
+    /// Registry name.
+    pub name: String,
+    /// ε grid.
+    pub epsilons: Vec<f64>,
+    /// Targeting.
+    pub target: TargetSpec,
+    /// Parameter overrides.
+    pub params: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSuite {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(rename = "attack")]
+    attacks: Vec<RawAttack>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAttack {
+    name: String,
+    #[serde(default)]
+    eps: Vec<toml::Value>,
+    #[serde(default)]
+    target: Option<toml::Value>,
+    #[serde(default)]
+    params: Option<toml::Table>,
+}
+
+/// Parse an ε written as a number or a fraction such as `"8/255"`.
+pub fn parse_epsilon(text: &str) -> Result<f64> {
+    let t = text.trim();
+    let value = match t.split_once('/') {
+        Some((a, b)) => {
+            let (a, b): (f64, f64) = (
+                a.trim().parse().map_err(|_| bad_eps(t))?,
+                b.trim().parse().map_err(|_| bad_eps(t))?,
+            );
+            if b == 0.0 {
+                return Err(bad_eps(t));
+            }
+            a / b
+        }
+        None => t.parse().map_err(|_| bad_eps(t))?,
+    };
+    if !(value.is_finite() && value >= 0.0) {
+        return Err(bad_eps(t));
+    }
+    Ok(value)
+}
+
+fn bad_eps(text: &str) -> Error {
+    Error::Invalid(format!(
+        "epsilon '{text}' is not valid: expected a non-negative number or a fraction like 8/255"
+    ))
+}
+
+/// Parse a target written as `none`, `random`, `least-likely` or a class index.
+pub fn parse_target(text: &str) -> Result<TargetSpec> {
+    match text {
+        "none" | "untargeted" => Ok(TargetSpec::None),
+        "random" => Ok(TargetSpec::Random),
+        "least-likely" => Ok(TargetSpec::LeastLikely),
+        other => other
+            .parse::<u32>()
+            .map(TargetSpec::Class)
+            .map_err(|_| Error::Invalid(format!("target '{other}' is not valid: expected none, random, least-likely or a class index"))),
+    }
+}
+
+impl Suite {
+    /// Parse suite TOML; `origin` names the file in messages.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self> {
+        let raw: RawSuite = toml::from_str(text)
+            .map_err(|e| Error::Invalid(format!("{}: {}", origin.display(), e.message())))?;
+        if raw.attacks.is_empty() {
+            return Err(Error::Invalid(format!(
+                "{}: the suite has no [[attack]] entries",
+                origin.display()
+            )));
+        }
+        let mut attacks = Vec::new();
+        for (i, a) in raw.attacks.into_iter().enumerate() {
+            let ctx = |m: String| {
+                Error::Invalid(format!(
+                    "{}: attack {} ('{}'): {m}",
+                    origin.display(),
+                    i + 1,
+                    a.name
+                ))
+            };
+            let epsilons = a
+                .eps
+                .iter()
+                .map(|v| match v {
+                    toml::Value::Float(f) => parse_epsilon(&f.to_string()),
+                    toml::Value::Integer(n) => parse_epsilon(&n.to_string()),
+                    toml::Value::String(s) => parse_epsilon(s),
+                    other => Err(bad_eps(&other.to_string())),
+                })
+                .collect::<Result<Vec<f64>>>()
+                .map_err(|e| ctx(e.to_string()))?;
+            let target = match &a.target {
+                None => TargetSpec::None,
+                Some(toml::Value::String(s)) => parse_target(s).map_err(|e| ctx(e.to_string()))?,
+                Some(toml::Value::Integer(n)) => {
+                    parse_target(&n.to_string()).map_err(|e| ctx(e.to_string()))?
+                }
+                Some(other) => return Err(ctx(format!("target {other} is not valid"))),
+            };
+            let params = match a.params {
+                None => serde_json::Value::Null,
+                Some(table) => serde_json::to_value(table).map_err(|e| ctx(e.to_string()))?,
+            };
+            // Build once now so bad names and parameters surface before any compute.
+            build_attack(&a.name, &params).map_err(|e| ctx(e.to_string()))?;
+            if epsilons.is_empty() {
+                return Err(ctx("eps is empty: give at least one epsilon".into()));
+            }
+            attacks.push(SuiteAttack {
+                name: a.name,
+                epsilons,
+                target,
+                params,
+            });
+        }
+        Ok(Self {
+            name: raw.name,
+            description: raw.description,
+            attacks,
+        })
+    }
+
+    /// Read and parse a suite file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Invalid(format!("cannot read suite {}: {e}", path.display())))?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Build the attacks.
+    pub fn entries(&self) -> Result<Vec<SuiteEntry>> {
+        self.attacks
+            .iter()
+            .map(|a| {
+                Ok(SuiteEntry {
+                    attack: build_attack(&a.name, &a.params)?,
+                    epsilons: a.epsilons.clone(),
+                    target: a.target,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fractions_and_numbers_parse() {
+        assert_eq!(parse_epsilon("8/255").unwrap(), 8.0 / 255.0);
+        assert_eq!(parse_epsilon(" 0.3 ").unwrap(), 0.3);
+        for bad in ["-0.1", "1/0", "eight", "nan", "inf"] {
+            assert!(parse_epsilon(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn suites_parse_and_unknown_keys_are_named() {
+        let text = r#"
+            name = "t"
+            [[attack]]
+            name = "pgd-linf"
+            eps = [0.1, "8/255", 1]
+            target = "random"
+            params = { steps = 5 }
+        "#;
+        let suite = Suite::from_toml(text, Path::new("t.toml")).unwrap();
+        assert_eq!(suite.attacks[0].epsilons, vec![0.1, 8.0 / 255.0, 1.0]);
+        assert_eq!(suite.attacks[0].target, TargetSpec::Random);
+        assert_eq!(suite.entries().unwrap()[0].attack.parameters()["steps"], 5);
+
+        let err = Suite::from_toml(&text.replace("target", "tagret"), Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tagret"), "{err}");
+        let err = Suite::from_toml(&text.replace("steps = 5", "stepz = 5"), Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stepz") && err.contains("t.toml"), "{err}");
+        let err = Suite::from_toml(&text.replace("0.1,", "-0.1,"), Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("-0.1"), "{err}");
+        let err = Suite::from_toml(&text.replace("pgd-linf", "pgd-l3"), Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pgd-l3"), "{err}");
+    }
+}

@@ -1,0 +1,286 @@
+//! The robust-evaluation runner: worst-case aggregation, pruning, suites, and
+//! attack strength on the shipped CNN.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use gauntlet_attacks::{build_attack, Attack, AttackContext, Goal};
+use gauntlet_core::{Bounds, Classifier, NoProgress, Norm, SeedStream};
+use gauntlet_data::{load, Dataset, LoadOptions, Split};
+use gauntlet_eval::{evaluate_clean, evaluate_robust, RobustConfig, Suite, SuiteEntry, TargetSpec};
+use gauntlet_models::{load_model, ModelOptions};
+
+/// logits = the two input values: class 0 wins while x0 > x1.
+struct TwoPixels;
+
+impl Classifier for TwoPixels {
+    fn logits(&self, x: &Tensor) -> gauntlet_core::Result<Tensor> {
+        Ok(x.flatten_from(1)?)
+    }
+    fn bounds(&self) -> Bounds {
+        Bounds::UNIT
+    }
+    fn num_classes(&self) -> usize {
+        2
+    }
+    fn input_shape(&self) -> [usize; 3] {
+        [1, 1, 2]
+    }
+    fn device(&self) -> &Device {
+        &Device::Cpu
+    }
+}
+
+/// Breaks exactly the samples whose first pixel lies in `[low, high)`, by raising
+/// the second pixel just above the first.
+struct Breaker {
+    name: &'static str,
+    low: f32,
+    high: f32,
+}
+
+impl Attack for Breaker {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn norm(&self) -> Norm {
+        Norm::Linf
+    }
+    fn parameters(&self) -> serde_json::Value {
+        serde_json::json!({"low": self.low, "high": self.high})
+    }
+    fn is_randomized(&self) -> bool {
+        false
+    }
+    fn run(
+        &self,
+        _ctx: &mut AttackContext,
+        x: &Tensor,
+        _goal: &Goal,
+        _eps: f64,
+        _seed: &SeedStream,
+    ) -> gauntlet_attacks::Result<Tensor> {
+        let mut v = x.flatten_all()?.to_vec1::<f32>()?;
+        for pair in v.chunks_mut(2) {
+            if (self.low..self.high).contains(&pair[0]) {
+                pair[1] = pair[0] + 0.05;
+            }
+        }
+        Ok(Tensor::from_vec(v, x.shape(), x.device())?)
+    }
+}
+
+#[test]
+fn worst_case_is_the_per_sample_and_over_attacks_that_break_disjoint_samples() {
+    let data = Dataset::from_f32(
+        "two-pixels",
+        [1, 1, 2],
+        vec![0.6, 0.5, 0.7, 0.5, 0.8, 0.5, 0.9, 0.5],
+        vec![0, 0, 0, 0],
+        2,
+    )
+    .unwrap();
+    let clean = evaluate_clean(&TwoPixels, &data, 4, &NoProgress).unwrap();
+    assert_eq!(clean.correct, vec![true; 4]);
+    let suite = vec![
+        SuiteEntry {
+            attack: Box::new(Breaker {
+                name: "a",
+                low: 0.0,
+                high: 0.75,
+            }),
+            epsilons: vec![0.5, 0.1],
+            target: TargetSpec::None,
+        },
+        SuiteEntry {
+            attack: Box::new(Breaker {
+                name: "b",
+                low: 0.75,
+                high: 0.85,
+            }),
+            epsilons: vec![0.1, 0.5],
+            target: TargetSpec::None,
+        },
+    ];
+    let config = RobustConfig {
+        batch_size: 3,
+        seed: 0,
+        keep_examples: true,
+    };
+    let result = evaluate_robust(&TwoPixels, &data, &clean, &suite, &config, &NoProgress).unwrap();
+    let at = |name: &str, eps: f64| {
+        result
+            .attacks
+            .iter()
+            .find(|r| r.attack == name && r.epsilon == eps)
+            .unwrap()
+    };
+    // ε = 0.1 is too small for either (the moves are 0.15 to 0.25, ties stay class 0).
+    assert_eq!(at("a", 0.1).robust, vec![true; 4]);
+    assert_eq!(at("b", 0.1).robust, vec![true; 4]);
+    // ε = 0.5: a breaks samples 0 and 1, then b (run only on 2 and 3) breaks 2.
+    assert_eq!(at("a", 0.5).robust, vec![false, false, true, true]);
+    assert_eq!(
+        at("b", 0.5).attacked,
+        2,
+        "b must attack only what a left robust"
+    );
+    assert_eq!(at("b", 0.5).newly_broken, 1);
+    assert_eq!(at("b", 0.5).robust, vec![false, false, false, true]);
+    let worst: Vec<_> = result
+        .worst_case
+        .iter()
+        .map(|w| (w.epsilon, w.robust.clone(), w.robust_accuracy))
+        .collect();
+    assert_eq!(
+        worst,
+        vec![
+            (0.1, vec![true; 4], 1.0),
+            (0.5, vec![false, false, false, true], 0.25)
+        ]
+    );
+    assert_eq!(
+        result.examples.keys().copied().collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+}
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+fn shipped_cnn_and_data(limit: usize) -> (gauntlet_models::Model, Dataset) {
+    let (model, _) = load_model(
+        &repo("examples/models/mnist-cnn.safetensors"),
+        &ModelOptions::default(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let data = load(
+        &repo("datasets/mnist-5k"),
+        &LoadOptions {
+            split: Split::Test,
+            limit: Some(limit),
+            num_classes: None,
+        },
+    )
+    .unwrap();
+    (model, data)
+}
+
+fn robust_count(
+    model: &dyn Classifier,
+    data: &Dataset,
+    name: &str,
+    params: serde_json::Value,
+    eps: f64,
+) -> usize {
+    let clean = evaluate_clean(model, data, 100, &NoProgress).unwrap();
+    let suite = vec![SuiteEntry {
+        attack: build_attack(name, &params).unwrap(),
+        epsilons: vec![eps],
+        target: TargetSpec::None,
+    }];
+    let config = RobustConfig {
+        batch_size: 100,
+        seed: 1,
+        keep_examples: false,
+    };
+    let result = evaluate_robust(model, data, &clean, &suite, &config, &NoProgress).unwrap();
+    result.worst_case[0].robust.iter().filter(|r| **r).count()
+}
+
+#[test]
+fn apgd_is_at_least_as_strong_as_pgd_with_the_same_budget_on_the_shipped_cnn() {
+    let (model, data) = shipped_cnn_and_data(24);
+    let budget = serde_json::json!({"steps": 50});
+    let pgd = robust_count(&model, &data, "pgd-linf", budget.clone(), 0.06);
+    let apgd = robust_count(&model, &data, "apgd-ce", budget, 0.06);
+    assert!(apgd <= pgd, "APGD-CE left {apgd} robust, PGD {pgd}");
+}
+
+#[test]
+fn minimal_perturbation_curve_is_monotone_and_consistent_with_its_norms() {
+    let (model, data) = shipped_cnn_and_data(12);
+    let clean = evaluate_clean(&model, &data, 100, &NoProgress).unwrap();
+    let grid = vec![0.5, 1.0, 1.5, 2.0, 3.0, 5.0];
+    let suite = vec![SuiteEntry {
+        attack: build_attack("deepfool", &serde_json::Value::Null).unwrap(),
+        epsilons: grid.clone(),
+        target: TargetSpec::None,
+    }];
+    let config = RobustConfig {
+        batch_size: 100,
+        seed: 0,
+        keep_examples: false,
+    };
+    let result = evaluate_robust(&model, &data, &clean, &suite, &config, &NoProgress).unwrap();
+    let norms = &result.minimal[0].norms;
+    let mut previous = 1.0;
+    for wc in &result.worst_case {
+        // The curve at ε is exactly: correct and (no adversarial example or norm > ε).
+        let expected: Vec<bool> = (0..data.len())
+            .map(|i| clean.correct[i] && norms[i].is_none_or(|n| n > wc.epsilon))
+            .collect();
+        assert_eq!(wc.robust, expected, "ε = {}", wc.epsilon);
+        assert!(wc.robust_accuracy <= previous);
+        previous = wc.robust_accuracy;
+    }
+    assert!(
+        norms.iter().filter(|n| n.is_some()).count()
+            >= clean.correct.iter().filter(|c| **c).count() * 9 / 10,
+        "DeepFool failed too often: {norms:?}"
+    );
+    assert_eq!(
+        result.worst_case.last().unwrap().robust_accuracy,
+        0.0,
+        "a standard CNN has no sample robust at L2 ε = 5"
+    );
+}
+
+#[test]
+fn shipped_suites_parse() {
+    for name in ["quick", "standard-linf", "standard-l2", "minimal"] {
+        let suite = Suite::from_file(&repo(&format!("attacks/{name}.toml"))).unwrap();
+        assert_eq!(suite.name, name);
+        assert!(!suite.entries().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn sanity_check_flags_probabilities_instead_of_logits() {
+    struct Softmaxed(TwoPixels);
+    impl Classifier for Softmaxed {
+        fn logits(&self, x: &Tensor) -> gauntlet_core::Result<Tensor> {
+            gauntlet_core::softmax(&self.0.logits(x)?)
+        }
+        fn bounds(&self) -> Bounds {
+            Bounds::UNIT
+        }
+        fn num_classes(&self) -> usize {
+            2
+        }
+        fn input_shape(&self) -> [usize; 3] {
+            [1, 1, 2]
+        }
+        fn device(&self) -> &Device {
+            &Device::Cpu
+        }
+    }
+    let x = Tensor::new(&[[[[0.6f32, 0.5]]], [[[0.2, 0.9]]]], &Device::Cpu).unwrap();
+    let y = Tensor::new(&[0u32, 1], &Device::Cpu).unwrap();
+    let flagged = gauntlet_eval::model_sanity(&Softmaxed(TwoPixels), &x, &y).unwrap();
+    assert!(
+        flagged.iter().any(|w| w.code == "probabilities-not-logits"),
+        "{flagged:?}"
+    );
+    let clean = gauntlet_eval::model_sanity(&TwoPixels, &x, &y).unwrap();
+    assert!(
+        clean.iter().all(|w| w.code != "probabilities-not-logits"),
+        "{clean:?}"
+    );
+}
