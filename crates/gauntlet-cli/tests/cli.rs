@@ -329,3 +329,215 @@ fn write_npz(path: &Path, entries: &[(&str, Vec<u8>)]) {
     }
     zip.finish().unwrap();
 }
+
+#[test]
+fn attack_writes_per_sample_robustness_and_the_worst_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fgsm");
+    let o = gauntlet(&[
+        "attack",
+        "--model",
+        "examples/models/mnist-mlp.safetensors",
+        "--data",
+        "datasets/mnist-5k",
+        "--attack",
+        "fgsm",
+        "--eps",
+        "0.05,8/255,0.2",
+        "--limit",
+        "60",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--save-adversarial",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let record = read_json(&out.join("results.json"));
+    let r = &record["robustness"];
+    assert_eq!(r["suite"]["name"], "fgsm");
+    let attacks = r["attacks"].as_array().unwrap();
+    let eps: Vec<f64> = attacks
+        .iter()
+        .map(|a| a["epsilon"].as_f64().unwrap())
+        .collect();
+    assert_eq!(
+        eps,
+        vec![8.0 / 255.0, 0.05, 0.2],
+        "ε sorted ascending, fractions parsed"
+    );
+    let clean: Vec<bool> = record["clean"]["correct"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_bool().unwrap())
+        .collect();
+    let mut previous = clean.iter().filter(|c| **c).count();
+    for a in attacks {
+        let robust: Vec<bool> = a["robust"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_bool().unwrap())
+            .collect();
+        assert_eq!(robust.len(), 60);
+        assert!(
+            robust.iter().zip(&clean).all(|(r, c)| !r || *c),
+            "robust implies clean-correct"
+        );
+        let count = robust.iter().filter(|r| **r).count();
+        assert!(count <= previous, "robust accuracy rose with ε");
+        assert_eq!(a["robust_accuracy"].as_f64().unwrap(), count as f64 / 60.0);
+        assert!(a["max_perturbation"].as_f64().unwrap() <= a["epsilon"].as_f64().unwrap() + 1e-5);
+        assert_eq!(a["parameters"]["steps"], 1);
+        previous = count;
+    }
+    let worst = r["worst_case"].as_array().unwrap();
+    assert_eq!(worst.len(), 3);
+    assert_eq!(worst[2]["robust"], attacks[2]["robust"]);
+    // The saved adversarial examples are a dataset: evaluating the model on them
+    // reproduces their recorded (wrong) predictions.
+    let npz = out.join("adversarial.npz");
+    let again = dir.path().join("again");
+    let o = gauntlet(&[
+        "eval",
+        "--model",
+        "examples/models/mnist-mlp.safetensors",
+        "--data",
+        npz.to_str().unwrap(),
+        "--num-classes",
+        "10",
+        "--out",
+        again.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let replay = read_json(&again.join("results.json"));
+    let broken_count = 60
+        - worst[2]["robust"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v.as_bool().unwrap())
+            .count()
+        - clean.iter().filter(|c| !**c).count();
+    assert_eq!(
+        replay["dataset"]["num_samples"].as_u64().unwrap() as usize,
+        broken_count
+    );
+    assert_eq!(
+        replay["clean"]["accuracy"].as_f64().unwrap(),
+        0.0,
+        "every saved example must fool the model"
+    );
+}
+
+#[test]
+fn eval_with_a_suite_runs_every_attack_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let suite = dir.path().join("tiny.toml");
+    std::fs::write(&suite, "name = \"tiny\"\n[[attack]]\nname = \"fgsm\"\neps = [0.1]\n[[attack]]\nname = \"pgd-linf\"\neps = [0.1]\nparams = { steps = 5 }\n").unwrap();
+    let out = dir.path().join("o");
+    let o = gauntlet(&[
+        "eval",
+        "--model",
+        "examples/models/mnist-mlp.safetensors",
+        "--data",
+        "datasets/mnist-5k",
+        "--suite",
+        suite.to_str().unwrap(),
+        "--limit",
+        "40",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let record = read_json(&out.join("results.json"));
+    let r = &record["robustness"];
+    assert_eq!(r["suite"]["name"], "tiny");
+    assert_eq!(
+        r["suite"]["sha256"].as_str().unwrap(),
+        gauntlet_core::sha256_file(&suite).unwrap()
+    );
+    let names: Vec<&str> = r["attacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["attack"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["fgsm", "pgd-linf"]);
+    let fgsm_robust = r["attacks"][0]["robust_accuracy"].as_f64().unwrap();
+    let worst = r["worst_case"][0]["robust_accuracy"].as_f64().unwrap();
+    assert!(worst <= fgsm_robust);
+    assert_eq!(
+        r["attacks"][1]["attacked"].as_u64().unwrap() as f64,
+        (fgsm_robust * 40.0).round()
+    );
+}
+
+#[test]
+fn attack_and_suite_errors_exit_2_before_any_compute() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o");
+    let out = out.to_str().unwrap();
+    let mlp = "examples/models/mnist-mlp.safetensors";
+    let base = [
+        "attack",
+        "--model",
+        mlp,
+        "--data",
+        "datasets/mnist-5k",
+        "--out",
+        out,
+    ];
+    let with = |extra: &[&str]| {
+        let mut args: Vec<&str> = base.to_vec();
+        args.extend_from_slice(extra);
+        gauntlet(&args)
+    };
+    assert_clear_error(
+        &with(&["--attack", "fgsn", "--eps", "0.1"]),
+        "unknown attack 'fgsn'",
+    );
+    assert_clear_error(
+        &with(&["--attack", "fgsm", "--eps", "abc"]),
+        "epsilon 'abc'",
+    );
+    assert_clear_error(&with(&["--attack", "fgsm", "--eps=-0.1"]), "epsilon '-0.1'");
+    assert_clear_error(
+        &with(&["--attack", "square-linf", "--eps", "0.1", "--steps", "3"]),
+        "unknown parameter 'steps'",
+    );
+    assert_clear_error(
+        &with(&[
+            "--attack",
+            "pgd-linf",
+            "--eps",
+            "0.1",
+            "--targeted",
+            "sideways",
+        ]),
+        "target 'sideways'",
+    );
+    let suite = dir.path().join("bad.toml");
+    std::fs::write(
+        &suite,
+        "name = \"bad\"\n[[attack]]\nname = \"fgsm\"\neps = [0.1]\nepsilon = 3\n",
+    )
+    .unwrap();
+    assert_clear_error(
+        &gauntlet(&[
+            "eval",
+            "--model",
+            mlp,
+            "--data",
+            "datasets/mnist-5k",
+            "--suite",
+            suite.to_str().unwrap(),
+            "--out",
+            out,
+        ]),
+        "epsilon",
+    );
+    assert!(!Path::new(out).exists());
+}
