@@ -75,24 +75,18 @@ struct DataArgs {
     num_classes: Option<usize>,
 }
 
+/// Settings shared by every evaluating command.
 #[derive(Args, Debug)]
-struct EvalArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    data: DataArgs,
+struct RunArgs {
     /// Split to evaluate.
     #[arg(long, default_value = "test")]
     split: String,
     /// The run's seed (recorded; every random choice derives from it).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Samples per forward pass.
+    /// Samples per forward pass / attack batch.
     #[arg(long, default_value_t = 500)]
     batch_size: usize,
-    /// Attack suite (TOML preset, e.g. attacks/quick.toml); without it only clean accuracy.
-    #[arg(long)]
-    suite: Option<PathBuf>,
     /// Also write the adversarial examples found to DIR/adversarial.npz.
     #[arg(long)]
     save_adversarial: bool,
@@ -102,6 +96,19 @@ struct EvalArgs {
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Attack suite (TOML preset, e.g. attacks/quick.toml); without it only clean accuracy.
+    #[arg(long)]
+    suite: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Args, Debug)]
@@ -135,24 +142,8 @@ struct AttackArgs {
     /// Targeted goal: random, least-likely, or a class index.
     #[arg(long)]
     targeted: Option<String>,
-    /// Split to evaluate.
-    #[arg(long, default_value = "test")]
-    split: String,
-    /// The run's seed.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Samples per batch.
-    #[arg(long, default_value_t = 500)]
-    batch_size: usize,
-    /// Also write the adversarial examples found to DIR/adversarial.npz.
-    #[arg(long)]
-    save_adversarial: bool,
-    /// Output directory for results.json.
-    #[arg(long)]
-    out: PathBuf,
-    /// No progress output.
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Args, Debug)]
@@ -317,18 +308,23 @@ struct EvalPlan {
     quiet: bool,
 }
 
+/// Resolve and check everything before any compute: every user error surfaces here.
 fn plan(
     model: &ModelArgs,
     data: &DataArgs,
-    split: &str,
-    batch_size: usize,
-    out: &Path,
-) -> Result<(Model, ModelInfo, Dataset, Split)> {
-    let split: Split = split.parse()?;
-    if batch_size == 0 {
+    run: RunArgs,
+    suite: Option<(Suite, SuiteRecord)>,
+) -> Result<EvalPlan> {
+    let split: Split = run.split.parse()?;
+    if run.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    check_out_dir(out)?;
+    if run.save_adversarial && suite.is_none() {
+        bail!(
+            "--save-adversarial needs --suite: there are no adversarial examples without attacks"
+        );
+    }
+    check_out_dir(&run.out)?;
     let (loaded, info) = load_model_checked(model)?;
     let dataset = load_data(data, split)?;
     gauntlet_eval::check_compatible(&loaded, &dataset).with_context(|| {
@@ -338,7 +334,18 @@ fn plan(
             data.data.display()
         )
     })?;
-    Ok((loaded, info, dataset, split))
+    Ok(EvalPlan {
+        model: loaded,
+        info,
+        data: dataset,
+        split,
+        seed: run.seed,
+        batch_size: run.batch_size,
+        suite,
+        save_adversarial: run.save_adversarial,
+        out: run.out,
+        quiet: run.quiet,
+    })
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
@@ -358,33 +365,8 @@ fn eval(args: EvalArgs) -> Result<()> {
             Some((suite, record))
         }
     };
-    if args.save_adversarial && suite.is_none() {
-        bail!(
-            "--save-adversarial needs --suite: there are no adversarial examples without attacks"
-        );
-    }
-    let (model, info, data, split) = plan(
-        &args.model,
-        &args.data,
-        &args.split,
-        args.batch_size,
-        &args.out,
-    )?;
-    run_plan(
-        EvalPlan {
-            model,
-            info,
-            data,
-            split,
-            seed: args.seed,
-            batch_size: args.batch_size,
-            suite,
-            save_adversarial: args.save_adversarial,
-            out: args.out,
-            quiet: args.quiet,
-        },
-        started,
-    )
+    let plan = plan(&args.model, &args.data, args.run, suite)?;
+    run_plan(plan, started)
 }
 
 fn attack(args: AttackArgs) -> Result<()> {
@@ -432,28 +414,8 @@ fn attack(args: AttackArgs) -> Result<()> {
         path: None,
         sha256: None,
     };
-    let (model, info, data, split) = plan(
-        &args.model,
-        &args.data,
-        &args.split,
-        args.batch_size,
-        &args.out,
-    )?;
-    run_plan(
-        EvalPlan {
-            model,
-            info,
-            data,
-            split,
-            seed: args.seed,
-            batch_size: args.batch_size,
-            suite: Some((suite, record)),
-            save_adversarial: args.save_adversarial,
-            out: args.out,
-            quiet: args.quiet,
-        },
-        started,
-    )
+    let plan = plan(&args.model, &args.data, args.run, Some((suite, record)))?;
+    run_plan(plan, started)
 }
 
 fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
@@ -485,16 +447,12 @@ fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
         let result =
             gauntlet_eval::evaluate_robust(&model, &data, &clean, &entries, &config, &progress)?;
         warnings.extend(result.warnings.iter().cloned());
-        fn convert<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T> {
-            serde_json::from_value(value)
-                .context("internal: robust result does not match the record schema")
-        }
         robustness = Some(RobustnessRecord {
             suite: suite_record,
-            attacks: convert(serde_json::to_value(&result.attacks)?)?,
-            minimal: convert(serde_json::to_value(&result.minimal)?)?,
-            worst_case: convert(serde_json::to_value(&result.worst_case)?)?,
-            warnings: convert(serde_json::to_value(&warnings)?)?,
+            attacks: result.attacks,
+            minimal: result.minimal,
+            worst_case: result.worst_case,
+            warnings,
         });
         examples = Some(result.examples);
     }

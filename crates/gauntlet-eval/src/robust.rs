@@ -42,83 +42,33 @@ pub struct SuiteEntry {
     pub target: TargetSpec,
 }
 
-/// Result of one attack at one ε.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AttackResult {
-    /// Registry name.
-    pub attack: String,
-    /// Norm.
-    pub norm: Norm,
-    /// Fixed-ε or minimal-perturbation.
-    pub kind: AttackKind,
-    /// Full resolved parameters.
-    pub parameters: serde_json::Value,
-    /// Targeting.
-    pub target: TargetSpec,
-    /// ε.
-    pub epsilon: f64,
-    /// Robust accuracy after this attack (and everything before it in the suite).
-    pub robust_accuracy: f64,
-    /// Per sample, dataset order: still robust after this attack.
-    pub robust: Vec<bool>,
-    /// Samples this attack was run on.
-    pub attacked: usize,
-    /// Samples this attack broke that nothing before it had.
-    pub newly_broken: usize,
-    /// Per-sample gradient evaluations.
-    pub gradient_evaluations: u64,
-    /// Per-sample forward evaluations.
-    pub forward_evaluations: u64,
-    /// Seconds spent.
-    pub wall_seconds: f64,
-    /// Mean perturbation norm of the adversarial examples this attack found (0 if none).
-    pub mean_perturbation: f64,
-    /// Largest perturbation norm of the adversarial examples this attack found.
-    pub max_perturbation: f64,
-    /// Proposals refused (NaN/Inf) and replaced by the clean input.
-    pub rejected: usize,
+// The result types are the run record's own (serde-only) types, so the record is
+// written from them directly.
+pub use gauntlet_record::{
+    AttackRecord as AttackResult, MinimalRecord as MinimalNorms, WarningRecord as Warning,
+    WorstCaseRecord as WorstCase,
+};
+
+fn norm_name(norm: Norm) -> String {
+    match norm {
+        Norm::Linf => "linf".into(),
+        Norm::L2 => "l2".into(),
+    }
 }
 
-/// Per-sample minimal perturbation found by a minimal-perturbation attack.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct MinimalNorms {
-    /// Registry name.
-    pub attack: String,
-    /// Norm.
-    pub norm: Norm,
-    /// Per sample, dataset order: the norm of the adversarial example found, or
-    /// `None` (not attacked because misclassified, or no adversarial example).
-    pub norms: Vec<Option<f64>>,
+fn kind_name(kind: AttackKind) -> String {
+    match kind {
+        AttackKind::FixedEpsilon => "fixed-epsilon".into(),
+        AttackKind::MinimalPerturbation => "minimal-perturbation".into(),
+    }
 }
 
-/// Worst case over the whole suite for one norm and ε.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct WorstCase {
-    /// Norm.
-    pub norm: Norm,
-    /// ε.
-    pub epsilon: f64,
-    /// Fraction robust.
-    pub robust_accuracy: f64,
-    /// Per sample, dataset order.
-    pub robust: Vec<bool>,
-}
-
-/// A documented sanity warning: what was seen, why it matters, what to do.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Warning {
-    /// Stable identifier, e.g. `probabilities-not-logits`.
-    pub code: String,
-    /// What was observed.
-    pub message: String,
-    /// Why it matters.
-    pub cause: String,
-    /// What to do about it.
-    pub remedy: String,
+fn target_value(target: TargetSpec) -> serde_json::Value {
+    serde_json::to_value(target).unwrap_or_default()
 }
 
 /// Everything a robust evaluation found.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct RobustResult {
     /// Per attack and ε, in the order run.
     pub attacks: Vec<AttackResult>,
@@ -129,7 +79,6 @@ pub struct RobustResult {
     /// Sanity warnings.
     pub warnings: Vec<Warning>,
     /// Adversarial examples kept for `--save-adversarial`: sample index -> (ε, attack, image).
-    #[serde(skip)]
     pub examples: BTreeMap<usize, (f64, String, Vec<f32>)>,
 }
 
@@ -295,10 +244,10 @@ pub fn evaluate_robust(
                     .count();
                 result.attacks.push(AttackResult {
                     attack: attack.name().into(),
-                    norm: attack.norm(),
-                    kind: attack.kind(),
+                    norm: norm_name(attack.norm()),
+                    kind: kind_name(attack.kind()),
                     parameters: attack.parameters(),
-                    target: entry.target,
+                    target: target_value(entry.target),
                     epsilon: eps,
                     robust_accuracy: fraction(&robust),
                     robust,
@@ -320,7 +269,7 @@ pub fn evaluate_robust(
             ));
             result.minimal.push(MinimalNorms {
                 attack: attack.name().into(),
-                norm: attack.norm(),
+                norm: norm_name(attack.norm()),
                 norms,
             });
             continue;
@@ -421,10 +370,10 @@ pub fn evaluate_robust(
             }
             result.attacks.push(AttackResult {
                 attack: attack.name().into(),
-                norm: attack.norm(),
-                kind: attack.kind(),
+                norm: norm_name(attack.norm()),
+                kind: kind_name(attack.kind()),
                 parameters: attack.parameters(),
-                target: entry.target,
+                target: target_value(entry.target),
                 epsilon: eps,
                 robust_accuracy,
                 robust,
@@ -452,13 +401,14 @@ pub fn evaluate_robust(
                 .map(|i| clean.correct[i] && broken[i] > eps)
                 .collect();
             result.worst_case.push(WorstCase {
-                norm: key,
+                norm: norm_name(key),
                 epsilon: eps,
                 robust_accuracy: fraction(&robust),
                 robust,
             });
         }
     }
+    result.warnings.extend(rising_warnings(&result.worst_case));
     result
         .warnings
         .extend(large_epsilon_warnings(model, &result.worst_case));
@@ -488,9 +438,25 @@ fn make_goal(data: &Dataset, chunk: &[usize], targets: Option<&[u32]>, indices: 
     }
 }
 
+/// The worst case cannot rise with ε by construction (an adversarial example found
+/// at a smaller ε counts for every larger one); if it ever does, say so loudly.
+fn rising_warnings(worst: &[WorstCase]) -> Vec<Warning> {
+    worst
+        .windows(2)
+        .filter(|w| w[0].norm == w[1].norm && w[1].robust_accuracy > w[0].robust_accuracy)
+        .map(|w| Warning {
+            code: "robust-accuracy-rises-with-epsilon".into(),
+            message: format!("robust accuracy rises from {:.2}% at ε = {} to {:.2}% at ε = {} ({})", 100.0 * w[0].robust_accuracy, w[0].epsilon, 100.0 * w[1].robust_accuracy, w[1].epsilon, w[1].norm),
+            cause: "a larger threat model can only break more samples; this indicates a bug or a non-deterministic model".into(),
+            remedy: "re-run with the same seed, check the non-deterministic-forward warning, and report it".into(),
+        })
+        .collect()
+}
+
 /// Accuracy above chance at a perturbation that can turn any image into any other
 /// means the attacks failed, not that the model is robust.
 fn large_epsilon_warnings(model: &dyn Classifier, worst: &[WorstCase]) -> Vec<Warning> {
+    let linf = norm_name(Norm::Linf);
     let bounds = model.bounds();
     let range = bounds.max - bounds.min;
     let [c, h, w] = model.input_shape();
@@ -498,15 +464,12 @@ fn large_epsilon_warnings(model: &dyn Classifier, worst: &[WorstCase]) -> Vec<Wa
     worst
         .iter()
         .filter(|wc| {
-            let huge = match wc.norm {
-                Norm::Linf => range * 0.5,
-                Norm::L2 => range * 0.5 * ((c * h * w) as f64).sqrt(),
-            };
+            let huge = if wc.norm == linf { range * 0.5 } else { range * 0.5 * ((c * h * w) as f64).sqrt() };
             wc.epsilon >= huge && wc.robust_accuracy > chance
         })
         .map(|wc| Warning {
             code: "accuracy-above-chance-at-huge-epsilon".into(),
-            message: format!("robust accuracy {:.1}% at ε = {} ({:?}), where any input can be changed into a mid-grey image", 100.0 * wc.robust_accuracy, wc.epsilon, wc.norm),
+            message: format!("robust accuracy {:.1}% at ε = {} ({}), where any input can be changed into a mid-grey image", 100.0 * wc.robust_accuracy, wc.epsilon, wc.norm),
             cause: "the attacks are not converging (too few steps, a too small step size) or the gradients are masked".into(),
             remedy: "add steps and restarts, use apgd-ce/apgd-dlr and square-linf, and check the gradient warnings".into(),
         })

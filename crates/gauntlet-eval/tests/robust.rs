@@ -284,3 +284,43 @@ fn sanity_check_flags_probabilities_instead_of_logits() {
         "{clean:?}"
     );
 }
+
+#[test]
+fn record_types_carry_norm_kind_and_target_names() {
+    let data = Dataset::from_f32(
+        "two-pixels",
+        [1, 1, 2],
+        vec![0.6, 0.5, 0.9, 0.5],
+        vec![0, 0],
+        2,
+    )
+    .unwrap();
+    let clean = evaluate_clean(&TwoPixels, &data, 4, &NoProgress).unwrap();
+    let suite = vec![SuiteEntry {
+        attack: Box::new(Breaker {
+            name: "a",
+            low: 0.0,
+            high: 0.75,
+        }),
+        epsilons: vec![0.5],
+        target: TargetSpec::None,
+    }];
+    let config = RobustConfig {
+        batch_size: 4,
+        seed: 0,
+        keep_examples: false,
+    };
+    let result = evaluate_robust(&TwoPixels, &data, &clean, &suite, &config, &NoProgress).unwrap();
+    assert_eq!(
+        (
+            result.attacks[0].norm.as_str(),
+            result.attacks[0].kind.as_str()
+        ),
+        ("linf", "fixed-epsilon")
+    );
+    assert_eq!(result.attacks[0].target, serde_json::json!("none"));
+    assert!(result
+        .warnings
+        .iter()
+        .all(|w| w.code != "robust-accuracy-rises-with-epsilon"));
+}

@@ -1,0 +1,146 @@
+//! Gauntlet's side of the head-to-head harness (`benches/head_to_head.py`): times
+//! one workload and prints a JSON line. Not a test; run in release mode.
+//!
+//! ```sh
+//! cargo run --release -p gauntlet-benches --example timing -- grad cnn 100 20
+//! cargo run --release -p gauntlet-benches --example timing -- pgd cnn 0.3 40 100
+//! cargo run --release -p gauntlet-benches --example timing -- fgsm cnn 0.1 100
+//! cargo run --release -p gauntlet-benches --example timing -- logits cnn 100
+//! cargo run --release -p gauntlet-benches --example timing -- train cnn
+//! ```
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use gauntlet_attacks::{build_attack, run_attack, Goal};
+use gauntlet_core::{cross_entropy_sum, input_gradient, Classifier, SeedStream};
+use gauntlet_data::{load, LoadOptions, Split};
+use gauntlet_models::{load_model, ModelOptions};
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    // `train` starts from scratch; everything else uses the shipped weights.
+    let model_path = repo(&format!("examples/models/mnist-{}.safetensors", arg(1)));
+    let (model, _) = load_model(&model_path, &ModelOptions::default(), &Device::Cpu).unwrap();
+    let data = load(
+        &repo("datasets/mnist-5k"),
+        &LoadOptions {
+            split: Split::Test,
+            limit: None,
+            num_classes: None,
+        },
+    )
+    .unwrap();
+    match arg(0).as_str() {
+        "grad" => {
+            let batch: usize = arg(2).parse().unwrap();
+            let iters: usize = arg(3).parse().unwrap();
+            let (x, y) = data.batch(0..batch, &Device::Cpu).unwrap();
+            input_gradient(&model, &x, |l| cross_entropy_sum(l, &y)).unwrap();
+            let start = Instant::now();
+            for _ in 0..iters {
+                input_gradient(&model, &x, |l| cross_entropy_sum(l, &y)).unwrap();
+            }
+            let seconds = start.elapsed().as_secs_f64() / iters as f64;
+            println!("{{\"workload\": \"grad\", \"seconds_per_step\": {seconds}, \"images_per_second\": {}}}", batch as f64 / seconds);
+        }
+        "pgd" | "fgsm" => {
+            let eps: f64 = arg(2).parse().unwrap();
+            let (name, params, batch) = if arg(0) == "pgd" {
+                let steps: usize = arg(3).parse().unwrap();
+                (
+                    "pgd-linf",
+                    serde_json::json!({"steps": steps, "step_size": {"absolute": 0.01}}),
+                    arg(4).parse::<usize>().unwrap(),
+                )
+            } else {
+                (
+                    "fgsm",
+                    serde_json::Value::Null,
+                    arg(3).parse::<usize>().unwrap(),
+                )
+            };
+            let attack = build_attack(name, &params).unwrap();
+            let start = Instant::now();
+            let mut robust = Vec::new();
+            for (b, first) in (0..data.len()).step_by(batch).enumerate() {
+                let end = (first + batch).min(data.len());
+                let (x, y) = data.batch(first..end, &Device::Cpu).unwrap();
+                let labels = y.to_vec1::<u32>().unwrap();
+                let clean = model
+                    .logits(&x)
+                    .unwrap()
+                    .argmax(1)
+                    .unwrap()
+                    .to_vec1::<u32>()
+                    .unwrap();
+                let out = run_attack(
+                    attack.as_ref(),
+                    &model,
+                    &x,
+                    &Goal::Untargeted {
+                        labels: labels.clone(),
+                    },
+                    eps,
+                    &SeedStream::new(0).derive(&format!("batch-{b}")),
+                )
+                .unwrap();
+                // Every sample attacked every step (no pruning): robust = clean-correct and not fooled.
+                robust.extend(
+                    (0..labels.len())
+                        .map(|i| clean[i] == labels[i] && out.predictions[i] == labels[i]),
+                );
+            }
+            let seconds = start.elapsed().as_secs_f64();
+            let bits: String = robust.iter().map(|r| if *r { '1' } else { '0' }).collect();
+            println!(
+                "{{\"workload\": \"{name}\", \"seconds\": {seconds}, \"robust_accuracy\": {}, \"robust\": \"{bits}\"}}",
+                robust.iter().filter(|r| **r).count() as f64 / robust.len() as f64
+            );
+        }
+        "logits" => {
+            let n: usize = arg(2).parse().unwrap();
+            let (x, _) = data.batch(0..n, &Device::Cpu).unwrap();
+            let logits = model.logits(&x).unwrap().to_vec2::<f32>().unwrap();
+            println!(
+                "{}",
+                serde_json::json!({"workload": "logits", "logits": logits})
+            );
+        }
+        "train" => {
+            let train_set = load(
+                &repo("datasets/mnist-5k"),
+                &LoadOptions {
+                    split: Split::Train,
+                    limit: None,
+                    num_classes: None,
+                },
+            )
+            .unwrap();
+            let arch = gauntlet_models::Arch::parse(&arg(1)).unwrap();
+            let config = gauntlet_train::TrainConfig {
+                arch,
+                epochs: 1,
+                ..Default::default()
+            };
+            let start = Instant::now();
+            let (_, history) =
+                gauntlet_train::train(&config, &train_set, &data, &gauntlet_core::NoProgress)
+                    .unwrap();
+            let seconds = start.elapsed().as_secs_f64();
+            println!(
+                "{{\"workload\": \"train\", \"seconds\": {seconds}, \"test_accuracy\": {}}}",
+                history[0].test_accuracy
+            );
+        }
+        other => panic!("unknown workload {other}: expected grad, pgd, fgsm, logits or train"),
+    }
+}

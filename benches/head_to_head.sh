@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Head-to-head benchmark: Gauntlet vs PyTorch / torchattacks / ART on the same
+# weights and data. Installs its Python side into benches/.venv (ignored by git).
+# Not part of the test command. Writes benches/RESULTS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x benches/.venv/bin/python ]; then
+    python3 -m venv benches/.venv
+fi
+benches/.venv/bin/pip install -q torch torchattacks adversarial-robustness-toolbox safetensors numpy packaging scipy scikit-learn
+cargo build --release -p gauntlet-cli -p gauntlet-benches --example timing
+exec benches/.venv/bin/python benches/head_to_head.py "$@"
