@@ -13,6 +13,9 @@ use gauntlet_core::{cross_entropy_sum, input_gradient, NoProgress, SeedStream};
 use gauntlet_data::{load, Dataset, LoadOptions, Split};
 use gauntlet_models::{Arch, Network, Normalization};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }

@@ -20,6 +20,9 @@ use gauntlet_core::{cross_entropy_sum, input_gradient, Classifier, SeedStream};
 use gauntlet_data::{load, LoadOptions, Split};
 use gauntlet_models::{load_model, ModelOptions};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }

@@ -300,11 +300,20 @@ pub fn conv2d(
     groups: usize,
 ) -> Result<Tensor> {
     let [pt, pl, pb, pr] = pads;
-    let y = if pt == pl && pt == pb && pt == pr {
-        x.conv2d(weight, pt, stride, dilation, groups)?
+    let symmetric = pt == pl && pt == pb && pt == pr;
+    let (input, padding) = if symmetric {
+        (x.clone(), pt)
     } else {
-        let padded = x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
-        padded.conv2d(weight, 0, stride, dilation, groups)?
+        (x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?, 0)
+    };
+    let y = if groups == 1
+        && dilation == 1
+        && input.device().is_cpu()
+        && matches!(input.dtype(), DType::F32 | DType::F64)
+    {
+        crate::conv::conv2d_gemm(&input, weight, stride, padding)?
+    } else {
+        input.conv2d(weight, padding, stride, dilation, groups)?
     };
     match bias {
         Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?),

@@ -7,6 +7,7 @@
 //! refuses models whose input gets no gradient.
 
 mod arch;
+mod conv;
 mod error;
 pub mod layers;
 mod load;
