@@ -281,9 +281,140 @@ impl CustomOp1 for Pool2d {
     }
 }
 
+/// Max-pooling that records the winning input of every window in its forward
+/// pass, so the backward pass is a single scatter.
+struct RecordedMaxPool {
+    pool: Pool2d,
+    winners: std::sync::Mutex<Vec<u32>>,
+}
+
+impl RecordedMaxPool {
+    fn forward_slice<T: WithDType>(&self, src: &[T], g: &Geometry) -> (Vec<T>, Vec<u32>) {
+        let mut out = Vec::with_capacity(g.planes * g.oh * g.ow);
+        let mut winners = Vec::with_capacity(g.planes * g.oh * g.ow);
+        let plain = self.pool.kernel == self.pool.stride && self.pool.pads == [0; 4];
+        let mut cells = Vec::new();
+        for p in 0..g.planes {
+            let offset = p * g.h * g.w;
+            let plane = &src[offset..offset + g.h * g.w];
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let best = if plain {
+                        // Non-overlapping windows fully inside the image: no bookkeeping.
+                        let (kh, kw) = self.pool.kernel;
+                        let mut best = oy * kh * g.w + ox * kw;
+                        for dy in 0..kh {
+                            for dx in 0..kw {
+                                let i = (oy * kh + dy) * g.w + ox * kw + dx;
+                                let (v, b) = (plane[i], plane[best]);
+                                if v > b || (v.to_f64().is_nan() && !b.to_f64().is_nan()) {
+                                    best = i;
+                                }
+                            }
+                        }
+                        Some(best)
+                    } else {
+                        self.pool.window(g, oy, ox, &mut cells);
+                        argmax(plane, &cells)
+                    };
+                    match best {
+                        Some(i) => {
+                            out.push(plane[i]);
+                            winners.push((offset + i) as u32);
+                        }
+                        None => {
+                            out.push(T::zero());
+                            winners.push(u32::MAX);
+                        }
+                    }
+                }
+            }
+        }
+        (out, winners)
+    }
+}
+
+impl CustomOp1 for RecordedMaxPool {
+    fn name(&self) -> &'static str {
+        "gauntlet-max-pool2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self
+            .pool
+            .geometry(layout.dims())
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let shape = Shape::from((g.n, g.c, g.oh, g.ow));
+        let (out, winners) = match storage {
+            CpuStorage::F32(s) => {
+                let (o, w) = self.forward_slice(contiguous(s, layout)?, &g);
+                (CpuStorage::F32(o), w)
+            }
+            CpuStorage::F64(s) => {
+                let (o, w) = self.forward_slice(contiguous(s, layout)?, &g);
+                (CpuStorage::F64(o), w)
+            }
+            _ => candle_core::bail!("pool2d supports f32 and f64 tensors only"),
+        };
+        if let Ok(mut slot) = self.winners.lock() {
+            *slot = winners;
+        }
+        Ok((out, shape))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let winners = self
+            .winners
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("max-pool state poisoned".into()))?;
+        fn scatter<T: WithDType>(winners: &[u32], grad: &[T], len: usize) -> Vec<T> {
+            let mut out = vec![T::zero(); len];
+            for (&w, &g) in winners.iter().zip(grad) {
+                if w != u32::MAX {
+                    out[w as usize] += g;
+                }
+            }
+            out
+        }
+        let len = arg.elem_count();
+        let grad = match arg.dtype() {
+            DType::F32 => Tensor::from_vec(
+                scatter(&winners, &grad_res.flatten_all()?.to_vec1::<f32>()?, len),
+                arg.shape(),
+                arg.device(),
+            )?,
+            DType::F64 => Tensor::from_vec(
+                scatter(&winners, &grad_res.flatten_all()?.to_vec1::<f64>()?, len),
+                arg.shape(),
+                arg.device(),
+            )?,
+            other => candle_core::bail!("pool2d supports f32 and f64, got {other:?}"),
+        };
+        Ok(Some(grad))
+    }
+}
+
 /// Apply 2-D pooling to an NCHW tensor (differentiable, exact gradients).
 pub fn pool2d(x: &Tensor, pool: Pool2d) -> Result<Tensor> {
-    Ok(x.contiguous()?.apply_op1(pool)?)
+    let x = x.contiguous()?;
+    if pool.kind == PoolKind::Max {
+        // Shape errors surface from geometry() before the op runs.
+        pool.geometry(x.dims())?;
+        return Ok(x.apply_op1(RecordedMaxPool {
+            pool,
+            winners: std::sync::Mutex::new(Vec::new()),
+        })?);
+    }
+    Ok(x.apply_op1(pool)?)
 }
 
 /// 2-D convolution over NCHW input with PyTorch/ONNX semantics.
@@ -323,10 +454,63 @@ pub fn conv2d(
 
 /// `x Wᵀ + b` with PyTorch's `[out, in]` weight layout.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let y = x.matmul(&weight.t()?)?;
+    let y = if x.rank() == 2 && weight.rank() == 2 && (x.track_op() || weight.track_op()) {
+        let output = x.detach().matmul(&weight.detach().t()?)?;
+        x.apply_op2(weight, LinearGrad { output })?
+    } else {
+        x.matmul(&weight.t()?)?
+    };
     match bias {
         Some(b) => Ok(y.broadcast_add(b)?),
         None => Ok(y),
+    }
+}
+
+/// `x Wᵀ` whose backward pass computes the weight gradient only when the weight is
+/// tracked (candle's matmul always computes both, wasting a GEMM per layer in attacks).
+struct LinearGrad {
+    output: Tensor,
+}
+
+impl candle_core::CustomOp2 for LinearGrad {
+    fn name(&self) -> &'static str {
+        "gauntlet-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let flat = self.output.flatten_all()?;
+        let storage = match self.output.dtype() {
+            DType::F32 => CpuStorage::F32(flat.to_vec1::<f32>()?),
+            DType::F64 => CpuStorage::F64(flat.to_vec1::<f64>()?),
+            other => candle_core::bail!("linear supports f32 and f64, got {other:?}"),
+        };
+        Ok((storage, self.output.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = if x.track_op() {
+            Some(grad.matmul(w)?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(grad.t()?.matmul(x)?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
     }
 }
 
