@@ -454,7 +454,8 @@ pub fn conv2d(
 
 /// `x Wᵀ + b` with PyTorch's `[out, in]` weight layout.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let y = if x.rank() == 2 && weight.rank() == 2 && (x.track_op() || weight.track_op()) {
+    // Only attacks (tracked input, constant weight) need the custom backward pass.
+    let y = if x.rank() == 2 && weight.rank() == 2 && x.track_op() && !weight.track_op() {
         let output = x.detach().matmul(&weight.detach().t()?)?;
         x.apply_op2(weight, LinearGrad { output })?
     } else {
