@@ -112,6 +112,18 @@ where
     })
 }
 
+/// The storage of an output computed before the custom op ran: ops whose forward
+/// is ordinary candle code and whose value is their backward pass return this.
+pub(crate) fn precomputed_storage(output: &Tensor) -> candle_core::Result<(CpuStorage, Shape)> {
+    let flat = output.flatten_all()?;
+    let storage = match output.dtype() {
+        DType::F32 => CpuStorage::F32(flat.to_vec1::<f32>()?),
+        DType::F64 => CpuStorage::F64(flat.to_vec1::<f64>()?),
+        other => candle_core::bail!("gauntlet's custom ops support f32 and f64, got {other:?}"),
+    };
+    Ok((storage, output.shape().clone()))
+}
+
 /// Returns the precomputed forward output; its value is the backward pass.
 struct ConvGemm {
     output: Tensor,
@@ -132,13 +144,7 @@ impl CustomOp2 for ConvGemm {
         _: &CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let flat = self.output.flatten_all()?;
-        let storage = match self.output.dtype() {
-            DType::F32 => CpuStorage::F32(flat.to_vec1::<f32>()?),
-            DType::F64 => CpuStorage::F64(flat.to_vec1::<f64>()?),
-            other => candle_core::bail!("gauntlet conv2d supports f32 and f64, got {other:?}"),
-        };
-        Ok((storage, self.output.shape().clone()))
+        precomputed_storage(&self.output)
     }
 
     fn bwd(

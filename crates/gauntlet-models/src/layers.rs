@@ -485,13 +485,7 @@ impl candle_core::CustomOp2 for LinearGrad {
         _: &CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let flat = self.output.flatten_all()?;
-        let storage = match self.output.dtype() {
-            DType::F32 => CpuStorage::F32(flat.to_vec1::<f32>()?),
-            DType::F64 => CpuStorage::F64(flat.to_vec1::<f64>()?),
-            other => candle_core::bail!("linear supports f32 and f64, got {other:?}"),
-        };
-        Ok((storage, self.output.shape().clone()))
+        crate::conv::precomputed_storage(&self.output)
     }
 
     fn bwd(
