@@ -266,43 +266,41 @@ impl Attack for Apgd {
         } else {
             None
         };
-        let runs = if self.targeted {
-            self.params.target_classes
-        } else {
-            1
+        // apgd-t tries the classes ranked 2nd, 3rd, ...: at most classes - 1 targets.
+        let runs = match &ranked {
+            Some(order) => self
+                .params
+                .target_classes
+                .min(order.first().map_or(0, |r| r.len().saturating_sub(1))),
+            None => 1,
         };
         for run in 0..runs {
             for restart in 0..self.params.restarts {
-                let remaining = best.remaining();
-                if remaining.is_empty() {
+                let stream = seed.derive(&format!("target-{run}/restart-{restart}"));
+                let attacked =
+                    best.attack_remaining(x, goal, |sub_x, sub_goal, remaining, sub_best| {
+                        let targets = match (&ranked, sub_goal) {
+                            (Some(order), _) => {
+                                let t: Vec<u32> =
+                                    remaining.iter().map(|&i| order[i][run + 1]).collect();
+                                Some(Tensor::from_vec(t, remaining.len(), x.device())?)
+                            }
+                            (None, Goal::Targeted { .. }) => sub_goal.targets_tensor(x.device())?,
+                            (None, Goal::Untargeted { .. }) => None,
+                        };
+                        self.run_once(
+                            ctx,
+                            sub_x,
+                            sub_goal,
+                            targets.as_ref(),
+                            eps,
+                            &stream,
+                            sub_best,
+                        )
+                    })?;
+                if !attacked {
                     return Ok(best.into_adversarial());
                 }
-                let stream = seed.derive(&format!("target-{run}/restart-{restart}"));
-                let sub_x = best.select(x, &remaining)?;
-                let sub_goal = goal.select(&remaining);
-                let targets = match (&ranked, goal) {
-                    (Some(order), _) => {
-                        let k = order.first().map(|r| r.len()).unwrap_or(0);
-                        if run + 1 >= k {
-                            return Ok(best.into_adversarial());
-                        }
-                        let t: Vec<u32> = remaining.iter().map(|&i| order[i][run + 1]).collect();
-                        Some(Tensor::from_vec(t, remaining.len(), x.device())?)
-                    }
-                    (None, Goal::Targeted { .. }) => sub_goal.targets_tensor(x.device())?,
-                    (None, Goal::Untargeted { .. }) => None,
-                };
-                let mut sub_best = BestIterate::new(&sub_x)?;
-                self.run_once(
-                    ctx,
-                    &sub_x,
-                    &sub_goal,
-                    targets.as_ref(),
-                    eps,
-                    &stream,
-                    &mut sub_best,
-                )?;
-                best.merge(&remaining, &sub_best)?;
             }
         }
         Ok(best.into_adversarial())

@@ -258,18 +258,12 @@ impl Attack for Pgd {
     ) -> Result<Tensor> {
         let mut best = BestIterate::new(x)?;
         for restart in 0..self.params.restarts {
-            let remaining = best.remaining();
-            if remaining.is_empty() {
-                break;
-            }
             let stream = seed.derive(&format!("restart-{restart}"));
-            if remaining.len() == best.len() {
-                self.run_once(ctx, x, goal, eps, &stream, &mut best)?;
-            } else {
-                let (sub_x, sub_goal) = (best.select(x, &remaining)?, goal.select(&remaining));
-                let mut sub_best = BestIterate::new(&sub_x)?;
-                self.run_once(ctx, &sub_x, &sub_goal, eps, &stream, &mut sub_best)?;
-                best.merge(&remaining, &sub_best)?;
+            let attacked = best.attack_remaining(x, goal, |sub_x, sub_goal, _, sub_best| {
+                self.run_once(ctx, sub_x, sub_goal, eps, &stream, sub_best)
+            })?;
+            if !attacked {
+                break;
             }
         }
         Ok(best.into_adversarial())

@@ -85,6 +85,30 @@ impl BestIterate {
         Ok(x.index_select(&idx, 0)?)
     }
 
+    /// One restart: run `attempt` on the samples with no adversarial example yet
+    /// (given their inputs, goal, indices and a tracker for them) and fold its best
+    /// iterates back in. Returns `false`, without calling `attempt`, when every
+    /// sample is already broken.
+    pub fn attack_remaining<F>(&mut self, x: &Tensor, goal: &Goal, attempt: F) -> Result<bool>
+    where
+        F: FnOnce(&Tensor, &Goal, &[usize], &mut BestIterate) -> Result<()>,
+    {
+        let remaining = self.remaining();
+        if remaining.is_empty() {
+            return Ok(false);
+        }
+        if remaining.len() == self.len() {
+            // Nothing broken yet: no subset to copy or merge.
+            attempt(x, goal, &remaining, self)?;
+            return Ok(true);
+        }
+        let sub_x = self.select(x, &remaining)?;
+        let mut sub = BestIterate::new(&sub_x)?;
+        attempt(&sub_x, &goal.select(&remaining), &remaining, &mut sub)?;
+        self.merge(&remaining, &sub)?;
+        Ok(true)
+    }
+
     /// Fold in the results of a run on the subset `indices`.
     pub fn merge(&mut self, indices: &[usize], sub: &BestIterate) -> Result<()> {
         let mut rows = Vec::with_capacity(self.len());

@@ -17,7 +17,9 @@ pub use classifier::{input_gradient, Bounds, Classifier, Norm};
 pub use error::{Error, Result};
 pub use fingerprint::{sha256_bytes, sha256_file, Sha256Hasher};
 pub use fs::write_atomic;
-pub use loss::{cross_entropy_per_sample, cross_entropy_sum, log_softmax, softmax};
+pub use loss::{
+    cross_entropy_per_sample, cross_entropy_sum, log_softmax, log_softmax_dim, softmax, softmax_dim,
+};
 pub use observer::{NoProgress, Observer};
 pub use seed::SeedStream;
 

@@ -1,25 +1,35 @@
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 
 use crate::Result;
 
 // These are composed from differentiable candle ops on purpose: candle's fused
 // softmax kernels are built with `apply_op*_no_bwd` and silently drop gradients.
 
-/// Numerically stable log-softmax over the last dimension, differentiable.
-pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {
+/// Numerically stable log-softmax along `dim`, differentiable.
+pub fn log_softmax_dim(x: &Tensor, dim: usize) -> Result<Tensor> {
     // The max is a constant shift: detaching it changes no value or gradient.
-    let max = logits.max_keepdim(D::Minus1)?.detach();
-    let shifted = logits.broadcast_sub(&max)?;
-    let log_sum = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let max = x.max_keepdim(dim)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let log_sum = shifted.exp()?.sum_keepdim(dim)?.log()?;
     Ok(shifted.broadcast_sub(&log_sum)?)
 }
 
-/// Softmax over the last dimension, differentiable.
-pub fn softmax(logits: &Tensor) -> Result<Tensor> {
-    let max = logits.max_keepdim(D::Minus1)?.detach();
-    let exp = logits.broadcast_sub(&max)?.exp()?;
-    let sum = exp.sum_keepdim(D::Minus1)?;
+/// Softmax along `dim`, differentiable.
+pub fn softmax_dim(x: &Tensor, dim: usize) -> Result<Tensor> {
+    let max = x.max_keepdim(dim)?.detach();
+    let exp = x.broadcast_sub(&max)?.exp()?;
+    let sum = exp.sum_keepdim(dim)?;
     Ok(exp.broadcast_div(&sum)?)
+}
+
+/// Log-softmax over the last dimension.
+pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {
+    log_softmax_dim(logits, logits.rank().saturating_sub(1))
+}
+
+/// Softmax over the last dimension.
+pub fn softmax(logits: &Tensor) -> Result<Tensor> {
+    softmax_dim(logits, logits.rank().saturating_sub(1))
 }
 
 /// Cross-entropy of each sample, shape `(N,)`; `labels` are integer class indices.

@@ -236,15 +236,8 @@ pub(crate) fn conv2d_gemm(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::tests::seeded;
     use candle_core::{Device, Var};
-
-    fn seeded(n: usize, seed: u64) -> Vec<f64> {
-        gauntlet_core::SeedStream::new(seed)
-            .uniform_f32(n, -1.0, 1.0)
-            .into_iter()
-            .map(f64::from)
-            .collect()
-    }
 
     /// Values and both gradients equal candle's reference convolution, over random
     /// shapes with odd sizes, strides and padding.

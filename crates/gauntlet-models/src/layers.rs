@@ -2,8 +2,9 @@
 //! ONNX interpreter.
 //!
 //! candle 0.11's `max_pool2d` scales its backward pass by 1/(k·k) and refuses
-//! overlapping windows, and has no padding; [`pool2d`] replaces it (and average
-//! pooling) with one op whose backward pass routes gradients exactly.
+//! overlapping windows, and has no padding; [`pool2d`] replaces it with two ops of
+//! our own (max-pooling records each window's winner, average pooling spreads its
+//! gradient) whose backward passes route gradients exactly.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, WithDType};
 
@@ -129,7 +130,8 @@ impl Pool2d {
         }
     }
 
-    fn forward_slice<T: WithDType>(&self, src: &[T], g: &Geometry) -> Vec<T> {
+    /// Average pooling of contiguous NCHW values.
+    fn avg_forward<T: WithDType>(&self, src: &[T], g: &Geometry) -> Vec<T> {
         let mut out = Vec::with_capacity(g.planes * g.oh * g.ow);
         let mut cells = Vec::new();
         for p in 0..g.planes {
@@ -137,19 +139,12 @@ impl Pool2d {
             for oy in 0..g.oh {
                 for ox in 0..g.ow {
                     let divisor = self.window(g, oy, ox, &mut cells);
-                    out.push(match self.kind {
-                        PoolKind::Max => argmax(plane, &cells)
-                            .map(|i| plane[i])
-                            .unwrap_or_else(T::zero),
-                        PoolKind::Avg { .. } => {
-                            let mut sum = T::zero();
-                            cells.iter().for_each(|&i| sum += plane[i]);
-                            if divisor == 0 {
-                                T::zero()
-                            } else {
-                                sum / T::from_f64(divisor as f64)
-                            }
-                        }
+                    let mut sum = T::zero();
+                    cells.iter().for_each(|&i| sum += plane[i]);
+                    out.push(if divisor == 0 {
+                        T::zero()
+                    } else {
+                        sum / T::from_f64(divisor as f64)
                     });
                 }
             }
@@ -157,28 +152,20 @@ impl Pool2d {
         out
     }
 
-    fn backward_slice<T: WithDType>(&self, src: &[T], grad_out: &[T], g: &Geometry) -> Vec<T> {
+    /// Average pooling's backward pass: each output gradient spread evenly over its
+    /// window (it depends on the geometry only, not on the input values).
+    fn avg_backward<T: WithDType>(&self, grad_out: &[T], g: &Geometry) -> Vec<T> {
         let mut grad_in = vec![T::zero(); g.planes * g.h * g.w];
         let mut cells = Vec::new();
         for p in 0..g.planes {
-            let plane = &src[p * g.h * g.w..(p + 1) * g.h * g.w];
             let grad_plane = &mut grad_in[p * g.h * g.w..(p + 1) * g.h * g.w];
             for oy in 0..g.oh {
                 for ox in 0..g.ow {
-                    let go = grad_out[(p * g.oh + oy) * g.ow + ox];
                     let divisor = self.window(g, oy, ox, &mut cells);
-                    match self.kind {
-                        PoolKind::Max => {
-                            if let Some(i) = argmax(plane, &cells) {
-                                grad_plane[i] += go;
-                            }
-                        }
-                        PoolKind::Avg { .. } => {
-                            if divisor > 0 {
-                                let share = go / T::from_f64(divisor as f64);
-                                cells.iter().for_each(|&i| grad_plane[i] += share);
-                            }
-                        }
+                    if divisor > 0 {
+                        let share =
+                            grad_out[(p * g.oh + oy) * g.ow + ox] / T::from_f64(divisor as f64);
+                        cells.iter().for_each(|&i| grad_plane[i] += share);
                     }
                 }
             }
@@ -225,9 +212,12 @@ fn contiguous<'a, T: WithDType>(storage: &'a [T], layout: &Layout) -> candle_cor
     }
 }
 
-impl CustomOp1 for Pool2d {
+/// Average pooling as a candle op (max-pooling is [`RecordedMaxPool`]).
+struct AvgPool(Pool2d);
+
+impl CustomOp1 for AvgPool {
     fn name(&self) -> &'static str {
-        "gauntlet-pool2d"
+        "gauntlet-avg-pool2d"
     }
 
     fn cpu_fwd(
@@ -236,12 +226,13 @@ impl CustomOp1 for Pool2d {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = self
+            .0
             .geometry(layout.dims())
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let shape = Shape::from((g.n, g.c, g.oh, g.ow));
         let out = match storage {
-            CpuStorage::F32(s) => CpuStorage::F32(self.forward_slice(contiguous(s, layout)?, &g)),
-            CpuStorage::F64(s) => CpuStorage::F64(self.forward_slice(contiguous(s, layout)?, &g)),
+            CpuStorage::F32(s) => CpuStorage::F32(self.0.avg_forward(contiguous(s, layout)?, &g)),
+            CpuStorage::F64(s) => CpuStorage::F64(self.0.avg_forward(contiguous(s, layout)?, &g)),
             _ => candle_core::bail!("pool2d supports f32 and f64 tensors only"),
         };
         Ok((out, shape))
@@ -254,27 +245,22 @@ impl CustomOp1 for Pool2d {
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
         let g = self
+            .0
             .geometry(arg.dims())
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let grad = match arg.dtype() {
-            DType::F32 => {
-                let src = arg.flatten_all()?.to_vec1::<f32>()?;
-                let go = grad_res.flatten_all()?.to_vec1::<f32>()?;
-                Tensor::from_vec(
-                    self.backward_slice(&src, &go, &g),
-                    arg.shape(),
-                    arg.device(),
-                )?
-            }
-            DType::F64 => {
-                let src = arg.flatten_all()?.to_vec1::<f64>()?;
-                let go = grad_res.flatten_all()?.to_vec1::<f64>()?;
-                Tensor::from_vec(
-                    self.backward_slice(&src, &go, &g),
-                    arg.shape(),
-                    arg.device(),
-                )?
-            }
+            DType::F32 => Tensor::from_vec(
+                self.0
+                    .avg_backward(&grad_res.flatten_all()?.to_vec1::<f32>()?, &g),
+                arg.shape(),
+                arg.device(),
+            )?,
+            DType::F64 => Tensor::from_vec(
+                self.0
+                    .avg_backward(&grad_res.flatten_all()?.to_vec1::<f64>()?, &g),
+                arg.shape(),
+                arg.device(),
+            )?,
             other => candle_core::bail!("pool2d supports f32 and f64, got {other:?}"),
         };
         Ok(Some(grad))
@@ -414,7 +400,7 @@ pub fn pool2d(x: &Tensor, pool: Pool2d) -> Result<Tensor> {
             winners: std::sync::Mutex::new(Vec::new()),
         })?);
     }
-    Ok(x.apply_op1(pool)?)
+    Ok(x.apply_op1(AvgPool(pool))?)
 }
 
 /// 2-D convolution over NCHW input with PyTorch/ONNX semantics.
@@ -510,27 +496,16 @@ impl candle_core::CustomOp2 for LinearGrad {
 }
 
 /// Softmax along `dim`, composed of differentiable ops (candle's fused kernels
-/// drop gradients).
-pub fn softmax_dim(x: &Tensor, dim: usize) -> Result<Tensor> {
-    let max = x.max_keepdim(dim)?.detach();
-    let exp = x.broadcast_sub(&max)?.exp()?;
-    Ok(exp.broadcast_div(&exp.sum_keepdim(dim)?)?)
-}
-
-/// Log-softmax along `dim`, differentiable.
-pub fn log_softmax_dim(x: &Tensor, dim: usize) -> Result<Tensor> {
-    let max = x.max_keepdim(dim)?.detach();
-    let shifted = x.broadcast_sub(&max)?;
-    let log_sum = shifted.exp()?.sum_keepdim(dim)?.log()?;
-    Ok(shifted.broadcast_sub(&log_sum)?)
-}
+/// drop gradients); shared with the rest of Gauntlet through `gauntlet-core`.
+pub use gauntlet_core::{log_softmax_dim, softmax_dim};
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    fn seeded(n: usize, seed: u64) -> Vec<f64> {
+    /// Seeded values in [-1, 1) as f64, for gradient checks.
+    pub(crate) fn seeded(n: usize, seed: u64) -> Vec<f64> {
         gauntlet_core::SeedStream::new(seed)
             .uniform_f32(n, -1.0, 1.0)
             .into_iter()
@@ -699,8 +674,8 @@ mod tests {
     fn linear_and_softmax_gradients_match_finite_differences() {
         let w = Tensor::from_vec(seeded(3 * 5, 30), (3, 5), &Device::Cpu).unwrap();
         check_gradient(&|x| linear(x, &w, None), &[2, 5], 31);
-        check_gradient(&|x| softmax_dim(x, 1), &[2, 5], 32);
-        check_gradient(&|x| log_softmax_dim(x, 0), &[3, 4], 33);
+        check_gradient(&|x| Ok(softmax_dim(x, 1)?), &[2, 5], 32);
+        check_gradient(&|x| Ok(log_softmax_dim(x, 0)?), &[3, 4], 33);
     }
 
     #[test]
