@@ -28,6 +28,7 @@ fn repo(path: &str) -> PathBuf {
 }
 
 fn main() {
+    gauntlet_core::configure_threads(None);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     // `train` starts from scratch; everything else uses the shipped weights.
@@ -54,6 +55,25 @@ fn main() {
             }
             let seconds = start.elapsed().as_secs_f64() / iters as f64;
             println!("{{\"workload\": \"grad\", \"seconds_per_step\": {seconds}, \"images_per_second\": {}}}", batch as f64 / seconds);
+        }
+        "native" => {
+            // The engine alone, no candle around it: the floor under "grad".
+            let batch: usize = arg(2).parse().unwrap();
+            let iters: usize = arg(3).parse().unwrap();
+            let gauntlet_models::Model::Network(net) = &model else {
+                panic!("built-in architectures only")
+            };
+            let engine = net.native().unwrap();
+            let (x, _) = data.batch(0..batch, &Device::Cpu).unwrap();
+            let x = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let grad = vec![0.1f32; batch * 10];
+            let start = Instant::now();
+            for _ in 0..iters {
+                let (_, acts) = engine.forward(&x, batch, true).unwrap();
+                engine.backward(&acts.unwrap(), &grad, true, None).unwrap();
+            }
+            let seconds = start.elapsed().as_secs_f64() / iters as f64;
+            println!("{{\"workload\": \"native\", \"seconds_per_step\": {seconds}, \"images_per_second\": {}}}", batch as f64 / seconds);
         }
         "pgd" | "fgsm" => {
             let eps: f64 = arg(2).parse().unwrap();

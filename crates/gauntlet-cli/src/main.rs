@@ -16,6 +16,7 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    gauntlet_core::configure_threads(None);
     let cli = commands::Cli::parse();
     match commands::run(cli) {
         Ok(code) => code,

@@ -11,6 +11,7 @@ mod fingerprint;
 mod fs;
 mod loss;
 mod observer;
+mod runtime;
 mod seed;
 
 pub use classifier::{input_gradient, Bounds, Classifier, Norm};
@@ -21,6 +22,7 @@ pub use loss::{
     cross_entropy_per_sample, cross_entropy_sum, log_softmax, log_softmax_dim, softmax, softmax_dim,
 };
 pub use observer::{NoProgress, Observer};
+pub use runtime::configure_threads;
 pub use seed::SeedStream;
 
 /// Re-exported so downstream crates and users name one candle version.

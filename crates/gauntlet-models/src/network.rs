@@ -1,12 +1,14 @@
 //! A built-in architecture with its weights: a [`Classifier`] in pixel space.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
 use gauntlet_core::{Bounds, Classifier, SeedStream};
 use serde::{Deserialize, Serialize};
 
 use crate::arch::{Arch, Params};
+use crate::native::NativeNet;
 use crate::{Error, Result};
 
 /// Per-channel input normalisation `(x - mean) / std`, folded into the model so that
@@ -69,6 +71,9 @@ pub struct Network {
     normalization: Normalization,
     bounds: Bounds,
     device: Device,
+    /// The native engine for constant f32 weights on the CPU (see
+    /// [`crate::native`]); `None` runs candle's graph.
+    native: Option<Arc<NativeNet>>,
 }
 
 impl Network {
@@ -123,13 +128,45 @@ impl Network {
             let t = t.to_dtype(DType::F32)?.to_device(device)?;
             params.insert(spec.name, t);
         }
+        let params = Params(params);
+        let native = native_engine(arch, &params, &normalization, device)?;
         Ok(Self {
             arch,
-            params: Params(params),
+            params,
             normalization,
             bounds,
             device: device.clone(),
+            native,
         })
+    }
+
+    /// A network with the weights of a native engine (e.g. after native training).
+    pub fn from_native(net: &NativeNet, bounds: Bounds, device: &Device) -> Result<Self> {
+        let mut tensors = HashMap::new();
+        for (name, shape, values) in net.named_params() {
+            tensors.insert(name, Tensor::from_vec(values, shape, device)?);
+        }
+        Self::from_tensors(
+            net.arch(),
+            tensors,
+            net.normalization().clone(),
+            bounds,
+            device,
+        )
+    }
+
+    /// The same network evaluated through candle's graph instead of the native
+    /// engine: the reference the engine is tested against.
+    pub fn graph_only(&self) -> Self {
+        Self {
+            native: None,
+            ..self.clone()
+        }
+    }
+
+    /// The native engine, when this network runs on it.
+    pub fn native(&self) -> Option<&NativeNet> {
+        self.native.as_deref()
     }
 
     /// Fresh trainable weights, PyTorch's default initialisation (uniform in
@@ -160,20 +197,28 @@ impl Network {
             normalization,
             bounds: Bounds::UNIT,
             device: device.clone(),
+            // The weights are variables: training goes through candle's graph.
+            native: None,
         };
         Ok((net, vars))
     }
 
     /// The same network with its weights as constants: attacks compute no weight gradients.
     pub fn detached(&self) -> Self {
-        let params = self
-            .params
-            .0
-            .iter()
-            .map(|(k, v)| (k.clone(), v.detach()))
-            .collect();
+        let params = Params(
+            self.params
+                .0
+                .iter()
+                .map(|(k, v)| (k.clone(), v.detach()))
+                .collect(),
+        );
+        // Only fails for non-f32 weights, which then simply use the graph.
+        let native = native_engine(self.arch, &params, &self.normalization, &self.device)
+            .ok()
+            .flatten();
         Self {
-            params: Params(params),
+            params,
+            native,
             ..self.clone()
         }
     }
@@ -184,8 +229,15 @@ impl Network {
         for (k, v) in &self.params.0 {
             params.insert(k.clone(), v.to_dtype(dtype)?);
         }
+        let params = Params(params);
+        let native = if dtype == DType::F32 {
+            native_engine(self.arch, &params, &self.normalization, &self.device)?
+        } else {
+            None
+        };
         Ok(Self {
-            params: Params(params),
+            params,
+            native,
             ..self.clone()
         })
     }
@@ -241,12 +293,40 @@ impl Network {
     }
 }
 
+/// The native engine for constant f32 weights on the CPU, else `None`.
+fn native_engine(
+    arch: Arch,
+    params: &Params,
+    normalization: &Normalization,
+    device: &Device,
+) -> Result<Option<Arc<NativeNet>>> {
+    let constant_f32 = params
+        .0
+        .values()
+        .all(|t| t.dtype() == DType::F32 && !t.is_variable() && !t.track_op());
+    if !device.is_cpu() || !constant_f32 {
+        return Ok(None);
+    }
+    let values =
+        |name: &str| -> Result<Vec<f32>> { Ok(params.get(name)?.flatten_all()?.to_vec1::<f32>()?) };
+    Ok(Some(Arc::new(NativeNet::new(
+        arch,
+        &values,
+        normalization.clone(),
+    )?)))
+}
+
 fn json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
 impl Classifier for Network {
     fn logits(&self, x: &Tensor) -> gauntlet_core::Result<Tensor> {
+        if let Some(native) = &self.native {
+            if x.dtype() == DType::F32 && x.device().is_cpu() {
+                return Ok(crate::native::logits_op(native, x)?);
+            }
+        }
         let x = self.normalization.apply(x)?;
         Ok(self.arch.forward(&self.params, &x)?)
     }

@@ -8,8 +8,8 @@ mod optim;
 
 use std::time::Instant;
 
-use candle_core::{Device, D};
-use gauntlet_core::{cross_entropy_sum, Classifier, NoProgress, Observer, SeedStream};
+use candle_core::Device;
+use gauntlet_core::{Classifier, NoProgress, Observer, SeedStream};
 use gauntlet_data::Dataset;
 use gauntlet_models::{Arch, Network, Normalization};
 use serde::{Deserialize, Serialize};
@@ -143,23 +143,34 @@ pub fn train(
     config.validate()?;
     let device = Device::Cpu;
     let seed = SeedStream::new(config.seed);
-    let (network, vars) = Network::init(
+    let (initial, _) = Network::init(
         config.arch,
         config.normalization.clone(),
         &seed.derive("init"),
         &device,
     )?;
-    gauntlet_eval::check_compatible(&network, train_data)?;
-    gauntlet_eval::check_compatible(&network, test_data)?;
+    let initial = initial.detached();
+    gauntlet_eval::check_compatible(&initial, train_data)?;
+    gauntlet_eval::check_compatible(&initial, test_data)?;
+    let Some(engine) = initial.native() else {
+        return Err(Error::Config(
+            "training runs on the CPU's native engine with f32 weights".into(),
+        ));
+    };
+    let mut engine = engine.clone();
+    let bounds = initial.bounds();
     let mut optimizer = Optimizer::new(
         config.optimizer,
         config.learning_rate,
         config.momentum,
-        vars,
-    )?;
+        engine.params().len(),
+    );
+    let mut param_grads = vec![0.0f32; engine.params().len()];
+    let classes = config.arch.num_classes();
     let n = train_data.len();
     let num_batches = n.div_ceil(config.batch_size);
     let mut history = Vec::with_capacity(config.epochs);
+    let mut network = initial;
     for epoch in 1..=config.epochs {
         let started = Instant::now();
         let order = seed
@@ -172,25 +183,29 @@ pub fn train(
         let (mut loss_sum, mut correct) = (0.0, 0usize);
         for (b, indices) in order.chunks(config.batch_size).enumerate() {
             let (images, labels) = train_data.gather(indices, &device)?;
-            let logits = network.logits(&images)?;
-            let loss = (cross_entropy_sum(&logits, &labels)? / indices.len() as f64)?;
-            let loss_value = loss.to_scalar::<f32>()? as f64;
-            if !loss_value.is_finite() {
+            let images = images.flatten_all()?.to_vec1::<f32>()?;
+            let labels = labels.to_vec1::<u32>()?;
+            let (logits, activations) = engine.forward(&images, indices.len(), true)?;
+            let batch = softmax_cross_entropy(&logits, &labels, classes)?;
+            if !batch.mean_loss.is_finite() {
                 return Err(Error::Diverged {
                     epoch,
                     batch: b + 1,
-                    loss: loss_value,
+                    loss: batch.mean_loss,
                 });
             }
-            let grads = loss.backward()?;
-            optimizer.step(&grads)?;
-            let predicted = logits.detach().argmax(D::Minus1)?.to_vec1::<u32>()?;
-            correct += predicted
-                .iter()
-                .zip(labels.to_vec1::<u32>()?)
-                .filter(|(p, l)| **p == *l)
-                .count();
-            loss_sum += loss_value;
+            if let Some(activations) = activations {
+                param_grads.fill(0.0);
+                engine.backward(
+                    &activations,
+                    &batch.grad_logits,
+                    false,
+                    Some(&mut param_grads),
+                )?;
+                optimizer.step(engine.params_mut(), &param_grads)?;
+            }
+            correct += batch.correct;
+            loss_sum += batch.mean_loss;
             let seen = (b * config.batch_size + indices.len()) as f64;
             observer.advance(
                 1,
@@ -201,8 +216,9 @@ pub fn train(
                 ),
             );
         }
+        network = Network::from_native(&engine, bounds, &device)?;
         let evaluation = gauntlet_eval::evaluate_clean(
-            &network.detached(),
+            &network,
             test_data,
             config.eval_batch_size,
             &NoProgress,
@@ -223,5 +239,106 @@ pub fn train(
         ));
         history.push(stats);
     }
-    Ok((network.detached(), history))
+    Ok((network, history))
+}
+
+/// Mean cross-entropy of a batch, its gradient with respect to the logits, and
+/// how many predictions were right.
+pub struct BatchLoss {
+    /// Mean over the batch of `-log softmax(z)_y`.
+    pub mean_loss: f64,
+    /// `(softmax(z) - onehot(y)) / n`, row-major `(n, classes)`.
+    pub grad_logits: Vec<f32>,
+    /// Samples whose largest logit is their label.
+    pub correct: usize,
+}
+
+/// Softmax cross-entropy on raw logits, computed in f64 with the max subtracted.
+pub fn softmax_cross_entropy(logits: &[f32], labels: &[u32], classes: usize) -> Result<BatchLoss> {
+    let n = labels.len();
+    if classes == 0 || logits.len() != n * classes {
+        return Err(Error::Config(format!(
+            "{} logits for {n} labels of {classes} classes",
+            logits.len()
+        )));
+    }
+    let mut grad_logits = vec![0.0f32; logits.len()];
+    let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+    for ((row, grad), &label) in logits
+        .chunks_exact(classes)
+        .zip(grad_logits.chunks_exact_mut(classes))
+        .zip(labels)
+    {
+        let label = label as usize;
+        if label >= classes {
+            return Err(Error::Config(format!(
+                "label {label} out of range for {classes} classes"
+            )));
+        }
+        let (argmax, max) = row
+            .iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+                if v > best.1 {
+                    (i, v)
+                } else {
+                    best
+                }
+            });
+        if argmax == label {
+            correct += 1;
+        }
+        let max = f64::from(max);
+        let sum: f64 = row.iter().map(|&v| (f64::from(v) - max).exp()).sum();
+        loss_sum += sum.ln() + max - f64::from(row[label]);
+        for (i, (g, &v)) in grad.iter_mut().zip(row).enumerate() {
+            let p = (f64::from(v) - max).exp() / sum;
+            let target = if i == label { 1.0 } else { 0.0 };
+            *g = ((p - target) / n as f64) as f32;
+        }
+    }
+    Ok(BatchLoss {
+        mean_loss: if n == 0 { 0.0 } else { loss_sum / n as f64 },
+        grad_logits,
+        correct,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use candle_core::{Tensor, Var};
+
+    #[test]
+    fn native_cross_entropy_matches_candle_value_and_gradient() {
+        let values: Vec<f32> = (0..12).map(|i| ((i * 5 % 7) as f32 - 3.0) * 1.7).collect();
+        let labels = [2u32, 0, 3];
+        let ours = softmax_cross_entropy(&values, &labels, 4).unwrap();
+        let logits =
+            Var::from_tensor(&Tensor::from_vec(values, (3, 4), &Device::Cpu).unwrap()).unwrap();
+        let label_tensor = Tensor::new(&labels, &Device::Cpu).unwrap();
+        let loss = (gauntlet_core::cross_entropy_sum(logits.as_tensor(), &label_tensor).unwrap()
+            / 3.0)
+            .unwrap();
+        let reference = loss.to_scalar::<f32>().unwrap() as f64;
+        assert!(
+            (ours.mean_loss - reference).abs() < 1e-5,
+            "{} vs {reference}",
+            ours.mean_loss
+        );
+        let grad = loss
+            .backward()
+            .unwrap()
+            .get(logits.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for (a, b) in ours.grad_logits.iter().zip(&grad) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+        assert!(softmax_cross_entropy(&[0.0; 4], &[4], 4).is_err());
+    }
 }

@@ -1,8 +1,6 @@
-//! Optimisers over candle variables. Written here rather than taken from
+//! Optimisers over a flat parameter vector. Written here rather than taken from
 //! candle-nn so that their state is ours to checkpoint and resume.
 
-use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -38,24 +36,26 @@ impl OptimizerKind {
     }
 }
 
-/// Adam state.
+/// Adam state: first and second moments per parameter.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Adam {
-    vars: Vec<Var>,
-    first: Vec<Tensor>,
-    second: Vec<Tensor>,
+    first: Vec<f32>,
+    second: Vec<f32>,
     learning_rate: f64,
     step: i32,
 }
 
-/// SGD-with-momentum state.
+/// SGD-with-momentum state: one velocity per parameter.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sgd {
-    vars: Vec<Var>,
-    velocity: Vec<Tensor>,
+    velocity: Vec<f32>,
     learning_rate: f64,
     momentum: f64,
 }
 
-/// An optimiser over named variables.
+/// An optimiser over one flat parameter vector. Both rules are elementwise, so
+/// the vector's layout (the native engine's) does not matter.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Optimizer {
     /// Adam.
     Adam(Adam),
@@ -68,63 +68,69 @@ const BETA2: f64 = 0.999;
 const EPSILON: f64 = 1e-8;
 
 impl Optimizer {
-    /// A fresh optimiser (zero moments) over `vars`.
-    pub fn new(
-        kind: OptimizerKind,
-        learning_rate: f64,
-        momentum: f64,
-        vars: Vec<(String, Var)>,
-    ) -> Result<Self> {
-        let vars: Vec<Var> = vars.into_iter().map(|(_, v)| v).collect();
-        let zeros = |vars: &[Var]| -> Result<Vec<Tensor>> {
-            Ok(vars
-                .iter()
-                .map(|v| v.as_tensor().zeros_like())
-                .collect::<candle_core::Result<_>>()?)
-        };
-        Ok(match kind {
+    /// A fresh optimiser (zero moments) for `count` parameters.
+    pub fn new(kind: OptimizerKind, learning_rate: f64, momentum: f64, count: usize) -> Self {
+        match kind {
             OptimizerKind::Adam => Optimizer::Adam(Adam {
-                first: zeros(&vars)?,
-                second: zeros(&vars)?,
-                vars,
+                first: vec![0.0; count],
+                second: vec![0.0; count],
                 learning_rate,
                 step: 0,
             }),
             OptimizerKind::Sgd => Optimizer::Sgd(Sgd {
-                velocity: zeros(&vars)?,
-                vars,
+                velocity: vec![0.0; count],
                 learning_rate,
                 momentum,
             }),
-        })
+        }
     }
 
-    /// One update from the gradients of a backward pass.
-    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+    /// Changes the learning rate (for schedules).
+    pub fn set_learning_rate(&mut self, learning_rate: f64) {
+        match self {
+            Optimizer::Adam(adam) => adam.learning_rate = learning_rate,
+            Optimizer::Sgd(sgd) => sgd.learning_rate = learning_rate,
+        }
+    }
+
+    /// One update of `params` from their gradient.
+    pub fn step(&mut self, params: &mut [f32], grads: &[f32]) -> Result<()> {
+        let expected = match self {
+            Optimizer::Adam(adam) => adam.first.len(),
+            Optimizer::Sgd(sgd) => sgd.velocity.len(),
+        };
+        if params.len() != expected || grads.len() != expected {
+            return Err(Error::Config(format!(
+                "optimiser state has {expected} parameters, got {} parameters and {} gradients",
+                params.len(),
+                grads.len()
+            )));
+        }
         match self {
             Optimizer::Adam(adam) => {
                 adam.step += 1;
                 let correction1 = 1.0 - BETA1.powi(adam.step);
                 let correction2 = 1.0 - BETA2.powi(adam.step);
-                for ((var, m), v) in adam.vars.iter().zip(&mut adam.first).zip(&mut adam.second) {
-                    let Some(g) = grads.get(var.as_tensor()) else {
-                        continue;
-                    };
-                    *m = ((&*m * BETA1)? + (g * (1.0 - BETA1))?)?;
-                    *v = ((&*v * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
-                    let m_hat = (&*m / correction1)?;
-                    let v_hat = (&*v / correction2)?;
-                    let update = (m_hat / (v_hat.sqrt()? + EPSILON)?)?;
-                    var.set(&(var.as_tensor() - (update * adam.learning_rate)?)?)?;
+                // PyTorch's form: lr / c1 · m / (sqrt(v / c2) + ε).
+                let step_size = (adam.learning_rate / correction1) as f32;
+                let inv_sqrt_c2 = (1.0 / correction2.sqrt()) as f32;
+                let (b1, b2, eps) = (BETA1 as f32, BETA2 as f32, EPSILON as f32);
+                for (((p, g), m), v) in params
+                    .iter_mut()
+                    .zip(grads)
+                    .zip(&mut adam.first)
+                    .zip(&mut adam.second)
+                {
+                    *m = b1 * *m + (1.0 - b1) * g;
+                    *v = b2 * *v + (1.0 - b2) * g * g;
+                    *p -= step_size * *m / (v.sqrt() * inv_sqrt_c2 + eps);
                 }
             }
             Optimizer::Sgd(sgd) => {
-                for (var, velocity) in sgd.vars.iter().zip(&mut sgd.velocity) {
-                    let Some(g) = grads.get(var.as_tensor()) else {
-                        continue;
-                    };
-                    *velocity = ((&*velocity * sgd.momentum)? + g)?;
-                    var.set(&(var.as_tensor() - (&*velocity * sgd.learning_rate)?)?)?;
+                let (lr, momentum) = (sgd.learning_rate as f32, sgd.momentum as f32);
+                for ((p, g), velocity) in params.iter_mut().zip(grads).zip(&mut sgd.velocity) {
+                    *velocity = momentum * *velocity + g;
+                    *p -= lr * *velocity;
                 }
             }
         }
