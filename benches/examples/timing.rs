@@ -3,10 +3,12 @@
 //!
 //! ```sh
 //! cargo run --release -p gauntlet-benches --example timing -- grad cnn 100 20
-//! cargo run --release -p gauntlet-benches --example timing -- pgd cnn 0.3 40 100
+//! cargo run --release -p gauntlet-benches --example timing -- pgd cnn 0.3 40 100 [images]
 //! cargo run --release -p gauntlet-benches --example timing -- fgsm cnn 0.1 100
 //! cargo run --release -p gauntlet-benches --example timing -- logits cnn 100
 //! cargo run --release -p gauntlet-benches --example timing -- train cnn
+//! cargo run --release -p gauntlet-benches --example timing -- train cnn pgd
+//! cargo run --release -p gauntlet-benches --example timing -- gemm 1536
 //! ```
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
@@ -31,6 +33,9 @@ fn main() {
     gauntlet_core::configure_threads(None);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    if arg(0) == "gemm" {
+        return gemm_ceiling(arg(1).parse().unwrap());
+    }
     // `train` starts from scratch; everything else uses the shipped weights.
     let model_path = repo(&format!("examples/models/mnist-{}.safetensors", arg(1)));
     let (model, _) = load_model(&model_path, &ModelOptions::default(), &Device::Cpu).unwrap();
@@ -92,10 +97,13 @@ fn main() {
                 )
             };
             let attack = build_attack(name, &params).unwrap();
+            // Optional image count (default all 1000), to show that peak memory
+            // does not grow with the number of samples.
+            let images: usize = arg(5).parse().unwrap_or(data.len()).min(data.len());
             let start = Instant::now();
             let mut robust = Vec::new();
-            for (b, first) in (0..data.len()).step_by(batch).enumerate() {
-                let end = (first + batch).min(data.len());
+            for (b, first) in (0..images).step_by(batch).enumerate() {
+                let end = (first + batch).min(images);
                 let (x, y) = data.batch(first..end, &Device::Cpu).unwrap();
                 let labels = y.to_vec1::<u32>().unwrap();
                 let clean = model
@@ -125,8 +133,9 @@ fn main() {
             let seconds = start.elapsed().as_secs_f64();
             let bits: String = robust.iter().map(|r| if *r { '1' } else { '0' }).collect();
             println!(
-                "{{\"workload\": \"{name}\", \"seconds\": {seconds}, \"robust_accuracy\": {}, \"robust\": \"{bits}\"}}",
-                robust.iter().filter(|r| **r).count() as f64 / robust.len() as f64
+                "{{\"workload\": \"{name}\", \"seconds\": {seconds}, \"robust_accuracy\": {}, \"peak_rss_mib\": {}, \"robust\": \"{bits}\"}}",
+                robust.iter().filter(|r| **r).count() as f64 / robust.len() as f64,
+                peak_rss_mib()
             );
         }
         "logits" => {
@@ -149,9 +158,13 @@ fn main() {
             )
             .unwrap();
             let arch = gauntlet_models::Arch::parse(&arg(1)).unwrap();
+            // `train cnn pgd`: one epoch of PGD-AT (ε 0.3, 10 steps of 0.075, random start).
+            let adversarial =
+                (arg(2) == "pgd").then(|| gauntlet_train::AdversarialTraining::pgd(0.3, 10));
             let config = gauntlet_train::TrainConfig {
                 arch,
                 epochs: 1,
+                adversarial,
                 ..Default::default()
             };
             let start = Instant::now();
@@ -166,4 +179,65 @@ fn main() {
         }
         other => panic!("unknown workload {other}: expected grad, pgd, fgsm, logits or train"),
     }
+}
+
+/// The GEMM kernel's own ceiling on this CPU: large square products,
+/// single-threaded and on every rayon thread.
+fn gemm_ceiling(size: usize) {
+    let a = vec![1.0f32; size * size];
+    let b = vec![0.5f32; size * size];
+    let mut c = vec![0.0f32; size * size];
+    let mut rates = Vec::new();
+    for threads in [1, rayon::current_num_threads()] {
+        let parallelism = if threads == 1 {
+            gemm::Parallelism::None
+        } else {
+            gemm::Parallelism::Rayon(threads)
+        };
+        let run = |c: &mut [f32]| unsafe {
+            gemm::gemm(
+                size,
+                size,
+                size,
+                c.as_mut_ptr(),
+                1,
+                size as isize,
+                false,
+                a.as_ptr(),
+                1,
+                size as isize,
+                b.as_ptr(),
+                1,
+                size as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        };
+        run(&mut c);
+        let iters = 10;
+        let start = Instant::now();
+        for _ in 0..iters {
+            run(&mut c);
+        }
+        let seconds = start.elapsed().as_secs_f64() / iters as f64;
+        rates.push(2.0 * (size as f64).powi(3) / seconds / 1e9);
+    }
+    println!(
+        "{{\"workload\": \"gemm\", \"gflops_one_thread\": {}, \"gflops_all_threads\": {}}}",
+        rates[0], rates[1]
+    );
+}
+
+/// The process's peak resident memory (VmHWM) in MiB, 0 where /proc is missing.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
 }

@@ -19,5 +19,5 @@ mod safetensors_io;
 pub use arch::{Arch, ParamSpec};
 pub use error::{Error, Result};
 pub use load::{load_model, verify_input_gradient, Model, ModelFormat, ModelInfo, ModelOptions};
-pub use native::{Activations, NativeNet};
+pub use native::{Activations, NativeClassifier, NativeNet};
 pub use network::{Network, Normalization};

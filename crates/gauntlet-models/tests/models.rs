@@ -215,7 +215,10 @@ fn safetensors_round_trip_gives_identical_logits_and_bytes() {
     .unwrap();
     assert_eq!(
         // Both on the native engine (the variables of `net` use candle's graph).
-        max_abs_diff(&net.detached().logits(&x).unwrap(), &loaded.logits(&x).unwrap()),
+        max_abs_diff(
+            &net.detached().logits(&x).unwrap(),
+            &loaded.logits(&x).unwrap()
+        ),
         0.0
     );
     let again = dir.path().join("again.safetensors");

@@ -6,12 +6,13 @@
 
 mod optim;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Device;
-use gauntlet_core::{Classifier, NoProgress, Observer, SeedStream};
+use gauntlet_core::{Classifier, NoProgress, Norm, Observer, SeedStream};
 use gauntlet_data::Dataset;
-use gauntlet_models::{Arch, Network, Normalization};
+use gauntlet_models::{Arch, NativeClassifier, Network, Normalization};
 use serde::{Deserialize, Serialize};
 
 pub use optim::{Adam, Optimizer, OptimizerKind, Sgd};
@@ -32,6 +33,9 @@ pub enum Error {
     /// From the data layer.
     #[error(transparent)]
     Data(#[from] gauntlet_data::Error),
+    /// From the attacks that make adversarial training examples.
+    #[error(transparent)]
+    Attack(#[from] gauntlet_attacks::Error),
     /// From the core vocabulary.
     #[error(transparent)]
     Core(#[from] gauntlet_core::Error),
@@ -75,6 +79,81 @@ pub struct TrainConfig {
     pub normalization: Normalization,
     /// Batch size for the per-epoch evaluation (default 500).
     pub eval_batch_size: usize,
+    /// Train on adversarial examples instead of clean ones (default: standard training).
+    #[serde(default)]
+    pub adversarial: Option<AdversarialTraining>,
+}
+
+/// How adversarial examples for training are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdversarialMethod {
+    /// PGD adversarial training, Madry et al. 2018 ("Towards Deep Learning Models
+    /// Resistant to Adversarial Attacks"): every batch is replaced by PGD examples
+    /// from a uniform random start inside the ε-ball.
+    Pgd,
+}
+
+/// Adversarial-training settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdversarialTraining {
+    /// The method.
+    pub method: AdversarialMethod,
+    /// Threat model's norm (default L∞).
+    pub norm: Norm,
+    /// Radius of the threat model.
+    pub epsilon: f64,
+    /// Attack steps per batch (Madry et al.: 40 on MNIST; 10 is the common budget).
+    pub steps: usize,
+    /// Absolute step size (Madry et al.'s rule: 2.5·ε / steps).
+    pub step_size: f64,
+}
+
+impl AdversarialTraining {
+    /// PGD-L∞ training with `steps` steps of 2.5·ε/steps.
+    pub fn pgd(epsilon: f64, steps: usize) -> Self {
+        Self {
+            method: AdversarialMethod::Pgd,
+            norm: Norm::Linf,
+            epsilon,
+            steps,
+            step_size: 2.5 * epsilon / steps.max(1) as f64,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
+            return Err(Error::Config(format!(
+                "adversarial epsilon {} must be finite and > 0",
+                self.epsilon
+            )));
+        }
+        if self.steps == 0 {
+            return Err(Error::Config("adversarial steps must be at least 1".into()));
+        }
+        if !(self.step_size.is_finite() && self.step_size > 0.0) {
+            return Err(Error::Config(format!(
+                "adversarial step size {} must be finite and > 0",
+                self.step_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// The attack that makes the training examples.
+    fn attack(&self) -> Result<Box<dyn gauntlet_attacks::Attack>> {
+        let name = match self.norm {
+            Norm::Linf => "pgd-linf",
+            Norm::L2 => "pgd-l2",
+        };
+        let params = serde_json::json!({
+            "steps": self.steps,
+            "step_size": {"absolute": self.step_size},
+            "random_start": true,
+            "restarts": 1,
+        });
+        Ok(gauntlet_attacks::build_attack(name, &params)?)
+    }
 }
 
 impl Default for TrainConfig {
@@ -89,6 +168,7 @@ impl Default for TrainConfig {
             seed: 0,
             normalization: Normalization::default(),
             eval_batch_size: 500,
+            adversarial: None,
         }
     }
 }
@@ -113,6 +193,9 @@ impl TrainConfig {
                 "momentum {} must be in [0, 1)",
                 self.momentum
             )));
+        }
+        if let Some(adversarial) = &self.adversarial {
+            adversarial.validate()?;
         }
         Ok(())
     }
@@ -157,8 +240,15 @@ pub fn train(
             "training runs on the CPU's native engine with f32 weights".into(),
         ));
     };
-    let mut engine = engine.clone();
+    // Shared with the classifier that adversarial training attacks; the optimiser
+    // writes through `Arc::make_mut` once the attack's graph has been dropped.
+    let mut engine = Arc::new(engine.clone());
     let bounds = initial.bounds();
+    let attack = config
+        .adversarial
+        .as_ref()
+        .map(AdversarialTraining::attack)
+        .transpose()?;
     let mut optimizer = Optimizer::new(
         config.optimizer,
         config.learning_rate,
@@ -183,8 +273,25 @@ pub fn train(
         let (mut loss_sum, mut correct) = (0.0, 0usize);
         for (b, indices) in order.chunks(config.batch_size).enumerate() {
             let (images, labels) = train_data.gather(indices, &device)?;
-            let images = images.flatten_all()?.to_vec1::<f32>()?;
             let labels = labels.to_vec1::<u32>()?;
+            let images = match (&attack, &config.adversarial) {
+                (Some(attack), Some(adversarial)) => {
+                    let model = NativeClassifier::new(Arc::clone(&engine), bounds);
+                    let outcome = gauntlet_attacks::run_attack(
+                        attack.as_ref(),
+                        &model,
+                        &images,
+                        &gauntlet_attacks::Goal::Untargeted {
+                            labels: labels.clone(),
+                        },
+                        adversarial.epsilon,
+                        &seed.derive(&format!("adversarial/epoch-{epoch}/batch-{b}")),
+                    )?;
+                    outcome.adversarial
+                }
+                _ => images,
+            };
+            let images = images.flatten_all()?.to_vec1::<f32>()?;
             let (logits, activations) = engine.forward(&images, indices.len(), true)?;
             let batch = softmax_cross_entropy(&logits, &labels, classes)?;
             if !batch.mean_loss.is_finite() {
@@ -202,7 +309,7 @@ pub fn train(
                     false,
                     Some(&mut param_grads),
                 )?;
-                optimizer.step(engine.params_mut(), &param_grads)?;
+                optimizer.step(Arc::make_mut(&mut engine).params_mut(), &param_grads)?;
             }
             correct += batch.correct;
             loss_sum += batch.mean_loss;

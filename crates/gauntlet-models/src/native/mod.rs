@@ -14,6 +14,8 @@
 pub(crate) mod kernels;
 mod op;
 
+use candle_core::{DType, Device, Tensor};
+use gauntlet_core::{Bounds, Classifier};
 use rayon::prelude::*;
 
 use crate::arch::Arch;
@@ -127,6 +129,44 @@ impl std::fmt::Debug for NativeNet {
             .field("arch", &self.arch)
             .field("parameters", &self.params.len())
             .finish()
+    }
+}
+
+/// A native engine as a [`Classifier`], sharing its weights without a copy: the
+/// model an adversarial-training step attacks while the weights are trained.
+#[derive(Clone, Debug)]
+pub struct NativeClassifier {
+    net: std::sync::Arc<NativeNet>,
+    bounds: Bounds,
+    device: Device,
+}
+
+impl NativeClassifier {
+    /// Wraps `net`, whose inputs lie within `bounds`.
+    pub fn new(net: std::sync::Arc<NativeNet>, bounds: Bounds) -> Self {
+        Self {
+            net,
+            bounds,
+            device: Device::Cpu,
+        }
+    }
+}
+
+impl Classifier for NativeClassifier {
+    fn logits(&self, x: &Tensor) -> gauntlet_core::Result<Tensor> {
+        Ok(logits_op(&self.net, &x.to_dtype(DType::F32)?)?)
+    }
+    fn bounds(&self) -> Bounds {
+        self.bounds
+    }
+    fn num_classes(&self) -> usize {
+        self.net.arch.num_classes()
+    }
+    fn input_shape(&self) -> [usize; 3] {
+        self.net.arch.input_shape()
+    }
+    fn device(&self) -> &Device {
+        &self.device
     }
 }
 
