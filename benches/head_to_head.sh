@@ -8,5 +8,8 @@ if [ ! -x benches/.venv/bin/python ]; then
     python3 -m venv benches/.venv
 fi
 benches/.venv/bin/pip install -q torch torchattacks adversarial-robustness-toolbox safetensors numpy packaging scipy scikit-learn
-cargo build --release -p gauntlet-cli -p gauntlet-benches --example timing
+# Two builds: with `--example`, cargo would build only the example and leave a
+# stale `gauntlet` binary behind.
+cargo build --release -p gauntlet-cli
+cargo build --release -p gauntlet-benches --example timing
 exec benches/.venv/bin/python benches/head_to_head.py "$@"

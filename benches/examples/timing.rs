@@ -165,12 +165,15 @@ fn main() {
                 arch,
                 epochs: 1,
                 adversarial,
+                // Same work as the PyTorch side: no per-epoch robust evaluation.
+                robust_eval_samples: 0,
                 ..Default::default()
             };
             let start = Instant::now();
-            let (_, history) =
+            let history =
                 gauntlet_train::train(&config, &train_set, &data, &gauntlet_core::NoProgress)
-                    .unwrap();
+                    .unwrap()
+                    .history;
             let seconds = start.elapsed().as_secs_f64();
             println!(
                 "{{\"workload\": \"train\", \"seconds\": {seconds}, \"test_accuracy\": {}}}",

@@ -15,7 +15,9 @@ use gauntlet_record::{
     CleanRecord, DatasetRecord, Environment, ModelRecord, RobustnessRecord, RunKind, RunRecord,
     SuiteRecord, TrainingRecord, SCHEMA_VERSION,
 };
-use gauntlet_train::{OptimizerKind, TrainConfig};
+use gauntlet_train::{
+    AdversarialMethod, AdversarialTraining, LrSchedule, OptimizerKind, TrainConfig,
+};
 
 use crate::progress::CliProgress;
 
@@ -177,7 +179,32 @@ struct TrainArgs {
     /// Per-channel standard deviation to fold into the model.
     #[arg(long, value_delimiter = ',', requires = "mean")]
     std: Option<Vec<f32>>,
-    /// Where to write the model (.safetensors); its record goes next to it as <name>.record.json.
+    /// Learning-rate schedule: constant, step (×0.1 at 50% and 75% of the epochs) or cyclic (one cycle).
+    #[arg(long, default_value = "constant")]
+    schedule: String,
+    /// Adversarial training: pgd (Madry et al. 2018) or fgsm-rs (Wong et al. 2020).
+    #[arg(long)]
+    adversarial: Option<String>,
+    /// Training ε (L∞), for --adversarial.
+    #[arg(long, default_value_t = 0.3)]
+    epsilon: f64,
+    /// PGD steps per batch, for --adversarial pgd.
+    #[arg(long, default_value_t = 10)]
+    attack_steps: usize,
+    /// Step size as a fraction of ε [default: 2.5/steps for pgd, 1.25 for fgsm-rs].
+    #[arg(long)]
+    attack_step_size: Option<f64>,
+    /// Epochs over which ε grows linearly from 0, for --adversarial.
+    #[arg(long, default_value_t = 0.0)]
+    warmup_epochs: f64,
+    /// Test images attacked (PGD, training threat model) after each adversarial epoch; 0 turns it off.
+    #[arg(long, default_value_t = 500)]
+    robust_eval_samples: usize,
+    /// PGD steps of that per-epoch evaluation.
+    #[arg(long, default_value_t = 20)]
+    robust_eval_steps: usize,
+    /// Where to write the model (.safetensors); its record goes next to it as <name>.record.json,
+    /// and with --adversarial the best checkpoint by robust accuracy as <name>.best.safetensors.
     #[arg(long)]
     out: PathBuf,
     /// No progress output.
@@ -601,6 +628,20 @@ fn train(args: TrainArgs) -> Result<()> {
         (Some(mean), Some(std)) => Normalization { mean, std },
         _ => Normalization::default(),
     };
+    let adversarial = match args.adversarial.as_deref() {
+        None => None,
+        Some(name) => {
+            let mut settings = match AdversarialMethod::parse(name)? {
+                AdversarialMethod::Pgd => AdversarialTraining::pgd(args.epsilon, args.attack_steps),
+                AdversarialMethod::FgsmRs => AdversarialTraining::fgsm_rs(args.epsilon),
+            };
+            if let Some(step) = args.attack_step_size {
+                settings.relative_step_size = step;
+            }
+            settings.warmup_epochs = args.warmup_epochs;
+            Some(settings)
+        }
+    };
     let config = TrainConfig {
         arch,
         epochs: args.epochs,
@@ -610,6 +651,10 @@ fn train(args: TrainArgs) -> Result<()> {
         momentum: args.momentum,
         seed: args.seed,
         normalization,
+        adversarial,
+        schedule: LrSchedule::parse(&args.schedule)?,
+        robust_eval_samples: args.robust_eval_samples,
+        robust_eval_steps: args.robust_eval_steps,
         ..TrainConfig::default()
     };
     config.validate()?;
@@ -631,10 +676,21 @@ fn train(args: TrainArgs) -> Result<()> {
     let test_set = load_data(&eval_args, Split::Test)?;
 
     let progress = CliProgress::new(args.quiet);
-    let (network, history) = gauntlet_train::train(&config, &train_set, &test_set, &progress)?;
-    network
+    let outcome = gauntlet_train::train(&config, &train_set, &test_set, &progress)?;
+    for warning in &outcome.warnings {
+        eprintln!("warning: {warning}");
+    }
+    outcome
+        .last
         .save(&args.out)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
+    let best_path = args.out.with_extension("best.safetensors");
+    if let Some(best) = &outcome.best {
+        best.network
+            .save(&best_path)
+            .with_context(|| format!("cannot write {}", best_path.display()))?;
+    }
+    let history = &outcome.history;
 
     // Describe the saved file exactly as `eval` would, by loading it back.
     let (model, info) = load_model(&args.out, &ModelOptions::default(), &Device::Cpu)
@@ -680,9 +736,30 @@ fn train(args: TrainArgs) -> Result<()> {
                     train_loss: e.train_loss,
                     train_accuracy: e.train_accuracy,
                     test_accuracy: e.test_accuracy,
+                    robust_accuracy: e.robust_accuracy,
+                    epsilon: e.epsilon,
+                    learning_rate: Some(e.learning_rate),
                     wall_seconds: e.wall_seconds,
                 })
                 .collect(),
+            schedule: args.schedule.clone(),
+            adversarial: config.adversarial.as_ref().map(|a| {
+                gauntlet_record::AdversarialTrainingRecord {
+                    method: a.method.name().into(),
+                    norm: match a.norm {
+                        gauntlet_core::Norm::Linf => "linf".into(),
+                        gauntlet_core::Norm::L2 => "l2".into(),
+                    },
+                    epsilon: a.epsilon,
+                    steps: a.steps,
+                    relative_step_size: a.relative_step_size,
+                    warmup_epochs: a.warmup_epochs,
+                    robust_eval_samples: config.robust_eval_samples,
+                    robust_eval_steps: config.robust_eval_steps,
+                }
+            }),
+            best_epoch: outcome.best.as_ref().map(|b| b.epoch),
+            warnings: outcome.warnings.clone(),
         }),
         robustness: None,
         wall_seconds: started.elapsed().as_secs_f64(),
@@ -698,6 +775,14 @@ fn train(args: TrainArgs) -> Result<()> {
         record.wall_seconds
     );
     println!("wrote {} and {}", args.out.display(), record_path.display());
+    if let Some(best) = &outcome.best {
+        println!(
+            "best robust accuracy {:.2}% after epoch {}: wrote {}",
+            100.0 * best.robust_accuracy,
+            best.epoch,
+            best_path.display()
+        );
+    }
     Ok(())
 }
 

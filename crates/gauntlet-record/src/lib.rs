@@ -164,6 +164,44 @@ pub struct TrainingRecord {
     pub std: Vec<f32>,
     /// One entry per epoch.
     pub history: Vec<EpochRecord>,
+    /// Learning-rate schedule: `constant`, `step` or `cyclic`.
+    #[serde(default = "constant_schedule")]
+    pub schedule: String,
+    /// Adversarial training settings (absent for standard training).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adversarial: Option<AdversarialTrainingRecord>,
+    /// Epoch whose weights were kept as the best checkpoint by robust accuracy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_epoch: Option<usize>,
+    /// Problems that did not stop the run (e.g. catastrophic overfitting).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+fn constant_schedule() -> String {
+    "constant".into()
+}
+
+/// How adversarial training made its examples.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdversarialTrainingRecord {
+    /// `pgd` (Madry et al. 2018) or `fgsm-rs` (Wong et al. 2020).
+    pub method: String,
+    /// Threat model's norm: `linf` or `l2`.
+    pub norm: String,
+    /// Final training ε.
+    pub epsilon: f64,
+    /// Attack steps per batch.
+    pub steps: usize,
+    /// Step size as a fraction of ε.
+    pub relative_step_size: f64,
+    /// Epochs of linear ε warm-up.
+    pub warmup_epochs: f64,
+    /// Test images attacked after each epoch (0: none).
+    pub robust_eval_samples: usize,
+    /// PGD steps of that evaluation.
+    pub robust_eval_steps: usize,
 }
 
 /// Statistics of one training epoch.
@@ -178,6 +216,16 @@ pub struct EpochRecord {
     pub train_accuracy: f64,
     /// Accuracy on the evaluation split after the epoch.
     pub test_accuracy: f64,
+    /// Robust accuracy after the epoch under the evaluation PGD attack
+    /// (adversarial training only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub robust_accuracy: Option<f64>,
+    /// Training ε at the end of the epoch (adversarial training only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    /// Learning rate at the end of the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<f64>,
     /// Seconds the epoch took (training plus evaluation).
     pub wall_seconds: f64,
 }

@@ -82,6 +82,64 @@ pub struct TrainConfig {
     /// Train on adversarial examples instead of clean ones (default: standard training).
     #[serde(default)]
     pub adversarial: Option<AdversarialTraining>,
+    /// Learning-rate schedule (default constant).
+    #[serde(default)]
+    pub schedule: LrSchedule,
+    /// Test images attacked after every epoch of adversarial training to measure
+    /// robust accuracy (default 500; 0 turns it off).
+    #[serde(default = "default_robust_eval_samples")]
+    pub robust_eval_samples: usize,
+    /// PGD steps of that evaluation (default 20, step 2.5·ε/steps, random start).
+    #[serde(default = "default_robust_eval_steps")]
+    pub robust_eval_steps: usize,
+}
+
+fn default_robust_eval_samples() -> usize {
+    500
+}
+
+fn default_robust_eval_steps() -> usize {
+    20
+}
+
+/// Learning-rate schedule over a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LrSchedule {
+    /// The same rate throughout.
+    #[default]
+    Constant,
+    /// ×0.1 from half-way and ×0.01 from three quarters of the epochs.
+    Step,
+    /// One cycle (Smith 2017, as used by Wong et al. 2020): per batch, linear from
+    /// 0 up to the rate at 40% of the run and back down to 0 at its end.
+    Cyclic,
+}
+
+impl LrSchedule {
+    /// `constant`, `step` or `cyclic`.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "constant" => Ok(Self::Constant),
+            "step" => Ok(Self::Step),
+            "cyclic" => Ok(Self::Cyclic),
+            other => Err(Error::Config(format!(
+                "unknown learning-rate schedule '{other}', expected constant, step or cyclic"
+            ))),
+        }
+    }
+
+    /// The rate at `progress` ∈ [0, 1] of the run (measured in epochs, per batch).
+    pub fn rate(self, base: f64, progress: f64) -> f64 {
+        match self {
+            LrSchedule::Constant => base,
+            LrSchedule::Step if progress >= 0.75 => base * 0.01,
+            LrSchedule::Step if progress >= 0.5 => base * 0.1,
+            LrSchedule::Step => base,
+            LrSchedule::Cyclic if progress < 0.4 => base * progress / 0.4,
+            LrSchedule::Cyclic => base * ((1.0 - progress) / 0.6).max(0.0),
+        }
+    }
 }
 
 /// How adversarial examples for training are made.
@@ -92,6 +150,31 @@ pub enum AdversarialMethod {
     /// Resistant to Adversarial Attacks"): every batch is replaced by PGD examples
     /// from a uniform random start inside the ε-ball.
     Pgd,
+    /// "Fast is better than free", Wong et al. 2020: one FGSM step of 1.25·ε
+    /// from a uniform random start. Prone to catastrophic overfitting, which the
+    /// per-epoch PGD evaluation watches for.
+    FgsmRs,
+}
+
+impl AdversarialMethod {
+    /// `pgd` or `fgsm-rs`.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "pgd" => Ok(Self::Pgd),
+            "fgsm-rs" => Ok(Self::FgsmRs),
+            other => Err(Error::Config(format!(
+                "unknown adversarial training method '{other}', expected pgd or fgsm-rs"
+            ))),
+        }
+    }
+
+    /// Registry name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pgd => "pgd",
+            Self::FgsmRs => "fgsm-rs",
+        }
+    }
 }
 
 /// Adversarial-training settings.
@@ -105,8 +188,12 @@ pub struct AdversarialTraining {
     pub epsilon: f64,
     /// Attack steps per batch (Madry et al.: 40 on MNIST; 10 is the common budget).
     pub steps: usize,
-    /// Absolute step size (Madry et al.'s rule: 2.5·ε / steps).
-    pub step_size: f64,
+    /// Step size as a fraction of the current ε (Madry et al.'s rule 2.5/steps;
+    /// 1.25 for fgsm-rs), so that it follows the ε warm-up.
+    pub relative_step_size: f64,
+    /// Epochs over which ε grows linearly from 0 to its value, per batch (default 0).
+    #[serde(default)]
+    pub warmup_epochs: f64,
 }
 
 impl AdversarialTraining {
@@ -117,7 +204,29 @@ impl AdversarialTraining {
             norm: Norm::Linf,
             epsilon,
             steps,
-            step_size: 2.5 * epsilon / steps.max(1) as f64,
+            relative_step_size: 2.5 / steps.max(1) as f64,
+            warmup_epochs: 0.0,
+        }
+    }
+
+    /// FGSM with random start (Wong et al. 2020): one step of 1.25·ε.
+    pub fn fgsm_rs(epsilon: f64) -> Self {
+        Self {
+            method: AdversarialMethod::FgsmRs,
+            norm: Norm::Linf,
+            epsilon,
+            steps: 1,
+            relative_step_size: 1.25,
+            warmup_epochs: 0.0,
+        }
+    }
+
+    /// ε after `epochs_done` (fractional) epochs of warm-up.
+    pub fn epsilon_at(&self, epochs_done: f64) -> f64 {
+        if self.warmup_epochs <= 0.0 {
+            self.epsilon
+        } else {
+            self.epsilon * (epochs_done / self.warmup_epochs).clamp(0.0, 1.0)
         }
     }
 
@@ -131,10 +240,22 @@ impl AdversarialTraining {
         if self.steps == 0 {
             return Err(Error::Config("adversarial steps must be at least 1".into()));
         }
-        if !(self.step_size.is_finite() && self.step_size > 0.0) {
+        if !(self.relative_step_size.is_finite() && self.relative_step_size > 0.0) {
             return Err(Error::Config(format!(
-                "adversarial step size {} must be finite and > 0",
-                self.step_size
+                "adversarial step size {} (relative to ε) must be finite and > 0",
+                self.relative_step_size
+            )));
+        }
+        if !(self.warmup_epochs.is_finite() && self.warmup_epochs >= 0.0) {
+            return Err(Error::Config(format!(
+                "ε warm-up {} must be a finite number of epochs ≥ 0",
+                self.warmup_epochs
+            )));
+        }
+        if self.method == AdversarialMethod::FgsmRs && self.steps != 1 {
+            return Err(Error::Config(format!(
+                "fgsm-rs takes exactly one step, got {}",
+                self.steps
             )));
         }
         Ok(())
@@ -148,11 +269,22 @@ impl AdversarialTraining {
         };
         let params = serde_json::json!({
             "steps": self.steps,
-            "step_size": {"absolute": self.step_size},
+            "step_size": {"relative": self.relative_step_size},
             "random_start": true,
             "restarts": 1,
         });
         Ok(gauntlet_attacks::build_attack(name, &params)?)
+    }
+
+    /// The per-epoch evaluation attack: PGD in the training threat model.
+    fn evaluation_attack(&self, steps: usize) -> Result<Box<dyn gauntlet_attacks::Attack>> {
+        Self {
+            method: AdversarialMethod::Pgd,
+            steps,
+            relative_step_size: 2.5 / steps.max(1) as f64,
+            ..self.clone()
+        }
+        .attack()
     }
 }
 
@@ -169,6 +301,9 @@ impl Default for TrainConfig {
             normalization: Normalization::default(),
             eval_batch_size: 500,
             adversarial: None,
+            schedule: LrSchedule::Constant,
+            robust_eval_samples: default_robust_eval_samples(),
+            robust_eval_steps: default_robust_eval_steps(),
         }
     }
 }
@@ -196,6 +331,11 @@ impl TrainConfig {
         }
         if let Some(adversarial) = &self.adversarial {
             adversarial.validate()?;
+            if self.robust_eval_samples > 0 && self.robust_eval_steps == 0 {
+                return Err(Error::Config(
+                    "the per-epoch robust evaluation needs at least 1 PGD step".into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -212,8 +352,40 @@ pub struct EpochStats {
     pub train_accuracy: f64,
     /// Accuracy on the evaluation data after the epoch.
     pub test_accuracy: f64,
+    /// Robust accuracy on the first test images under the evaluation PGD attack
+    /// (adversarial training only).
+    pub robust_accuracy: Option<f64>,
+    /// Training ε at the end of the epoch (after warm-up), adversarial training only.
+    pub epsilon: Option<f64>,
+    /// Learning rate at the end of the epoch.
+    pub learning_rate: f64,
     /// Seconds for the epoch, evaluation included.
     pub wall_seconds: f64,
+}
+
+/// The model a run kept because its robust accuracy was the best (Rice et al.
+/// 2020, "Overfitting in adversarially robust deep learning").
+#[derive(Clone, Debug)]
+pub struct BestCheckpoint {
+    /// Epoch it was taken after (1-based).
+    pub epoch: usize,
+    /// Its robust accuracy.
+    pub robust_accuracy: f64,
+    /// The weights.
+    pub network: Network,
+}
+
+/// Everything a training run produces.
+#[derive(Clone, Debug)]
+pub struct TrainOutcome {
+    /// Weights after the last epoch run.
+    pub last: Network,
+    /// Best checkpoint by robust accuracy (adversarial training with evaluation).
+    pub best: Option<BestCheckpoint>,
+    /// One entry per epoch run.
+    pub history: Vec<EpochStats>,
+    /// What went wrong without stopping the run (e.g. catastrophic overfitting).
+    pub warnings: Vec<String>,
 }
 
 /// Train a fresh network on `train_data`, evaluating on `test_data` after every epoch.
@@ -222,7 +394,7 @@ pub fn train(
     train_data: &Dataset,
     test_data: &Dataset,
     observer: &dyn Observer,
-) -> Result<(Network, Vec<EpochStats>)> {
+) -> Result<TrainOutcome> {
     config.validate()?;
     let device = Device::Cpu;
     let seed = SeedStream::new(config.seed);
@@ -244,10 +416,10 @@ pub fn train(
     // writes through `Arc::make_mut` once the attack's graph has been dropped.
     let mut engine = Arc::new(engine.clone());
     let bounds = initial.bounds();
-    let attack = config
+    let adversarial = config
         .adversarial
         .as_ref()
-        .map(AdversarialTraining::attack)
+        .map(|a| -> Result<_> { Ok((a, a.attack()?)) })
         .transpose()?;
     let mut optimizer = Optimizer::new(
         config.optimizer,
@@ -259,8 +431,13 @@ pub fn train(
     let classes = config.arch.num_classes();
     let n = train_data.len();
     let num_batches = n.div_ceil(config.batch_size);
-    let mut history = Vec::with_capacity(config.epochs);
-    let mut network = initial;
+    let mut outcome = TrainOutcome {
+        last: initial,
+        best: None,
+        history: Vec::with_capacity(config.epochs),
+        warnings: Vec::new(),
+    };
+    let (mut epsilon_now, mut rate_now) = (None, config.learning_rate);
     for epoch in 1..=config.epochs {
         let started = Instant::now();
         let order = seed
@@ -272,24 +449,36 @@ pub fn train(
         );
         let (mut loss_sum, mut correct) = (0.0, 0usize);
         for (b, indices) in order.chunks(config.batch_size).enumerate() {
+            // Position in the run, in epochs, at the end of this batch.
+            let epochs_done = (epoch - 1) as f64 + (b + 1) as f64 / num_batches as f64;
+            rate_now = config
+                .schedule
+                .rate(config.learning_rate, epochs_done / config.epochs as f64);
+            optimizer.set_learning_rate(rate_now);
             let (images, labels) = train_data.gather(indices, &device)?;
             let labels = labels.to_vec1::<u32>()?;
-            let images = match (&attack, &config.adversarial) {
-                (Some(attack), Some(adversarial)) => {
-                    let model = NativeClassifier::new(Arc::clone(&engine), bounds);
-                    let outcome = gauntlet_attacks::run_attack(
-                        attack.as_ref(),
-                        &model,
-                        &images,
-                        &gauntlet_attacks::Goal::Untargeted {
-                            labels: labels.clone(),
-                        },
-                        adversarial.epsilon,
-                        &seed.derive(&format!("adversarial/epoch-{epoch}/batch-{b}")),
-                    )?;
-                    outcome.adversarial
+            let images = match &adversarial {
+                Some((settings, attack)) => {
+                    let epsilon = settings.epsilon_at(epochs_done);
+                    epsilon_now = Some(epsilon);
+                    if epsilon > 0.0 {
+                        let model = NativeClassifier::new(Arc::clone(&engine), bounds);
+                        gauntlet_attacks::run_attack(
+                            attack.as_ref(),
+                            &model,
+                            &images,
+                            &gauntlet_attacks::Goal::Untargeted {
+                                labels: labels.clone(),
+                            },
+                            epsilon,
+                            &seed.derive(&format!("adversarial/epoch-{epoch}/batch-{b}")),
+                        )?
+                        .adversarial
+                    } else {
+                        images
+                    }
                 }
-                _ => images,
+                None => images,
             };
             let images = images.flatten_all()?.to_vec1::<f32>()?;
             let (logits, activations) = engine.forward(&images, indices.len(), true)?;
@@ -323,30 +512,118 @@ pub fn train(
                 ),
             );
         }
-        network = Network::from_native(&engine, bounds, &device)?;
+        let network = Network::from_native(&engine, bounds, &device)?;
         let evaluation = gauntlet_eval::evaluate_clean(
             &network,
             test_data,
             config.eval_batch_size,
             &NoProgress,
         )?;
+        let robust_accuracy = match &adversarial {
+            Some((settings, _)) if config.robust_eval_samples > 0 => Some(robust_accuracy(
+                &network,
+                test_data,
+                &evaluation.predictions,
+                settings,
+                config,
+                &seed.derive(&format!("robust-eval/epoch-{epoch}")),
+            )?),
+            _ => None,
+        };
         let stats = EpochStats {
             epoch,
             train_loss: loss_sum / num_batches as f64,
             train_accuracy: correct as f64 / n as f64,
             test_accuracy: evaluation.accuracy,
+            robust_accuracy,
+            epsilon: epsilon_now,
+            learning_rate: rate_now,
             wall_seconds: started.elapsed().as_secs_f64(),
         };
         observer.finish(&format!(
-            "epoch {epoch}: loss {:.4}, train {:.2}%, test {:.2}%, {:.1}s",
+            "epoch {epoch}: loss {:.4}, train {:.2}%, test {:.2}%{}, {:.1}s",
             stats.train_loss,
             100.0 * stats.train_accuracy,
             100.0 * stats.test_accuracy,
+            robust_accuracy
+                .map(|r| format!(", robust {:.2}%", 100.0 * r))
+                .unwrap_or_default(),
             stats.wall_seconds
         ));
-        history.push(stats);
+        outcome.history.push(stats);
+        outcome.last = network;
+        if let Some(robust) = robust_accuracy {
+            let best_so_far = outcome.best.as_ref().map(|b| b.robust_accuracy);
+            if best_so_far.is_none_or(|best| robust > best) {
+                outcome.best = Some(BestCheckpoint {
+                    epoch,
+                    robust_accuracy: robust,
+                    network: outcome.last.clone(),
+                });
+            }
+            // Catastrophic overfitting (Wong et al. 2020): robustness against PGD
+            // collapses within an epoch while the single-step training attack keeps
+            // "succeeding". The paper stops and keeps the last good model.
+            if let (Some(best), Some((settings, _))) = (best_so_far, &adversarial) {
+                if settings.method == AdversarialMethod::FgsmRs
+                    && best >= 0.2
+                    && robust < 0.5 * best
+                {
+                    outcome.warnings.push(format!(
+                        "catastrophic overfitting in epoch {epoch}: PGD robust accuracy fell from {:.1}% to {:.1}%; stopped early, the best checkpoint is the last good one",
+                        100.0 * best,
+                        100.0 * robust
+                    ));
+                    break;
+                }
+            }
+        }
     }
-    Ok((network, history))
+    Ok(outcome)
+}
+
+/// Robust accuracy of `network` on the first `config.robust_eval_samples` test
+/// images under PGD in the training threat model (full ε): a sample counts when
+/// its clean prediction and its adversarial prediction are both right.
+fn robust_accuracy(
+    network: &Network,
+    test_data: &Dataset,
+    clean_predictions: &[u32],
+    settings: &AdversarialTraining,
+    config: &TrainConfig,
+    seed: &SeedStream,
+) -> Result<f64> {
+    let attack = settings.evaluation_attack(config.robust_eval_steps)?;
+    let count = config.robust_eval_samples.min(test_data.len());
+    let mut robust = 0usize;
+    for (b, first) in (0..count).step_by(config.eval_batch_size).enumerate() {
+        let end = (first + config.eval_batch_size).min(count);
+        let (images, labels) = test_data.batch(first..end, &Device::Cpu)?;
+        let labels = labels.to_vec1::<u32>()?;
+        let result = gauntlet_attacks::run_attack(
+            attack.as_ref(),
+            network,
+            &images,
+            &gauntlet_attacks::Goal::Untargeted {
+                labels: labels.clone(),
+            },
+            settings.epsilon,
+            &seed.derive(&format!("batch-{b}")),
+        )?;
+        robust += labels
+            .iter()
+            .enumerate()
+            .filter(|(i, label)| {
+                clean_predictions.get(first + i) == Some(label)
+                    && result.predictions.get(*i) == Some(label)
+            })
+            .count();
+    }
+    Ok(if count == 0 {
+        0.0
+    } else {
+        robust as f64 / count as f64
+    })
 }
 
 /// Mean cross-entropy of a batch, its gradient with respect to the logits, and
@@ -447,5 +724,33 @@ mod tests {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }
         assert!(softmax_cross_entropy(&[0.0; 4], &[4], 4).is_err());
+    }
+
+    #[test]
+    fn schedules_follow_their_definitions() {
+        let base = 0.1;
+        assert_eq!(LrSchedule::Constant.rate(base, 0.9), base);
+        assert_eq!(LrSchedule::Step.rate(base, 0.49), base);
+        assert!((LrSchedule::Step.rate(base, 0.5) - 0.01).abs() < 1e-15);
+        assert!((LrSchedule::Step.rate(base, 0.8) - 0.001).abs() < 1e-15);
+        assert_eq!(LrSchedule::Cyclic.rate(base, 0.0), 0.0);
+        assert!((LrSchedule::Cyclic.rate(base, 0.2) - 0.05).abs() < 1e-15);
+        assert!((LrSchedule::Cyclic.rate(base, 0.4) - base).abs() < 1e-15);
+        assert!((LrSchedule::Cyclic.rate(base, 0.7) - 0.05).abs() < 1e-12);
+        assert_eq!(LrSchedule::Cyclic.rate(base, 1.0), 0.0);
+        assert!(LrSchedule::parse("cosine").is_err());
+    }
+
+    #[test]
+    fn epsilon_warms_up_linearly_then_stays() {
+        let settings = AdversarialTraining {
+            warmup_epochs: 4.0,
+            ..AdversarialTraining::pgd(0.3, 10)
+        };
+        assert_eq!(settings.epsilon_at(0.0), 0.0);
+        assert!((settings.epsilon_at(1.0) - 0.075).abs() < 1e-15);
+        assert_eq!(settings.epsilon_at(4.0), 0.3);
+        assert_eq!(settings.epsilon_at(9.5), 0.3);
+        assert_eq!(AdversarialTraining::pgd(0.3, 10).epsilon_at(0.0), 0.3);
     }
 }
