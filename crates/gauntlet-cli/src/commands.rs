@@ -203,6 +203,12 @@ struct TrainArgs {
     /// PGD steps of that per-epoch evaluation.
     #[arg(long, default_value_t = 20)]
     robust_eval_steps: usize,
+    /// Directory for the checkpoint written after every epoch [default: <out name>.checkpoint next to --out].
+    #[arg(long, conflicts_with = "resume")]
+    checkpoint_dir: Option<PathBuf>,
+    /// Continue the interrupted run whose checkpoint is in DIR (same options and data as that run).
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
     /// Where to write the model (.safetensors); its record goes next to it as <name>.record.json,
     /// and with --adversarial the best checkpoint by robust accuracy as <name>.best.safetensors.
     #[arg(long)]
@@ -675,8 +681,48 @@ fn train(args: TrainArgs) -> Result<()> {
     };
     let test_set = load_data(&eval_args, Split::Test)?;
 
+    let checkpoint_dir = match (&args.resume, &args.checkpoint_dir) {
+        (Some(dir), _) => {
+            if !dir
+                .join(gauntlet_train::checkpoint::CHECKPOINT_FILE)
+                .is_file()
+            {
+                bail!(
+                    "--resume {}: no {} there to resume",
+                    dir.display(),
+                    gauntlet_train::checkpoint::CHECKPOINT_FILE
+                );
+            }
+            dir.clone()
+        }
+        (None, chosen) => {
+            let dir = chosen
+                .clone()
+                .unwrap_or_else(|| args.out.with_extension("checkpoint"));
+            if dir
+                .join(gauntlet_train::checkpoint::CHECKPOINT_FILE)
+                .exists()
+            {
+                bail!(
+                    "{} holds the checkpoint of an earlier run; pass --resume {} to continue it, or choose another --checkpoint-dir",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+            dir
+        }
+    };
     let progress = CliProgress::new(args.quiet);
-    let outcome = gauntlet_train::train(&config, &train_set, &test_set, &progress)?;
+    let outcome = gauntlet_train::train_with(
+        &config,
+        &train_set,
+        &test_set,
+        &progress,
+        gauntlet_train::RunControl {
+            checkpoint_dir: Some(&checkpoint_dir),
+            stop: None,
+        },
+    )?;
     for warning in &outcome.warnings {
         eprintln!("warning: {warning}");
     }

@@ -162,6 +162,63 @@ fn train_is_reproducible_and_its_model_evaluates() {
 }
 
 #[test]
+fn adversarial_training_records_robustness_keeps_the_best_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("at.safetensors");
+    let args = [
+        "train",
+        "--data",
+        "datasets/mnist-5k",
+        "--arch",
+        "mlp",
+        "--epochs",
+        "2",
+        "--limit",
+        "200",
+        "--adversarial",
+        "fgsm-rs",
+        "--epsilon",
+        "0.1",
+        "--robust-eval-samples",
+        "50",
+        "--schedule",
+        "cyclic",
+        "--out",
+        model.to_str().unwrap(),
+        "--quiet",
+    ];
+    let o = gauntlet(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let record = read_json(&dir.path().join("at.record.json"));
+    let training = &record["training"];
+    assert_eq!(training["adversarial"]["method"], "fgsm-rs");
+    assert_eq!(training["schedule"], "cyclic");
+    for epoch in training["history"].as_array().unwrap() {
+        let robust = epoch["robust_accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&robust));
+    }
+    let best_epoch = training["best_epoch"].as_u64().unwrap();
+    assert!((1..=2).contains(&best_epoch));
+    assert!(dir.path().join("at.best.safetensors").is_file());
+    let first = std::fs::read(&model).unwrap();
+
+    // The checkpoint of that run is not silently overwritten…
+    let again = gauntlet(&args);
+    assert_clear_error(&again, "--resume");
+    // …and resuming the finished run gives the same model.
+    let checkpoint = dir.path().join("at.checkpoint");
+    let mut resume: Vec<&str> = args.to_vec();
+    resume.extend(["--resume", checkpoint.to_str().unwrap()]);
+    let o = gauntlet(&resume);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&model).unwrap(), first);
+    // Resuming with other options is refused.
+    let mut changed = resume.clone();
+    changed[6] = "3";
+    assert_clear_error(&gauntlet(&changed), "different configuration");
+}
+
+#[test]
 fn user_errors_exit_2_with_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o");

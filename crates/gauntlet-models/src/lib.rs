@@ -21,3 +21,4 @@ pub use error::{Error, Result};
 pub use load::{load_model, verify_input_gradient, Model, ModelFormat, ModelInfo, ModelOptions};
 pub use native::{Activations, NativeClassifier, NativeNet};
 pub use network::{Network, Normalization};
+pub use safetensors_io::serialize as safetensors_bytes;

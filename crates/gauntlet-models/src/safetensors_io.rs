@@ -4,8 +4,9 @@
 
 use std::collections::BTreeMap;
 
-/// Serialise f32 tensors `(shape, values)` with string metadata.
-pub(crate) fn serialize(
+/// Serialise f32 tensors `(shape, values)` with string metadata, byte for byte the
+/// same for the same input (sorted header keys).
+pub fn serialize(
     metadata: &BTreeMap<String, String>,
     tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
 ) -> Vec<u8> {

@@ -4,18 +4,20 @@
 //! ChaCha streams derived from one seed, never from candle's unseeded generator,
 //! so a training run is reproducible bit for bit on the same machine and build.
 
+pub mod checkpoint;
 mod optim;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Device;
 use gauntlet_core::{Classifier, NoProgress, Norm, Observer, SeedStream};
 use gauntlet_data::Dataset;
-use gauntlet_models::{Arch, NativeClassifier, Network, Normalization};
+use gauntlet_models::{Arch, NativeClassifier, NativeNet, Network, Normalization};
 use serde::{Deserialize, Serialize};
 
-pub use optim::{Adam, Optimizer, OptimizerKind, Sgd};
+pub use optim::{Adam, Optimizer, OptimizerKind, OptimizerSettings, Sgd};
 
 /// Errors of training.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,15 @@ pub enum Error {
     /// From candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A checkpoint could not be written, read or resumed.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// The caller asked the run to stop; the last finished epoch is checkpointed.
+    #[error("training interrupted after {epochs_done} finished epoch(s); resume from the checkpoint to continue")]
+    Interrupted {
+        /// Epochs finished (and checkpointed, if a directory was given).
+        epochs_done: usize,
+    },
     /// The loss became NaN or infinite.
     #[error("training diverged: the loss became {loss} in epoch {epoch}, batch {batch}; lower the learning rate")]
     Diverged {
@@ -388,12 +399,42 @@ pub struct TrainOutcome {
     pub warnings: Vec<String>,
 }
 
+/// Where a run checkpoints, and when it should stop.
+#[derive(Clone, Copy, Default)]
+pub struct RunControl<'a> {
+    /// Directory of the per-epoch checkpoint. A checkpoint already there is
+    /// resumed (it must come from the same configuration and data).
+    pub checkpoint_dir: Option<&'a Path>,
+    /// Polled before every batch; `true` stops the run with [`Error::Interrupted`],
+    /// leaving the last finished epoch's checkpoint (e.g. on Ctrl-C).
+    pub stop: Option<&'a (dyn Fn() -> bool + Sync)>,
+}
+
 /// Train a fresh network on `train_data`, evaluating on `test_data` after every epoch.
 pub fn train(
     config: &TrainConfig,
     train_data: &Dataset,
     test_data: &Dataset,
     observer: &dyn Observer,
+) -> Result<TrainOutcome> {
+    train_with(
+        config,
+        train_data,
+        test_data,
+        observer,
+        RunControl::default(),
+    )
+}
+
+/// [`train`] with checkpoints after every epoch, resuming, and a stop signal. A run
+/// interrupted at any point and resumed ends with exactly the weights of a run
+/// that was never interrupted.
+pub fn train_with(
+    config: &TrainConfig,
+    train_data: &Dataset,
+    test_data: &Dataset,
+    observer: &dyn Observer,
+    control: RunControl<'_>,
 ) -> Result<TrainOutcome> {
     config.validate()?;
     let device = Device::Cpu;
@@ -438,7 +479,45 @@ pub fn train(
         warnings: Vec::new(),
     };
     let (mut epsilon_now, mut rate_now) = (None, config.learning_rate);
-    for epoch in 1..=config.epochs {
+    let mut stopped_early = false;
+    let mut best_params: Option<Vec<f32>> = None;
+    let mut first_epoch = 1;
+    let resumed = match control.checkpoint_dir {
+        Some(dir) => checkpoint::load(dir)?,
+        None => None,
+    };
+    if let Some(saved) = resumed {
+        check_resumable(
+            &saved.state,
+            config,
+            train_data,
+            test_data,
+            engine.params().len(),
+            saved.params.len(),
+        )?;
+        Arc::make_mut(&mut engine)
+            .params_mut()
+            .copy_from_slice(&saved.params);
+        optimizer = saved.optimizer;
+        outcome.last = Network::from_native(&engine, bounds, &device)?;
+        if let (Some((epoch, robust_accuracy)), Some(params)) =
+            (saved.state.best, &saved.best_params)
+        {
+            outcome.best = Some(BestCheckpoint {
+                epoch,
+                robust_accuracy,
+                network: network_with(&engine, params, bounds)?,
+            });
+        }
+        best_params = saved.best_params;
+        outcome.history = saved.state.history;
+        outcome.warnings = saved.state.warnings;
+        first_epoch = saved.state.epochs_done + 1;
+        if saved.state.stopped_early {
+            return Ok(outcome);
+        }
+    }
+    for epoch in first_epoch..=config.epochs {
         let started = Instant::now();
         let order = seed
             .derive(&format!("shuffle/epoch-{epoch}"))
@@ -449,6 +528,11 @@ pub fn train(
         );
         let (mut loss_sum, mut correct) = (0.0, 0usize);
         for (b, indices) in order.chunks(config.batch_size).enumerate() {
+            if control.stop.is_some_and(|stop| stop()) {
+                return Err(Error::Interrupted {
+                    epochs_done: epoch - 1,
+                });
+            }
             // Position in the run, in epochs, at the end of this batch.
             let epochs_done = (epoch - 1) as f64 + (b + 1) as f64 / num_batches as f64;
             rate_now = config
@@ -560,6 +644,7 @@ pub fn train(
                     robust_accuracy: robust,
                     network: outcome.last.clone(),
                 });
+                best_params = Some(engine.params().to_vec());
             }
             // Catastrophic overfitting (Wong et al. 2020): robustness against PGD
             // collapses within an epoch while the single-step training attack keeps
@@ -574,12 +659,92 @@ pub fn train(
                         100.0 * best,
                         100.0 * robust
                     ));
-                    break;
+                    stopped_early = true;
                 }
             }
         }
+        if let Some(dir) = control.checkpoint_dir {
+            checkpoint::save(
+                dir,
+                &checkpoint::Checkpoint {
+                    state: checkpoint::CheckpointState {
+                        config: config.clone(),
+                        train_sha256: train_data.sha256().to_string(),
+                        test_sha256: test_data.sha256().to_string(),
+                        epochs_done: epoch,
+                        history: outcome.history.clone(),
+                        best: outcome.best.as_ref().map(|b| (b.epoch, b.robust_accuracy)),
+                        warnings: outcome.warnings.clone(),
+                        stopped_early,
+                    },
+                    params: engine.params().to_vec(),
+                    best_params: best_params.clone(),
+                    optimizer: optimizer.clone(),
+                },
+            )?;
+        }
+        if stopped_early {
+            break;
+        }
     }
     Ok(outcome)
+}
+
+/// A network with `params` (engine layout) in the architecture of `engine`.
+fn network_with(
+    engine: &NativeNet,
+    params: &[f32],
+    bounds: gauntlet_core::Bounds,
+) -> Result<Network> {
+    let mut copy = engine.clone();
+    if params.len() != copy.params().len() {
+        return Err(Error::Checkpoint(format!(
+            "{} parameters stored, the architecture has {}",
+            params.len(),
+            copy.params().len()
+        )));
+    }
+    copy.params_mut().copy_from_slice(params);
+    Ok(Network::from_native(&copy, bounds, &Device::Cpu)?)
+}
+
+/// Refuses to resume a checkpoint of a different run.
+fn check_resumable(
+    state: &checkpoint::CheckpointState,
+    config: &TrainConfig,
+    train_data: &Dataset,
+    test_data: &Dataset,
+    expected_params: usize,
+    stored_params: usize,
+) -> Result<()> {
+    let as_json = |c: &TrainConfig| serde_json::to_value(c).unwrap_or_default();
+    let (saved, now) = (as_json(&state.config), as_json(config));
+    if saved != now {
+        let differing: Vec<String> = match (&saved, &now) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => a
+                .iter()
+                .filter(|(k, v)| b.get(*k) != Some(v))
+                .map(|(k, v)| format!("{k} was {v}, now {}", b.get(k).cloned().unwrap_or_default()))
+                .collect(),
+            _ => vec!["the configuration".into()],
+        };
+        return Err(Error::Checkpoint(format!(
+            "the checkpoint comes from a different configuration ({}); use the same options or a new checkpoint directory",
+            differing.join("; ")
+        )));
+    }
+    if state.train_sha256 != train_data.sha256() || state.test_sha256 != test_data.sha256() {
+        return Err(Error::Checkpoint(
+            "the checkpoint was trained on different data (sha256 differs); use the same --data or a new checkpoint directory".into(),
+        ));
+    }
+    if stored_params != expected_params {
+        return Err(Error::Checkpoint(format!(
+            "the checkpoint holds {stored_params} parameters, {} has {expected_params}",
+            config.arch
+        )));
+    }
+    Ok(())
 }
 
 /// Robust accuracy of `network` on the first `config.robust_eval_samples` test

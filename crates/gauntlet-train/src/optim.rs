@@ -137,3 +137,81 @@ impl Optimizer {
         Ok(())
     }
 }
+
+/// An optimiser's scalar state (its vectors are stored separately).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OptimizerSettings {
+    /// Which rule.
+    pub kind: OptimizerKind,
+    /// Current learning rate.
+    pub learning_rate: f64,
+    /// SGD momentum (0 for Adam).
+    pub momentum: f64,
+    /// Adam's step count (0 for SGD).
+    pub step: i32,
+}
+
+impl OptimizerSettings {
+    /// Names of the state vectors, in [`Optimizer::moments`] order.
+    pub fn moment_names(&self) -> &'static [&'static str] {
+        match self.kind {
+            OptimizerKind::Adam => &["first", "second"],
+            OptimizerKind::Sgd => &["velocity"],
+        }
+    }
+}
+
+impl Optimizer {
+    /// The scalar state.
+    pub fn settings(&self) -> OptimizerSettings {
+        match self {
+            Optimizer::Adam(adam) => OptimizerSettings {
+                kind: OptimizerKind::Adam,
+                learning_rate: adam.learning_rate,
+                momentum: 0.0,
+                step: adam.step,
+            },
+            Optimizer::Sgd(sgd) => OptimizerSettings {
+                kind: OptimizerKind::Sgd,
+                learning_rate: sgd.learning_rate,
+                momentum: sgd.momentum,
+                step: 0,
+            },
+        }
+    }
+
+    /// The state vectors by name.
+    pub fn moments(&self) -> Vec<(&'static str, &[f32])> {
+        match self {
+            Optimizer::Adam(adam) => vec![("first", &adam.first), ("second", &adam.second)],
+            Optimizer::Sgd(sgd) => vec![("velocity", &sgd.velocity)],
+        }
+    }
+
+    /// Rebuilds an optimiser from [`Optimizer::settings`] and [`Optimizer::moments`].
+    pub fn from_parts(settings: OptimizerSettings, mut moments: Vec<Vec<f32>>) -> Result<Self> {
+        let expected = settings.moment_names().len();
+        if moments.len() != expected || moments.windows(2).any(|w| w[0].len() != w[1].len()) {
+            return Err(Error::Config(format!(
+                "optimiser state needs {expected} vectors of one length"
+            )));
+        }
+        Ok(match settings.kind {
+            OptimizerKind::Adam => {
+                let second = moments.pop().unwrap_or_default();
+                let first = moments.pop().unwrap_or_default();
+                Optimizer::Adam(Adam {
+                    first,
+                    second,
+                    learning_rate: settings.learning_rate,
+                    step: settings.step,
+                })
+            }
+            OptimizerKind::Sgd => Optimizer::Sgd(Sgd {
+                velocity: moments.pop().unwrap_or_default(),
+                learning_rate: settings.learning_rate,
+                momentum: settings.momentum,
+            }),
+        })
+    }
+}

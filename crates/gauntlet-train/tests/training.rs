@@ -280,3 +280,85 @@ fn bad_adversarial_settings_are_rejected() {
         );
     }
 }
+
+#[test]
+fn an_interrupted_and_resumed_run_ends_with_exactly_the_same_weights() {
+    use gauntlet_train::{train_with, RunControl};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (train_set, test_set) = (data(Split::Train, 300), data(Split::Test, 100));
+    let config = TrainConfig {
+        epochs: 3,
+        adversarial: Some(AdversarialTraining::fgsm_rs(0.1)),
+        robust_eval_samples: 50,
+        ..small_config(8)
+    };
+    let uninterrupted = gauntlet_train::train(&config, &train_set, &test_set, &NoProgress).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    // 300 images in batches of 32: 10 per epoch; stop in the middle of epoch 2.
+    let batches = AtomicUsize::new(0);
+    let stop = || batches.fetch_add(1, Ordering::SeqCst) >= 15;
+    let interrupted = train_with(
+        &config,
+        &train_set,
+        &test_set,
+        &NoProgress,
+        RunControl {
+            checkpoint_dir: Some(dir.path()),
+            stop: Some(&stop),
+        },
+    );
+    assert!(
+        matches!(
+            interrupted,
+            Err(gauntlet_train::Error::Interrupted { epochs_done: 1 })
+        ),
+        "{:?}",
+        interrupted.map(|o| o.history.len())
+    );
+    let control = RunControl {
+        checkpoint_dir: Some(dir.path()),
+        stop: None,
+    };
+    let resumed = train_with(&config, &train_set, &test_set, &NoProgress, control).unwrap();
+    assert_eq!(
+        resumed.last.to_safetensors().unwrap(),
+        uninterrupted.last.to_safetensors().unwrap()
+    );
+    assert_eq!(resumed.history.len(), 3);
+    let robust = |o: &gauntlet_train::TrainOutcome| -> Vec<Option<f64>> {
+        o.history.iter().map(|e| e.robust_accuracy).collect()
+    };
+    assert_eq!(robust(&resumed), robust(&uninterrupted));
+    let best_bytes = |o: &gauntlet_train::TrainOutcome| {
+        o.best
+            .as_ref()
+            .map(|b| (b.epoch, b.network.to_safetensors().unwrap()))
+    };
+    assert_eq!(best_bytes(&resumed), best_bytes(&uninterrupted));
+
+    // A finished run resumes to itself without training again.
+    let again = train_with(&config, &train_set, &test_set, &NoProgress, control).unwrap();
+    assert_eq!(
+        again.last.to_safetensors().unwrap(),
+        uninterrupted.last.to_safetensors().unwrap()
+    );
+
+    // Another configuration or a damaged file is refused with a clear message.
+    let other = TrainConfig {
+        learning_rate: 0.01,
+        ..config.clone()
+    };
+    let err = train_with(&other, &train_set, &test_set, &NoProgress, control)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("different configuration") && err.contains("learning_rate"),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("checkpoint.safetensors"), b"garbage").unwrap();
+    let err = train_with(&config, &train_set, &test_set, &NoProgress, control)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a valid checkpoint"), "{err}");
+}

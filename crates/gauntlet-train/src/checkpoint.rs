@@ -1,0 +1,153 @@
+//! Training checkpoints: everything needed to continue a run after the last
+//! finished epoch and end with exactly the weights an uninterrupted run ends with.
+//!
+//! Every random choice of a run is a pure function of the seed and the epoch (or
+//! batch) it belongs to (keyed ChaCha streams, see `gauntlet_core::SeedStream`), so
+//! no generator position needs saving: weights, optimiser state, the epoch, the
+//! history and the best checkpoint are the whole state. One safetensors file holds
+//! the float vectors; its metadata holds the rest as JSON. It is replaced
+//! atomically after every epoch, so a crash leaves the previous epoch's state.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::optim::Optimizer;
+use crate::{EpochStats, Error, Result, TrainConfig};
+
+/// File name inside the checkpoint directory.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+
+/// The state of a run after a finished epoch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    /// What was run; a resume must use the same.
+    pub state: CheckpointState,
+    /// Parameters (engine layout).
+    pub params: Vec<f32>,
+    /// Best checkpoint's parameters, if any.
+    pub best_params: Option<Vec<f32>>,
+    /// Optimiser moments.
+    pub optimizer: Optimizer,
+}
+
+/// The small part of a checkpoint, stored as JSON metadata.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointState {
+    /// The run's configuration.
+    pub config: TrainConfig,
+    /// sha256 of the training and evaluation data.
+    pub train_sha256: String,
+    /// sha256 of the evaluation data.
+    pub test_sha256: String,
+    /// Epochs finished.
+    pub epochs_done: usize,
+    /// History so far.
+    pub history: Vec<EpochStats>,
+    /// Epoch and robust accuracy of the best checkpoint.
+    pub best: Option<(usize, f64)>,
+    /// Warnings so far.
+    pub warnings: Vec<String>,
+    /// Set when the run ended early (catastrophic overfitting): nothing to resume.
+    pub stopped_early: bool,
+}
+
+fn path_in(dir: &Path) -> PathBuf {
+    dir.join(CHECKPOINT_FILE)
+}
+
+/// Writes `checkpoint` into `dir` atomically (creating `dir`).
+pub fn save(dir: &Path, checkpoint: &Checkpoint) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Error::Checkpoint(format!(
+            "cannot create checkpoint directory {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let state = serde_json::to_string(&checkpoint.state)
+        .map_err(|e| Error::Checkpoint(format!("cannot encode checkpoint state: {e}")))?;
+    let optimizer = serde_json::to_string(&checkpoint.optimizer.settings())
+        .map_err(|e| Error::Checkpoint(format!("cannot encode optimiser settings: {e}")))?;
+    let metadata = BTreeMap::from([
+        ("gauntlet.checkpoint".to_string(), state),
+        ("gauntlet.optimizer".to_string(), optimizer),
+    ]);
+    let mut tensors = BTreeMap::new();
+    let vector = |v: &[f32]| (vec![v.len()], v.to_vec());
+    tensors.insert("params".to_string(), vector(&checkpoint.params));
+    if let Some(best) = &checkpoint.best_params {
+        tensors.insert("best.params".to_string(), vector(best));
+    }
+    for (name, values) in checkpoint.optimizer.moments() {
+        tensors.insert(format!("optimizer.{name}"), vector(values));
+    }
+    let bytes = gauntlet_models::safetensors_bytes(&metadata, &tensors);
+    gauntlet_core::write_atomic(&path_in(dir), &bytes)?;
+    Ok(())
+}
+
+/// Reads the checkpoint in `dir`; `Ok(None)` when there is none yet.
+pub fn load(dir: &Path) -> Result<Option<Checkpoint>> {
+    let path = path_in(dir);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::Checkpoint(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    let bad = |what: String| {
+        Error::Checkpoint(format!(
+            "{} is not a valid checkpoint: {what}",
+            path.display()
+        ))
+    };
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    let field = |key: &str| {
+        metadata
+            .get(key)
+            .ok_or_else(|| bad(format!("no {key} metadata")))
+    };
+    let state: CheckpointState =
+        serde_json::from_str(field("gauntlet.checkpoint")?).map_err(|e| bad(e.to_string()))?;
+    let settings: crate::optim::OptimizerSettings =
+        serde_json::from_str(field("gauntlet.optimizer")?).map_err(|e| bad(e.to_string()))?;
+    let vector = |name: &str| -> Result<Option<Vec<f32>>> {
+        let view = match tensors.tensor(name) {
+            Ok(view) => view,
+            Err(safetensors::SafeTensorError::TensorNotFound(_)) => return Ok(None),
+            Err(e) => return Err(bad(e.to_string())),
+        };
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(bad(format!("{name} is {:?}, expected F32", view.dtype())));
+        }
+        Ok(Some(
+            view.data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ))
+    };
+    let params = vector("params")?.ok_or_else(|| bad("no params tensor".into()))?;
+    let best_params = vector("best.params")?;
+    let mut moments = Vec::new();
+    for name in settings.moment_names() {
+        let values = vector(&format!("optimizer.{name}"))?
+            .ok_or_else(|| bad(format!("no optimizer.{name} tensor")))?;
+        moments.push(values);
+    }
+    let optimizer = Optimizer::from_parts(settings, moments).map_err(|e| bad(e.to_string()))?;
+    Ok(Some(Checkpoint {
+        state,
+        params,
+        best_params,
+        optimizer,
+    }))
+}
