@@ -362,3 +362,33 @@ fn an_interrupted_and_resumed_run_ends_with_exactly_the_same_weights() {
         .to_string();
     assert!(err.contains("not a valid checkpoint"), "{err}");
 }
+
+#[test]
+fn the_shipped_pgd_trained_cnn_is_robust_where_the_standard_one_is_not() {
+    let test_set = data(Split::Test, 200);
+    let load = |name: &str| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/models")
+            .join(name);
+        let (model, _) = gauntlet_models::load_model(
+            &path,
+            &gauntlet_models::ModelOptions::default(),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        match model {
+            gauntlet_models::Model::Network(net) => net,
+            gauntlet_models::Model::Onnx(_) => panic!("expected a built-in network"),
+        }
+    };
+    let (hardened, standard) = (
+        load("mnist-cnn-pgd-at.safetensors"),
+        load("mnist-cnn.safetensors"),
+    );
+    let clean = gauntlet_eval::evaluate_clean(&hardened, &test_set, 200, &NoProgress).unwrap();
+    assert!(clean.accuracy >= 0.96, "clean accuracy {}", clean.accuracy);
+    let robust_hardened = pgd_robust_accuracy(&hardened, &test_set, 0.3);
+    let robust_standard = pgd_robust_accuracy(&standard, &test_set, 0.3);
+    assert!(robust_hardened >= 0.6, "PGD-AT model: {robust_hardened}");
+    assert!(robust_standard <= 0.1, "standard model: {robust_standard}");
+}
