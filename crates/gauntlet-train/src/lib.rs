@@ -457,6 +457,15 @@ pub fn train_with(
     // writes through `Arc::make_mut` once the attack's graph has been dropped.
     let mut engine = Arc::new(engine.clone());
     let bounds = initial.bounds();
+    if let Some(settings) = &config.adversarial {
+        let range = bounds.max - bounds.min;
+        if settings.epsilon > range {
+            return Err(Error::Config(format!(
+                "adversarial epsilon {} exceeds the input range [{}, {}]: every image is reachable; expected at most {range}",
+                settings.epsilon, bounds.min, bounds.max
+            )));
+        }
+    }
     let adversarial = config
         .adversarial
         .as_ref()

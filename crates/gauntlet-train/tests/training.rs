@@ -265,6 +265,8 @@ fn bad_adversarial_settings_are_rejected() {
             warmup_epochs: -1.0,
             ..AdversarialTraining::pgd(0.3, 10)
         },
+        // Inputs lie in [0, 1]: ε = 1.5 reaches every image.
+        AdversarialTraining::pgd(1.5, 10),
     ];
     for settings in cases {
         let config = TrainConfig {
