@@ -159,8 +159,13 @@ fn main() {
             .unwrap();
             let arch = gauntlet_models::Arch::parse(&arg(1)).unwrap();
             // `train cnn pgd`: one epoch of PGD-AT (ε 0.3, 10 steps of 0.075, random start).
-            let adversarial =
-                (arg(2) == "pgd").then(|| gauntlet_train::AdversarialTraining::pgd(0.3, 10));
+            // `train cnn pgd40` / `train cnn fgsm-rs`: the other adversarial budgets.
+            let adversarial = match arg(2).as_str() {
+                "pgd" => Some(gauntlet_train::AdversarialTraining::pgd(0.3, 10)),
+                "pgd40" => Some(gauntlet_train::AdversarialTraining::pgd(0.3, 40)),
+                "fgsm-rs" => Some(gauntlet_train::AdversarialTraining::fgsm_rs(0.3)),
+                _ => None,
+            };
             let config = gauntlet_train::TrainConfig {
                 arch,
                 epochs: 1,
