@@ -182,7 +182,7 @@ struct TrainArgs {
     /// Learning-rate schedule: constant, step (×0.1 at 50% and 75% of the epochs) or cyclic (one cycle).
     #[arg(long, default_value = "constant")]
     schedule: String,
-    /// Adversarial training: pgd (Madry et al. 2018) or fgsm-rs (Wong et al. 2020).
+    /// Adversarial training: pgd (Madry et al. 2018), fgsm-rs (Wong et al. 2020) or trades (Zhang et al. 2019).
     #[arg(long)]
     adversarial: Option<String>,
     /// Training ε (L∞), for --adversarial.
@@ -194,6 +194,12 @@ struct TrainArgs {
     /// Step size as a fraction of ε [default: 2.5/steps for pgd, 1.25 for fgsm-rs].
     #[arg(long)]
     attack_step_size: Option<f64>,
+    /// TRADES' weight of the KL term.
+    #[arg(long, default_value_t = 6.0)]
+    beta: f64,
+    /// pgd/fgsm-rs: weight w of the clean loss in w·CE(x) + (1-w)·CE(x_adv).
+    #[arg(long, default_value_t = 0.0)]
+    clean_weight: f64,
     /// Epochs over which ε grows linearly from 0, for --adversarial.
     #[arg(long, default_value_t = 0.0)]
     warmup_epochs: f64,
@@ -640,7 +646,12 @@ fn train(args: TrainArgs) -> Result<()> {
             let mut settings = match AdversarialMethod::parse(name)? {
                 AdversarialMethod::Pgd => AdversarialTraining::pgd(args.epsilon, args.attack_steps),
                 AdversarialMethod::FgsmRs => AdversarialTraining::fgsm_rs(args.epsilon),
+                AdversarialMethod::Trades => {
+                    AdversarialTraining::trades(args.epsilon, args.attack_steps)
+                }
             };
+            settings.beta = args.beta;
+            settings.clean_weight = args.clean_weight;
             if let Some(step) = args.attack_step_size {
                 settings.relative_step_size = step;
             }
@@ -800,6 +811,8 @@ fn train(args: TrainArgs) -> Result<()> {
                     steps: a.steps,
                     relative_step_size: a.relative_step_size,
                     warmup_epochs: a.warmup_epochs,
+                    beta: a.beta,
+                    clean_weight: a.clean_weight,
                     robust_eval_samples: config.robust_eval_samples,
                     robust_eval_steps: config.robust_eval_steps,
                 }
@@ -815,7 +828,7 @@ fn train(args: TrainArgs) -> Result<()> {
     println!(
         "trained {} for {} epochs: test accuracy {:.2}% on {} samples, {:.1}s",
         arch,
-        config.epochs,
+        outcome.history.len(),
         100.0 * clean.accuracy,
         test_set.len(),
         record.wall_seconds

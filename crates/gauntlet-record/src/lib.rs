@@ -186,7 +186,7 @@ fn constant_schedule() -> String {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdversarialTrainingRecord {
-    /// `pgd` (Madry et al. 2018) or `fgsm-rs` (Wong et al. 2020).
+    /// `pgd` (Madry et al. 2018), `fgsm-rs` (Wong et al. 2020) or `trades` (Zhang et al. 2019).
     pub method: String,
     /// Threat model's norm: `linf` or `l2`.
     pub norm: String,
@@ -198,6 +198,12 @@ pub struct AdversarialTrainingRecord {
     pub relative_step_size: f64,
     /// Epochs of linear ε warm-up.
     pub warmup_epochs: f64,
+    /// TRADES' β (weight of the KL term).
+    #[serde(default)]
+    pub beta: f64,
+    /// Weight of the clean loss mixed into pgd/fgsm-rs training.
+    #[serde(default)]
+    pub clean_weight: f64,
     /// Test images attacked after each epoch (0: none).
     pub robust_eval_samples: usize,
     /// PGD steps of that evaluation.

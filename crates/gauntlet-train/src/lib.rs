@@ -5,6 +5,7 @@
 //! so a training run is reproducible bit for bit on the same machine and build.
 
 pub mod checkpoint;
+mod objective;
 mod optim;
 
 use std::path::Path;
@@ -14,7 +15,7 @@ use std::time::Instant;
 use candle_core::Device;
 use gauntlet_core::{Classifier, NoProgress, Norm, Observer, SeedStream};
 use gauntlet_data::Dataset;
-use gauntlet_models::{Arch, NativeClassifier, NativeNet, Network, Normalization};
+use gauntlet_models::{Arch, NativeNet, Network, Normalization};
 use serde::{Deserialize, Serialize};
 
 pub use optim::{Adam, Optimizer, OptimizerKind, OptimizerSettings, Sgd};
@@ -165,6 +166,9 @@ pub enum AdversarialMethod {
     /// from a uniform random start. Prone to catastrophic overfitting, which the
     /// per-epoch PGD evaluation watches for.
     FgsmRs,
+    /// TRADES, Zhang et al. 2019: clean cross-entropy plus β·KL between the clean
+    /// and the adversarial prediction, the adversarial input maximising that KL.
+    Trades,
 }
 
 impl AdversarialMethod {
@@ -173,8 +177,9 @@ impl AdversarialMethod {
         match name {
             "pgd" => Ok(Self::Pgd),
             "fgsm-rs" => Ok(Self::FgsmRs),
+            "trades" => Ok(Self::Trades),
             other => Err(Error::Config(format!(
-                "unknown adversarial training method '{other}', expected pgd or fgsm-rs"
+                "unknown adversarial training method '{other}', expected pgd, fgsm-rs or trades"
             ))),
         }
     }
@@ -184,6 +189,7 @@ impl AdversarialMethod {
         match self {
             Self::Pgd => "pgd",
             Self::FgsmRs => "fgsm-rs",
+            Self::Trades => "trades",
         }
     }
 }
@@ -205,6 +211,17 @@ pub struct AdversarialTraining {
     /// Epochs over which ε grows linearly from 0 to its value, per batch (default 0).
     #[serde(default)]
     pub warmup_epochs: f64,
+    /// TRADES' weight of the KL term (default 6, the paper's).
+    #[serde(default = "default_beta")]
+    pub beta: f64,
+    /// pgd and fgsm-rs: weight of the clean loss in `w·CE(x) + (1 − w)·CE(x_adv)`
+    /// (Goodfellow et al. 2015's mixture; default 0, adversarial only).
+    #[serde(default)]
+    pub clean_weight: f64,
+}
+
+fn default_beta() -> f64 {
+    6.0
 }
 
 impl AdversarialTraining {
@@ -217,6 +234,16 @@ impl AdversarialTraining {
             steps,
             relative_step_size: 2.5 / steps.max(1) as f64,
             warmup_epochs: 0.0,
+            beta: default_beta(),
+            clean_weight: 0.0,
+        }
+    }
+
+    /// TRADES in the L∞ ball with `steps` KL-ascent steps of 2.5·ε/steps, β = 6.
+    pub fn trades(epsilon: f64, steps: usize) -> Self {
+        Self {
+            method: AdversarialMethod::Trades,
+            ..Self::pgd(epsilon, steps)
         }
     }
 
@@ -229,6 +256,8 @@ impl AdversarialTraining {
             steps: 1,
             relative_step_size: 1.25,
             warmup_epochs: 0.0,
+            beta: default_beta(),
+            clean_weight: 0.0,
         }
     }
 
@@ -262,6 +291,31 @@ impl AdversarialTraining {
                 "ε warm-up {} must be a finite number of epochs ≥ 0",
                 self.warmup_epochs
             )));
+        }
+        if !(self.beta.is_finite() && self.beta >= 0.0) {
+            return Err(Error::Config(format!(
+                "TRADES beta {} must be finite and ≥ 0",
+                self.beta
+            )));
+        }
+        if !(0.0..1.0).contains(&self.clean_weight) {
+            return Err(Error::Config(format!(
+                "clean-loss weight {} must be in [0, 1)",
+                self.clean_weight
+            )));
+        }
+        if self.method == AdversarialMethod::Trades {
+            if self.norm != Norm::Linf {
+                return Err(Error::Config(
+                    "trades is implemented for the L∞ norm only".into(),
+                ));
+            }
+            if self.clean_weight > 0.0 {
+                return Err(Error::Config(
+                    "trades has its own clean term (beta); a clean-loss weight does not apply"
+                        .into(),
+                ));
+            }
         }
         if self.method == AdversarialMethod::FgsmRs && self.steps != 1 {
             return Err(Error::Config(format!(
@@ -478,7 +532,6 @@ pub fn train_with(
         engine.params().len(),
     );
     let mut param_grads = vec![0.0f32; engine.params().len()];
-    let classes = config.arch.num_classes();
     let n = train_data.len();
     let num_batches = n.div_ceil(config.batch_size);
     let mut outcome = TrainOutcome {
@@ -550,32 +603,27 @@ pub fn train_with(
             optimizer.set_learning_rate(rate_now);
             let (images, labels) = train_data.gather(indices, &device)?;
             let labels = labels.to_vec1::<u32>()?;
-            let images = match &adversarial {
+            let threat = match &adversarial {
                 Some((settings, attack)) => {
                     let epsilon = settings.epsilon_at(epochs_done);
                     epsilon_now = Some(epsilon);
-                    if epsilon > 0.0 {
-                        let model = NativeClassifier::new(Arc::clone(&engine), bounds);
-                        gauntlet_attacks::run_attack(
-                            attack.as_ref(),
-                            &model,
-                            &images,
-                            &gauntlet_attacks::Goal::Untargeted {
-                                labels: labels.clone(),
-                            },
-                            epsilon,
-                            &seed.derive(&format!("adversarial/epoch-{epoch}/batch-{b}")),
-                        )?
-                        .adversarial
-                    } else {
-                        images
-                    }
+                    (epsilon > 0.0).then(|| objective::Threat {
+                        settings,
+                        attack: attack.as_ref(),
+                        epsilon,
+                        seed: seed.derive(&format!("adversarial/epoch-{epoch}/batch-{b}")),
+                    })
                 }
-                None => images,
+                None => None,
             };
-            let images = images.flatten_all()?.to_vec1::<f32>()?;
-            let (logits, activations) = engine.forward(&images, indices.len(), true)?;
-            let batch = softmax_cross_entropy(&logits, &labels, classes)?;
+            let batch = objective::batch_gradient(
+                &engine,
+                bounds,
+                &images,
+                &labels,
+                threat,
+                &mut param_grads,
+            )?;
             if !batch.mean_loss.is_finite() {
                 return Err(Error::Diverged {
                     epoch,
@@ -583,16 +631,7 @@ pub fn train_with(
                     loss: batch.mean_loss,
                 });
             }
-            if let Some(activations) = activations {
-                param_grads.fill(0.0);
-                engine.backward(
-                    &activations,
-                    &batch.grad_logits,
-                    false,
-                    Some(&mut param_grads),
-                )?;
-                optimizer.step(Arc::make_mut(&mut engine).params_mut(), &param_grads)?;
-            }
+            optimizer.step(Arc::make_mut(&mut engine).params_mut(), &param_grads)?;
             correct += batch.correct;
             loss_sum += batch.mean_loss;
             let seen = (b * config.batch_size + indices.len()) as f64;

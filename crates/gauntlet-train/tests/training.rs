@@ -204,6 +204,7 @@ fn pgd_adversarial_training_buys_robustness_and_keeps_the_best_checkpoint() {
         assert!((0.0..=epoch.test_accuracy).contains(&robust), "{epoch:?}");
         assert_eq!(epoch.epsilon, Some(epsilon));
     }
+    assert!(outcome.warnings.is_empty(), "{:?}", outcome.warnings);
     let best = outcome.best.as_ref().expect("a best checkpoint");
     let best_recorded = outcome
         .history
@@ -393,4 +394,78 @@ fn the_shipped_pgd_trained_cnn_is_robust_where_the_standard_one_is_not() {
     let robust_standard = pgd_robust_accuracy(&standard, &test_set, 0.3);
     assert!(robust_hardened >= 0.6, "PGD-AT model: {robust_hardened}");
     assert!(robust_standard <= 0.1, "standard model: {robust_standard}");
+}
+
+#[test]
+fn every_method_trains_reproducibly_and_trades_buys_robustness() {
+    let (train_set, test_set) = (data(Split::Train, 1000), data(Split::Test, 200));
+    let epsilon = 0.1;
+    let methods = [
+        AdversarialTraining::pgd(epsilon, 3),
+        AdversarialTraining::fgsm_rs(epsilon),
+        AdversarialTraining::trades(epsilon, 5),
+        AdversarialTraining {
+            clean_weight: 0.5,
+            ..AdversarialTraining::pgd(epsilon, 3)
+        },
+    ];
+    for settings in methods {
+        let config = TrainConfig {
+            adversarial: Some(settings.clone()),
+            robust_eval_samples: 0,
+            ..small_config(12)
+        };
+        let tiny = data(Split::Train, 96); // three batches
+        let a = gauntlet_train::train(&config, &tiny, &test_set, &NoProgress).unwrap();
+        let b = gauntlet_train::train(&config, &tiny, &test_set, &NoProgress).unwrap();
+        assert_eq!(
+            a.last.to_safetensors().unwrap(),
+            b.last.to_safetensors().unwrap(),
+            "{settings:?}"
+        );
+        assert!(a.history.iter().all(|e| e.train_loss.is_finite()));
+    }
+    let trades = TrainConfig {
+        epochs: 3,
+        adversarial: Some(AdversarialTraining::trades(epsilon, 5)),
+        robust_eval_samples: 0,
+        ..small_config(3)
+    };
+    let (plain, _) = train(&small_config(3), &train_set, &test_set, &NoProgress).unwrap();
+    let (hardened, _) = train(&trades, &train_set, &test_set, &NoProgress).unwrap();
+    let robust_plain = pgd_robust_accuracy(&plain, &test_set, epsilon);
+    let robust_trades = pgd_robust_accuracy(&hardened, &test_set, epsilon);
+    assert!(
+        robust_trades > robust_plain + 0.15,
+        "TRADES {robust_trades} vs standard {robust_plain}"
+    );
+}
+
+#[test]
+fn catastrophic_overfitting_of_fgsm_training_is_caught_and_the_good_model_kept() {
+    // A constructed case: FGSM-RS at ε = 0.3 with a step of 2ε (Wong et al. use
+    // 1.25ε) and a high learning rate. PGD robustness builds up, then collapses
+    // while training accuracy against the single step keeps rising.
+    let (train_set, test_set) = (data(Split::Train, 4000), data(Split::Test, 200));
+    let config = TrainConfig {
+        arch: Arch::Cnn,
+        epochs: 8,
+        batch_size: 50,
+        learning_rate: 0.003,
+        adversarial: Some(AdversarialTraining {
+            relative_step_size: 2.0,
+            ..AdversarialTraining::fgsm_rs(0.3)
+        }),
+        robust_eval_samples: 200,
+        robust_eval_steps: 10,
+        ..TrainConfig::default()
+    };
+    let outcome = gauntlet_train::train(&config, &train_set, &test_set, &NoProgress).unwrap();
+    assert_eq!(outcome.warnings.len(), 1, "{:?}", outcome.history);
+    assert!(outcome.warnings[0].contains("catastrophic overfitting"));
+    let epochs_run = outcome.history.len();
+    assert!(epochs_run < 8, "the run stops early");
+    let best = outcome.best.as_ref().unwrap();
+    let last_robust = outcome.history[epochs_run - 1].robust_accuracy.unwrap();
+    assert!(best.epoch < epochs_run && best.robust_accuracy > 2.0 * last_robust);
 }
