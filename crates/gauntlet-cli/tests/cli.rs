@@ -598,3 +598,74 @@ fn attack_and_suite_errors_exit_2_before_any_compute() {
     );
     assert!(!Path::new(out).exists());
 }
+
+#[test]
+fn a_training_run_killed_mid_way_resumes_to_the_uninterrupted_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = |name: &str| -> Vec<String> {
+        [
+            "train",
+            "--data",
+            "datasets/mnist-5k",
+            "--arch",
+            "mlp",
+            "--epochs",
+            "6",
+            "--adversarial",
+            "pgd",
+            "--epsilon",
+            "0.1",
+            "--attack-steps",
+            "3",
+            "--robust-eval-samples",
+            "100",
+            "--quiet",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([dir.path().join(name).to_str().unwrap().to_string()])
+        .collect()
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_gauntlet"))
+        .args(args("whole.safetensors"))
+        .current_dir(repo(""))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    // kill -9 once the first epoch's checkpoint exists.
+    let checkpoint = dir.path().join("killed.checkpoint");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gauntlet"))
+        .args(args("killed.safetensors"))
+        .current_dir(repo(""))
+        .spawn()
+        .unwrap();
+    let file = checkpoint.join("checkpoint.safetensors");
+    let started = std::time::Instant::now();
+    while !file.exists() && started.elapsed().as_secs() < 300 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(file.exists(), "no checkpoint was written");
+
+    let mut resume = args("killed.safetensors");
+    resume.extend([
+        "--resume".to_string(),
+        checkpoint.to_str().unwrap().to_string(),
+    ]);
+    let o = Command::new(env!("CARGO_BIN_EXE_gauntlet"))
+        .args(&resume)
+        .current_dir(repo(""))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(dir.path().join("killed.safetensors")).unwrap(),
+        std::fs::read(dir.path().join("whole.safetensors")).unwrap(),
+        "resumed model differs from the uninterrupted one"
+    );
+    let record = read_json(&dir.path().join("killed.record.json"));
+    assert_eq!(record["training"]["history"].as_array().unwrap().len(), 6);
+}
