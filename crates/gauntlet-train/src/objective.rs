@@ -284,10 +284,10 @@ mod tests {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        for r in 0..n {
+        for (r, kl_row) in kl.iter().enumerate() {
             for j in 0..k {
                 let i = r * k + j;
-                let ours_c = beta / n as f64 * p[i] * ((p[i].ln() - q[i].ln()) - kl[r]);
+                let ours_c = beta / n as f64 * p[i] * ((p[i].ln() - q[i].ln()) - kl_row);
                 let ours_a = beta / n as f64 * (q[i] - p[i]);
                 assert!(
                     (ours_c as f32 - dc[i]).abs() < 1e-5,
