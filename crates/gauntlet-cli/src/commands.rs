@@ -183,32 +183,34 @@ struct TrainArgs {
     #[arg(long, default_value = "constant")]
     schedule: String,
     /// Adversarial training: pgd (Madry et al. 2018), fgsm-rs (Wong et al. 2020) or trades (Zhang et al. 2019).
-    #[arg(long)]
+    #[arg(long, requires = "epsilon")]
     adversarial: Option<String>,
-    /// Training ε (L∞), for --adversarial.
-    #[arg(long, default_value_t = 0.3)]
-    epsilon: f64,
-    /// PGD steps per batch, for --adversarial pgd.
-    #[arg(long, default_value_t = 10)]
-    attack_steps: usize,
-    /// Step size as a fraction of ε [default: 2.5/steps for pgd, 1.25 for fgsm-rs].
-    #[arg(long)]
+    // The options below only mean something with --adversarial; clap refuses them
+    // without it rather than silently training a standard model.
+    /// Training ε (L∞ radius in pixel units, e.g. 0.3 for MNIST, 8/255 ≈ 0.031 for CIFAR-10).
+    #[arg(long, requires = "adversarial")]
+    epsilon: Option<f64>,
+    /// Attack steps per batch for pgd and trades [default: 10; fgsm-rs takes one].
+    #[arg(long, requires = "adversarial")]
+    attack_steps: Option<usize>,
+    /// Step size as a fraction of ε [default: 2.5/steps for pgd and trades, 1.25 for fgsm-rs].
+    #[arg(long, requires = "adversarial")]
     attack_step_size: Option<f64>,
-    /// TRADES' weight of the KL term.
-    #[arg(long, default_value_t = 6.0)]
-    beta: f64,
-    /// pgd/fgsm-rs: weight w of the clean loss in w·CE(x) + (1-w)·CE(x_adv).
-    #[arg(long, default_value_t = 0.0)]
-    clean_weight: f64,
-    /// Epochs over which ε grows linearly from 0, for --adversarial.
-    #[arg(long, default_value_t = 0.0)]
-    warmup_epochs: f64,
-    /// Test images attacked (PGD, training threat model) after each adversarial epoch; 0 turns it off.
-    #[arg(long, default_value_t = 500)]
-    robust_eval_samples: usize,
-    /// PGD steps of that per-epoch evaluation.
-    #[arg(long, default_value_t = 20)]
-    robust_eval_steps: usize,
+    /// TRADES' weight of the KL term [default: 6].
+    #[arg(long, requires = "adversarial")]
+    beta: Option<f64>,
+    /// pgd/fgsm-rs: weight w of the clean loss in w·CE(x) + (1-w)·CE(x_adv) [default: 0].
+    #[arg(long, requires = "adversarial")]
+    clean_weight: Option<f64>,
+    /// Epochs over which ε grows linearly from 0 [default: 0].
+    #[arg(long, requires = "adversarial")]
+    warmup_epochs: Option<f64>,
+    /// Test images attacked (PGD, training threat model) after each epoch; 0 turns it off [default: 500].
+    #[arg(long, requires = "adversarial")]
+    robust_eval_samples: Option<usize>,
+    /// PGD steps of that per-epoch evaluation [default: 20].
+    #[arg(long, requires = "adversarial")]
+    robust_eval_steps: Option<usize>,
     /// Directory for the checkpoint written after every epoch [default: <out name>.checkpoint next to --out].
     #[arg(long, conflicts_with = "resume")]
     checkpoint_dir: Option<PathBuf>,
@@ -640,25 +642,30 @@ fn train(args: TrainArgs) -> Result<()> {
         (Some(mean), Some(std)) => Normalization { mean, std },
         _ => Normalization::default(),
     };
-    let adversarial = match args.adversarial.as_deref() {
-        None => None,
-        Some(name) => {
+    let adversarial = match (args.adversarial.as_deref(), args.epsilon) {
+        (Some(name), Some(epsilon)) => {
+            let steps = args.attack_steps.unwrap_or(10);
             let mut settings = match AdversarialMethod::parse(name)? {
-                AdversarialMethod::Pgd => AdversarialTraining::pgd(args.epsilon, args.attack_steps),
-                AdversarialMethod::FgsmRs => AdversarialTraining::fgsm_rs(args.epsilon),
-                AdversarialMethod::Trades => {
-                    AdversarialTraining::trades(args.epsilon, args.attack_steps)
-                }
+                AdversarialMethod::Pgd => AdversarialTraining::pgd(epsilon, steps),
+                AdversarialMethod::Trades => AdversarialTraining::trades(epsilon, steps),
+                AdversarialMethod::FgsmRs => AdversarialTraining {
+                    // An explicit --attack-steps other than 1 is refused by validation.
+                    steps: args.attack_steps.unwrap_or(1),
+                    ..AdversarialTraining::fgsm_rs(epsilon)
+                },
             };
-            settings.beta = args.beta;
-            settings.clean_weight = args.clean_weight;
             if let Some(step) = args.attack_step_size {
                 settings.relative_step_size = step;
             }
-            settings.warmup_epochs = args.warmup_epochs;
+            settings.beta = args.beta.unwrap_or(settings.beta);
+            settings.clean_weight = args.clean_weight.unwrap_or(settings.clean_weight);
+            settings.warmup_epochs = args.warmup_epochs.unwrap_or(settings.warmup_epochs);
             Some(settings)
         }
+        // clap requires --epsilon with --adversarial and vice versa.
+        _ => None,
     };
+    let defaults = TrainConfig::default();
     let config = TrainConfig {
         arch,
         epochs: args.epochs,
@@ -670,9 +677,11 @@ fn train(args: TrainArgs) -> Result<()> {
         normalization,
         adversarial,
         schedule: LrSchedule::parse(&args.schedule)?,
-        robust_eval_samples: args.robust_eval_samples,
-        robust_eval_steps: args.robust_eval_steps,
-        ..TrainConfig::default()
+        robust_eval_samples: args
+            .robust_eval_samples
+            .unwrap_or(defaults.robust_eval_samples),
+        robust_eval_steps: args.robust_eval_steps.unwrap_or(defaults.robust_eval_steps),
+        ..defaults.clone()
     };
     config.validate()?;
     if args.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {

@@ -216,6 +216,41 @@ fn adversarial_training_records_robustness_keeps_the_best_and_resumes() {
     let mut changed = resume.clone();
     changed[6] = "3";
     assert_clear_error(&gauntlet(&changed), "different configuration");
+
+    // Adversarial options without --adversarial are refused, not ignored…
+    let stray = gauntlet(&[
+        "train",
+        "--data",
+        "datasets/mnist-5k",
+        "--epsilon",
+        "0.3",
+        "--out",
+        "x.safetensors",
+    ]);
+    assert_eq!(stray.status.code(), Some(2));
+    assert!(
+        stderr(&stray).contains("--adversarial"),
+        "{}",
+        stderr(&stray)
+    );
+    // …and so are settings the method cannot take.
+    let fgsm_steps = dir.path().join("steps.safetensors");
+    assert_clear_error(
+        &gauntlet(&[
+            "train",
+            "--data",
+            "datasets/mnist-5k",
+            "--adversarial",
+            "fgsm-rs",
+            "--epsilon",
+            "0.3",
+            "--attack-steps",
+            "5",
+            "--out",
+            fgsm_steps.to_str().unwrap(),
+        ]),
+        "fgsm-rs takes exactly one step",
+    );
 }
 
 #[test]
