@@ -850,6 +850,19 @@ pub struct BatchLoss {
     pub correct: usize,
 }
 
+/// Index and value of the largest logit (the first on ties).
+pub(crate) fn largest(row: &[f32]) -> (usize, f32) {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 {
+                (i, v)
+            } else {
+                best
+            }
+        })
+}
+
 /// Softmax cross-entropy on raw logits, computed in f64 with the max subtracted.
 pub fn softmax_cross_entropy(logits: &[f32], labels: &[u32], classes: usize) -> Result<BatchLoss> {
     let n = labels.len();
@@ -872,16 +885,7 @@ pub fn softmax_cross_entropy(logits: &[f32], labels: &[u32], classes: usize) -> 
                 "label {label} out of range for {classes} classes"
             )));
         }
-        let (argmax, max) = row
-            .iter()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-                if v > best.1 {
-                    (i, v)
-                } else {
-                    best
-                }
-            });
+        let (argmax, max) = largest(row);
         if argmax == label {
             correct += 1;
         }

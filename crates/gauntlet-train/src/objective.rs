@@ -219,16 +219,7 @@ fn trades(
     let correct = adversarial_logits
         .chunks_exact(classes)
         .zip(labels)
-        .filter(|(row, label)| {
-            let best = row
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                );
-            best.0 == **label as usize
-        })
+        .filter(|(row, label)| crate::largest(row).0 == **label as usize)
         .count();
     Ok(BatchResult {
         mean_loss: clean_part.mean_loss + beta * kl_sum / n,

@@ -37,7 +37,7 @@ impl OptimizerKind {
 }
 
 /// Adam state: first and second moments per parameter.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq)]
 pub struct Adam {
     first: Vec<f32>,
     second: Vec<f32>,
@@ -46,7 +46,7 @@ pub struct Adam {
 }
 
 /// SGD-with-momentum state: one velocity per parameter.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq)]
 pub struct Sgd {
     velocity: Vec<f32>,
     learning_rate: f64,
@@ -54,8 +54,9 @@ pub struct Sgd {
 }
 
 /// An optimiser over one flat parameter vector. Both rules are elementwise, so
-/// the vector's layout (the native engine's) does not matter.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// the vector's layout (the native engine's) does not matter. Checkpoints store
+/// it as [`Optimizer::settings`] plus [`Optimizer::moments`].
+#[derive(Clone, PartialEq)]
 pub enum Optimizer {
     /// Adam.
     Adam(Adam),
@@ -135,6 +136,13 @@ impl Optimizer {
             }
         }
         Ok(())
+    }
+}
+
+impl std::fmt::Debug for Optimizer {
+    /// The scalar state only: the moment vectors hold millions of values.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Optimizer").field(&self.settings()).finish()
     }
 }
 

@@ -172,11 +172,20 @@ impl Classifier for NativeClassifier {
 
 /// What a forward pass keeps for its backward pass: the input and the output of
 /// every stage (after pooling), and the max-pool winners.
-#[derive(Debug)]
 pub struct Activations {
     count: usize,
     values: Vec<Vec<f32>>,
     winners: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Activations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let values: usize = self.values.iter().map(Vec::len).sum();
+        f.debug_struct("Activations")
+            .field("images", &self.count)
+            .field("stored_values", &values)
+            .finish()
+    }
 }
 
 impl Activations {
