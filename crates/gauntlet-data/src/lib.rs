@@ -109,6 +109,17 @@ impl Default for LoadOptions {
     }
 }
 
+/// A new image and/or label for one sample, for [`Dataset::with_replaced`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Replacement {
+    /// Index of the sample.
+    pub index: usize,
+    /// New image (NCHW values in `[0, 1]`), or `None` to keep it.
+    pub image: Option<Vec<f32>>,
+    /// New label, or `None` to keep it.
+    pub label: Option<u32>,
+}
+
 /// Pixel storage: bytes are scaled by 1/255 when batched.
 #[derive(Clone, Debug)]
 enum Pixels {
@@ -279,6 +290,139 @@ impl Dataset {
             Pixels::U8(p) => p.truncate(n * per),
             Pixels::F32(p) => p.truncate(n * per),
         }
+    }
+
+    /// Whether pixels are stored as bytes (0..255), as IDX and CIFAR-10 data are.
+    pub fn is_byte_valued(&self) -> bool {
+        matches!(self.pixels, Pixels::U8(_))
+    }
+
+    /// A copy named `name` in which the samples listed in `replacements` get new
+    /// images (NCHW, `[0, 1]`) and/or labels. Byte-valued data stays byte-valued:
+    /// new pixel values are rounded to the nearest 1/255, as they would be when saved
+    /// as an image file. The copy's sha256 is over its contents.
+    pub fn with_replaced(
+        &self,
+        name: impl Into<PathBuf>,
+        replacements: &[Replacement],
+    ) -> Result<Dataset> {
+        let path = name.into();
+        let per = self.sample_len();
+        let mut copy = self.clone();
+        copy.path = path.clone();
+        for replacement in replacements {
+            let index = replacement.index;
+            if index >= self.len() {
+                return Err(Error::Invalid(format!(
+                    "sample {index} to replace is outside the dataset's 0..{}",
+                    self.len()
+                )));
+            }
+            if let Some(image) = &replacement.image {
+                if image.len() != per {
+                    return Err(Error::Invalid(format!(
+                        "replacement image for sample {index} has {} values, expected {per}",
+                        image.len()
+                    )));
+                }
+                let span = index * per..(index + 1) * per;
+                match &mut copy.pixels {
+                    Pixels::U8(p) => {
+                        for (dst, &v) in p[span].iter_mut().zip(image) {
+                            *dst = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+                        }
+                    }
+                    Pixels::F32(p) => p[span].copy_from_slice(image),
+                }
+            }
+            if let Some(label) = replacement.label {
+                copy.labels[index] = label;
+            }
+        }
+        copy.check(&path)?;
+        copy.sha256 = copy.content_sha256();
+        Ok(copy)
+    }
+
+    /// A copy named `name` holding only the samples at `indices`, in that order
+    /// (e.g. a training set with flagged samples removed).
+    pub fn select(&self, name: impl Into<PathBuf>, indices: &[usize]) -> Result<Dataset> {
+        let per = self.sample_len();
+        if let Some(&bad) = indices.iter().find(|&&i| i >= self.len()) {
+            return Err(Error::Invalid(format!(
+                "sample {bad} to select is outside the dataset's 0..{}",
+                self.len()
+            )));
+        }
+        let pixels = match &self.pixels {
+            Pixels::U8(p) => Pixels::U8(
+                indices
+                    .iter()
+                    .flat_map(|&i| p[i * per..(i + 1) * per].iter().copied())
+                    .collect(),
+            ),
+            Pixels::F32(p) => Pixels::F32(
+                indices
+                    .iter()
+                    .flat_map(|&i| p[i * per..(i + 1) * per].iter().copied())
+                    .collect(),
+            ),
+        };
+        let mut copy = Dataset {
+            path: name.into(),
+            pixels,
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            ..self.clone_header()
+        };
+        copy.sha256 = copy.content_sha256();
+        Ok(copy)
+    }
+
+    fn clone_header(&self) -> Dataset {
+        Dataset {
+            path: self.path.clone(),
+            format: self.format,
+            split: self.split,
+            sha256: self.sha256.clone(),
+            shape: self.shape,
+            num_classes: self.num_classes,
+            pixels: Pixels::U8(Vec::new()),
+            labels: Vec::new(),
+        }
+    }
+
+    fn content_sha256(&self) -> String {
+        let mut hasher = Sha256Hasher::new();
+        hasher.update(format!("{:?}/{}\n", self.shape, self.num_classes).as_bytes());
+        match &self.pixels {
+            Pixels::U8(p) => hasher.update(p),
+            Pixels::F32(p) => p.iter().for_each(|v| hasher.update(&v.to_le_bytes())),
+        }
+        self.labels
+            .iter()
+            .for_each(|l| hasher.update(&l.to_le_bytes()));
+        hasher.finish_hex()
+    }
+
+    /// The images and labels as NumPy `.npy` files (`numpy.save` format): images
+    /// `(N, C, H, W)` as `uint8` for byte-valued data and `float32` otherwise, labels
+    /// `(N,)` as `int64`. [`load`] reads them back from `x_<split>.npy` / `y_<split>.npy`.
+    pub fn to_npy(&self) -> (Vec<u8>, Vec<u8>) {
+        let [c, h, w] = self.shape;
+        let shape = [self.len(), c, h, w];
+        let images = match &self.pixels {
+            Pixels::U8(p) => encode_npy("|u1", &shape, p),
+            Pixels::F32(p) => {
+                let bytes: Vec<u8> = p.iter().flat_map(|v| v.to_le_bytes()).collect();
+                encode_npy("<f4", &shape, &bytes)
+            }
+        };
+        let labels: Vec<u8> = self
+            .labels
+            .iter()
+            .flat_map(|&l| i64::from(l).to_le_bytes())
+            .collect();
+        (images, encode_npy("<i8", &[self.len()], &labels))
     }
 
     fn check_range(&self, range: &Range<usize>) -> Result<()> {

@@ -113,6 +113,30 @@ struct ParamSlot {
     permutation: Permutation,
 }
 
+/// `lhs (m × k) · rhs (n × k)ᵀ` as an `m × n` row-major matrix, on the engine's GEMM
+/// kernels (e.g. all pairwise dot products of two sets of images).
+pub fn matmul_transposed(lhs: &[f32], rhs: &[f32], k: usize) -> Result<Vec<f32>> {
+    if k == 0 || lhs.len() % k != 0 || rhs.len() % k != 0 {
+        return Err(Error::Invalid(format!(
+            "matrices of {} and {} values do not have rows of {k}",
+            lhs.len(),
+            rhs.len()
+        )));
+    }
+    let (m, n) = (lhs.len() / k, rhs.len() / k);
+    let mut out = vec![0.0f32; m * n];
+    on_pool(|| {
+        kernels::matmul(
+            &mut out,
+            kernels::Mat::new(lhs, m, k),
+            kernels::Mat::new(rhs, n, k).t(),
+            false,
+            kernels::Threads::All,
+        )
+    })?;
+    Ok(out)
+}
+
 /// A built-in architecture with its weights in the engine's layout.
 #[derive(Clone)]
 pub struct NativeNet {
@@ -196,6 +220,16 @@ impl Activations {
     /// Whether there are no images.
     pub fn is_empty(&self) -> bool {
         self.count == 0
+    }
+
+    /// The input of the last layer for every image (`len() × width`, row-major):
+    /// the penultimate representation that activation-based poisoning detectors
+    /// (activation clustering, spectral signatures) analyse.
+    pub fn penultimate(&self) -> &[f32] {
+        match self.values.len().checked_sub(2) {
+            Some(index) => &self.values[index],
+            None => &[],
+        }
     }
 }
 

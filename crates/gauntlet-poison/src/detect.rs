@@ -1,0 +1,502 @@
+//! Training-set detectors: activation clustering and spectral signatures, with a
+//! decision, shared by both, of which classes are poisoned at all.
+
+use linfa::traits::{Fit, Predict};
+use linfa::DatasetBase;
+use linfa_clustering::KMeans;
+use linfa_linalg::lobpcg::TruncatedSvd;
+use linfa_linalg::Order;
+use ndarray::{Array1, Array2, Axis};
+use rand_xoshiro::rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro256Plus;
+use serde::{Deserialize, Serialize};
+
+use gauntlet_core::SeedStream;
+
+use crate::error::{config, Error, Result};
+use crate::features::Features;
+use crate::knn::{majority, neighbour_labels};
+use gauntlet_data::Dataset;
+
+/// How a class's split statistic must stand out before the class is called poisoned.
+///
+/// ART's detectors flag a cluster in every class, so clean images of unpoisoned
+/// classes swamp the true finds. A backdoor makes its target class split into two
+/// well-separated groups; clean classes split too, but no better than each other.
+/// A class is poisoned when its statistic is an outlier among the classes — robust
+/// z-score `(s − median) / (1.4826 · MAD)` of at least `min_outlier_score` — and
+/// also at least `min_statistic` in absolute terms (so a dataset whose classes are
+/// all alike flags nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassDecision {
+    /// Minimum robust z-score among the classes (default 3).
+    pub min_outlier_score: f64,
+    /// Minimum value of the statistic itself (method-specific default).
+    pub min_statistic: f64,
+    /// The suspect group must be reclassified into its class less than this
+    /// fraction as often as the rest of the class is (default 0.25).
+    pub max_consistency_ratio: f64,
+    /// Neighbours of the k-NN reclassification (default 5).
+    pub neighbours: usize,
+}
+
+/// What a detector found in one class.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassVerdict {
+    /// The class (by the dataset's labels).
+    pub class: u32,
+    /// Samples labelled with it.
+    pub samples: usize,
+    /// Size of the suspect (smaller) group of its two-way split.
+    pub suspect_size: usize,
+    /// The split statistic (silhouette, or the spectral split's explained variance).
+    pub statistic: f64,
+    /// Its robust z-score among the classes.
+    pub outlier_score: f64,
+    /// Share of the suspect group that a k-NN classifier in input space, trained
+    /// without the group, assigns to this class (exclusionary reclassification).
+    pub suspect_consistency: f64,
+    /// The same share for the rest of the class (its baseline).
+    pub class_consistency: f64,
+    /// Whether the class is judged poisoned (its suspect group is flagged).
+    pub poisoned: bool,
+}
+
+/// Per-sample results of a training-set detector. Scores are higher for more
+/// suspicious samples and comparable across classes, for ROC curves; flags are the
+/// detector's decision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SampleDetection {
+    /// The detector's name (`activation-clustering`, `spectral-signatures`).
+    pub method: String,
+    /// One score per training sample.
+    pub scores: Vec<f64>,
+    /// One decision per training sample.
+    pub flagged: Vec<bool>,
+    /// Per-class findings.
+    pub classes: Vec<ClassVerdict>,
+}
+
+impl SampleDetection {
+    /// Indices of the flagged samples.
+    pub fn flagged_indices(&self) -> Vec<usize> {
+        (0..self.flagged.len()).filter(|&i| self.flagged[i]).collect()
+    }
+}
+
+/// Activation clustering (Chen et al. 2018, "Detecting Backdoor Attacks on Deep
+/// Neural Networks by Activation Clustering"): per class, reduce the penultimate
+/// activations to `components` dimensions (PCA; the paper used ICA, ART defaults to
+/// PCA too), split them by 2-means, and take the smaller cluster as the suspect.
+/// The class statistic is the split's mean silhouette.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActivationClustering {
+    /// Dimensions kept by the PCA (default 10, as in the paper).
+    pub components: usize,
+    /// Which classes count as poisoned (default: z ≥ 3 and silhouette ≥ 0.15).
+    pub decision: ClassDecision,
+    /// Seed of the k-means initialisation.
+    pub seed: u64,
+}
+
+impl Default for ActivationClustering {
+    fn default() -> Self {
+        Self {
+            components: 10,
+            decision: ClassDecision {
+                min_outlier_score: 3.0,
+                min_statistic: 0.15,
+                max_consistency_ratio: 0.25,
+                neighbours: 5,
+            },
+            seed: 0,
+        }
+    }
+}
+
+/// Spectral signatures (Tran et al. 2018, "Spectral Signatures in Backdoor
+/// Attacks"): per class, centre the penultimate activations and project them on the
+/// top right singular vector; poisoned samples lie far out along it. Tran et al.
+/// remove the top 1.5·ε of scores in every class for a known poison rate ε; here
+/// the projections are split in two by exact 1-D 2-means, the class statistic is
+/// the split's share of the variance (≈ 0.64 for a unimodal Gaussian, → 1 for two
+/// separated groups), and in poisoned classes the group on the far side of the
+/// median (the minority) is flagged. The per-sample score is Tran's squared
+/// projection, centred at the class median so a large poisoned group cannot hide
+/// by shifting the mean.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SpectralSignatures {
+    /// Which classes count as poisoned (default: z ≥ 3 and explained share ≥ 0.75).
+    pub decision: ClassDecision,
+    /// Seed of the SVD's random start.
+    pub seed: u64,
+}
+
+impl Default for SpectralSignatures {
+    fn default() -> Self {
+        Self {
+            decision: ClassDecision {
+                min_outlier_score: 3.0,
+                min_statistic: 0.75,
+                max_consistency_ratio: 0.25,
+                neighbours: 5,
+            },
+            seed: 0,
+        }
+    }
+}
+
+/// Classes with fewer samples are not analysed (nothing to split reliably).
+const MIN_CLASS_SAMPLES: usize = 10;
+
+/// One class's analysis before the cross-class decision.
+struct ClassSplit {
+    class: u32,
+    members: Vec<usize>,
+    /// Which members form the suspect group.
+    suspect: Vec<bool>,
+    statistic: f64,
+    /// Per-member score before the class factor.
+    scores: Vec<f64>,
+}
+
+impl ActivationClustering {
+    /// Run on the features of a (possibly poisoned) training set.
+    pub fn detect(&self, features: &Features, data: &Dataset) -> Result<SampleDetection> {
+        const METHOD: &str = "activation-clustering";
+        let num_classes = data.num_classes();
+        if self.components == 0 {
+            return Err(config("activation clustering needs at least 1 component"));
+        }
+        let seeds = SeedStream::new(self.seed);
+        let mut splits = Vec::new();
+        for class in 0..num_classes as u32 {
+            let members = features.members(class);
+            if members.len() < MIN_CLASS_SAMPLES {
+                continue;
+            }
+            let centred = centred_rows(features, &members);
+            let k = self.components.min(members.len() - 1).min(features.dim);
+            let (_, v_t) = top_singular(centred.clone(), k, &seeds, class, METHOD)?;
+            let reduced = centred.dot(&v_t.t());
+            let rng_seed = first_u64(&seeds.derive(&format!("kmeans/class-{class}")));
+            let dataset = DatasetBase::from(reduced.clone());
+            let model = KMeans::params_with_rng(2, Xoshiro256Plus::seed_from_u64(rng_seed))
+                .n_runs(10)
+                .max_n_iterations(300)
+                .tolerance(1e-6)
+                .fit(&dataset)
+                .map_err(|e| Error::Numeric {
+                    method: METHOD,
+                    message: format!("k-means on class {class} failed: {e}"),
+                })?;
+            let assignment: Array1<usize> = model.predict(&reduced);
+            let ones = assignment.iter().filter(|&&a| a == 1).count();
+            let suspect_label = usize::from(ones * 2 <= assignment.len());
+            let suspect: Vec<bool> = assignment.iter().map(|&a| a == suspect_label).collect();
+            let (mean_silhouette, _) = silhouette(&reduced, &assignment);
+            let scores = suspect.iter().map(|&s| f64::from(u8::from(s))).collect();
+            splits.push(ClassSplit {
+                class,
+                members,
+                suspect,
+                statistic: mean_silhouette,
+                scores,
+            });
+        }
+        decide(METHOD, splits, self.decision, data)
+    }
+}
+
+impl SpectralSignatures {
+    /// Run on the features of a (possibly poisoned) training set.
+    pub fn detect(&self, features: &Features, data: &Dataset) -> Result<SampleDetection> {
+        const METHOD: &str = "spectral-signatures";
+        let num_classes = data.num_classes();
+        let seeds = SeedStream::new(self.seed);
+        let mut splits = Vec::new();
+        for class in 0..num_classes as u32 {
+            let members = features.members(class);
+            if members.len() < MIN_CLASS_SAMPLES {
+                continue;
+            }
+            let centred = centred_rows(features, &members);
+            let (_, v_t) = top_singular(centred.clone(), 1, &seeds, class, METHOD)?;
+            let projection: Vec<f64> = centred.dot(&v_t.row(0)).to_vec();
+            let (threshold, share) = split_1d(&projection);
+            let median = median(&projection);
+            let low: usize = projection.iter().filter(|&&p| p < threshold).count();
+            // The minority side lies across the threshold from the median.
+            let suspect_low = low * 2 < projection.len();
+            let suspect: Vec<bool> = projection
+                .iter()
+                .map(|&p| (p < threshold) == suspect_low)
+                .collect();
+            let scores = projection.iter().map(|&p| (p - median).powi(2)).collect();
+            splits.push(ClassSplit {
+                class,
+                members,
+                suspect,
+                statistic: share,
+                scores,
+            });
+        }
+        // Squared projections are in each class's own units: scale by the class's
+        // median score so scores compare across classes.
+        for split in &mut splits {
+            let scale = median(&split.scores).max(1e-12);
+            split.scores.iter_mut().for_each(|s| *s /= scale);
+        }
+        decide(METHOD, splits, self.decision, data)
+    }
+}
+
+/// The cross-class decision shared by both detectors.
+fn decide(
+    method: &str,
+    splits: Vec<ClassSplit>,
+    decision: ClassDecision,
+    data: &Dataset,
+) -> Result<SampleDetection> {
+    let total = data.len();
+    let statistics: Vec<f64> = splits.iter().map(|s| s.statistic).collect();
+    let centre = median(&statistics);
+    let deviations: Vec<f64> = statistics.iter().map(|s| (s - centre).abs()).collect();
+    // A floor on the spread keeps identical classes from making tiny differences infinite.
+    let spread = (1.4826 * median(&deviations)).max(1e-3);
+    let mut detection = SampleDetection {
+        method: method.into(),
+        scores: vec![0.0; total],
+        flagged: vec![false; total],
+        classes: Vec::with_capacity(splits.len()),
+    };
+    for split in splits {
+        let outlier_score = (split.statistic - centre) / spread;
+        let (suspect_consistency, class_consistency) =
+            consistency(data, &split, decision.neighbours)?;
+        let poisoned = split.statistic >= decision.min_statistic
+            && suspect_consistency < decision.max_consistency_ratio * class_consistency;
+        // Scores: a suspect group's failure to be reclassified into its class lifts
+        // all its members, so suspects of a clearly poisoned class rank above
+        // anything in a clean class; the method's own per-sample score orders the
+        // samples within a group.
+        let ratio = if class_consistency > 0.0 {
+            (suspect_consistency / class_consistency).min(1.0)
+        } else {
+            1.0
+        };
+        for (k, &index) in split.members.iter().enumerate() {
+            let within = split.scores[k].clamp(0.0, 1e6).ln_1p() * 1e-3;
+            detection.scores[index] = if split.suspect[k] {
+                (1.0 - ratio) + within
+            } else {
+                within
+            };
+            detection.flagged[index] = poisoned && split.suspect[k];
+        }
+        detection.classes.push(ClassVerdict {
+            class: split.class,
+            samples: split.members.len(),
+            suspect_size: split.suspect.iter().filter(|&&s| s).count(),
+            statistic: split.statistic,
+            outlier_score,
+            suspect_consistency,
+            class_consistency,
+            poisoned,
+        });
+    }
+    Ok(detection)
+}
+
+/// Exclusionary reclassification (Chen et al. 2018, §"Exclusionary
+/// Reclassification"), with a k-nearest-neighbour classifier in input space in place
+/// of a retrained network: the share of the suspect group whose neighbours outside
+/// the group vote for the class they are labelled with, and the same share for the
+/// rest of the class (neighbours anywhere but themselves). A legitimate sub-style of
+/// a class (slanted ones) is still recognised by its neighbours; poisoned images
+/// are recognised as the classes they came from.
+fn consistency(data: &Dataset, split: &ClassSplit, neighbours: usize) -> Result<(f64, f64)> {
+    let suspects: Vec<usize> = split
+        .members
+        .iter()
+        .zip(&split.suspect)
+        .filter(|(_, &s)| s)
+        .map(|(&i, _)| i)
+        .collect();
+    let rest: Vec<usize> = split
+        .members
+        .iter()
+        .zip(&split.suspect)
+        .filter(|(_, &s)| !s)
+        .map(|(&i, _)| i)
+        // An evenly spaced sample bounds the cost on large classes.
+        .collect();
+    let step = rest.len().div_ceil(MAX_REFERENCE_QUERIES).max(1);
+    let rest: Vec<usize> = rest.into_iter().step_by(step).collect();
+    let mut excluded = vec![false; data.len()];
+    suspects.iter().for_each(|&i| excluded[i] = true);
+    let share = |votes: Vec<Vec<u32>>| -> f64 {
+        if votes.is_empty() {
+            return 1.0;
+        }
+        let agree = votes
+            .iter()
+            .filter(|labels| majority(labels) == Some(split.class))
+            .count();
+        agree as f64 / votes.len() as f64
+    };
+    let suspect_share = share(neighbour_labels(data, &suspects, &excluded, neighbours)?);
+    let rest_share = share(neighbour_labels(
+        data,
+        &rest,
+        &vec![false; data.len()],
+        neighbours,
+    )?);
+    Ok((suspect_share, rest_share))
+}
+
+/// At most this many non-suspect members are reclassified to set a class's baseline.
+const MAX_REFERENCE_QUERIES: usize = 200;
+
+fn centred_rows(features: &Features, members: &[usize]) -> Array2<f64> {
+    let mut matrix = Array2::<f64>::zeros((members.len(), features.dim));
+    for (r, &i) in members.iter().enumerate() {
+        for (dst, &v) in matrix.row_mut(r).iter_mut().zip(features.row(i)) {
+            *dst = f64::from(v);
+        }
+    }
+    if let Some(mean) = matrix.mean_axis(Axis(0)) {
+        matrix -= &mean;
+    }
+    matrix
+}
+
+/// The top `k` singular values and right singular vectors (rows of `v_t`).
+fn top_singular(
+    matrix: Array2<f64>,
+    k: usize,
+    seeds: &SeedStream,
+    class: u32,
+    method: &'static str,
+) -> Result<(Array1<f64>, Array2<f64>)> {
+    let rng_seed = first_u64(&seeds.derive(&format!("svd/class-{class}")));
+    let result = TruncatedSvd::new_with_rng(matrix, Order::Largest, Xoshiro256Plus::seed_from_u64(rng_seed))
+        .precision(1e-5)
+        .maxiter(500)
+        .decompose(k)
+        .map_err(|e| Error::Numeric {
+            method,
+            message: format!("SVD of class {class}'s activations failed: {e}"),
+        })?;
+    let (_, sigma, v_t) = result.values_vectors();
+    Ok((sigma, v_t))
+}
+
+fn first_u64(stream: &SeedStream) -> u64 {
+    use rand::RngCore;
+    stream.rng().next_u64()
+}
+
+/// Mean silhouette of a two-way assignment (Rousseeuw 1987), and per-sample values.
+fn silhouette(points: &Array2<f64>, assignment: &Array1<usize>) -> (f64, Vec<f64>) {
+    let n = points.nrows();
+    let sizes = [
+        assignment.iter().filter(|&&a| a == 0).count(),
+        assignment.iter().filter(|&&a| a == 1).count(),
+    ];
+    if sizes[0] < 2 || sizes[1] < 2 {
+        return (0.0, vec![0.0; n]);
+    }
+    let per_sample: Vec<f64> = (0..n)
+        .map(|i| {
+            let mut sums = [0.0f64; 2];
+            for j in 0..n {
+                if i != j {
+                    let d = (&points.row(i) - &points.row(j)).mapv(|v| v * v).sum().sqrt();
+                    sums[assignment[j]] += d;
+                }
+            }
+            let own = assignment[i];
+            let a = sums[own] / (sizes[own] - 1) as f64;
+            let b = sums[1 - own] / sizes[1 - own] as f64;
+            if a.max(b) > 0.0 {
+                (b - a) / a.max(b)
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    (per_sample.iter().sum::<f64>() / n as f64, per_sample)
+}
+
+/// Exact 1-D 2-means: the threshold minimising the within-group sum of squares, and
+/// the share of the variance the split explains.
+fn split_1d(values: &[f64]) -> (f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    let total: f64 = sorted.iter().sum();
+    let mean = total / n as f64;
+    let total_ss: f64 = sorted.iter().map(|v| (v - mean).powi(2)).sum();
+    let (mut best_between, mut best_at) = (0.0f64, 1);
+    let mut left = 0.0;
+    for k in 1..n {
+        left += sorted[k - 1];
+        let (n1, n2) = (k as f64, (n - k) as f64);
+        let (m1, m2) = (left / n1, (total - left) / n2);
+        let between = n1 * (m1 - mean).powi(2) + n2 * (m2 - mean).powi(2);
+        if between > best_between {
+            best_between = between;
+            best_at = k;
+        }
+    }
+    let threshold = 0.5 * (sorted[best_at - 1] + sorted[best_at.min(n - 1)]);
+    let share = if total_ss > 0.0 {
+        best_between / total_ss
+    } else {
+        0.0
+    };
+    (threshold, share)
+}
+
+pub(crate) fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        0.5 * (sorted[n / 2 - 1] + sorted[n / 2])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_dimensional_split_finds_the_gap() {
+        let mut values: Vec<f64> = (0..50).map(|i| i as f64 * 0.01).collect();
+        values.extend((0..30).map(|i| 10.0 + i as f64 * 0.01));
+        let (threshold, share) = split_1d(&values);
+        assert!(threshold > 0.49 && threshold < 10.0, "{threshold}");
+        assert!(share > 0.99, "{share}");
+    }
+
+    #[test]
+    fn silhouette_of_separated_clusters_is_near_one() {
+        let points = Array2::from_shape_vec(
+            (6, 1),
+            vec![0.0, 0.1, 0.2, 10.0, 10.1, 10.2],
+        )
+        .unwrap();
+        let assignment = Array1::from(vec![0, 0, 0, 1, 1, 1]);
+        let (mean, _) = silhouette(&points, &assignment);
+        assert!(mean > 0.95, "{mean}");
+        let mixed = Array1::from(vec![0, 1, 0, 1, 0, 1]);
+        assert!(silhouette(&points, &mixed).0 < 0.0);
+    }
+}

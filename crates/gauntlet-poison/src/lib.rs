@@ -1,0 +1,28 @@
+//! Poisoning for Gauntlet: inject backdoors and label flips into a training set,
+//! detect them, and measure the detectors against the ground truth.
+//!
+//! - [`inject`]: BadNets patches (Gu et al. 2017), blended triggers (Chen et al.
+//!   2017) and label flips, with a ground-truth [`Manifest`].
+//! - Training-set detectors on penultimate [`Features`]: [`ActivationClustering`]
+//!   (Chen et al. 2018) and [`SpectralSignatures`] (Tran et al. 2018), both deciding
+//!   which classes are poisoned at all, not only which samples look odd in each.
+//!
+//! Detection never reads the manifest; evaluation against it is separate.
+
+mod detect;
+mod error;
+mod features;
+mod inject;
+mod knn;
+mod metrics;
+
+pub use detect::{
+    ActivationClustering, ClassDecision, ClassVerdict, SampleDetection, SpectralSignatures,
+};
+pub use error::{Error, Result};
+pub use metrics::{auroc, detection_metrics, DetectionMetrics};
+pub use features::{penultimate_features, Features};
+pub use inject::{
+    inject, InjectionConfig, Manifest, Patch, PatchPattern, PatchPosition, PoisonAttack,
+    Poisoned, Trigger, MANIFEST_VERSION,
+};
