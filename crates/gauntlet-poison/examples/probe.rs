@@ -35,5 +35,26 @@ fn main() -> Result<()> {
         let m = detection_metrics(&det.flagged, &det.scores, &truth);
         println!("{name}: P {:.3} R {:.3} F1 {:.3} AUROC {:?} flagged {}", m.precision, m.recall, m.f1, m.auroc, m.flagged);
     }
+    // STRIP: held-out = first 500 test images, judged = next 500 clean + triggered (non-target).
+    let per = 784;
+    let held = test_set.images_f32(0..500)?;
+    let judged = test_set.images_f32(500..1000)?;
+    let mut triggered = Vec::new();
+    let trig = poisoned.manifest.trigger.clone().unwrap();
+    for i in 500..1000 { if test_set.labels()[i] != 0 { let mut x = test_set.images_f32(i..i+1)?; trig.apply(&mut x); triggered.extend(x); } }
+    let t = std::time::Instant::now();
+    let strip = Strip::default();
+    let cal = strip.calibrate(&net, &held)?;
+    let clean_e = strip.entropies(&net, &judged, &held, "clean", false)?;
+    let trig_e = strip.entropies(&net, &triggered, &held, "triggered", false)?;
+    println!("strip {:.1}s threshold {:.3}", t.elapsed().as_secs_f64(), cal.threshold);
+    let frr = clean_e.iter().filter(|&&e| cal.flags(e)).count() as f64 / clean_e.len() as f64;
+    let far = trig_e.iter().filter(|&&e| !cal.flags(e)).count() as f64 / trig_e.len() as f64;
+    println!("strip FRR {frr:.3} FAR {far:.3}");
+    let t = std::time::Instant::now();
+    let steps: usize = std::env::var("NC_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let nc = NeuralCleanse { steps, ..Default::default() }.run(&net, &held, 500, &NoProgress)?;
+    println!("nc {:.1}s", t.elapsed().as_secs_f64());
+    for c in &nc.classes { println!("nc class {} l1 {:.1} succ {:.2} reached {} idx {:.2} {}", c.class, c.mask_l1, c.attack_success, c.reached_target, c.anomaly_index, c.flagged); }
     Ok(())
 }

@@ -9,18 +9,22 @@
 //!
 //! Detection never reads the manifest; evaluation against it is separate.
 
+mod cleanse;
 mod detect;
 mod error;
 mod features;
 mod inject;
 mod knn;
 mod metrics;
+mod strip;
 
 pub use detect::{
     ActivationClustering, ClassDecision, ClassVerdict, SampleDetection, SpectralSignatures,
 };
+pub use cleanse::{ClassTrigger, CleanseReport, NeuralCleanse};
 pub use error::{Error, Result};
 pub use metrics::{auroc, detection_metrics, DetectionMetrics};
+pub use strip::{Strip, StripCalibration};
 pub use features::{penultimate_features, Features};
 pub use inject::{
     inject, InjectionConfig, Manifest, Patch, PatchPattern, PatchPosition, PoisonAttack,
