@@ -513,6 +513,7 @@ fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
         }),
         training: None,
         robustness,
+        poisoning: None,
         wall_seconds: started.elapsed().as_secs_f64(),
     };
     if let Some(examples) = examples.filter(|_| save_adversarial) {
@@ -830,6 +831,7 @@ fn train(args: TrainArgs) -> Result<()> {
             warnings: outcome.warnings.clone(),
         }),
         robustness: None,
+        poisoning: None,
         wall_seconds: started.elapsed().as_secs_f64(),
     };
     let record_path = args.out.with_extension("record.json");

@@ -103,7 +103,9 @@ impl NeuralCleanse {
             ));
         }
         if !(self.learning_rate > 0.0 && self.initial_cost > 0.0) {
-            return Err(config("neural cleanse needs a positive learning rate and cost"));
+            return Err(config(
+                "neural cleanse needs a positive learning rate and cost",
+            ));
         }
         if count == 0 {
             return Err(config("neural cleanse needs clean images"));
@@ -116,13 +118,22 @@ impl NeuralCleanse {
         }
         let norms: Vec<f64> = found.iter().map(|c| c.mask_l1).collect();
         let median_l1 = median(&norms);
-        let mad_l1 = median(&norms.iter().map(|n| (n - median_l1).abs()).collect::<Vec<_>>());
+        let mad_l1 = median(
+            &norms
+                .iter()
+                .map(|n| (n - median_l1).abs())
+                .collect::<Vec<_>>(),
+        );
         let spread = (1.4826 * mad_l1).max(1e-9);
         for class in &mut found {
             class.anomaly_index = (median_l1 - class.mask_l1) / spread;
             class.flagged = class.anomaly_index > self.anomaly_threshold && class.reached_target;
         }
-        let suspected_targets = found.iter().filter(|c| c.flagged).map(|c| c.class).collect();
+        let suspected_targets = found
+            .iter()
+            .filter(|c| c.flagged)
+            .map(|c| c.class)
+            .collect();
         observer.finish("");
         Ok(CleanseReport {
             classes: found,
@@ -180,7 +191,10 @@ impl NeuralCleanse {
             let (logits, kept) = net.forward(&images, batch, true)?;
             let mut grad_logits = vec![0.0f32; logits.len()];
             let mut hits = 0usize;
-            for (row, grad) in logits.chunks_exact(classes).zip(grad_logits.chunks_exact_mut(classes)) {
+            for (row, grad) in logits
+                .chunks_exact(classes)
+                .zip(grad_logits.chunks_exact_mut(classes))
+            {
                 if argmax(row) == class {
                     hits += 1;
                 }
@@ -200,10 +214,15 @@ impl NeuralCleanse {
             let Some(kept) = kept else {
                 return Err(config("internal: forward kept no activations"));
             };
-            let input_grad = net.backward(&kept, &grad_logits, true, None)?.unwrap_or_default();
+            let input_grad = net
+                .backward(&kept, &grad_logits, true, None)?
+                .unwrap_or_default();
             // Chain rule through x' = (1 − m)x + m·p and the sigmoids.
             let mut grads = vec![0.0f32; params.len()];
-            for (g_image, x_image) in input_grad.chunks_exact(per).zip(originals.chunks_exact(per)) {
+            for (g_image, x_image) in input_grad
+                .chunks_exact(per)
+                .zip(originals.chunks_exact(per))
+            {
                 for k in 0..per {
                     let pixel = k % plane;
                     grads[pixel] += g_image[k] * (pattern[k] - x_image[k]);
@@ -241,7 +260,10 @@ impl NeuralCleanse {
                 }
             }
             if step % 10 == 9 {
-                observer.advance(10, &format!("class {class}: |m| {l1:.1}, success {success:.2}"));
+                observer.advance(
+                    10,
+                    &format!("class {class}: |m| {l1:.1}, success {success:.2}"),
+                );
             }
         }
         observer.advance((self.steps % 10) as u64, "");

@@ -17,6 +17,7 @@ use crate::error::{config, Error, Result};
 use crate::features::Features;
 use crate::knn::{majority, neighbour_labels};
 use gauntlet_data::Dataset;
+pub use gauntlet_record::ClassFinding;
 
 /// How a class's split statistic must stand out before the class is called poisoned.
 ///
@@ -40,28 +41,6 @@ pub struct ClassDecision {
     pub neighbours: usize,
 }
 
-/// What a detector found in one class.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ClassVerdict {
-    /// The class (by the dataset's labels).
-    pub class: u32,
-    /// Samples labelled with it.
-    pub samples: usize,
-    /// Size of the suspect (smaller) group of its two-way split.
-    pub suspect_size: usize,
-    /// The split statistic (silhouette, or the spectral split's explained variance).
-    pub statistic: f64,
-    /// Its robust z-score among the classes.
-    pub outlier_score: f64,
-    /// Share of the suspect group that a k-NN classifier in input space, trained
-    /// without the group, assigns to this class (exclusionary reclassification).
-    pub suspect_consistency: f64,
-    /// The same share for the rest of the class (its baseline).
-    pub class_consistency: f64,
-    /// Whether the class is judged poisoned (its suspect group is flagged).
-    pub poisoned: bool,
-}
-
 /// Per-sample results of a training-set detector. Scores are higher for more
 /// suspicious samples and comparable across classes, for ROC curves; flags are the
 /// detector's decision.
@@ -74,13 +53,15 @@ pub struct SampleDetection {
     /// One decision per training sample.
     pub flagged: Vec<bool>,
     /// Per-class findings.
-    pub classes: Vec<ClassVerdict>,
+    pub classes: Vec<ClassFinding>,
 }
 
 impl SampleDetection {
     /// Indices of the flagged samples.
     pub fn flagged_indices(&self) -> Vec<usize> {
-        (0..self.flagged.len()).filter(|&i| self.flagged[i]).collect()
+        (0..self.flagged.len())
+            .filter(|&i| self.flagged[i])
+            .collect()
     }
 }
 
@@ -294,7 +275,7 @@ fn decide(
             };
             detection.flagged[index] = poisoned && split.suspect[k];
         }
-        detection.classes.push(ClassVerdict {
+        detection.classes.push(ClassFinding {
             class: split.class,
             samples: split.members.len(),
             suspect_size: split.suspect.iter().filter(|&&s| s).count(),
@@ -380,14 +361,18 @@ fn top_singular(
     method: &'static str,
 ) -> Result<(Array1<f64>, Array2<f64>)> {
     let rng_seed = first_u64(&seeds.derive(&format!("svd/class-{class}")));
-    let result = TruncatedSvd::new_with_rng(matrix, Order::Largest, Xoshiro256Plus::seed_from_u64(rng_seed))
-        .precision(1e-5)
-        .maxiter(500)
-        .decompose(k)
-        .map_err(|e| Error::Numeric {
-            method,
-            message: format!("SVD of class {class}'s activations failed: {e}"),
-        })?;
+    let result = TruncatedSvd::new_with_rng(
+        matrix,
+        Order::Largest,
+        Xoshiro256Plus::seed_from_u64(rng_seed),
+    )
+    .precision(1e-5)
+    .maxiter(500)
+    .decompose(k)
+    .map_err(|e| Error::Numeric {
+        method,
+        message: format!("SVD of class {class}'s activations failed: {e}"),
+    })?;
     let (_, sigma, v_t) = result.values_vectors();
     Ok((sigma, v_t))
 }
@@ -412,7 +397,10 @@ fn silhouette(points: &Array2<f64>, assignment: &Array1<usize>) -> (f64, Vec<f64
             let mut sums = [0.0f64; 2];
             for j in 0..n {
                 if i != j {
-                    let d = (&points.row(i) - &points.row(j)).mapv(|v| v * v).sum().sqrt();
+                    let d = (&points.row(i) - &points.row(j))
+                        .mapv(|v| v * v)
+                        .sum()
+                        .sqrt();
                     sums[assignment[j]] += d;
                 }
             }
@@ -488,11 +476,7 @@ mod tests {
 
     #[test]
     fn silhouette_of_separated_clusters_is_near_one() {
-        let points = Array2::from_shape_vec(
-            (6, 1),
-            vec![0.0, 0.1, 0.2, 10.0, 10.1, 10.2],
-        )
-        .unwrap();
+        let points = Array2::from_shape_vec((6, 1), vec![0.0, 0.1, 0.2, 10.0, 10.1, 10.2]).unwrap();
         let assignment = Array1::from(vec![0, 0, 0, 1, 1, 1]);
         let (mean, _) = silhouette(&points, &assignment);
         assert!(mean > 0.95, "{mean}");

@@ -38,7 +38,9 @@ impl Features {
 
     /// Indices of the samples labelled `class`, ascending.
     pub fn members(&self, class: u32) -> Vec<usize> {
-        (0..self.len()).filter(|&i| self.labels[i] == class).collect()
+        (0..self.len())
+            .filter(|&i| self.labels[i] == class)
+            .collect()
     }
 }
 
@@ -75,7 +77,11 @@ pub fn penultimate_features(
         observer.advance((end - start) as u64, "");
         start = end;
     }
-    observer.finish(&format!("{} feature vectors of width {}", data.len(), features.dim));
+    observer.finish(&format!(
+        "{} feature vectors of width {}",
+        data.len(),
+        features.dim
+    ));
     Ok(features)
 }
 

@@ -463,8 +463,15 @@ pub fn inject(data: &Dataset, settings: &InjectionConfig) -> Result<Poisoned> {
     settings.validate(data)?;
     let classes = data.num_classes() as u32;
     let source_classes: Vec<u32> = match &settings.source {
-        Some(list) => list.iter().copied().collect::<BTreeSet<_>>().into_iter().collect(),
-        None => (0..classes).filter(|&c| Some(c) != settings.target).collect(),
+        Some(list) => list
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+        None => (0..classes)
+            .filter(|&c| Some(c) != settings.target)
+            .collect(),
     };
     let candidates: Vec<usize> = (0..data.len())
         .filter(|&i| source_classes.contains(&data.labels()[i]))
@@ -482,7 +489,9 @@ pub fn inject(data: &Dataset, settings: &InjectionConfig) -> Result<Poisoned> {
     let mut indices: Vec<usize> = order[..count].iter().map(|&k| candidates[k]).collect();
     indices.sort_unstable();
     let trigger = settings.trigger(data.image_shape())?;
-    let random_labels = seed.derive("poison/flip").below(count, classes as usize - 1);
+    let random_labels = seed
+        .derive("poison/flip")
+        .below(count, classes as usize - 1);
     let mut replacements = Vec::with_capacity(count);
     let mut original_labels = Vec::with_capacity(count);
     let mut poisoned_labels = Vec::with_capacity(count);
@@ -516,7 +525,9 @@ pub fn inject(data: &Dataset, settings: &InjectionConfig) -> Result<Poisoned> {
         original_labels.push(original);
         poisoned_labels.push(label);
     }
-    let name = data.path().join(format!("poisoned-{}", settings.attack.name()));
+    let name = data
+        .path()
+        .join(format!("poisoned-{}", settings.attack.name()));
     let dataset = data.with_replaced(name, &replacements)?;
     let manifest = Manifest {
         schema_version: MANIFEST_VERSION,

@@ -16,17 +16,22 @@ mod features;
 mod inject;
 mod knn;
 mod metrics;
+mod pipeline;
 mod strip;
 
-pub use detect::{
-    ActivationClustering, ClassDecision, ClassVerdict, SampleDetection, SpectralSignatures,
-};
 pub use cleanse::{ClassTrigger, CleanseReport, NeuralCleanse};
+pub use detect::{
+    ActivationClustering, ClassDecision, ClassFinding, SampleDetection, SpectralSignatures,
+};
 pub use error::{Error, Result};
-pub use metrics::{auroc, detection_metrics, DetectionMetrics};
-pub use strip::{Strip, StripCalibration};
 pub use features::{penultimate_features, Features};
 pub use inject::{
-    inject, InjectionConfig, Manifest, Patch, PatchPattern, PatchPosition, PoisonAttack,
-    Poisoned, Trigger, MANIFEST_VERSION,
+    inject, InjectionConfig, Manifest, Patch, PatchPattern, PatchPosition, PoisonAttack, Poisoned,
+    Trigger, MANIFEST_VERSION,
 };
+pub use metrics::{auroc, detection_metrics, DetectionMetrics};
+pub use pipeline::{
+    audit, backdoor_effect, injection_record, native, run_neural_cleanse, run_strip, AuditConfig,
+    AuditOutcome, TrainingSetDetectors,
+};
+pub use strip::{Strip, StripCalibration};

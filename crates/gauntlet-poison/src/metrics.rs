@@ -1,30 +1,6 @@
 //! Scoring detectors against ground truth.
 
-use serde::{Deserialize, Serialize};
-
-/// How well a detector's flags and scores match the truth.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DetectionMetrics {
-    /// Samples judged.
-    pub samples: usize,
-    /// Truly poisoned samples among them.
-    pub poisoned: usize,
-    /// Samples flagged.
-    pub flagged: usize,
-    /// Flagged and poisoned.
-    pub true_positives: usize,
-    /// TP / flagged (1 when nothing is flagged).
-    pub precision: f64,
-    /// TP / poisoned (1 when nothing is poisoned).
-    pub recall: f64,
-    /// Harmonic mean of precision and recall (0 when both are 0).
-    pub f1: f64,
-    /// Flagged clean samples / clean samples.
-    pub false_positive_rate: f64,
-    /// Area under the ROC curve of the scores (higher = more suspicious); `None`
-    /// when only one kind of sample is present.
-    pub auroc: Option<f64>,
-}
+pub use gauntlet_record::DetectionMetrics;
 
 /// Compare `flagged` and `scores` with `truth` (all one entry per sample).
 pub fn detection_metrics(flagged: &[bool], scores: &[f64], truth: &[bool]) -> DetectionMetrics {

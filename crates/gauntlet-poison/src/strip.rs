@@ -52,7 +52,9 @@ pub struct StripCalibration {
 impl Strip {
     fn validate(&self, held_out: usize) -> Result<()> {
         if self.overlays == 0 || self.batch_size == 0 {
-            return Err(config("STRIP needs at least 1 overlay and a batch size of at least 1"));
+            return Err(config(
+                "STRIP needs at least 1 overlay and a batch size of at least 1",
+            ));
         }
         if !(self.false_rejection_rate > 0.0 && self.false_rejection_rate < 1.0) {
             return Err(config(format!(
@@ -98,7 +100,11 @@ impl Strip {
                     if inputs_are_held_out { pool - 1 } else { pool },
                 );
                 for draw in draws {
-                    let j = if inputs_are_held_out && draw >= i { draw + 1 } else { draw };
+                    let j = if inputs_are_held_out && draw >= i {
+                        draw + 1
+                    } else {
+                        draw
+                    };
                     let overlay = &held_out[j * per..(j + 1) * per];
                     copies.extend(input.iter().zip(overlay).map(|(a, b)| (a + b).min(1.0)));
                 }

@@ -37,6 +37,8 @@ pub enum RunKind {
     Eval,
     /// `gauntlet train`.
     Train,
+    /// `gauntlet poison detect` or `gauntlet poison audit`.
+    Poison,
 }
 
 /// One run.
@@ -68,6 +70,9 @@ pub struct RunRecord {
     /// Attack results, the per-sample worst case and sanity warnings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub robustness: Option<RobustnessRecord>,
+    /// Poisoning: injection, detectors, and the backdoor before and after filtering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poisoning: Option<PoisoningRecord>,
     /// Wall-clock seconds of the whole run (the only field that varies between identical runs).
     pub wall_seconds: f64,
 }
@@ -346,6 +351,204 @@ pub struct WarningRecord {
     pub remedy: String,
 }
 
+/// A poisoning run: what was injected (audit), what each detector found, and the
+/// backdoor's effect before and after removing flagged samples.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoisoningRecord {
+    /// The (possibly poisoned) training split analysed.
+    pub train_dataset: DatasetRecord,
+    /// The injection, when known (audit, or detect with a ground-truth manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injection: Option<InjectionRecord>,
+    /// Training-set detectors (activation clustering, spectral signatures).
+    #[serde(default)]
+    pub detectors: Vec<DetectorRecord>,
+    /// STRIP, the inference-time detector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strip: Option<StripRecord>,
+    /// Neural Cleanse's per-class reverse-engineered triggers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neural_cleanse: Option<NeuralCleanseRecord>,
+    /// The model trained on the poisoned data (audit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_filtering: Option<BackdoorRecord>,
+    /// The model retrained without the flagged samples (audit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_filtering: Option<BackdoorRecord>,
+    /// Training samples removed before retraining (the union of the training-set
+    /// detectors' flags), ascending.
+    #[serde(default)]
+    pub removed: Vec<usize>,
+}
+
+/// The ground truth of an injection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectionRecord {
+    /// `badnets`, `blend` or `label-flip`.
+    pub attack: String,
+    /// Target class (none for random label flips).
+    pub target: Option<u32>,
+    /// Fraction of source-class images poisoned.
+    pub fraction: f64,
+    /// Source classes.
+    pub source_classes: Vec<u32>,
+    /// Seed of the injection.
+    pub seed: u64,
+    /// Poisoned sample indices, ascending.
+    pub poisoned: Vec<usize>,
+    /// Mask L1 norm of the trigger (pixels covered), for backdoors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_l1: Option<f64>,
+}
+
+/// One training-set detector's output, and its quality when the truth is known.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorRecord {
+    /// `activation-clustering` or `spectral-signatures`.
+    pub method: String,
+    /// Per training sample (dataset order): higher is more suspicious.
+    pub scores: Vec<f64>,
+    /// Flagged sample indices, ascending.
+    pub flagged: Vec<usize>,
+    /// Per-class findings.
+    pub classes: Vec<ClassFinding>,
+    /// Against the ground truth, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<DetectionMetrics>,
+    /// Seconds the detector took (features excluded).
+    pub wall_seconds: f64,
+}
+
+/// What a training-set detector found in one class.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassFinding {
+    /// The class (by the dataset's labels).
+    pub class: u32,
+    /// Samples labelled with it.
+    pub samples: usize,
+    /// Size of the suspect (smaller) group of its two-way split.
+    pub suspect_size: usize,
+    /// The split statistic (silhouette, or the spectral split's explained variance).
+    pub statistic: f64,
+    /// Its robust z-score among the classes.
+    pub outlier_score: f64,
+    /// Share of the suspect group a k-NN classifier in input space, trained without
+    /// the group, assigns to this class (exclusionary reclassification).
+    pub suspect_consistency: f64,
+    /// The same share for the rest of the class (its baseline).
+    pub class_consistency: f64,
+    /// Whether the class is judged poisoned (its suspect group is flagged).
+    pub poisoned: bool,
+}
+
+/// How well a detector's flags and scores match the truth.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectionMetrics {
+    /// Samples judged.
+    pub samples: usize,
+    /// Truly poisoned samples among them.
+    pub poisoned: usize,
+    /// Samples flagged.
+    pub flagged: usize,
+    /// Flagged and poisoned.
+    pub true_positives: usize,
+    /// TP / flagged (1 when nothing is flagged).
+    pub precision: f64,
+    /// TP / poisoned (1 when nothing is poisoned).
+    pub recall: f64,
+    /// Harmonic mean of precision and recall (0 when both are 0).
+    pub f1: f64,
+    /// Flagged clean samples / clean samples.
+    pub false_positive_rate: f64,
+    /// Area under the ROC curve of the scores; `None` when only one kind of sample is present.
+    pub auroc: Option<f64>,
+}
+
+/// STRIP's calibration and, when triggered inputs are known, its quality.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StripRecord {
+    /// Clean images blended with each input.
+    pub overlays: usize,
+    /// Target false-rejection rate the threshold was set for.
+    pub false_rejection_rate: f64,
+    /// Entropy threshold: inputs below it are flagged.
+    pub threshold: f64,
+    /// Mean entropies of the held-out clean calibration inputs.
+    pub calibration_entropies: Vec<f64>,
+    /// Mean entropies of the clean inputs judged.
+    pub clean_entropies: Vec<f64>,
+    /// Share of the judged clean inputs flagged.
+    pub measured_false_rejection_rate: f64,
+    /// Mean entropies of triggered inputs (when the trigger is known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggered_entropies: Option<Vec<f64>>,
+    /// Share of triggered inputs not flagged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub false_acceptance_rate: Option<f64>,
+    /// AUROC of low entropy as the triggered-input score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auroc: Option<f64>,
+    /// Seconds STRIP took.
+    pub wall_seconds: f64,
+}
+
+/// Neural Cleanse's findings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NeuralCleanseRecord {
+    /// Optimisation steps per class.
+    pub steps: usize,
+    /// One entry per class.
+    pub classes: Vec<CleanseClass>,
+    /// Classes named as backdoor targets.
+    pub suspected_targets: Vec<u32>,
+    /// Whether the named targets are exactly the true target (when known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub names_true_target: Option<bool>,
+    /// Seconds Neural Cleanse took.
+    pub wall_seconds: f64,
+}
+
+/// Neural Cleanse's trigger for one class.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CleanseClass {
+    /// The class.
+    pub class: u32,
+    /// L1 norm of its smallest successful mask.
+    pub mask_l1: f64,
+    /// Share of a batch that mask sent to the class.
+    pub attack_success: f64,
+    /// Whether any mask reached the target success rate.
+    pub reached_target: bool,
+    /// Anomaly index (positive: smaller than the median).
+    pub anomaly_index: f64,
+    /// Whether the class is named a backdoor target.
+    pub flagged: bool,
+}
+
+/// A model's clean accuracy and backdoor success.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackdoorRecord {
+    /// Training samples it was trained on.
+    pub train_samples: usize,
+    /// Accuracy on the clean test split.
+    pub clean_accuracy: f64,
+    /// Share of triggered test images (true class ≠ target) classified as the
+    /// target; none for label flips.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attack_success_rate: Option<f64>,
+    /// Seconds of training.
+    pub train_seconds: f64,
+}
+
 impl RunRecord {
     /// Pretty JSON with a trailing newline; the same record always gives the same bytes.
     pub fn to_json(&self) -> String {
@@ -417,6 +620,7 @@ mod tests {
             }),
             training: None,
             robustness: None,
+            poisoning: None,
             wall_seconds: 0.5,
         }
     }
