@@ -40,11 +40,14 @@ enum Command {
     Attack(AttackArgs),
     /// Load a model, check it, and print what it is (format, architecture, sha256).
     Info(InfoArgs),
+    /// Poisoning: inject backdoors or label flips, detect them, audit a training recipe.
+    #[command(subcommand)]
+    Poison(crate::poison::PoisonCommand),
 }
 
 /// How to read a model file.
 #[derive(Args, Debug, Clone)]
-struct ModelArgs {
+pub(crate) struct ModelArgs {
     /// Model file: .safetensors, .pt/.pth (PyTorch state dict) or .onnx.
     #[arg(long)]
     model: PathBuf,
@@ -64,17 +67,17 @@ struct ModelArgs {
 
 /// Which data to read.
 #[derive(Args, Debug, Clone)]
-struct DataArgs {
+pub(crate) struct DataArgs {
     /// Dataset: an MNIST IDX directory, a CIFAR-10 binary directory, an .npz file,
     /// or a directory with x.npy and y.npy.
     #[arg(long)]
-    data: PathBuf,
+    pub(crate) data: PathBuf,
     /// Evaluate only the first N samples (unshuffled, so runs stay comparable).
     #[arg(long)]
-    limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
     /// Number of classes, when the labels do not show it (default: 10 for IDX/CIFAR).
     #[arg(long)]
-    num_classes: Option<usize>,
+    pub(crate) num_classes: Option<usize>,
 }
 
 /// Settings shared by every evaluating command.
@@ -239,18 +242,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Eval(args) => eval(args),
         Command::Attack(args) => attack(args),
         Command::Info(args) => info(args),
+        Command::Poison(command) => crate::poison::run(command),
     }
     .map(|()| ExitCode::SUCCESS)
 }
 
 /// The command line as typed, with the program named `gauntlet` wherever it was run from.
-fn command_line() -> Vec<String> {
+pub(crate) fn command_line() -> Vec<String> {
     std::iter::once("gauntlet".to_string())
         .chain(std::env::args().skip(1))
         .collect()
 }
 
-fn environment() -> Environment {
+pub(crate) fn environment() -> Environment {
     Environment {
         device: "cpu".into(),
         threads: candle_core::utils::get_num_threads(),
@@ -279,13 +283,13 @@ fn model_options(args: &ModelArgs) -> Result<ModelOptions> {
     })
 }
 
-fn load_model_checked(args: &ModelArgs) -> Result<(Model, ModelInfo)> {
+pub(crate) fn load_model_checked(args: &ModelArgs) -> Result<(Model, ModelInfo)> {
     let options = model_options(args)?;
     load_model(&args.model, &options, &Device::Cpu)
         .with_context(|| format!("cannot load model {}", args.model.display()))
 }
 
-fn load_data(args: &DataArgs, split: Split) -> Result<Dataset> {
+pub(crate) fn load_data(args: &DataArgs, split: Split) -> Result<Dataset> {
     let options = LoadOptions {
         split,
         limit: args.limit,
@@ -300,7 +304,7 @@ fn load_data(args: &DataArgs, split: Split) -> Result<Dataset> {
     })
 }
 
-fn model_record(info: &ModelInfo) -> ModelRecord {
+pub(crate) fn model_record(info: &ModelInfo) -> ModelRecord {
     ModelRecord {
         path: info.path.display().to_string(),
         sha256: info.sha256.clone(),
@@ -312,7 +316,7 @@ fn model_record(info: &ModelInfo) -> ModelRecord {
     }
 }
 
-fn dataset_record(data: &Dataset) -> DatasetRecord {
+pub(crate) fn dataset_record(data: &Dataset) -> DatasetRecord {
     DatasetRecord {
         path: data.path().display().to_string(),
         sha256: data.sha256().into(),
@@ -323,14 +327,14 @@ fn dataset_record(data: &Dataset) -> DatasetRecord {
 }
 
 /// Refuse an output path that is an existing file where a directory is expected.
-fn check_out_dir(out: &Path) -> Result<()> {
+pub(crate) fn check_out_dir(out: &Path) -> Result<()> {
     if out.exists() && !out.is_dir() {
         bail!("--out {} exists and is not a directory", out.display());
     }
     Ok(())
 }
 
-fn write_record(path: &Path, record: &RunRecord) -> Result<()> {
+pub(crate) fn write_record(path: &Path, record: &RunRecord) -> Result<()> {
     gauntlet_core::write_atomic(path, record.to_json().as_bytes())
         .with_context(|| format!("cannot write the run record {}", path.display()))
 }
