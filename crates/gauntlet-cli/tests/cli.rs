@@ -704,3 +704,136 @@ fn a_training_run_killed_mid_way_resumes_to_the_uninterrupted_model() {
     let record = read_json(&dir.path().join("killed.record.json"));
     assert_eq!(record["training"]["history"].as_array().unwrap().len(), 6);
 }
+
+#[test]
+fn poison_inject_writes_a_loadable_dataset_and_refuses_bad_settings_writing_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("poisoned");
+    let out_s = out.to_str().unwrap();
+    let base = [
+        "poison",
+        "inject",
+        "--data",
+        "datasets/mnist-5k",
+        "--seed",
+        "3",
+        "--out",
+        out_s,
+    ];
+    let with = |extra: &[&str]| -> Output {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        gauntlet(&args)
+    };
+    let bad: [(&[&str], &str); 6] = [
+        (
+            &["--attack", "badnets", "--target", "0", "--fraction", "0"],
+            "fraction 0 is outside (0, 1]",
+        ),
+        (
+            &["--attack", "badnets", "--target", "0", "--fraction", "1.5"],
+            "fraction 1.5",
+        ),
+        (
+            &["--attack", "badnets", "--target", "12"],
+            "target class 12 does not exist",
+        ),
+        (&["--attack", "badnets"], "badnets needs a target class"),
+        (
+            &[
+                "--attack",
+                "badnets",
+                "--target",
+                "0",
+                "--trigger-size",
+                "40",
+            ],
+            "trigger size 40",
+        ),
+        (
+            &["--attack", "sleeper", "--target", "0"],
+            "unknown poisoning attack 'sleeper'",
+        ),
+    ];
+    for (extra, needle) in bad {
+        assert_clear_error(&with(extra), needle);
+        assert!(!out.exists(), "nothing is written on bad input");
+    }
+    let ok = with(&["--attack", "badnets", "--target", "0", "--fraction", "0.1"]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    for file in [
+        "x_train.npy",
+        "y_train.npy",
+        "x_test.npy",
+        "y_test.npy",
+        "manifest.json",
+    ] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+    let manifest = read_json(&out.join("manifest.json"));
+    assert_eq!(manifest["indices"].as_array().unwrap().len(), 360);
+    // The new dataset evaluates like any other, and the output is never overwritten.
+    let again = with(&["--attack", "badnets", "--target", "0"]);
+    assert_clear_error(&again, "already exists");
+    // A manifest that does not describe the data is refused before any detection.
+    let detect = gauntlet(&[
+        "poison",
+        "detect",
+        "--model",
+        "examples/models/mnist-cnn.safetensors",
+        "--data",
+        "datasets/mnist-5k",
+        "--ground-truth",
+        out.join("manifest.json").to_str().unwrap(),
+        "--method",
+        "spectral-signatures",
+        "--out",
+        dir.path().join("d").to_str().unwrap(),
+    ]);
+    assert_clear_error(&detect, "does not describe the dataset");
+    let unknown = gauntlet(&[
+        "poison",
+        "detect",
+        "--model",
+        "examples/models/mnist-cnn.safetensors",
+        "--data",
+        out_s,
+        "--method",
+        "magic",
+        "--out",
+        dir.path().join("d").to_str().unwrap(),
+    ]);
+    assert_clear_error(&unknown, "unknown detector 'magic'");
+}
+
+#[test]
+fn poison_detect_on_clean_data_with_the_shipped_model_flags_almost_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("detect");
+    let run = gauntlet(&[
+        "poison",
+        "detect",
+        "--model",
+        "examples/models/mnist-cnn.safetensors",
+        "--data",
+        "datasets/mnist-5k",
+        "--method",
+        "activation-clustering,spectral-signatures",
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let record = read_json(&out.join("results.json"));
+    assert_eq!(record["kind"], "poison");
+    let detectors = record["poisoning"]["detectors"].as_array().unwrap();
+    assert_eq!(detectors.len(), 2);
+    for detector in detectors {
+        assert_eq!(detector["scores"].as_array().unwrap().len(), 4000);
+        assert!(
+            detector["flagged"].as_array().unwrap().len() <= 40,
+            "{}",
+            detector["method"]
+        );
+    }
+}

@@ -1,6 +1,8 @@
 //! The poisoning pipeline on the shipped MNIST subset: a BadNets backdoor is
 //! planted, learned, found by every detector, and weakened by filtering.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 
 use gauntlet_core::NoProgress;
@@ -50,10 +52,10 @@ fn injection_stamps_the_trigger_on_a_seeded_fraction_and_leaves_the_rest() {
         "the input is never changed"
     );
     let flags = manifest.is_poisoned();
-    for i in 0..train.len() {
+    for (i, &poisoned_here) in flags.iter().enumerate() {
         let image = poisoned.dataset.images_f32(i..i + 1).unwrap();
         let original = train.images_f32(i..i + 1).unwrap();
-        if flags[i] {
+        if poisoned_here {
             assert_ne!(train.labels()[i], 0);
             assert_eq!(poisoned.dataset.labels()[i], 0);
             // The 3×3 white square one pixel in from the bottom-right corner.

@@ -116,7 +116,7 @@ struct ParamSlot {
 /// `lhs (m × k) · rhs (n × k)ᵀ` as an `m × n` row-major matrix, on the engine's GEMM
 /// kernels (e.g. all pairwise dot products of two sets of images).
 pub fn matmul_transposed(lhs: &[f32], rhs: &[f32], k: usize) -> Result<Vec<f32>> {
-    if k == 0 || lhs.len() % k != 0 || rhs.len() % k != 0 {
+    if k == 0 || !lhs.len().is_multiple_of(k) || !rhs.len().is_multiple_of(k) {
         return Err(Error::Invalid(format!(
             "matrices of {} and {} values do not have rows of {k}",
             lhs.len(),
