@@ -2,11 +2,11 @@
 
 use gauntlet_core::{Observer, SeedStream};
 use gauntlet_models::NativeNet;
+use gauntlet_train::{Optimizer, OptimizerKind};
 use serde::{Deserialize, Serialize};
 
 use crate::detect::median;
 use crate::error::{config, Result};
-use crate::features::argmax;
 use crate::inject::Trigger;
 
 /// Neural Cleanse (Wang et al. 2019, "Neural Cleanse: Identifying and Mitigating
@@ -165,7 +165,7 @@ impl NeuralCleanse {
             .enumerate()
             .map(|(i, v)| if i < plane { v - 2.0 } else { v })
             .collect();
-        let mut adam = AdamState::new(params.len());
+        let mut adam = Optimizer::new(OptimizerKind::Adam, self.learning_rate, 0.0, params.len());
         let mut cost = 0.0f64;
         let (mut up, mut down) = (0usize, 0usize);
         let mut best: Option<(f64, f64, Vec<f32>)> = None;
@@ -189,22 +189,9 @@ impl NeuralCleanse {
                 }));
             }
             let (logits, kept) = net.forward(&images, batch, true)?;
-            let mut grad_logits = vec![0.0f32; logits.len()];
-            let mut hits = 0usize;
-            for (row, grad) in logits
-                .chunks_exact(classes)
-                .zip(grad_logits.chunks_exact_mut(classes))
-            {
-                if argmax(row) == class {
-                    hits += 1;
-                }
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let sum: f32 = row.iter().map(|&l| (l - max).exp()).sum();
-                for (k, (g, &l)) in grad.iter_mut().zip(row).enumerate() {
-                    let p = (l - max).exp() / sum;
-                    *g = (p - f32::from(u8::from(k as u32 == class))) / batch as f32;
-                }
-            }
+            let loss =
+                gauntlet_train::softmax_cross_entropy(&logits, &vec![class; batch], classes)?;
+            let (grad_logits, hits) = (loss.grad_logits, loss.correct);
             let success = hits as f64 / batch as f64;
             last_success = success;
             let l1: f64 = mask.iter().map(|&m| f64::from(m)).sum();
@@ -237,7 +224,7 @@ impl NeuralCleanse {
                 let p = pattern[k];
                 grads[plane + k] *= p * (1.0 - p);
             }
-            adam.step(&mut params, &grads, self.learning_rate as f32);
+            adam.step(&mut params, &grads)?;
             // λ schedule (Wang et al.): start once the attack works, then keep the
             // mask as small as success allows.
             if cost == 0.0 {
@@ -293,33 +280,4 @@ impl NeuralCleanse {
 
 fn sigmoid(v: f32) -> f32 {
     1.0 / (1.0 + (-v).exp())
-}
-
-/// Adam (Kingma & Ba 2015) over the mask and pattern logits.
-struct AdamState {
-    first: Vec<f32>,
-    second: Vec<f32>,
-    t: i32,
-}
-
-impl AdamState {
-    fn new(len: usize) -> Self {
-        Self {
-            first: vec![0.0; len],
-            second: vec![0.0; len],
-            t: 0,
-        }
-    }
-
-    fn step(&mut self, params: &mut [f32], grads: &[f32], rate: f32) {
-        const B1: f32 = 0.9;
-        const B2: f32 = 0.999;
-        self.t += 1;
-        let (c1, c2) = (1.0 - B1.powi(self.t), 1.0 - B2.powi(self.t));
-        for i in 0..params.len() {
-            self.first[i] = B1 * self.first[i] + (1.0 - B1) * grads[i];
-            self.second[i] = B2 * self.second[i] + (1.0 - B2) * grads[i] * grads[i];
-            params[i] -= rate * (self.first[i] / c1) / ((self.second[i] / c2).sqrt() + 1e-8);
-        }
-    }
 }

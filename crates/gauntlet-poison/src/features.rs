@@ -85,12 +85,7 @@ pub fn penultimate_features(
     Ok(features)
 }
 
+/// The predicted class of one row of logits.
 pub(crate) fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
+    gauntlet_train::largest(row).0 as u32
 }

@@ -851,7 +851,7 @@ pub struct BatchLoss {
 }
 
 /// Index and value of the largest logit (the first on ties).
-pub(crate) fn largest(row: &[f32]) -> (usize, f32) {
+pub fn largest(row: &[f32]) -> (usize, f32) {
     row.iter()
         .enumerate()
         .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
