@@ -112,10 +112,86 @@ mod evaluation {
     }
 }
 
+mod poisoning {
+    use super::*;
+    use gauntlet_poison::{
+        inject, native, penultimate_features, run_neural_cleanse, run_strip, InjectionConfig,
+        NeuralCleanse, Patch, PoisonAttack, Strip, TrainingSetDetectors,
+    };
+    use gauntlet_train::TrainConfig;
+
+    /// Each detector on the scenario: the 4000 mnist-5k training images with
+    /// BadNets in 10% of the non-target images (target 0, seed 1), and a `cnn`
+    /// trained on them for 2 epochs (the backdoor is learned by then).
+    pub fn detectors(c: &mut Criterion) {
+        let train = mnist(Split::Train);
+        let test = mnist(Split::Test);
+        let settings = InjectionConfig {
+            attack: PoisonAttack::Badnets(Patch::default()),
+            target: Some(0),
+            fraction: 0.1,
+            source: None,
+            seed: 1,
+        };
+        let poisoned = inject(&train, &settings).unwrap();
+        let training = TrainConfig {
+            arch: Arch::Cnn,
+            epochs: 2,
+            robust_eval_samples: 0,
+            ..TrainConfig::default()
+        };
+        let model = gauntlet_train::train(&training, &poisoned.dataset, &test, &NoProgress)
+            .unwrap()
+            .last;
+        let net = native(&model).unwrap();
+        let data = &poisoned.dataset;
+        let features = penultimate_features(net, data, 500, &NoProgress).unwrap();
+        let detectors = TrainingSetDetectors::all(0);
+        let trigger = poisoned.manifest.trigger.as_ref().unwrap();
+
+        let mut group = c.benchmark_group("poison_detectors_mnist5k_train");
+        group.sample_size(10);
+        group.throughput(Throughput::Elements(data.len() as u64));
+        group.bench_function("penultimate_features", |b| {
+            b.iter(|| penultimate_features(net, data, 500, &NoProgress).unwrap())
+        });
+        let clustering = detectors.activation_clustering.unwrap();
+        group.bench_function("activation_clustering", |b| {
+            b.iter(|| clustering.detect(&features, data).unwrap())
+        });
+        let spectral = detectors.spectral_signatures.unwrap();
+        group.bench_function("spectral_signatures", |b| {
+            b.iter(|| spectral.detect(&features, data).unwrap())
+        });
+        group.finish();
+
+        // Inference-time and trigger-search detectors work on test images.
+        let mut group = c.benchmark_group("poison_detectors_mnist5k_test");
+        group.sample_size(10);
+        group.measurement_time(Duration::from_secs(60));
+        group.bench_function("strip_500_calibration_500_judged_x2", |b| {
+            b.iter(|| {
+                run_strip(&Strip::default(), net, &test, 500, Some((trigger, Some(0)))).unwrap()
+            })
+        });
+        // The default is 300 steps per class; 30 keeps the benchmark to minutes and
+        // the cost is linear in the steps.
+        let cleanse = NeuralCleanse {
+            steps: 30,
+            ..NeuralCleanse::default()
+        };
+        group.bench_function("neural_cleanse_30_steps_500_images", |b| {
+            b.iter(|| run_neural_cleanse(&cleanse, net, &test, 500, Some(0), &NoProgress).unwrap())
+        });
+        group.finish();
+    }
+}
+
 criterion_group!(
     benches,
     gradients::input_gradient_step,
     evaluation::clean_cnn,
-    training::cnn_epoch
+    training::cnn_epoch,
+    poisoning::detectors
 );
 criterion_main!(benches);

@@ -50,6 +50,10 @@ pub(crate) struct InjectionArgs {
     /// BadNets patch side in pixels.
     #[arg(long, default_value_t = 3)]
     trigger_size: usize,
+    /// Trigger image (.npy, uint8 0–255 or float 0–1, H×W or C×H×W): the BadNets
+    /// patch (square; its side sets the size) or the full-image blend pattern.
+    #[arg(long, conflicts_with_all = ["trigger_size", "trigger_pattern"])]
+    trigger_image: Option<PathBuf>,
     /// BadNets patch position: bottom-right, bottom-left, top-right, top-left or ROW,COL.
     #[arg(long, default_value = "bottom-right")]
     trigger_position: String,
@@ -154,16 +158,45 @@ pub(crate) fn run(command: PoisonCommand) -> Result<()> {
 }
 
 fn injection_config(args: &InjectionArgs) -> Result<InjectionConfig> {
+    let trigger_image = match &args.trigger_image {
+        Some(path) => Some((
+            path,
+            gauntlet_data::load_image_npy(path)
+                .with_context(|| format!("cannot use --trigger-image {}", path.display()))?,
+        )),
+        None => None,
+    };
     let attack = match args.attack.as_str() {
-        "badnets" => PoisonAttack::Badnets(Patch {
-            size: args.trigger_size,
-            position: PatchPosition::parse(&args.trigger_position)?,
-            pattern: PatchPattern::parse(&args.trigger_pattern)?,
-        }),
+        "badnets" => {
+            let (size, pattern) = match trigger_image {
+                Some((path, image)) => {
+                    let [_, h, w] = image.shape;
+                    if h != w {
+                        bail!(
+                            "--trigger-image {} is {h}×{w}, expected a square BadNets patch",
+                            path.display()
+                        );
+                    }
+                    (h, PatchPattern::Image(image.values))
+                }
+                None => (
+                    args.trigger_size,
+                    PatchPattern::parse(&args.trigger_pattern)?,
+                ),
+            };
+            PoisonAttack::Badnets(Patch {
+                size,
+                position: PatchPosition::parse(&args.trigger_position)?,
+                pattern,
+            })
+        }
         "blend" => PoisonAttack::Blend {
             alpha: args.alpha,
-            pattern: None,
+            pattern: trigger_image.map(|(_, image)| image.values),
         },
+        "label-flip" if args.trigger_image.is_some() => {
+            bail!("--trigger-image does not apply to label-flip, which changes labels only")
+        }
         "label-flip" => PoisonAttack::LabelFlip,
         other => bail!("unknown poisoning attack '{other}', expected badnets, blend or label-flip"),
     };

@@ -789,3 +789,59 @@ fn from_arrays(
     dataset.check(x_path)?;
     Ok(dataset)
 }
+
+/// One image read from an `.npy` file by [`load_image_npy`], in `[0, 1]`, C order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NpyImage {
+    /// `[C, H, W]`; a 2-D `H × W` array is read as one channel.
+    pub shape: [usize; 3],
+    /// `C·H·W` values in `[0, 1]`.
+    pub values: Vec<f32>,
+}
+
+/// Read a single image (a trigger, a pattern) from an `.npy` file: `uint8` arrays
+/// are scaled by 1/255, float arrays must already lie in `[0, 1]`. Shape `H × W`
+/// or `C × H × W`.
+pub fn load_image_npy(path: &Path) -> Result<NpyImage> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let len = file.metadata().map_err(io_err(path))?.len() as usize;
+    let array = npy::read_npy(&mut std::io::BufReader::new(file), len, path)?;
+    let shape = match array.shape[..] {
+        [h, w] => [1, h, w],
+        [c, h, w] => [c, h, w],
+        _ => {
+            return Err(format_err(
+                path,
+                format!(
+                    "image array has shape {:?}, expected H×W or C×H×W",
+                    array.shape
+                ),
+            ))
+        }
+    };
+    if shape.contains(&0) {
+        return Err(format_err(path, "image array is empty"));
+    }
+    let scale = if array.dtype == npy::NpyDtype::U8 {
+        1.0 / 255.0
+    } else if array.dtype.is_integer() {
+        return Err(format_err(
+            path,
+            "image array must be uint8 (0–255) or float (0–1)",
+        ));
+    } else {
+        1.0
+    };
+    let mut values = Vec::with_capacity(array.len());
+    for (index, value) in array.to_f64().into_iter().enumerate() {
+        let value = value * scale;
+        if !(0.0..=1.0).contains(&value) {
+            return Err(format_err(
+                path,
+                format!("value {value} at element {index} is outside [0, 1]"),
+            ));
+        }
+        values.push(value as f32);
+    }
+    Ok(NpyImage { shape, values })
+}
