@@ -43,6 +43,9 @@ enum Command {
     /// Poisoning: inject backdoors or label flips, detect them, audit a training recipe.
     #[command(subcommand)]
     Poison(crate::poison::PoisonCommand),
+    /// Render run records as report.html, summary.md and charts (.svg, .png);
+    /// several records are compared on shared charts.
+    Report(crate::report::ReportArgs),
 }
 
 /// How to read a model file.
@@ -243,6 +246,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Attack(args) => attack(args),
         Command::Info(args) => info(args),
         Command::Poison(command) => crate::poison::run(command),
+        Command::Report(args) => crate::report::run(args),
     }
     .map(|()| ExitCode::SUCCESS)
 }
@@ -488,16 +492,19 @@ fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
             batch_size,
             seed,
             keep_examples: save_adversarial,
+            gallery_samples: GALLERY_CANDIDATES,
         };
         let result =
             gauntlet_eval::evaluate_robust(&model, &data, &clean, &entries, &config, &progress)?;
         warnings.extend(result.warnings.iter().cloned());
+        let gallery = gallery(&model, &data, &result.examples, &result.attacks)?;
         robustness = Some(RobustnessRecord {
             suite: suite_record,
             attacks: result.attacks,
             minimal: result.minimal,
             worst_case: result.worst_case,
             warnings,
+            gallery,
         });
         examples = Some(result.examples);
     }
@@ -514,6 +521,7 @@ fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
             accuracy: clean.accuracy,
             correct: clean.correct.clone(),
             predictions: clean.predictions.clone(),
+            labels: data.labels().to_vec(),
         }),
         training: None,
         robustness,
@@ -533,7 +541,7 @@ fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
     write_record(&path, &record)?;
     print_summary(&info, &data, split, &record);
     println!("wrote {}", path.display());
-    Ok(())
+    crate::report::write_run_report(&out, &record)
 }
 
 fn print_summary(info: &ModelInfo, data: &Dataset, split: Split, record: &RunRecord) {
@@ -561,6 +569,90 @@ fn print_summary(info: &ModelInfo, data: &Dataset, split: Split, record: &RunRec
             println!("  warning [{}]: {}", w.code, w.message);
         }
     }
+}
+
+/// Samples (in dataset order) whose adversarial examples are kept for the gallery.
+const GALLERY_CANDIDATES: usize = 64;
+/// Examples shown in the report's gallery.
+const GALLERY_SIZE: usize = 8;
+
+/// The first broken samples with their adversarial examples, predictions and
+/// confidences, for the report.
+fn gallery(
+    model: &Model,
+    data: &Dataset,
+    examples: &std::collections::BTreeMap<usize, (f64, String, Vec<f32>)>,
+    attacks: &[gauntlet_record::AttackRecord],
+) -> Result<Vec<gauntlet_record::GalleryExample>> {
+    let shape = data.image_shape();
+    let chosen: Vec<_> = examples
+        .iter()
+        .filter(|(&i, _)| i < GALLERY_CANDIDATES)
+        .take(GALLERY_SIZE)
+        .collect();
+    if chosen.is_empty() {
+        return Ok(Vec::new());
+    }
+    let indices: Vec<usize> = chosen.iter().map(|(&i, _)| i).collect();
+    let (clean_images, _) = data.gather(&indices, model.device())?;
+    let adversarial: Vec<f32> = chosen
+        .iter()
+        .flat_map(|(_, (_, _, image))| image.iter().copied())
+        .collect();
+    let [c, h, w] = shape;
+    let adversarial_images =
+        candle_core::Tensor::from_vec(adversarial, (chosen.len(), c, h, w), model.device())?;
+    let top = |images: &candle_core::Tensor| -> Result<Vec<(u32, f64)>> {
+        let probabilities = gauntlet_core::softmax(&model.logits(images)?)?
+            .to_dtype(candle_core::DType::F64)?
+            .to_vec2::<f64>()?;
+        Ok(probabilities
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .fold((0u32, f64::NEG_INFINITY), |best, (k, &p)| {
+                        if p > best.1 {
+                            (k as u32, p)
+                        } else {
+                            best
+                        }
+                    })
+            })
+            .collect())
+    };
+    let clean_top = top(&clean_images)?;
+    let adversarial_top = top(&adversarial_images)?;
+    let clean_pixels = clean_images
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let per = c * h * w;
+    Ok(chosen
+        .iter()
+        .enumerate()
+        .map(|(k, (&index, (epsilon, attack, image)))| {
+            let norm = attacks
+                .iter()
+                .find(|a| &a.attack == attack)
+                .map(|a| a.norm.clone())
+                .unwrap_or_default();
+            gauntlet_record::GalleryExample {
+                index,
+                label: data.labels()[index],
+                attack: attack.clone(),
+                norm,
+                epsilon: *epsilon,
+                shape,
+                original: clean_pixels[k * per..(k + 1) * per].to_vec(),
+                adversarial: image.clone(),
+                clean_prediction: clean_top[k].0,
+                clean_confidence: clean_top[k].1,
+                adversarial_prediction: adversarial_top[k].0,
+                adversarial_confidence: adversarial_top[k].1,
+            }
+        })
+        .collect())
 }
 
 /// The adversarial examples as an NPZ that `gauntlet eval --data` reads directly
@@ -785,6 +877,7 @@ fn train(args: TrainArgs) -> Result<()> {
             accuracy: clean.accuracy,
             correct: clean.correct,
             predictions: clean.predictions,
+            labels: test_set.labels().to_vec(),
         }),
         training: Some(TrainingRecord {
             train_dataset: dataset_record(&train_set),
@@ -857,7 +950,8 @@ fn train(args: TrainArgs) -> Result<()> {
             best_path.display()
         );
     }
-    Ok(())
+    // model.safetensors → model.report/ beside it.
+    crate::report::write_run_report(&args.out.with_extension("report"), &record)
 }
 
 fn info(args: InfoArgs) -> Result<()> {

@@ -5,6 +5,7 @@
 mod commands;
 mod poison;
 mod progress;
+mod report;
 
 use std::process::ExitCode;
 

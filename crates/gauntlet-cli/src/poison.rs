@@ -468,7 +468,7 @@ fn detect(args: DetectArgs) -> Result<()> {
     let path = args.out.join("results.json");
     write_record(&path, &record)?;
     println!("wrote {}", path.display());
-    Ok(())
+    crate::report::write_run_report(&args.out, &record)
 }
 
 fn audit(args: AuditArgs) -> Result<()> {
@@ -535,7 +535,7 @@ fn audit(args: AuditArgs) -> Result<()> {
     let path = args.out.join("results.json");
     write_record(&path, &record)?;
     println!("wrote {}", path.display());
-    Ok(())
+    crate::report::write_run_report(&args.out, &record)
 }
 
 fn print_findings(record: &PoisoningRecord) {

@@ -91,6 +91,9 @@ pub struct RobustConfig {
     pub seed: u64,
     /// Keep one adversarial example per broken sample (the smallest ε), for saving.
     pub keep_examples: bool,
+    /// Also keep the examples of samples with an index below this, for the report's
+    /// gallery (bounded memory whatever the dataset size).
+    pub gallery_samples: usize,
 }
 
 fn fraction(v: &[bool]) -> f64 {
@@ -324,7 +327,7 @@ pub fn evaluate_robust(
                         {
                             black_box_only += 1;
                         }
-                        if config.keep_examples {
+                        if config.keep_examples || i < config.gallery_samples {
                             let image = outcome
                                 .adversarial
                                 .narrow(0, j, 1)?

@@ -108,6 +108,7 @@ fn worst_case_is_the_per_sample_and_over_attacks_that_break_disjoint_samples() {
         batch_size: 3,
         seed: 0,
         keep_examples: true,
+        gallery_samples: 0,
     };
     let result = evaluate_robust(&TwoPixels, &data, &clean, &suite, &config, &NoProgress).unwrap();
     let at = |name: &str, eps: f64| {
@@ -189,6 +190,7 @@ fn robust_count(
         batch_size: 100,
         seed: 1,
         keep_examples: false,
+        gallery_samples: 0,
     };
     let result = evaluate_robust(model, data, &clean, &suite, &config, &NoProgress).unwrap();
     result.worst_case[0].robust.iter().filter(|r| **r).count()
@@ -217,6 +219,7 @@ fn minimal_perturbation_curve_is_monotone_and_consistent_with_its_norms() {
         batch_size: 100,
         seed: 0,
         keep_examples: false,
+        gallery_samples: 0,
     };
     let result = evaluate_robust(&model, &data, &clean, &suite, &config, &NoProgress).unwrap();
     let norms = &result.minimal[0].norms;
@@ -309,6 +312,7 @@ fn record_types_carry_norm_kind_and_target_names() {
         batch_size: 4,
         seed: 0,
         keep_examples: false,
+        gallery_samples: 0,
     };
     let result = evaluate_robust(&TwoPixels, &data, &clean, &suite, &config, &NoProgress).unwrap();
     assert_eq!(

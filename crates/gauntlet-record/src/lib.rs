@@ -143,6 +143,10 @@ pub struct CleanRecord {
     pub correct: Vec<bool>,
     /// Predicted class per sample, dataset order.
     pub predictions: Vec<u32>,
+    /// True label per sample, dataset order (for per-class results; empty in
+    /// records written before it was added).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<u32>,
 }
 
 /// Training configuration and history.
@@ -257,6 +261,40 @@ pub struct RobustnessRecord {
     /// Sanity warnings, each with a cause and a remedy.
     #[serde(default)]
     pub warnings: Vec<WarningRecord>,
+    /// A few adversarial examples for the report's gallery.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gallery: Vec<GalleryExample>,
+}
+
+/// One adversarial example kept for the report: the first broken samples in
+/// dataset order, at the smallest ε that broke them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GalleryExample {
+    /// Sample index in the dataset.
+    pub index: usize,
+    /// True label.
+    pub label: u32,
+    /// The attack that broke it.
+    pub attack: String,
+    /// Its norm.
+    pub norm: String,
+    /// The smallest ε that broke it.
+    pub epsilon: f64,
+    /// `[C, H, W]`.
+    pub shape: [usize; 3],
+    /// The clean image, C order, in the model's bounds.
+    pub original: Vec<f32>,
+    /// The adversarial image.
+    pub adversarial: Vec<f32>,
+    /// Predicted class of the clean image and its softmax probability.
+    pub clean_prediction: u32,
+    /// Softmax probability of `clean_prediction`.
+    pub clean_confidence: f64,
+    /// Predicted class of the adversarial image.
+    pub adversarial_prediction: u32,
+    /// Softmax probability of `adversarial_prediction`.
+    pub adversarial_confidence: f64,
 }
 
 /// The attack suite.
@@ -614,6 +652,7 @@ mod tests {
                 num_samples: 3,
             },
             clean: Some(CleanRecord {
+                labels: vec![],
                 accuracy: 2.0 / 3.0,
                 correct: vec![true, false, true],
                 predictions: vec![1, 2, 3],
