@@ -383,7 +383,7 @@ impl Chart {
                     entries.push(LegendEntry {
                         name: name.clone(),
                         colour,
-                        mark: Mark::Box,
+                        mark: Mark::Shaded,
                     });
                 }
                 if let Some((name, x)) = threshold {
@@ -412,6 +412,7 @@ enum Mark {
     Dashed,
     Thick,
     Box,
+    Shaded,
 }
 
 struct LegendEntry {
@@ -454,8 +455,13 @@ fn draw_legend<DB: DrawingBackend>(
             Mark::Box => {
                 area.draw(&Rectangle::new(
                     [(x + 4, mid - 6), (x + 22, mid + 6)],
-                    entry.colour.mix(0.6).filled(),
+                    entry.colour.filled(),
                 ))?;
+            }
+            Mark::Shaded => {
+                let corners = [(x + 4, mid - 6), (x + 22, mid + 6)];
+                area.draw(&Rectangle::new(corners, entry.colour.mix(0.35).filled()))?;
+                area.draw(&Rectangle::new(corners, entry.colour.stroke_width(1)))?;
             }
         }
         // Long names wrap onto a second line rather than running off the image.
