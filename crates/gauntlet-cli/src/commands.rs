@@ -46,6 +46,10 @@ enum Command {
     /// Render run records as report.html, summary.md and charts (.svg, .png);
     /// several records are compared on shared charts.
     Report(crate::report::ReportArgs),
+    /// The main job on the shipped defaults: evaluate the shipped CNN, adversarially
+    /// train a CNN for a few epochs (FGSM-RS), evaluate it the same way, and write
+    /// one report comparing them.
+    Demo(crate::report::DemoArgs),
 }
 
 /// How to read a model file.
@@ -247,12 +251,27 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Info(args) => info(args),
         Command::Poison(command) => crate::poison::run(command),
         Command::Report(args) => crate::report::run(args),
+        Command::Demo(args) => crate::report::demo(args),
     }
     .map(|()| ExitCode::SUCCESS)
 }
 
 /// The command line as typed, with the program named `gauntlet` wherever it was run from.
+/// The command line a step of `gauntlet demo` runs as, recorded instead of the
+/// demo's own so each record says how to re-run exactly it.
+static STEP_COMMAND_LINE: std::sync::Mutex<Option<Vec<String>>> = std::sync::Mutex::new(None);
+
+/// Record `line` as the command line of the runs that follow (`None`: the process's own).
+pub(crate) fn set_command_line(line: Option<Vec<String>>) {
+    if let Ok(mut slot) = STEP_COMMAND_LINE.lock() {
+        *slot = line;
+    }
+}
+
 pub(crate) fn command_line() -> Vec<String> {
+    if let Some(line) = STEP_COMMAND_LINE.lock().ok().and_then(|slot| slot.clone()) {
+        return line;
+    }
     std::iter::once("gauntlet".to_string())
         .chain(std::env::args().skip(1))
         .collect()

@@ -733,7 +733,7 @@ fn gallery(out: &mut String, input: &ReportInput) -> Result<()> {
         let [clean, adversarial, perturbation] = example_images(example, bounds)?;
         let _ = write!(
             out,
-            "<div class=\"example\"><img alt=\"clean sample {}\" src=\"{clean}\"/> <img alt=\"adversarial\" src=\"{adversarial}\"/> <img alt=\"perturbation, amplified\" src=\"{perturbation}\"/><br/>#{} true {}: {} ({}) → {} ({})<br/>{} {} ε = {}</div>",
+            "<div class=\"example\"><img alt=\"clean sample {}\" src=\"{clean}\"/> <img alt=\"adversarial\" src=\"{adversarial}\"/> <img alt=\"perturbation, amplified\" src=\"{perturbation}\"/><br/>#{}, true class {}<br/>clean → {} ({})<br/>adversarial → <b>{}</b> ({})<br/>{} {} ε = {}</div>",
             example.index,
             example.index,
             example.label,

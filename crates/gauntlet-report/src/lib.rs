@@ -7,7 +7,7 @@
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let text = std::fs::read_to_string("reports/mnist-cnn/results.json")?;
+//! let text = std::fs::read_to_string("reports/demo/standard/results.json")?;
 //! let record = gauntlet_record::RunRecord::from_json(&text)?;
 //! let input = gauntlet_report::ReportInput::new(record);
 //! for file in gauntlet_report::build(&[input])?.files {
