@@ -928,3 +928,112 @@ fn poison_inject_stamps_a_given_trigger_image_and_refuses_bad_ones() {
         assert!(!bad_out.exists());
     }
 }
+
+/// The README's main job, shortened (1 epoch, FGSM only): every step's record, its
+/// own report, and the combined report with the comparison and training charts.
+#[test]
+fn demo_trains_evaluates_and_reports_both_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let suite = dir.path().join("fgsm.toml");
+    std::fs::write(
+        &suite,
+        "name = \"fgsm\"\ndescription = \"one step\"\n[[attack]]\nname = \"fgsm\"\neps = [0.1, 0.3]\n",
+    )
+    .unwrap();
+    let out = dir.path().join("demo");
+    let run = gauntlet(&[
+        "demo",
+        "--suite",
+        suite.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    for file in [
+        "report.html",
+        "summary.md",
+        "compare-linf.svg",
+        "compare-linf.png",
+        "training-accuracy.svg",
+        "standard/results.json",
+        "standard/report.html",
+        "fgsm-rs/model.safetensors",
+        "fgsm-rs/model.record.json",
+        "fgsm-rs/model.report/report.html",
+        "fgsm-rs/eval/results.json",
+        "fgsm-rs/eval/report.html",
+    ] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+    // Each record says how to re-run exactly its step, not the demo.
+    let trained = read_json(&out.join("fgsm-rs/model.record.json"));
+    assert_eq!(trained["command"][1], "train");
+    assert_eq!(trained["training"]["adversarial"]["method"], "fgsm-rs");
+    let evaluated = read_json(&out.join("fgsm-rs/eval/results.json"));
+    assert_eq!(evaluated["command"][1], "eval");
+    assert_eq!(evaluated["clean"]["labels"].as_array().unwrap().len(), 1000);
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for needle in [
+        "standard CNN",
+        "FGSM-RS CNN",
+        "id=\"training\"",
+        "id=\"gallery\"",
+    ] {
+        assert!(html.contains(needle), "{needle}");
+    }
+}
+
+#[test]
+fn report_renders_shipped_records_and_refuses_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let ok = gauntlet(&[
+        "report",
+        "reports/mnist-cnn-pgd-at/results.json",
+        "examples/models/mnist-cnn-pgd-at.record.json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.contains("mnist-cnn-pgd-at"), "{summary}");
+    assert!(out.join("training-accuracy.png").is_file());
+
+    let not_json = dir.path().join("bad.json");
+    std::fs::write(&not_json, "{\"schema_version\": 1, \"kind\": ").unwrap();
+    let wrong_version = dir.path().join("v9.json");
+    std::fs::write(&wrong_version, "{\"schema_version\": 9}").unwrap();
+    let out_s = dir.path().join("r2");
+    let out_s = out_s.to_str().unwrap();
+    let cases: [(Vec<&str>, &str); 4] = [
+        (
+            vec!["report", "missing.json", "--out", out_s],
+            "missing.json",
+        ),
+        (
+            vec!["report", not_json.to_str().unwrap(), "--out", out_s],
+            "is not a Gauntlet run record",
+        ),
+        (
+            vec!["report", wrong_version.to_str().unwrap(), "--out", out_s],
+            "is not a Gauntlet run record",
+        ),
+        (
+            vec![
+                "report",
+                "reports/mnist-cnn-pgd-at/results.json",
+                "--labels",
+                "a,b",
+                "--out",
+                out_s,
+            ],
+            "--labels has 2 entries for 1 records",
+        ),
+    ];
+    for (args, needle) in cases {
+        assert_clear_error(&gauntlet(&args), needle);
+    }
+}
