@@ -50,6 +50,12 @@ enum Command {
     /// train a CNN for a few epochs (FGSM-RS), evaluate it the same way, and write
     /// one report comparing them.
     Demo(crate::report::DemoArgs),
+    /// The CI gate: thresholds and/or regressions against a baseline. Exit 0 pass,
+    /// 1 the gate failed, 2 an error. Writes junit.xml and summary.md.
+    Check(crate::gate::CheckArgs),
+    /// Manage baselines for `gauntlet check --baseline`.
+    #[command(subcommand)]
+    Baseline(crate::gate::BaselineCommand),
 }
 
 /// How to read a model file.
@@ -245,6 +251,8 @@ struct InfoArgs {
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Check(args) => return crate::gate::check(args),
+        Command::Baseline(command) => crate::gate::baseline(command),
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
         Command::Attack(args) => attack(args),

@@ -3,6 +3,7 @@
 //! Exit codes (ripgrep's convention): 0 success, 1 ran but a gate failed, 2 error.
 
 mod commands;
+mod gate;
 mod poison;
 mod progress;
 mod report;

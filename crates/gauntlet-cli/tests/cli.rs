@@ -1037,3 +1037,88 @@ fn report_renders_shipped_records_and_refuses_bad_ones() {
         assert_clear_error(&gauntlet(&args), needle);
     }
 }
+
+/// The gate from the real binary: 0 on a pass, 1 on a regression, 2 on an error,
+/// with junit.xml holding one case per check.
+#[test]
+fn check_exit_codes_follow_the_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = "reports/demo/standard/results.json";
+    let baseline = dir.path().join("baseline.json");
+    let update = gauntlet(&[
+        "baseline",
+        "update",
+        record,
+        "--out",
+        baseline.to_str().unwrap(),
+    ]);
+    assert!(update.status.success(), "{}", stderr(&update));
+    let out = dir.path().join("check");
+    let run = |record: &str, extra: &[&str]| -> Output {
+        let mut args = vec!["check", record, "--out", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        gauntlet(&args)
+    };
+    let same = run(
+        record,
+        &[
+            "--baseline",
+            baseline.to_str().unwrap(),
+            "--min-clean",
+            "0.9",
+        ],
+    );
+    assert_eq!(same.status.code(), Some(0), "{}", stderr(&same));
+    let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    assert_eq!(junit.matches("<testcase ").count(), 5, "{junit}");
+    assert!(out.join("summary.md").is_file());
+
+    // A regression: 50 of the samples robust at ε = 0.1 now broken.
+    let mut worse = read_json(&repo(record));
+    let robust = worse["robustness"]["worst_case"][0]["robust"]
+        .as_array_mut()
+        .unwrap();
+    let mut lost = 0;
+    for r in robust.iter_mut() {
+        if lost < 50 && r.as_bool() == Some(true) {
+            *r = serde_json::Value::Bool(false);
+            lost += 1;
+        }
+    }
+    let worse_path = dir.path().join("worse.json");
+    std::fs::write(&worse_path, worse.to_string()).unwrap();
+    let failed = run(
+        worse_path.to_str().unwrap(),
+        &["--baseline", baseline.to_str().unwrap()],
+    );
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    let table = String::from_utf8_lossy(&failed.stdout);
+    assert!(table.contains("FAIL robust accuracy linf ε=0.1"), "{table}");
+    let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    assert_eq!(junit.matches("<failure ").count(), 1);
+
+    // Errors: a different evaluation, a threshold the record cannot answer, bad flags.
+    let mut other = read_json(&repo(record));
+    other["dataset"]["num_samples"] = serde_json::json!(999);
+    let other_path = dir.path().join("other.json");
+    std::fs::write(&other_path, other.to_string()).unwrap();
+    assert_clear_error(
+        &run(
+            other_path.to_str().unwrap(),
+            &["--baseline", baseline.to_str().unwrap()],
+        ),
+        "999 samples vs baseline 1000",
+    );
+    let allowed = run(
+        other_path.to_str().unwrap(),
+        &["--baseline", baseline.to_str().unwrap(), "--allow-mismatch"],
+    );
+    assert_eq!(allowed.status.code(), Some(0), "{}", stderr(&allowed));
+    assert_clear_error(
+        &run(record, &["--min-robust", "linf:0.25:0.5"]),
+        "no worst-case result for linf ε=0.25",
+    );
+    assert_clear_error(&run(record, &["--min-robust", "linf:0.3"]), "NORM:EPS:MIN");
+    assert_clear_error(&run(record, &[]), "nothing to check");
+    assert_clear_error(&run(record, &["--min-clean", "97"]), "not 95");
+}
