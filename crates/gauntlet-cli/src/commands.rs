@@ -27,6 +27,9 @@ use crate::progress::CliProgress;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// CPU threads for compute (default: all cores); recorded in the run record.
+    #[arg(long, global = true)]
+    pub(crate) threads: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]

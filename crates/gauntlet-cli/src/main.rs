@@ -19,8 +19,9 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    gauntlet_core::configure_threads(None);
+    // Parsing spawns no threads, so the thread count can still be set afterwards.
     let cli = commands::Cli::parse();
+    gauntlet_core::configure_threads(cli.threads);
     match commands::run(cli) {
         Ok(code) => code,
         Err(err) => {

@@ -1122,3 +1122,30 @@ fn check_exit_codes_follow_the_gate() {
     assert_clear_error(&run(record, &[]), "nothing to check");
     assert_clear_error(&run(record, &["--min-clean", "97"]), "not 95");
 }
+
+#[test]
+fn threads_flag_is_honoured_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("one-thread");
+    let run = gauntlet(&[
+        "--threads",
+        "1",
+        "eval",
+        "--model",
+        "examples/models/mnist-mlp.safetensors",
+        "--data",
+        "datasets/mnist-5k",
+        "--limit",
+        "50",
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let record = read_json(&out.join("results.json"));
+    assert_eq!(record["environment"]["threads"], 1);
+    assert!(
+        out.join("report.html").is_file(),
+        "eval writes its report next to the record"
+    );
+}
