@@ -159,7 +159,9 @@ impl Attack for Square {
             }
             let side = ((self.p_at(query) * (h * w) as f64).sqrt().round() as usize)
                 .clamp(1, h.min(w).saturating_sub(1).max(1));
-            let step = seed.derive(&format!("query-{query}"));
+            // Bound to the samples still attacked, so each sample's squares do not
+            // depend on which others are still in play.
+            let step = seed.derive(&format!("query-{query}")).rows(&active);
             let rows = step.derive("row").below(active.len(), h - side + 1);
             let cols = step.derive("col").below(active.len(), w - side + 1);
             let signs = step.derive("sign").signs_f32(active.len() * c);

@@ -523,6 +523,7 @@ fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
             seed,
             keep_examples: save_adversarial,
             gallery_samples: GALLERY_CANDIDATES,
+            first_sample: 0,
         };
         let result =
             gauntlet_eval::evaluate_robust(&model, &data, &clean, &entries, &config, &progress)?;

@@ -94,6 +94,10 @@ pub struct RobustConfig {
     /// Also keep the examples of samples with an index below this, for the report's
     /// gallery (bounded memory whatever the dataset size).
     pub gallery_samples: usize,
+    /// Index in the whole dataset of this run's first sample (non-zero for a
+    /// shard): random streams are keyed by it, so a sample is attacked the same
+    /// way in a shard as in the whole run.
+    pub first_sample: usize,
 }
 
 fn fraction(v: &[bool]) -> f64 {
@@ -108,6 +112,7 @@ fn targets_for(
     indices: &[usize],
     seed: &SeedStream,
     batch_size: usize,
+    first_sample: usize,
 ) -> Result<Option<Vec<u32>>> {
     let k = model.num_classes() as u32;
     let labels = data.labels();
@@ -127,8 +132,9 @@ fn targets_for(
                 indices
                     .iter()
                     .map(|&i| {
-                        let draw =
-                            seed.derive(&format!("target/{i}")).below(1, k as usize - 1)[0] as u32;
+                        let draw = seed
+                            .derive(&format!("target/{}", first_sample + i))
+                            .below(1, k as usize - 1)[0] as u32;
                         if draw >= labels[i] {
                             draw + 1
                         } else {
@@ -153,6 +159,11 @@ fn targets_for(
             Some(out)
         }
     })
+}
+
+/// Dataset-wide ids of a chunk of this run's samples.
+fn sample_ids(chunk: &[usize], first_sample: usize) -> Vec<usize> {
+    chunk.iter().map(|&i| first_sample + i).collect()
 }
 
 fn gather(data: &Dataset, indices: &[usize], model: &dyn Classifier) -> Result<Tensor> {
@@ -211,10 +222,11 @@ pub fn evaluate_robust(
                 &indices,
                 &stream,
                 config.batch_size,
+                config.first_sample,
             )?;
             let mut norms = vec![None; n];
             let (mut grads, mut fwds, mut rejected) = (0, 0, 0);
-            for (b, chunk) in indices.chunks(config.batch_size).enumerate() {
+            for chunk in indices.chunks(config.batch_size) {
                 let images = gather(data, chunk, model)?;
                 let goal = make_goal(data, chunk, targets.as_deref(), &indices);
                 let outcome = run_attack(
@@ -223,7 +235,7 @@ pub fn evaluate_robust(
                     &images,
                     &goal,
                     f64::INFINITY,
-                    &stream.derive(&format!("batch-{b}")),
+                    &stream.per_sample(&sample_ids(chunk, config.first_sample)),
                 )?;
                 for (j, &i) in chunk.iter().enumerate() {
                     if outcome.success[j] {
@@ -295,11 +307,12 @@ pub fn evaluate_robust(
                 &indices,
                 &eps_stream,
                 config.batch_size,
+                config.first_sample,
             )?;
             let (mut grads, mut fwds, mut rejected, mut newly) = (0, 0, 0, 0);
             let mut found_norms = Vec::new();
             let mut black_box_only = 0;
-            for (b, chunk) in indices.chunks(config.batch_size).enumerate() {
+            for chunk in indices.chunks(config.batch_size) {
                 let images = gather(data, chunk, model)?;
                 let goal = make_goal(data, chunk, targets.as_deref(), &indices);
                 let outcome = run_attack(
@@ -308,7 +321,7 @@ pub fn evaluate_robust(
                     &images,
                     &goal,
                     eps,
-                    &eps_stream.derive(&format!("batch-{b}")),
+                    &eps_stream.per_sample(&sample_ids(chunk, config.first_sample)),
                 )?;
                 // Misclassification is what robust accuracy measures, whatever the goal.
                 let preds = &outcome.predictions;

@@ -109,6 +109,7 @@ fn worst_case_is_the_per_sample_and_over_attacks_that_break_disjoint_samples() {
         seed: 0,
         keep_examples: true,
         gallery_samples: 0,
+        first_sample: 0,
     };
     let result = evaluate_robust(&TwoPixels, &data, &clean, &suite, &config, &NoProgress).unwrap();
     let at = |name: &str, eps: f64| {
@@ -191,6 +192,7 @@ fn robust_count(
         seed: 1,
         keep_examples: false,
         gallery_samples: 0,
+        first_sample: 0,
     };
     let result = evaluate_robust(model, data, &clean, &suite, &config, &NoProgress).unwrap();
     result.worst_case[0].robust.iter().filter(|r| **r).count()
@@ -220,6 +222,7 @@ fn minimal_perturbation_curve_is_monotone_and_consistent_with_its_norms() {
         seed: 0,
         keep_examples: false,
         gallery_samples: 0,
+        first_sample: 0,
     };
     let result = evaluate_robust(&model, &data, &clean, &suite, &config, &NoProgress).unwrap();
     let norms = &result.minimal[0].norms;
@@ -313,6 +316,7 @@ fn record_types_carry_norm_kind_and_target_names() {
         seed: 0,
         keep_examples: false,
         gallery_samples: 0,
+        first_sample: 0,
     };
     let result = evaluate_robust(&TwoPixels, &data, &clean, &suite, &config, &NoProgress).unwrap();
     assert_eq!(
@@ -327,4 +331,55 @@ fn record_types_carry_norm_kind_and_target_names() {
         .warnings
         .iter()
         .all(|w| w.code != "robust-accuracy-rises-with-epsilon"));
+}
+
+/// Every random draw is keyed by the sample, so per-sample results do not depend on
+/// the batch size or on running the samples in two shards (with `first_sample`):
+/// the basis of `--shard` and of resuming.
+#[test]
+fn results_do_not_depend_on_batch_size_or_sharding() {
+    let (model, data) = shipped_cnn_and_data(40);
+    let suite = || {
+        vec![
+            SuiteEntry {
+                attack: build_attack("pgd-linf", &serde_json::json!({"steps": 5})).unwrap(),
+                epsilons: vec![0.1, 0.2],
+                target: TargetSpec::None,
+            },
+            SuiteEntry {
+                attack: build_attack("square-linf", &serde_json::json!({"queries": 30})).unwrap(),
+                epsilons: vec![0.2],
+                target: TargetSpec::Random,
+            },
+        ]
+    };
+    let run = |data: &Dataset, batch_size: usize, first_sample: usize| {
+        let clean = evaluate_clean(&model, data, batch_size, &NoProgress).unwrap();
+        let config = RobustConfig {
+            batch_size,
+            seed: 5,
+            keep_examples: false,
+            gallery_samples: 0,
+            first_sample,
+        };
+        let result = evaluate_robust(&model, data, &clean, &suite(), &config, &NoProgress).unwrap();
+        let per_attack: Vec<Vec<bool>> = result.attacks.iter().map(|a| a.robust.clone()).collect();
+        let worst: Vec<Vec<bool>> = result.worst_case.iter().map(|w| w.robust.clone()).collect();
+        (per_attack, worst)
+    };
+    let whole = run(&data, 40, 0);
+    assert_eq!(run(&data, 7, 0), whole, "batch size changed the results");
+    let first: Vec<usize> = (0..15).collect();
+    let second: Vec<usize> = (15..40).collect();
+    let a = run(&data.select("a", &first).unwrap(), 8, 0);
+    let b = run(&data.select("b", &second).unwrap(), 8, 15);
+    let joined: Vec<Vec<bool>> =
+        a.0.iter()
+            .zip(&b.0)
+            .map(|(x, y)| [x.clone(), y.clone()].concat())
+            .collect();
+    assert_eq!(joined, whole.0, "two shards differ from the whole run");
+    // The attacks did something: not everything robust, not everything broken.
+    let last = &whole.1[whole.1.len() - 1];
+    assert!(last.iter().any(|r| *r) || whole.1[0].iter().any(|r| !*r));
 }
