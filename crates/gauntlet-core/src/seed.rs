@@ -77,7 +77,7 @@ impl SeedStream {
     /// is a multiple of its size.
     fn draw<T>(&self, n: usize, draw: impl Fn(&Self, usize) -> Vec<T>) -> Vec<T> {
         match &self.samples {
-            Some(ids) if !ids.is_empty() && n % ids.len() == 0 => {
+            Some(ids) if !ids.is_empty() && n.is_multiple_of(ids.len()) => {
                 let per = n / ids.len();
                 let mut out = Vec::with_capacity(n);
                 for id in ids.iter() {
