@@ -13,7 +13,7 @@ use gauntlet_eval::{RobustConfig, Suite, TargetSpec};
 use gauntlet_models::{load_model, Arch, Model, ModelInfo, ModelOptions, Normalization};
 use gauntlet_record::{
     CleanRecord, DatasetRecord, Environment, ModelRecord, RobustnessRecord, RunKind, RunRecord,
-    SuiteRecord, TrainingRecord, SCHEMA_VERSION,
+    SuiteRecord, TrainingRecord, GALLERY_SIZE, SCHEMA_VERSION,
 };
 use gauntlet_train::{
     AdversarialMethod, AdversarialTraining, LrSchedule, OptimizerKind, TrainConfig,
@@ -59,6 +59,8 @@ enum Command {
     /// Manage baselines for `gauntlet check --baseline`.
     #[command(subcommand)]
     Baseline(crate::gate::BaselineCommand),
+    /// Combine the records of `--shard K/N` runs into the record of the whole run.
+    Merge(crate::report::MergeArgs),
 }
 
 /// How to read a model file.
@@ -111,6 +113,10 @@ struct RunArgs {
     /// Also write the adversarial examples found to DIR/adversarial.npz.
     #[arg(long)]
     save_adversarial: bool,
+    /// Evaluate only shard K of N (1-based): a contiguous, deterministic slice of the
+    /// samples; `gauntlet merge` combines the N records into the whole run's.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<String>,
     /// Output directory for results.json.
     #[arg(long)]
     out: PathBuf,
@@ -263,6 +269,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Poison(command) => crate::poison::run(command),
         Command::Report(args) => crate::report::run(args),
         Command::Demo(args) => crate::report::demo(args),
+        Command::Merge(args) => crate::report::merge(args),
     }
     .map(|()| ExitCode::SUCCESS)
 }
@@ -383,8 +390,23 @@ struct EvalPlan {
     batch_size: usize,
     suite: Option<(Suite, SuiteRecord)>,
     save_adversarial: bool,
+    shard: Option<gauntlet_record::ShardRecord>,
     out: PathBuf,
     quiet: bool,
+}
+
+/// Parse `K/N` (1 ≤ K ≤ N).
+fn parse_shard(text: &str) -> Result<(usize, usize)> {
+    let parsed = text.split_once('/').and_then(|(k, n)| {
+        Some((
+            k.trim().parse::<usize>().ok()?,
+            n.trim().parse::<usize>().ok()?,
+        ))
+    });
+    match parsed {
+        Some((k, n)) if n >= 1 && (1..=n).contains(&k) => Ok((k, n)),
+        _ => bail!("--shard '{text}' must be K/N with 1 ≤ K ≤ N, e.g. 2/3"),
+    }
 }
 
 /// Resolve and check everything before any compute: every user error surfaces here.
@@ -404,8 +426,27 @@ fn plan(
         );
     }
     check_out_dir(&run.out)?;
+    let shard = run.shard.as_deref().map(parse_shard).transpose()?;
     let (loaded, info) = load_model_checked(model)?;
-    let dataset = load_data(data, split)?;
+    let mut dataset = load_data(data, split)?;
+    let shard = match shard {
+        None => None,
+        Some((k, n)) => {
+            let total = dataset.len();
+            if n > total {
+                bail!("--shard {k}/{n}: {n} shards of {total} samples would leave some empty");
+            }
+            let range = (k - 1) * total / n..k * total / n;
+            let first_sample = range.start;
+            dataset = dataset.shard(range)?;
+            Some(gauntlet_record::ShardRecord {
+                index: k,
+                count: n,
+                first_sample,
+                total_samples: total,
+            })
+        }
+    };
     gauntlet_eval::check_compatible(&loaded, &dataset).with_context(|| {
         format!(
             "model {} does not fit dataset {}",
@@ -422,6 +463,7 @@ fn plan(
         batch_size: run.batch_size,
         suite,
         save_adversarial: run.save_adversarial,
+        shard,
         out: run.out,
         quiet: run.quiet,
     })
@@ -507,9 +549,11 @@ fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
         batch_size,
         suite,
         save_adversarial,
+        shard,
         out,
         quiet,
     } = plan;
+    let first_sample = shard.as_ref().map_or(0, |s| s.first_sample);
     let progress = CliProgress::new(quiet);
     let clean = gauntlet_eval::evaluate_clean(&model, &data, batch_size, &progress)?;
     let mut robustness = None;
@@ -522,13 +566,15 @@ fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
             batch_size,
             seed,
             keep_examples: save_adversarial,
-            gallery_samples: GALLERY_CANDIDATES,
-            first_sample: 0,
+            gallery_samples: GALLERY_CANDIDATES.saturating_sub(first_sample),
+            first_sample,
         };
         let result =
             gauntlet_eval::evaluate_robust(&model, &data, &clean, &entries, &config, &progress)?;
         warnings.extend(result.warnings.iter().cloned());
-        let gallery = gallery(&model, &data, &result.examples, &result.attacks)?;
+        let mut gallery = gallery(&model, &data, &result.examples, &result.attacks)?;
+        // Shards record dataset-wide indices, as the whole run would.
+        gallery.iter_mut().for_each(|g| g.index += first_sample);
         robustness = Some(RobustnessRecord {
             suite: suite_record,
             attacks: result.attacks,
@@ -557,11 +603,19 @@ fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
         training: None,
         robustness,
         poisoning: None,
+        shard,
         wall_seconds: started.elapsed().as_secs_f64(),
     };
     if let Some(examples) = examples.filter(|_| save_adversarial) {
         let path = out.join("adversarial.npz");
-        write_adversarial(&path, &model, &data, &clean.predictions, &examples)?;
+        write_adversarial(
+            &path,
+            &model,
+            &data,
+            &clean.predictions,
+            &examples,
+            first_sample,
+        )?;
         println!(
             "wrote {} ({} adversarial examples)",
             path.display(),
@@ -604,8 +658,6 @@ fn print_summary(info: &ModelInfo, data: &Dataset, split: Split, record: &RunRec
 
 /// Samples (in dataset order) whose adversarial examples are kept for the gallery.
 const GALLERY_CANDIDATES: usize = 64;
-/// Examples shown in the report's gallery.
-const GALLERY_SIZE: usize = 8;
 
 /// The first broken samples with their adversarial examples, predictions and
 /// confidences, for the report.
@@ -694,6 +746,7 @@ fn write_adversarial(
     data: &Dataset,
     clean_predictions: &[u32],
     examples: &std::collections::BTreeMap<usize, (f64, String, Vec<f32>)>,
+    first_sample: usize,
 ) -> Result<()> {
     use std::io::Write;
     let [c, h, w] = data.image_shape();
@@ -704,7 +757,7 @@ fn write_adversarial(
     for (&i, (e, _, image)) in examples {
         images.extend_from_slice(image);
         labels.push(data.labels()[i] as i64);
-        indices.push(i as i64);
+        indices.push((first_sample + i) as i64);
         clean_pred.push(clean_predictions[i] as i64);
         eps.push(*e);
     }
@@ -960,6 +1013,7 @@ fn train(args: TrainArgs) -> Result<()> {
         }),
         robustness: None,
         poisoning: None,
+        shard: None,
         wall_seconds: started.elapsed().as_secs_f64(),
     };
     let record_path = args.out.with_extension("record.json");

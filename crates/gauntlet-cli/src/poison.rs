@@ -461,6 +461,7 @@ fn detect(args: DetectArgs) -> Result<()> {
         training: None,
         robustness: None,
         poisoning: Some(poisoning),
+        shard: None,
         wall_seconds: started.elapsed().as_secs_f64(),
     };
     std::fs::create_dir_all(&args.out)
@@ -530,6 +531,7 @@ fn audit(args: AuditArgs) -> Result<()> {
         training: None,
         robustness: None,
         poisoning: Some(outcome.record),
+        shard: None,
         wall_seconds: started.elapsed().as_secs_f64(),
     };
     let path = args.out.join("results.json");

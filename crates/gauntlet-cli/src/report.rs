@@ -214,3 +214,37 @@ fn labelled(path: &Path, label: &str) -> Result<ReportInput> {
     input.label = label.into();
     Ok(input)
 }
+
+#[derive(Args, Debug)]
+pub(crate) struct MergeArgs {
+    /// The shard records (results.json of each `--shard K/N` run), in any order.
+    #[arg(required = true)]
+    records: Vec<PathBuf>,
+    /// The merged record to write (e.g. merged/results.json); its report goes next to it.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub(crate) fn merge(args: MergeArgs) -> Result<()> {
+    let shards = args
+        .records
+        .iter()
+        .map(|p| read_record(p))
+        .collect::<Result<Vec<_>>>()?;
+    let merged = gauntlet_record::merge_shards(&shards)?;
+    let dir = args
+        .out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    crate::commands::write_record(&args.out, &merged)?;
+    println!(
+        "merged {} shards ({} samples) into {}",
+        shards.len(),
+        merged.dataset.num_samples,
+        args.out.display()
+    );
+    write_run_report(&dir, &merged)
+}

@@ -1149,3 +1149,184 @@ fn threads_flag_is_honoured_and_recorded() {
         "eval writes its report next to the record"
     );
 }
+
+/// Floats that may differ in the last bits with the batch a sample ran in.
+fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+        _ => a == b,
+    }
+}
+
+/// Three shards merged equal the single run (timings aside), and shards that do not
+/// make up one evaluation are refused.
+#[test]
+fn three_shards_merge_into_the_single_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let suite = dir.path().join("suite.toml");
+    std::fs::write(
+        &suite,
+        "name = \"mini\"\ndescription = \"fgsm and short pgd\"\n[[attack]]\nname = \"fgsm\"\neps = [0.1, 0.2]\n[[attack]]\nname = \"pgd-linf\"\neps = [0.1, 0.2]\nparams = { steps = 5 }\n",
+    )
+    .unwrap();
+    let eval = |out: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let mut args = vec![
+            "eval",
+            "--model",
+            "examples/models/mnist-cnn.safetensors",
+            "--data",
+            "datasets/mnist-5k",
+            "--suite",
+            suite.to_str().unwrap(),
+            "--limit",
+            "90",
+            "--batch-size",
+            "16",
+            "--out",
+            out.to_str().unwrap(),
+            "-q",
+        ];
+        args.extend_from_slice(extra);
+        let run = gauntlet(&args);
+        assert!(run.status.success(), "{}", stderr(&run));
+        out.join("results.json")
+    };
+    let whole = eval("whole", &[]);
+    let shards: Vec<PathBuf> = (1..=3)
+        .map(|k| eval(&format!("s{k}"), &["--shard", &format!("{k}/3")]))
+        .collect();
+    let shard = read_json(&shards[1]);
+    assert_eq!(shard["dataset"]["num_samples"], 30);
+    assert_eq!(shard["shard"]["first_sample"], 30);
+
+    let merged_path = dir.path().join("merged/results.json");
+    let s = |p: &PathBuf| p.to_str().unwrap().to_string();
+    let merge = gauntlet(&[
+        "merge",
+        &s(&shards[2]),
+        &s(&shards[0]),
+        &s(&shards[1]),
+        "--out",
+        &s(&merged_path),
+    ]);
+    assert!(merge.status.success(), "{}", stderr(&merge));
+    let mut merged = read_json(&merged_path);
+    let mut single = read_json(&whole);
+    for record in [&mut merged, &mut single] {
+        let r = record.as_object_mut().unwrap();
+        r.remove("wall_seconds");
+        r.remove("command");
+        for a in r["robustness"]["attacks"].as_array_mut().unwrap() {
+            a.as_object_mut().unwrap().remove("wall_seconds");
+        }
+    }
+    for key in [
+        "clean",
+        "dataset",
+        "model",
+        "seed",
+        "environment",
+        "kind",
+        "tool",
+    ] {
+        assert_eq!(merged[key], single[key], "{key}");
+    }
+    let (m, w) = (&merged["robustness"], &single["robustness"]);
+    assert_eq!(m["worst_case"], w["worst_case"]);
+    assert_eq!(m["suite"], w["suite"]);
+    for (a, b) in m["attacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(w["attacks"].as_array().unwrap())
+    {
+        for (key, value) in a.as_object().unwrap() {
+            assert!(
+                close(value, &b[key]),
+                "attack {} {key}: {value} vs {}",
+                a["attack"],
+                b[key]
+            );
+        }
+    }
+    for (a, b) in m["gallery"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(w["gallery"].as_array().unwrap())
+    {
+        for (key, value) in a.as_object().unwrap() {
+            assert!(value.is_array() || close(value, &b[key]), "gallery {key}");
+        }
+    }
+    assert_eq!(
+        m["gallery"].as_array().unwrap().len(),
+        w["gallery"].as_array().unwrap().len()
+    );
+
+    // Missing, duplicated or foreign shards are refused.
+    let out = s(&dir.path().join("bad/results.json"));
+    assert_clear_error(
+        &gauntlet(&["merge", &s(&shards[0]), &s(&shards[1]), "--out", &out]),
+        "shard 3/3 missing",
+    );
+    assert_clear_error(
+        &gauntlet(&[
+            "merge",
+            &s(&shards[0]),
+            &s(&shards[0]),
+            &s(&shards[1]),
+            "--out",
+            &out,
+        ]),
+        "shard 1/3 is given twice",
+    );
+    let half = eval("half", &["--shard", "1/2"]);
+    assert_clear_error(
+        &gauntlet(&[
+            "merge",
+            &s(&shards[0]),
+            &s(&half),
+            &s(&shards[2]),
+            "--out",
+            &out,
+        ]),
+        "does not belong",
+    );
+    let reseeded = eval("reseeded", &["--shard", "2/3", "--seed", "9"]);
+    assert_clear_error(
+        &gauntlet(&[
+            "merge",
+            &s(&shards[0]),
+            &s(&reseeded),
+            &s(&shards[2]),
+            "--out",
+            &out,
+        ]),
+        "differs from shard 1 in its seed",
+    );
+    assert_clear_error(
+        &gauntlet(&["merge", &s(&whole), "--out", &out]),
+        "is not a shard",
+    );
+    assert_clear_error(
+        &eval_error(&dir, &["--shard", "4/3"]),
+        "--shard '4/3' must be K/N",
+    );
+}
+
+fn eval_error(dir: &tempfile::TempDir, extra: &[&str]) -> Output {
+    let out = dir.path().join("never");
+    let mut args = vec![
+        "eval",
+        "--model",
+        "examples/models/mnist-cnn.safetensors",
+        "--data",
+        "datasets/mnist-5k",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    gauntlet(&args)
+}

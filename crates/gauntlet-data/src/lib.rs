@@ -378,6 +378,23 @@ impl Dataset {
         Ok(copy)
     }
 
+    /// The samples in `range`, keeping this dataset's path and sha256: a shard is
+    /// identified by its source plus the range (recorded by the caller).
+    pub fn shard(&self, range: Range<usize>) -> Result<Dataset> {
+        if range.start > range.end || range.end > self.len() {
+            return Err(Error::Invalid(format!(
+                "shard {}..{} is outside the dataset's 0..{}",
+                range.start,
+                range.end,
+                self.len()
+            )));
+        }
+        let indices: Vec<usize> = range.collect();
+        let mut copy = self.select(self.path.clone(), &indices)?;
+        copy.sha256 = self.sha256.clone();
+        Ok(copy)
+    }
+
     fn clone_header(&self) -> Dataset {
         Dataset {
             path: self.path.clone(),

@@ -6,6 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
+mod merge;
+pub use merge::merge_shards;
+
 /// Version of the schema this crate writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -24,6 +27,9 @@ pub enum Error {
         /// Version supported.
         expected: u32,
     },
+    /// Shard records that cannot be merged into one evaluation.
+    #[error("cannot merge: {0}")]
+    Merge(String),
 }
 
 /// Result with the record [`Error`].
@@ -73,6 +79,10 @@ pub struct RunRecord {
     /// Poisoning: injection, detectors, and the backdoor before and after filtering.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub poisoning: Option<PoisoningRecord>,
+    /// Set when this record covers one shard of an evaluation (`--shard K/N`);
+    /// `gauntlet merge` combines the shards into the record of the whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardRecord>,
     /// Wall-clock seconds of the whole run (the only field that varies between identical runs).
     pub wall_seconds: f64,
 }
@@ -265,6 +275,23 @@ pub struct RobustnessRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gallery: Vec<GalleryExample>,
 }
+
+/// Which slice of an evaluation a shard record covers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardRecord {
+    /// 1-based shard number.
+    pub index: usize,
+    /// Number of shards.
+    pub count: usize,
+    /// Index of this shard's first sample among the evaluation's samples.
+    pub first_sample: usize,
+    /// Samples of the whole evaluation.
+    pub total_samples: usize,
+}
+
+/// Adversarial examples a record keeps for the report's gallery.
+pub const GALLERY_SIZE: usize = 8;
 
 /// One adversarial example kept for the report: the first broken samples in
 /// dataset order, at the smallest ε that broke them.
@@ -660,6 +687,7 @@ mod tests {
             training: None,
             robustness: None,
             poisoning: None,
+            shard: None,
             wall_seconds: 0.5,
         }
     }
