@@ -57,7 +57,7 @@ fn identical_records_pass() {
 #[test]
 fn a_real_regression_fails_and_noise_does_not() {
     let baseline = shipped();
-    // 40 of the 759 samples robust at ε = 0.1 broken: a 4-point drop.
+    // 40 of the ~760 samples robust at ε = 0.1 broken: a 4-point drop.
     let mut worse = baseline.clone();
     lose(&mut worse, 0, 40);
     let outcome = check(&worse, &Policy::default(), Some(&baseline), false).unwrap();
