@@ -117,9 +117,13 @@ struct RunArgs {
     /// samples; `gauntlet merge` combines the N records into the whole run's.
     #[arg(long, value_name = "K/N")]
     shard: Option<String>,
-    /// Output directory for results.json.
-    #[arg(long)]
-    out: PathBuf,
+    /// Output directory for results.json (and, while attacks run, journal.jsonl).
+    #[arg(long, required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the run interrupted in DIR (a crash, kill -9 or Ctrl-C), skipping
+    /// the batches its journal holds; give the same arguments as the first time.
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    resume: Option<PathBuf>,
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
@@ -392,6 +396,7 @@ struct EvalPlan {
     save_adversarial: bool,
     shard: Option<gauntlet_record::ShardRecord>,
     out: PathBuf,
+    resume: bool,
     quiet: bool,
 }
 
@@ -425,7 +430,15 @@ fn plan(
             "--save-adversarial needs --suite: there are no adversarial examples without attacks"
         );
     }
-    check_out_dir(&run.out)?;
+    let resume = run.resume.is_some();
+    let out = match (run.resume, run.out) {
+        (Some(dir), _) | (None, Some(dir)) => dir,
+        (None, None) => bail!("--out DIR is required"),
+    };
+    if resume && suite.is_none() {
+        bail!("--resume continues attack suites; a clean-only evaluation has nothing to resume");
+    }
+    check_out_dir(&out)?;
     let shard = run.shard.as_deref().map(parse_shard).transpose()?;
     let (loaded, info) = load_model_checked(model)?;
     let mut dataset = load_data(data, split)?;
@@ -464,7 +477,8 @@ fn plan(
         suite,
         save_adversarial: run.save_adversarial,
         shard,
-        out: run.out,
+        out,
+        resume,
         quiet: run.quiet,
     })
 }
@@ -551,6 +565,7 @@ fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
         save_adversarial,
         shard,
         out,
+        resume,
         quiet,
     } = plan;
     let first_sample = shard.as_ref().map_or(0, |s| s.first_sample);
@@ -558,6 +573,7 @@ fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
     let clean = gauntlet_eval::evaluate_clean(&model, &data, batch_size, &progress)?;
     let mut robustness = None;
     let mut examples = None;
+    let mut journal = None;
     if let Some((suite, suite_record)) = suite {
         let entries = suite.entries()?;
         let (images, labels) = data.batch(0..data.len().min(batch_size), model.device())?;
@@ -569,8 +585,53 @@ fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
             gallery_samples: GALLERY_CANDIDATES.saturating_sub(first_sample),
             first_sample,
         };
-        let result =
-            gauntlet_eval::evaluate_robust(&model, &data, &clean, &entries, &config, &progress)?;
+        // Everything that decides the results: a journal from another evaluation
+        // is never replayed into this one.
+        let fingerprint = gauntlet_core::sha256_bytes(
+            format!(
+                "{}|{}|{}|{}|{:?}|{}|{}|{}|{:?}|{:?}",
+                info.sha256,
+                data.sha256(),
+                split.as_str(),
+                data.len(),
+                shard,
+                seed,
+                batch_size,
+                save_adversarial,
+                suite_record,
+                suite.attacks
+            )
+            .as_bytes(),
+        );
+        let mut file_journal = crate::journal::FileJournal::open(&out, &fingerprint, resume)?;
+        if resume {
+            println!(
+                "resuming {}: {} finished batches in the journal",
+                out.display(),
+                file_journal.resumed_batches()
+            );
+        }
+        crate::journal::install_interrupt_handler();
+        let result = match gauntlet_eval::evaluate_robust_journaled(
+            &model,
+            &data,
+            &clean,
+            &entries,
+            &config,
+            &progress,
+            &mut file_journal,
+        ) {
+            Err(gauntlet_eval::Error::Interrupted { batches }) => {
+                eprintln!(
+                    "interrupted after {batches} more batches, all saved in {}; continue with the same command and --resume {} instead of --out",
+                    out.join(crate::journal::JOURNAL_FILE).display(),
+                    out.display()
+                );
+                return Err(crate::journal::Interrupted.into());
+            }
+            other => other?,
+        };
+        journal = Some(file_journal);
         warnings.extend(result.warnings.iter().cloned());
         let mut gallery = gallery(&model, &data, &result.examples, &result.attacks)?;
         // Shards record dataset-wide indices, as the whole run would.
@@ -624,6 +685,9 @@ fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
     }
     let path = out.join("results.json");
     write_record(&path, &record)?;
+    if let Some(journal) = journal {
+        journal.finish()?;
+    }
     print_summary(&info, &data, split, &record);
     println!("wrote {}", path.display());
     crate::report::write_run_report(&out, &record)

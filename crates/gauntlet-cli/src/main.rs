@@ -4,6 +4,7 @@
 
 mod commands;
 mod gate;
+mod journal;
 mod poison;
 mod progress;
 mod report;
@@ -24,6 +25,8 @@ fn main() -> ExitCode {
     gauntlet_core::configure_threads(cli.threads);
     match commands::run(cli) {
         Ok(code) => code,
+        // Ctrl-C: the message saying how to resume is already printed.
+        Err(err) if err.downcast_ref::<journal::Interrupted>().is_some() => ExitCode::from(130),
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::from(2)

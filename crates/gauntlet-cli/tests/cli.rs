@@ -1332,3 +1332,138 @@ fn eval_error(dir: &tempfile::TempDir, extra: &[&str]) -> Output {
     args.extend_from_slice(extra);
     gauntlet(&args)
 }
+
+/// A record with its timings and command line removed: what must match between an
+/// interrupted-and-resumed run and an uninterrupted one.
+fn without_timings(path: &Path) -> serde_json::Value {
+    let mut record = read_json(path);
+    let r = record.as_object_mut().unwrap();
+    r.remove("wall_seconds");
+    r.remove("command");
+    for a in r["robustness"]["attacks"].as_array_mut().unwrap() {
+        a.as_object_mut().unwrap().remove("wall_seconds");
+    }
+    record
+}
+
+fn journal_lines(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("journal.jsonl"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// kill -9 and Ctrl-C part-way, then --resume: the same record as a run never
+/// interrupted, and a journal from another evaluation is refused.
+#[test]
+fn an_evaluation_killed_or_interrupted_resumes_to_the_same_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let suite = dir.path().join("suite.toml");
+    std::fs::write(
+        &suite,
+        "name = \"resumable\"\ndescription = \"pgd\"\n[[attack]]\nname = \"pgd-linf\"\neps = [0.1, 0.2, 0.3]\nparams = { steps = 10 }\n",
+    )
+    .unwrap();
+    let args = |target: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "eval",
+            "--model",
+            "examples/models/mnist-cnn.safetensors",
+            "--data",
+            "datasets/mnist-5k",
+            "--suite",
+            suite.to_str().unwrap(),
+            "--limit",
+            "120",
+            "--batch-size",
+            "10",
+            "-q",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(target.iter().map(|s| s.to_string()));
+        v
+    };
+    let whole = dir.path().join("whole");
+    let run = gauntlet(
+        &args(&["--out", whole.to_str().unwrap()])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        !whole.join("journal.jsonl").exists(),
+        "a finished run leaves no journal"
+    );
+
+    for signal in ["KILL", "INT"] {
+        let out = dir.path().join(format!("stopped-{signal}"));
+        let child = Command::new(env!("CARGO_BIN_EXE_gauntlet"))
+            .args(args(&["--out", out.to_str().unwrap()]))
+            .current_dir(repo(""))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while journal_lines(&out) < 5 {
+            assert!(started.elapsed().as_secs() < 120, "the journal never grew");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            !out.join("results.json").exists(),
+            "{signal}: no record from a stopped run"
+        );
+        if signal == "INT" {
+            assert_eq!(output.status.code(), Some(130), "Ctrl-C exits 130");
+            let err = String::from_utf8_lossy(&output.stderr);
+            assert!(err.contains("--resume"), "says how to resume: {err}");
+        }
+        let saved = journal_lines(&out);
+        assert!(saved >= 5, "{signal}: {saved} lines");
+        // A journal line cut short by the kill is dropped on resume.
+        let mut journal = std::fs::OpenOptions::new()
+            .append(true)
+            .open(out.join("journal.jsonl"))
+            .unwrap();
+        std::io::Write::write_all(&mut journal, b"{\"key\":\"attack-0/eps-0.3/batch-").unwrap();
+        drop(journal);
+        // Another evaluation cannot continue it.
+        let reseeded = args(&["--resume", out.to_str().unwrap(), "--seed", "4"]);
+        assert_clear_error(
+            &gauntlet(&reseeded.iter().map(String::as_str).collect::<Vec<_>>()),
+            "different evaluation",
+        );
+        let resumed = gauntlet(
+            &args(&["--resume", out.to_str().unwrap()])
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
+        assert!(resumed.status.success(), "{}", stderr(&resumed));
+        assert!(
+            String::from_utf8_lossy(&resumed.stdout).contains("finished batches in the journal")
+        );
+        assert_eq!(
+            without_timings(&out.join("results.json")),
+            without_timings(&whole.join("results.json")),
+            "{signal}: the resumed record differs from the uninterrupted one"
+        );
+        assert!(!out.join("journal.jsonl").exists());
+    }
+    assert_clear_error(
+        &gauntlet(
+            &args(&["--resume", whole.to_str().unwrap()])
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        ),
+        "nothing to resume",
+    );
+}

@@ -8,8 +8,9 @@ mod robust;
 mod suite;
 
 pub use robust::{
-    evaluate_robust, model_sanity, AttackResult, MinimalNorms, RobustConfig, RobustResult,
-    SuiteEntry, TargetSpec, Warning, WorstCase,
+    evaluate_robust, evaluate_robust_journaled, model_sanity, AttackResult, BatchOutcome, Journal,
+    MinimalNorms, NoJournal, RobustConfig, RobustResult, SuiteEntry, TargetSpec, Warning,
+    WorstCase,
 };
 pub use suite::{parse_epsilon, parse_target, Suite, SuiteAttack};
 
@@ -45,6 +46,15 @@ pub enum Error {
     /// From an attack.
     #[error(transparent)]
     Attack(#[from] gauntlet_attacks::Error),
+    /// The journal asked to stop (Ctrl-C); every finished batch is saved.
+    #[error("interrupted after {batches} finished batches (all saved to the journal)")]
+    Interrupted {
+        /// Batches finished in this process.
+        batches: usize,
+    },
+    /// The journal could not be written or read.
+    #[error("journal: {0}")]
+    Journal(String),
 }
 
 /// Result with the eval [`Error`].

@@ -67,6 +67,55 @@ fn target_value(target: TargetSpec) -> serde_json::Value {
     serde_json::to_value(target).unwrap_or_default()
 }
 
+/// What one attack batch found: enough to fold it into the evaluation again
+/// without recomputing it (see [`Journal`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchOutcome {
+    /// The batch's samples (indices in this run's data), to check a replay.
+    pub samples: Vec<usize>,
+    /// `(sample, perturbation norm)` of each sample the attack broke.
+    pub broken: Vec<(usize, f64)>,
+    /// Gradient evaluations spent.
+    pub gradients: u64,
+    /// Forward evaluations spent.
+    pub forwards: u64,
+    /// Proposals rejected for leaving the ε-ball.
+    pub rejected: usize,
+    /// Adversarial images kept (`keep_examples` or gallery candidates).
+    pub examples: Vec<(usize, Vec<f32>)>,
+    /// Seconds the batch took.
+    pub seconds: f64,
+}
+
+/// Where finished batches are kept, so an interrupted evaluation can resume: the
+/// runner asks [`Journal::replay`] before each batch and reports each computed one
+/// to [`Journal::record`]. Batches are named by attack position, ε and batch
+/// number; since every random draw is keyed by the sample, a replayed batch is
+/// exactly what recomputing it would give.
+pub trait Journal {
+    /// The outcome of batch `key` if it finished before.
+    fn replay(&mut self, key: &str) -> Option<BatchOutcome>;
+    /// Keep a finished batch (durably, before the next one starts).
+    fn record(&mut self, key: &str, outcome: &BatchOutcome) -> Result<()>;
+    /// Whether to stop before the next batch (e.g. after Ctrl-C).
+    fn interrupted(&self) -> bool {
+        false
+    }
+}
+
+/// A journal that keeps nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoJournal;
+
+impl Journal for NoJournal {
+    fn replay(&mut self, _key: &str) -> Option<BatchOutcome> {
+        None
+    }
+    fn record(&mut self, _key: &str, _outcome: &BatchOutcome) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// Everything a robust evaluation found.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RobustResult {
@@ -179,6 +228,52 @@ pub fn evaluate_robust(
     config: &RobustConfig,
     observer: &dyn Observer,
 ) -> Result<RobustResult> {
+    evaluate_robust_journaled(model, data, clean, suite, config, observer, &mut NoJournal)
+}
+
+/// One batch: replayed from the journal, or computed and recorded.
+fn batch_outcome(
+    journal: &mut dyn Journal,
+    key: &str,
+    chunk: &[usize],
+    computed_batches: &mut usize,
+    compute: impl FnOnce() -> Result<BatchOutcome>,
+) -> Result<BatchOutcome> {
+    if let Some(outcome) = journal.replay(key) {
+        if outcome.samples == chunk {
+            return Ok(outcome);
+        }
+        return Err(Error::Journal(format!(
+            "batch {key} in the journal covers other samples than this run's; the journal is from a different evaluation"
+        )));
+    }
+    if journal.interrupted() {
+        return Err(Error::Interrupted {
+            batches: *computed_batches,
+        });
+    }
+    let started = Instant::now();
+    let mut outcome = compute()?;
+    outcome.samples = chunk.to_vec();
+    outcome.seconds = started.elapsed().as_secs_f64();
+    journal.record(key, &outcome)?;
+    *computed_batches += 1;
+    Ok(outcome)
+}
+
+/// [`evaluate_robust`] with a [`Journal`]: finished batches are recorded as they
+/// complete and replayed instead of recomputed, so a run that was killed resumes
+/// where it stopped and ends with the same result.
+pub fn evaluate_robust_journaled(
+    model: &dyn Classifier,
+    data: &Dataset,
+    clean: &CleanResult,
+    suite: &[SuiteEntry],
+    config: &RobustConfig,
+    observer: &dyn Observer,
+    journal: &mut dyn Journal,
+) -> Result<RobustResult> {
+    let mut computed_batches = 0usize;
     if config.batch_size == 0 {
         return Err(Error::Invalid("batch size must be at least 1".into()));
     }
@@ -192,7 +287,7 @@ pub fn evaluate_robust(
 
     for (position, entry) in suite.iter().enumerate() {
         let attack = entry.attack.as_ref();
-        let key = attack.norm();
+        let key_norm = attack.norm();
         let mut epsilons = entry.epsilons.clone();
         if let Some(bad) = epsilons.iter().find(|e| !(e.is_finite() && **e >= 0.0)) {
             return Err(Error::Invalid(format!(
@@ -203,17 +298,16 @@ pub fn evaluate_robust(
         epsilons.sort_by(f64::total_cmp);
         epsilons.dedup();
         grids
-            .entry(key)
+            .entry(key_norm)
             .or_default()
             .extend(epsilons.iter().copied());
         let broken = broken_at
-            .entry(key)
+            .entry(key_norm)
             .or_insert_with(|| vec![f64::INFINITY; n]);
         let stream = root.derive(&format!("attack-{position}/{}", attack.name()));
 
         if attack.kind() == AttackKind::MinimalPerturbation {
             let indices: Vec<usize> = (0..n).filter(|&i| clean.correct[i]).collect();
-            let started = Instant::now();
             observer.start(attack.name(), indices.len() as u64);
             let targets = targets_for(
                 entry.target,
@@ -226,29 +320,43 @@ pub fn evaluate_robust(
             )?;
             let mut norms = vec![None; n];
             let (mut grads, mut fwds, mut rejected) = (0, 0, 0);
-            for chunk in indices.chunks(config.batch_size) {
-                let images = gather(data, chunk, model)?;
-                let goal = make_goal(data, chunk, targets.as_deref(), &indices);
-                let outcome = run_attack(
-                    attack,
-                    model,
-                    &images,
-                    &goal,
-                    f64::INFINITY,
-                    &stream.per_sample(&sample_ids(chunk, config.first_sample)),
-                )?;
-                for (j, &i) in chunk.iter().enumerate() {
-                    if outcome.success[j] {
-                        norms[i] = Some(outcome.norms[j]);
-                        broken[i] = broken[i].min(outcome.norms[j]);
-                    }
+            let mut seconds = 0.0;
+            for (b, chunk) in indices.chunks(config.batch_size).enumerate() {
+                let key = format!("attack-{position}/minimal/batch-{b}");
+                let outcome = batch_outcome(journal, &key, chunk, &mut computed_batches, || {
+                    let images = gather(data, chunk, model)?;
+                    let goal = make_goal(data, chunk, targets.as_deref(), &indices);
+                    let outcome = run_attack(
+                        attack,
+                        model,
+                        &images,
+                        &goal,
+                        f64::INFINITY,
+                        &stream.per_sample(&sample_ids(chunk, config.first_sample)),
+                    )?;
+                    Ok(BatchOutcome {
+                        broken: chunk
+                            .iter()
+                            .enumerate()
+                            .filter(|(j, _)| outcome.success[*j])
+                            .map(|(j, &i)| (i, outcome.norms[j]))
+                            .collect(),
+                        gradients: outcome.gradients,
+                        forwards: outcome.forwards,
+                        rejected: outcome.rejected,
+                        ..BatchOutcome::default()
+                    })
+                })?;
+                for &(i, norm) in &outcome.broken {
+                    norms[i] = Some(norm);
+                    broken[i] = broken[i].min(norm);
                 }
                 grads += outcome.gradients;
                 fwds += outcome.forwards;
                 rejected += outcome.rejected;
+                seconds += outcome.seconds;
                 observer.advance(chunk.len() as u64, "");
             }
-            let seconds = started.elapsed().as_secs_f64();
             let found: Vec<f64> = norms.iter().flatten().copied().collect();
             for (k, &eps) in epsilons.iter().enumerate() {
                 let robust: Vec<bool> = (0..n)
@@ -294,7 +402,6 @@ pub fn evaluate_robust(
             let indices: Vec<usize> = (0..n)
                 .filter(|&i| clean.correct[i] && broken[i] > eps)
                 .collect();
-            let started = Instant::now();
             observer.start(
                 &format!("{} ε={eps:.4}", attack.name()),
                 indices.len() as u64,
@@ -312,49 +419,65 @@ pub fn evaluate_robust(
             let (mut grads, mut fwds, mut rejected, mut newly) = (0, 0, 0, 0);
             let mut found_norms = Vec::new();
             let mut black_box_only = 0;
-            for chunk in indices.chunks(config.batch_size) {
-                let images = gather(data, chunk, model)?;
-                let goal = make_goal(data, chunk, targets.as_deref(), &indices);
-                let outcome = run_attack(
-                    attack,
-                    model,
-                    &images,
-                    &goal,
-                    eps,
-                    &eps_stream.per_sample(&sample_ids(chunk, config.first_sample)),
-                )?;
-                // Misclassification is what robust accuracy measures, whatever the goal.
-                let preds = &outcome.predictions;
-                for (j, &i) in chunk.iter().enumerate() {
-                    // Rejected proposals were replaced by the (correctly classified)
-                    // clean input, so a misclassified output within ε is a real break.
-                    let within = outcome.norms[j]
-                        <= eps * (1.0 + gauntlet_attacks::NORM_TOLERANCE)
-                            + gauntlet_attacks::NORM_TOLERANCE;
-                    if preds[j] != data.labels()[i] && within {
-                        newly += 1;
-                        found_norms.push(outcome.norms[j]);
-                        broken[i] = broken[i].min(outcome.norms[j].min(eps));
-                        if !attack.uses_gradients()
-                            && white_box_done.get(&key).copied().unwrap_or(false)
-                        {
-                            black_box_only += 1;
-                        }
-                        if config.keep_examples || i < config.gallery_samples {
-                            let image = outcome
-                                .adversarial
-                                .narrow(0, j, 1)?
-                                .flatten_all()?
-                                .to_dtype(candle_core::DType::F32)?
-                                .to_vec1::<f32>()?;
-                            result.examples.entry(i).or_insert((
-                                eps,
-                                attack.name().to_string(),
-                                image,
-                            ));
+            let mut seconds = 0.0;
+            for (b, chunk) in indices.chunks(config.batch_size).enumerate() {
+                let key = format!("attack-{position}/eps-{eps}/batch-{b}");
+                let outcome = batch_outcome(journal, &key, chunk, &mut computed_batches, || {
+                    let images = gather(data, chunk, model)?;
+                    let goal = make_goal(data, chunk, targets.as_deref(), &indices);
+                    let outcome = run_attack(
+                        attack,
+                        model,
+                        &images,
+                        &goal,
+                        eps,
+                        &eps_stream.per_sample(&sample_ids(chunk, config.first_sample)),
+                    )?;
+                    let mut found = BatchOutcome {
+                        gradients: outcome.gradients,
+                        forwards: outcome.forwards,
+                        rejected: outcome.rejected,
+                        ..BatchOutcome::default()
+                    };
+                    // Misclassification is what robust accuracy measures, whatever the goal.
+                    for (j, &i) in chunk.iter().enumerate() {
+                        // Rejected proposals were replaced by the (correctly classified)
+                        // clean input, so a misclassified output within ε is a real break.
+                        let within = outcome.norms[j]
+                            <= eps * (1.0 + gauntlet_attacks::NORM_TOLERANCE)
+                                + gauntlet_attacks::NORM_TOLERANCE;
+                        if outcome.predictions[j] != data.labels()[i] && within {
+                            found.broken.push((i, outcome.norms[j]));
+                            if config.keep_examples || i < config.gallery_samples {
+                                let image = outcome
+                                    .adversarial
+                                    .narrow(0, j, 1)?
+                                    .flatten_all()?
+                                    .to_dtype(candle_core::DType::F32)?
+                                    .to_vec1::<f32>()?;
+                                found.examples.push((i, image));
+                            }
                         }
                     }
+                    Ok(found)
+                })?;
+                for &(i, norm) in &outcome.broken {
+                    newly += 1;
+                    found_norms.push(norm);
+                    broken[i] = broken[i].min(norm.min(eps));
+                    if !attack.uses_gradients()
+                        && white_box_done.get(&key_norm).copied().unwrap_or(false)
+                    {
+                        black_box_only += 1;
+                    }
                 }
+                for (i, image) in outcome.examples {
+                    result
+                        .examples
+                        .entry(i)
+                        .or_insert((eps, attack.name().to_string(), image));
+                }
+                seconds += outcome.seconds;
                 grads += outcome.gradients;
                 fwds += outcome.forwards;
                 rejected += outcome.rejected;
@@ -397,14 +520,14 @@ pub fn evaluate_robust(
                 newly_broken: newly,
                 gradient_evaluations: grads,
                 forward_evaluations: fwds,
-                wall_seconds: started.elapsed().as_secs_f64(),
+                wall_seconds: seconds,
                 mean_perturbation: mean(&found_norms),
                 max_perturbation: found_norms.iter().copied().fold(0.0, f64::max),
                 rejected,
             });
         }
         if attack.uses_gradients() {
-            white_box_done.insert(key, true);
+            white_box_done.insert(key_norm, true);
         }
     }
 

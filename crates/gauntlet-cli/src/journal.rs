@@ -1,0 +1,189 @@
+//! The evaluation journal: `DIR/journal.jsonl`, one line per finished attack batch,
+//! appended and synced as the run goes, so `eval --resume DIR` after a crash,
+//! `kill -9` or Ctrl-C skips what is done and ends with the same record.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{bail, Context, Result};
+use gauntlet_eval::{BatchOutcome, Journal};
+use serde::{Deserialize, Serialize};
+
+/// The journal's file name inside the output directory.
+pub(crate) const JOURNAL_FILE: &str = "journal.jsonl";
+const VERSION: u32 = 1;
+
+/// Set by the Ctrl-C handler; the runner stops before its next batch.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Stop cleanly on Ctrl-C (once per process): finish the batch in flight, keep the
+/// journal, exit with a message saying how to resume.
+pub(crate) fn install_interrupt_handler() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        // Without a handler Ctrl-C still kills the run; the journal stays valid.
+        let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    });
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    gauntlet_journal: u32,
+    /// sha256 of everything that decides the results (model, data, suite, seed, ...).
+    fingerprint: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    key: String,
+    outcome: BatchOutcome,
+}
+
+/// The run stopped on Ctrl-C; `main` exits 130 for it.
+#[derive(Debug)]
+pub(crate) struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// A journal file being appended to.
+pub(crate) struct FileJournal {
+    path: PathBuf,
+    file: File,
+    done: HashMap<String, BatchOutcome>,
+}
+
+impl FileJournal {
+    /// Start a new journal in `dir` (replacing any left by an earlier run), or with
+    /// `resume`, continue the one there, which must be for the same `fingerprint`.
+    pub(crate) fn open(dir: &Path, fingerprint: &str, resume: bool) -> Result<Self> {
+        let path = dir.join(JOURNAL_FILE);
+        if !resume {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let mut file = File::create(&path)
+                .with_context(|| format!("cannot create journal {}", path.display()))?;
+            let header = serde_json::to_string(&Header {
+                gauntlet_journal: VERSION,
+                fingerprint: fingerprint.into(),
+            })?;
+            writeln!(file, "{header}")
+                .and_then(|()| file.sync_data())
+                .with_context(|| format!("cannot write journal {}", path.display()))?;
+            return Ok(Self {
+                path,
+                file,
+                done: HashMap::new(),
+            });
+        }
+        let file = File::open(&path).with_context(|| {
+            format!(
+                "nothing to resume in {}: no {JOURNAL_FILE} (the run finished, or never started there)",
+                dir.display()
+            )
+        })?;
+        let mut lines = BufReader::new(file).lines();
+        let header: Header = match lines.next() {
+            Some(Ok(line)) => serde_json::from_str(&line).ok(),
+            _ => None,
+        }
+        .with_context(|| format!("{} is not a Gauntlet journal", path.display()))?;
+        if header.gauntlet_journal != VERSION {
+            bail!(
+                "{} has journal version {}, this build reads version {VERSION}",
+                path.display(),
+                header.gauntlet_journal
+            );
+        }
+        if header.fingerprint != fingerprint {
+            bail!(
+                "{} was written by a different evaluation (model, data, suite, seed, batch size or shard differ); resume with the same arguments, or start afresh without --resume",
+                path.display()
+            );
+        }
+        // Keep every complete line; a line cut short by a crash is dropped (and
+        // overwritten by the next append).
+        let mut done = HashMap::new();
+        let mut good_bytes = 0u64;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read journal {}", path.display()))?;
+        let mut offset = 0u64;
+        for (number, line) in text.split_inclusive('\n').enumerate() {
+            offset += line.len() as u64;
+            if number == 0 {
+                good_bytes = offset;
+                continue;
+            }
+            let complete = line.ends_with('\n');
+            match serde_json::from_str::<Entry>(line.trim_end()) {
+                Ok(entry) if complete => {
+                    done.insert(entry.key, entry.outcome);
+                    good_bytes = offset;
+                }
+                _ if offset == text.len() as u64 => break,
+                _ => bail!(
+                    "{} is corrupt at line {}: not a journal entry",
+                    path.display(),
+                    number + 1
+                ),
+            }
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot reopen journal {}", path.display()))?;
+        file.set_len(good_bytes)
+            .with_context(|| format!("cannot trim journal {}", path.display()))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot reopen journal {}", path.display()))?;
+        Ok(Self { path, file, done })
+    }
+
+    /// Batches found on resume.
+    pub(crate) fn resumed_batches(&self) -> usize {
+        self.done.len()
+    }
+
+    /// The run finished and its record is written: the journal is no longer needed.
+    pub(crate) fn finish(self) -> Result<()> {
+        drop(self.file);
+        std::fs::remove_file(&self.path)
+            .with_context(|| format!("cannot remove finished journal {}", self.path.display()))
+    }
+}
+
+impl Journal for FileJournal {
+    fn replay(&mut self, key: &str) -> Option<BatchOutcome> {
+        self.done.remove(key)
+    }
+
+    fn record(&mut self, key: &str, outcome: &BatchOutcome) -> gauntlet_eval::Result<()> {
+        let line = serde_json::to_string(&Entry {
+            key: key.into(),
+            outcome: outcome.clone(),
+        })
+        .map_err(|e| gauntlet_eval::Error::Journal(e.to_string()))?;
+        writeln!(self.file, "{line}")
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| {
+                gauntlet_eval::Error::Journal(format!(
+                    "cannot append to {}: {e}",
+                    self.path.display()
+                ))
+            })
+    }
+
+    fn interrupted(&self) -> bool {
+        INTERRUPTED.load(Ordering::SeqCst)
+    }
+}
