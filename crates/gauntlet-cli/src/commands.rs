@@ -61,6 +61,10 @@ enum Command {
     Baseline(crate::gate::BaselineCommand),
     /// Combine the records of `--shard K/N` runs into the record of the whole run.
     Merge(crate::report::MergeArgs),
+    /// Scan model files without loading them: pickle imports (PyTorch .pt/.pth/
+    /// .bin/.ckpt, raw pickles) and safetensors headers. Exit 0 clean, 1 findings,
+    /// 2 error.
+    Scan(crate::scan::ScanArgs),
 }
 
 /// How to read a model file.
@@ -81,6 +85,10 @@ pub(crate) struct ModelArgs {
     /// Input shape C,H,W for ONNX graphs whose input shape is symbolic.
     #[arg(long, value_delimiter = ',')]
     input_shape: Option<Vec<usize>>,
+    /// Load a pickle whose scan found code-executing or hidden imports anyway
+    /// (Gauntlet's reader never runs them, but you vouch for the file).
+    #[arg(long)]
+    allow_unsafe_pickle: bool,
 }
 
 /// Which data to read.
@@ -265,6 +273,7 @@ struct InfoArgs {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check(args) => return crate::gate::check(args),
+        Command::Scan(args) => return crate::scan::scan(args),
         Command::Baseline(command) => crate::gate::baseline(command),
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
@@ -330,6 +339,32 @@ fn model_options(args: &ModelArgs) -> Result<ModelOptions> {
 
 pub(crate) fn load_model_checked(args: &ModelArgs) -> Result<(Model, ModelInfo)> {
     let options = model_options(args)?;
+    // Scan before loading: a file that would run code in Python is refused.
+    // Formats the scanner does not cover (ONNX) and unreadable files go on to the
+    // loader, which reports them.
+    if let Ok(report) = gauntlet_scan::scan_file(&args.model) {
+        if report.is_dangerous() {
+            let worst = report
+                .findings
+                .iter()
+                .max_by_key(|f| f.severity)
+                .map(|f| format!("{} ({})", f.message, f.location))
+                .unwrap_or_default();
+            let pickle = report.format != "safetensors";
+            if !(pickle && args.allow_unsafe_pickle) {
+                bail!(
+                    "refusing model {}: {worst}{}; see `gauntlet scan {}`",
+                    args.model.display(),
+                    if pickle {
+                        " (--allow-unsafe-pickle to load it anyway)"
+                    } else {
+                        ""
+                    },
+                    args.model.display()
+                );
+            }
+        }
+    }
     load_model(&args.model, &options, &Device::Cpu)
         .with_context(|| format!("cannot load model {}", args.model.display()))
 }
@@ -358,6 +393,9 @@ pub(crate) fn model_record(info: &ModelInfo) -> ModelRecord {
         num_classes: info.num_classes,
         input_shape: info.input_shape,
         bounds: [info.bounds.min, info.bounds.max],
+        scan: gauntlet_scan::scan_file(&info.path)
+            .ok()
+            .map(|r| crate::scan::scan_record(&r)),
     }
 }
 

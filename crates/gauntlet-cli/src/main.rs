@@ -8,6 +8,7 @@ mod journal;
 mod poison;
 mod progress;
 mod report;
+mod scan;
 
 use std::process::ExitCode;
 

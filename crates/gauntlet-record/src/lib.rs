@@ -125,6 +125,26 @@ pub struct ModelRecord {
     pub input_shape: [usize; 3],
     /// Valid input range `[min, max]`.
     pub bounds: [f64; 2],
+    /// What `gauntlet scan` found in the file before it was loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<ModelScanRecord>,
+}
+
+/// The model-file scan kept with the model's identity.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelScanRecord {
+    /// `pytorch-zip`, `pytorch-legacy`, `pickle` or `safetensors`.
+    pub format: String,
+    /// The worst finding's severity (`low` … `critical`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worst: Option<String>,
+    /// Each finding as `severity: message`.
+    #[serde(default)]
+    pub findings: Vec<String>,
+    /// Globals the pickles import (pickle formats).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub imports: Vec<String>,
 }
 
 /// The dataset, identified by content.
@@ -670,6 +690,7 @@ mod tests {
                 num_classes: 10,
                 input_shape: [1, 28, 28],
                 bounds: [0.0, 1.0],
+                scan: None,
             },
             dataset: DatasetRecord {
                 path: "datasets/mnist-5k".into(),

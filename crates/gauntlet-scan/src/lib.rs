@@ -1,0 +1,398 @@
+//! Scan model files before anything loads them: PyTorch checkpoints and raw
+//! pickles (every imported global listed, dangerous ones flagged, nothing
+//! executed — ProtectAI ModelScan's approach) and safetensors headers (sizes,
+//! dtypes, offsets in bounds, no overlaps, no gaps).
+//!
+//! ```no_run
+//! let report = gauntlet_scan::scan_file(std::path::Path::new("model.pt")).unwrap();
+//! if report.worst() >= Some(gauntlet_scan::Severity::High) {
+//!     eprintln!("refusing {}: {:?}", report.path, report.findings);
+//! }
+//! ```
+
+mod pickle;
+mod safetensors;
+
+use std::io::Read;
+use std::path::Path;
+
+use serde::Serialize;
+
+pub use pickle::{walk, Import, Walk};
+
+/// Errors: the file could not be read at all. (What is wrong *inside* a readable
+/// file is a [`Finding`].)
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading failed.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not a format the scanner knows.
+    #[error("{path}: not a PyTorch checkpoint, pickle or safetensors file (first bytes {head})")]
+    UnknownFormat {
+        /// The file.
+        path: String,
+        /// Its first bytes, hex.
+        head: String,
+    },
+}
+
+/// Result with the scan [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// How bad a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Worth knowing; loading is safe.
+    Low,
+    /// Not on the allow-list of tensor-rebuild functions: loading it in Python
+    /// would import code the scanner cannot vouch for.
+    Medium,
+    /// The file is malformed or hides its imports; do not trust it.
+    High,
+    /// Loading it in Python would run arbitrary code (os, subprocess, eval, ...).
+    Critical,
+}
+
+/// One problem found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// How bad.
+    pub severity: Severity,
+    /// Where in the file (an archive member, `header`).
+    pub location: String,
+    /// What, in one sentence.
+    pub message: String,
+}
+
+/// The result of scanning one file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ScanReport {
+    /// The file as given.
+    pub path: String,
+    /// `pytorch-zip`, `pytorch-legacy`, `pickle` or `safetensors`.
+    pub format: String,
+    /// Every global the pickles import, as `module.name` (pickle formats).
+    pub imports: Vec<String>,
+    /// What is wrong; empty for a clean file.
+    pub findings: Vec<Finding>,
+}
+
+impl ScanReport {
+    /// The most severe finding.
+    pub fn worst(&self) -> Option<Severity> {
+        self.findings.iter().map(|f| f.severity).max()
+    }
+
+    /// Whether a loader should refuse the file unless told otherwise.
+    pub fn is_dangerous(&self) -> bool {
+        self.worst().is_some_and(|s| s >= Severity::High)
+    }
+}
+
+/// Globals a PyTorch or NumPy checkpoint needs to rebuild tensors: importing them
+/// runs no user code.
+const ALLOWED: &[&str] = &[
+    "collections.OrderedDict",
+    "torch._utils._rebuild_tensor",
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_tensor_v3",
+    "torch._utils._rebuild_parameter",
+    "torch._utils._rebuild_parameter_with_state",
+    "torch._utils._rebuild_device_tensor_from_numpy",
+    "torch._utils._rebuild_qtensor",
+    "torch._utils._rebuild_sparse_tensor",
+    "torch._tensor._rebuild_from_type_v2",
+    "torch.Size",
+    "torch.device",
+    "torch.dtype",
+    "torch.float32",
+    "torch.float16",
+    "torch.bfloat16",
+    "torch.float64",
+    "torch.int64",
+    "torch.int32",
+    "torch.uint8",
+    "torch.bool",
+    "torch.storage._load_from_bytes",
+    "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray._reconstruct",
+    "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar",
+    "numpy.ndarray",
+    "numpy.dtype",
+    "builtins.set",
+    "builtins.frozenset",
+    "builtins.slice",
+    "builtins.complex",
+    "builtins.bytearray",
+    "__builtin__.set",
+    "_codecs.encode",
+];
+
+/// Modules (and their submodules) whose import means code execution or I/O.
+const CRITICAL_MODULES: &[&str] = &[
+    "os",
+    "posix",
+    "nt",
+    "subprocess",
+    "sys",
+    "runpy",
+    "socket",
+    "shutil",
+    "pty",
+    "importlib",
+    "pickle",
+    "_pickle",
+    "dill",
+    "marshal",
+    "ctypes",
+    "multiprocessing",
+    "webbrowser",
+    "http",
+    "urllib",
+    "requests",
+    "ftplib",
+    "smtplib",
+    "telnetlib",
+    "code",
+    "codeop",
+    "pdb",
+    "bdb",
+    "timeit",
+    "asyncio",
+    "threading",
+    "signal",
+    "tempfile",
+    "pathlib",
+    "glob",
+    "io",
+    "zipimport",
+    "platform",
+];
+
+/// Builtins that evaluate code or reach arbitrary attributes.
+const CRITICAL_BUILTINS: &[&str] = &[
+    "eval",
+    "exec",
+    "compile",
+    "__import__",
+    "open",
+    "getattr",
+    "setattr",
+    "delattr",
+    "globals",
+    "locals",
+    "vars",
+    "input",
+    "breakpoint",
+    "apply",
+    "execfile",
+    "file",
+];
+
+fn is_torch_storage(module: &str, name: &str) -> bool {
+    module == "torch" && name.ends_with("Storage")
+}
+
+/// How dangerous importing `module.name` is.
+pub fn classify(import: &Import) -> Option<Severity> {
+    let full = format!("{}.{}", import.module, import.name);
+    if ALLOWED.contains(&full.as_str()) || is_torch_storage(&import.module, &import.name) {
+        return None;
+    }
+    let root = import.module.split('.').next().unwrap_or("");
+    if matches!(root, "builtins" | "__builtin__" | "__builtins__")
+        && CRITICAL_BUILTINS.contains(&import.name.as_str())
+    {
+        return Some(Severity::Critical);
+    }
+    if CRITICAL_MODULES.contains(&root) {
+        return Some(Severity::Critical);
+    }
+    Some(Severity::Medium)
+}
+
+fn pickle_findings(location: &str, walk: &Walk, findings: &mut Vec<Finding>) {
+    for import in &walk.imports {
+        if let Some(severity) = classify(import) {
+            findings.push(Finding {
+                severity,
+                location: location.into(),
+                message: match severity {
+                    Severity::Critical => format!(
+                        "imports {}.{}: loading this file in Python runs code",
+                        import.module, import.name
+                    ),
+                    _ => format!(
+                        "imports {}.{}, which is not a tensor-rebuild function on the allow-list",
+                        import.module, import.name
+                    ),
+                },
+            });
+        }
+    }
+    if walk.dynamic_globals > 0 {
+        findings.push(Finding {
+            severity: Severity::High,
+            location: location.into(),
+            message: format!(
+                "{} STACK_GLOBAL import(s) with computed names: what they import cannot be known without running the pickle",
+                walk.dynamic_globals
+            ),
+        });
+    }
+    if let Some(why) = &walk.malformed {
+        findings.push(Finding {
+            severity: Severity::High,
+            location: location.into(),
+            message: format!("malformed pickle: {why}"),
+        });
+    }
+}
+
+/// The most bytes read from one archive member (a pickle, not tensor data):
+/// bounds memory on zip bombs.
+const MAX_PICKLE_BYTES: u64 = 256 << 20;
+
+/// Scan one file: the format is recognised from its content, not its name.
+pub fn scan_file(path: &Path) -> Result<ScanReport> {
+    let shown = path.display().to_string();
+    let io = |source| Error::Io {
+        path: shown.clone(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    let mut head = [0u8; 9];
+    let got = file.read(&mut head).map_err(io)?;
+    let head = &head[..got];
+    let header_len = head
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes);
+    let mut report = ScanReport {
+        path: shown.clone(),
+        format: String::new(),
+        imports: Vec::new(),
+        findings: Vec::new(),
+    };
+    // safetensors: an 8-byte header length, then the JSON header's '{'. Checked
+    // first: its first byte can look like a pickle opcode.
+    if got == 9 && head[8] == b'{' && header_len.is_some_and(|n| n <= size - 8) {
+        report.format = "safetensors".into();
+        safetensors::check(path, size, &mut report.findings).map_err(io)?;
+    } else if head.starts_with(b"PK\x03\x04") {
+        report.format = "pytorch-zip".into();
+        let file = std::fs::File::open(path).map_err(io)?;
+        match zip::ZipArchive::new(file) {
+            Err(e) => report.findings.push(Finding {
+                severity: Severity::High,
+                location: "archive".into(),
+                message: format!("not a readable zip archive: {e}"),
+            }),
+            Ok(mut archive) => {
+                let mut scanned = 0;
+                for k in 0..archive.len() {
+                    let Ok(mut member) = archive.by_index(k) else {
+                        report.findings.push(Finding {
+                            severity: Severity::High,
+                            location: format!("archive member {k}"),
+                            message: "unreadable archive member".into(),
+                        });
+                        continue;
+                    };
+                    let name = member.name().to_string();
+                    if !name.ends_with(".pkl") {
+                        continue;
+                    }
+                    let mut bytes = Vec::new();
+                    let read = (&mut member)
+                        .take(MAX_PICKLE_BYTES + 1)
+                        .read_to_end(&mut bytes);
+                    if read.is_err() || bytes.len() as u64 > MAX_PICKLE_BYTES {
+                        report.findings.push(Finding {
+                            severity: Severity::High,
+                            location: name.clone(),
+                            message: "pickle member is unreadable or larger than 256 MiB".into(),
+                        });
+                        continue;
+                    }
+                    let walk = pickle::walk(&bytes);
+                    pickle_findings(&name, &walk, &mut report.findings);
+                    report.imports.extend(imports_of(&walk));
+                    scanned += 1;
+                }
+                if scanned == 0 {
+                    report.findings.push(Finding {
+                        severity: Severity::Low,
+                        location: "archive".into(),
+                        message: "zip archive without a .pkl member: not a PyTorch checkpoint"
+                            .into(),
+                    });
+                }
+            }
+        }
+    } else if head.first() == Some(&0x80) || matches!(head.first(), Some(b'(' | b'c' | b'}' | b']'))
+    {
+        let bytes = read_bounded(path, size).map_err(io)?;
+        // The legacy torch.save format is several pickles in a row (magic number,
+        // protocol, system info, the object), then raw storage bytes.
+        let mut offset = 0;
+        let mut pickles = 0;
+        while offset < bytes.len() && pickles < 5 {
+            let walk = pickle::walk(&bytes[offset..]);
+            let location = format!("pickle {} at byte {offset}", pickles + 1);
+            let failed = walk.malformed.is_some();
+            if !(failed && pickles > 0) {
+                pickle_findings(&location, &walk, &mut report.findings);
+                report.imports.extend(imports_of(&walk));
+            }
+            pickles += 1;
+            if failed || walk.consumed == 0 {
+                break;
+            }
+            offset += walk.consumed;
+            // Storage bytes follow the object pickle: stop at the first non-pickle byte.
+            if bytes.get(offset) != Some(&0x80) {
+                break;
+            }
+        }
+        report.format = if pickles > 1 {
+            "pytorch-legacy"
+        } else {
+            "pickle"
+        }
+        .into();
+    } else {
+        return Err(Error::UnknownFormat {
+            path: shown,
+            head: head.iter().map(|b| format!("{b:02x}")).collect(),
+        });
+    }
+    report.imports.sort();
+    report.imports.dedup();
+    Ok(report)
+}
+
+fn imports_of(walk: &Walk) -> Vec<String> {
+    walk.imports
+        .iter()
+        .map(|i| format!("{}.{}", i.module, i.name))
+        .collect()
+}
+
+fn read_bounded(path: &Path, size: u64) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(size.min(MAX_PICKLE_BYTES) as usize);
+    std::fs::File::open(path)?
+        .take(MAX_PICKLE_BYTES)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}

@@ -1,0 +1,193 @@
+//! The scanner on shipped model files and on hostile ones made here.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use gauntlet_scan::{scan_file, Severity};
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+#[test]
+fn shipped_models_are_clean() {
+    let pt = scan_file(&repo("crates/gauntlet-models/tests/fixtures/mlp.pt")).unwrap();
+    assert_eq!(pt.format, "pytorch-zip");
+    assert!(pt.findings.is_empty(), "{:?}", pt.findings);
+    assert!(
+        pt.imports
+            .iter()
+            .any(|i| i == "torch._utils._rebuild_tensor_v2"),
+        "{:?}",
+        pt.imports
+    );
+    for model in [
+        "examples/models/mnist-mlp.safetensors",
+        "crates/gauntlet-models/tests/fixtures/mlp.safetensors",
+    ] {
+        let report = scan_file(&repo(model)).unwrap();
+        assert_eq!(report.format, "safetensors");
+        assert!(report.findings.is_empty(), "{model}: {:?}", report.findings);
+    }
+}
+
+/// `pickle.dumps` of an object whose `__reduce__` is `(os.system, ("id",))`, protocol 2.
+fn os_system_pickle() -> Vec<u8> {
+    b"\x80\x02cposix\nsystem\nq\x00X\x02\x00\x00\x00idq\x01\x85q\x02Rq\x03.".to_vec()
+}
+
+#[test]
+fn code_execution_in_a_raw_pickle_and_in_a_checkpoint_is_critical() {
+    let temp = tempfile_dir();
+    let dir = temp.path();
+    let raw = dir.join("evil.pkl");
+    std::fs::write(&raw, os_system_pickle()).unwrap();
+    let report = scan_file(&raw).unwrap();
+    assert_eq!(
+        report.worst(),
+        Some(Severity::Critical),
+        "{:?}",
+        report.findings
+    );
+    assert!(report.is_dangerous());
+    assert_eq!(report.imports, ["posix.system"]);
+
+    // The same payload as data.pkl inside a zip-format torch.save checkpoint.
+    let pt = dir.join("evil.pt");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&pt).unwrap());
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("archive/data.pkl", options).unwrap();
+    zip.write_all(&os_system_pickle()).unwrap();
+    zip.start_file("archive/version", options).unwrap();
+    zip.write_all(b"3\n").unwrap();
+    zip.finish().unwrap();
+    let report = scan_file(&pt).unwrap();
+    assert_eq!(report.format, "pytorch-zip");
+    assert_eq!(report.worst(), Some(Severity::Critical));
+    assert_eq!(report.findings[0].location, "archive/data.pkl");
+
+    // builtins.eval via STACK_GLOBAL (protocol 4), and a computed STACK_GLOBAL.
+    let eval = b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93\x8c\x05print\x85R.";
+    std::fs::write(dir.join("eval.pkl"), eval).unwrap();
+    assert_eq!(
+        scan_file(&dir.join("eval.pkl")).unwrap().worst(),
+        Some(Severity::Critical)
+    );
+    let computed = b"\x80\x04N\x8c\x04eval\x93.";
+    std::fs::write(dir.join("computed.pkl"), computed).unwrap();
+    let report = scan_file(&dir.join("computed.pkl")).unwrap();
+    assert_eq!(
+        report.worst(),
+        Some(Severity::High),
+        "{:?}",
+        report.findings
+    );
+    // A global outside the allow-list that is not known to be dangerous.
+    std::fs::write(
+        dir.join("model.pkl"),
+        b"\x80\x02cmypackage.nets\nResNet\nq\x00).",
+    )
+    .unwrap();
+    let report = scan_file(&dir.join("model.pkl")).unwrap();
+    assert_eq!(report.worst(), Some(Severity::Medium));
+    assert!(!report.is_dangerous());
+}
+
+fn tempfile_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn safetensors(header: &str, data: usize) -> Vec<u8> {
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend(vec![0u8; data]);
+    bytes
+}
+
+#[test]
+fn lying_safetensors_headers_are_found() {
+    let temp = tempfile_dir();
+    let dir = temp.path();
+    let good = r#"{"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"b":{"dtype":"U8","shape":[4],"data_offsets":[16,20]},"__metadata__":{"arch":"mlp"}}"#;
+    let cases: [(&str, String, usize, &str); 7] = [
+        ("good", good.into(), 20, ""),
+        (
+            "out-of-bounds",
+            good.replace("[16,20]", "[16,2000]"),
+            20,
+            "outside",
+        ),
+        (
+            "shape-mismatch",
+            good.replace("[2,2]", "[3,2]"),
+            20,
+            "needs 24 bytes",
+        ),
+        (
+            "overlap",
+            good.replace("[16,20]", "[12,16]"),
+            20,
+            "overlaps",
+        ),
+        (
+            "gap",
+            good.replace(
+                r#""b":{"dtype":"U8","shape":[4],"data_offsets":[16,20]}"#,
+                r#""b":{"dtype":"U8","shape":[2],"data_offsets":[18,20]}"#,
+            ),
+            20,
+            "gap",
+        ),
+        (
+            "dtype",
+            good.replace("\"U8\"", "\"Q7\""),
+            20,
+            "unknown dtype",
+        ),
+        (
+            "overflow",
+            good.replace("[2,2]", "[4294967296,4294967296,4294967296]"),
+            20,
+            "more than 2^64",
+        ),
+    ];
+    for (name, header, data, needle) in cases {
+        let path = dir.join(format!("{name}.safetensors"));
+        std::fs::write(&path, safetensors(&header, data)).unwrap();
+        let report = scan_file(&path).unwrap();
+        if needle.is_empty() {
+            assert!(report.findings.is_empty(), "{name}: {:?}", report.findings);
+        } else {
+            assert!(
+                report
+                    .findings
+                    .iter()
+                    .any(|f| f.message.contains(needle) && f.severity == Severity::High),
+                "{name}: {:?}",
+                report.findings
+            );
+        }
+    }
+    // Trailing bytes the header does not describe.
+    let path = dir.join("trailing.safetensors");
+    std::fs::write(&path, safetensors(good, 64)).unwrap();
+    assert!(scan_file(&path).unwrap().is_dangerous());
+    // A header length far beyond the file is not a safetensors file at all.
+    let path = dir.join("huge.bin");
+    let mut bytes = u64::MAX.to_le_bytes().to_vec();
+    bytes.extend(b"{}");
+    std::fs::write(&path, bytes).unwrap();
+    assert!(scan_file(&path).is_err());
+    // Unknown formats and missing files are errors, not findings.
+    std::fs::write(dir.join("text.txt"), "hello").unwrap();
+    assert!(scan_file(&dir.join("text.txt"))
+        .unwrap_err()
+        .to_string()
+        .contains("not a PyTorch checkpoint"));
+    assert!(scan_file(&dir.join("missing.pt")).is_err());
+}
