@@ -62,8 +62,8 @@ enum Command {
     /// Combine the records of `--shard K/N` runs into the record of the whole run.
     Merge(crate::report::MergeArgs),
     /// Scan model files without loading them: pickle imports (PyTorch .pt/.pth/
-    /// .bin/.ckpt, raw pickles) and safetensors headers. Exit 0 clean, 1 findings,
-    /// 2 error.
+    /// .bin/.ckpt, raw pickles), safetensors headers and ONNX external data. Exit 0
+    /// clean, 1 findings, 2 error.
     Scan(crate::scan::ScanArgs),
 }
 

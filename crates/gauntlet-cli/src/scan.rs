@@ -10,7 +10,7 @@ use gauntlet_scan::{ScanReport, Severity};
 
 #[derive(Args, Debug)]
 pub(crate) struct ScanArgs {
-    /// Model files: .pt, .pth, .bin, .ckpt, .pkl (zip or legacy), .safetensors.
+    /// Model files: .pt, .pth, .bin, .ckpt, .pkl (zip or legacy), .safetensors, .onnx.
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// Print the reports as JSON (an array, one object per file) instead of text.

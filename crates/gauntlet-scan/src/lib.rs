@@ -1,7 +1,8 @@
 //! Scan model files before anything loads them: PyTorch checkpoints and raw
 //! pickles (every imported global listed, dangerous ones flagged, nothing
-//! executed — ProtectAI ModelScan's approach) and safetensors headers (sizes,
-//! dtypes, offsets in bounds, no overlaps, no gaps).
+//! executed — ProtectAI ModelScan's approach), safetensors headers (sizes,
+//! dtypes, offsets in bounds, no overlaps, no gaps) and ONNX graphs (external-data
+//! locations that escape the model's directory, absurd tensor sizes).
 //!
 //! ```no_run
 //! let report = gauntlet_scan::scan_file(std::path::Path::new("model.pt")).unwrap();
@@ -10,6 +11,7 @@
 //! }
 //! ```
 
+mod onnx;
 mod pickle;
 mod safetensors;
 
@@ -34,7 +36,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Not a format the scanner knows.
-    #[error("{path}: not a PyTorch checkpoint, pickle or safetensors file (first bytes {head})")]
+    #[error(
+        "{path}: not a PyTorch checkpoint, pickle, safetensors or ONNX file (first bytes {head})"
+    )]
     UnknownFormat {
         /// The file.
         path: String,
@@ -77,7 +81,7 @@ pub struct Finding {
 pub struct ScanReport {
     /// The file as given.
     pub path: String,
-    /// `pytorch-zip`, `pytorch-legacy`, `pickle` or `safetensors`.
+    /// `pytorch-zip`, `pytorch-legacy`, `pickle`, `safetensors` or `onnx`.
     pub format: String,
     /// Every global the pickles import, as `module.name` (pickle formats).
     pub imports: Vec<String>,
@@ -339,6 +343,20 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
                     });
                 }
             }
+        }
+    } else if head.first() == Some(&0x08) {
+        // ONNX: a ModelProto starts with ir_version (field 1, varint).
+        report.format = "onnx".into();
+        if size > 2 << 30 {
+            report.findings.push(Finding {
+                severity: Severity::High,
+                location: "model".into(),
+                message: format!("{size} bytes: larger than protobuf's 2 GiB limit"),
+            });
+        } else {
+            let bytes = std::fs::read(path).map_err(io)?;
+            let dir = path.parent().unwrap_or(Path::new("."));
+            onnx::check(&bytes, dir, &mut report.findings);
         }
     } else if head.first() == Some(&0x80) || matches!(head.first(), Some(b'(' | b'c' | b'}' | b']'))
     {

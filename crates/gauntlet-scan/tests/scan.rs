@@ -191,3 +191,126 @@ fn lying_safetensors_headers_are_found() {
         .contains("not a PyTorch checkpoint"));
     assert!(scan_file(&dir.join("missing.pt")).is_err());
 }
+
+fn varint(mut v: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn field_varint(number: u64, value: u64) -> Vec<u8> {
+    let mut out = varint(number << 3);
+    out.extend(varint(value));
+    out
+}
+
+fn field_bytes(number: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = varint((number << 3) | 2);
+    out.extend(varint(payload.len() as u64));
+    out.extend(payload);
+    out
+}
+
+/// A ModelProto with one initializer built from `tensor`'s fields.
+fn onnx_with_tensor(tensor: Vec<u8>) -> Vec<u8> {
+    let graph = field_bytes(5, &tensor);
+    let mut model = field_varint(1, 8);
+    model.extend(field_bytes(7, &graph));
+    model
+}
+
+fn external(location: &str) -> Vec<u8> {
+    let mut entry = field_bytes(1, b"location");
+    entry.extend(field_bytes(2, location.as_bytes()));
+    let mut tensor = field_varint(1, 4);
+    tensor.extend(field_bytes(8, b"w"));
+    tensor.extend(field_bytes(13, &entry));
+    tensor.extend(field_varint(14, 1));
+    tensor
+}
+
+#[test]
+fn onnx_external_data_escapes_and_absurd_sizes_are_found() {
+    for fixture in ["mlp.onnx", "pools.onnx", "resnet.onnx"] {
+        let report = scan_file(&repo(&format!(
+            "crates/gauntlet-models/tests/fixtures/{fixture}"
+        )))
+        .unwrap();
+        assert_eq!(report.format, "onnx");
+        assert!(
+            report.findings.is_empty(),
+            "{fixture}: {:?}",
+            report.findings
+        );
+    }
+    let temp = tempfile_dir();
+    let dir = temp.path();
+    let cases: [(&str, Vec<u8>, Option<&str>); 5] = [
+        ("inside", onnx_with_tensor(external("weights.bin")), None),
+        (
+            "parent",
+            onnx_with_tensor(external("../../etc/passwd")),
+            Some("escapes"),
+        ),
+        (
+            "absolute",
+            onnx_with_tensor(external("/etc/shadow")),
+            Some("escapes"),
+        ),
+        (
+            "huge",
+            onnx_with_tensor({
+                let mut t = Vec::new();
+                for _ in 0..3 {
+                    t.extend(field_varint(1, 1 << 30));
+                }
+                t
+            }),
+            Some("absurd size"),
+        ),
+        (
+            "truncated",
+            onnx_with_tensor(external("w.bin"))[..12].to_vec(),
+            Some("malformed"),
+        ),
+    ];
+    for (name, bytes, needle) in cases {
+        let path = dir.join(format!("{name}.onnx"));
+        std::fs::write(&path, bytes).unwrap();
+        let report = scan_file(&path).unwrap();
+        match needle {
+            None => assert!(report.findings.is_empty(), "{name}: {:?}", report.findings),
+            Some(needle) => assert!(
+                report.is_dangerous() && report.findings.iter().any(|f| f.message.contains(needle)),
+                "{name}: {:?}",
+                report.findings
+            ),
+        }
+    }
+    // Subgraphs nested 100 deep (If/Loop bodies) stop at a limit instead of the stack.
+    let mut graph = Vec::new();
+    for _ in 0..100 {
+        let attribute = field_bytes(6, &graph);
+        let node = field_bytes(5, &attribute);
+        graph = field_bytes(1, &node);
+    }
+    let mut model = field_varint(1, 8);
+    model.extend(field_bytes(7, &graph));
+    std::fs::write(dir.join("deep.onnx"), model).unwrap();
+    let report = scan_file(&dir.join("deep.onnx")).unwrap();
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.message.contains("nested deeper")),
+        "{:?}",
+        report.findings
+    );
+}
