@@ -132,6 +132,9 @@ struct RunArgs {
     /// the batches its journal holds; give the same arguments as the first time.
     #[arg(long, value_name = "DIR", conflicts_with = "out")]
     resume: Option<PathBuf>,
+    /// Replace the run record already in --out.
+    #[arg(long)]
+    force: bool,
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
@@ -258,6 +261,9 @@ struct TrainArgs {
     /// and with --adversarial the best checkpoint by robust accuracy as <name>.best.safetensors.
     #[arg(long)]
     out: PathBuf,
+    /// Replace an existing --out model.
+    #[arg(long)]
+    force: bool,
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
@@ -410,9 +416,17 @@ pub(crate) fn dataset_record(data: &Dataset) -> DatasetRecord {
 }
 
 /// Refuse an output path that is an existing file where a directory is expected.
-pub(crate) fn check_out_dir(out: &Path) -> Result<()> {
+/// Refuse an output directory that already holds a run record unless `replace`
+/// (`--force`, or resuming the run that is in it): nothing is lost by accident.
+pub(crate) fn check_out_dir(out: &Path, replace: bool) -> Result<()> {
     if out.exists() && !out.is_dir() {
         bail!("--out {} exists and is not a directory", out.display());
+    }
+    if !replace && out.join("results.json").exists() {
+        bail!(
+            "--out {} already holds a run record (results.json); choose a new directory, or pass --force to replace it",
+            out.display()
+        );
     }
     Ok(())
 }
@@ -476,7 +490,7 @@ fn plan(
     if resume && suite.is_none() {
         bail!("--resume continues attack suites; a clean-only evaluation has nothing to resume");
     }
-    check_out_dir(&out)?;
+    check_out_dir(&out, run.force || resume)?;
     let shard = run.shard.as_deref().map(parse_shard).transpose()?;
     let (loaded, info) = load_model_checked(model)?;
     let mut dataset = load_data(data, split)?;
@@ -973,6 +987,12 @@ fn train(args: TrainArgs) -> Result<()> {
     if args.out.is_dir() {
         bail!(
             "--out {} is a directory, expected a .safetensors file path",
+            args.out.display()
+        );
+    }
+    if args.out.exists() && !args.force && args.resume.is_none() {
+        bail!(
+            "--out {} already exists; choose a new path, or pass --force to replace it",
             args.out.display()
         );
     }

@@ -122,6 +122,9 @@ pub(crate) struct DetectArgs {
     /// Output directory for results.json.
     #[arg(long)]
     out: PathBuf,
+    /// Replace the run record already in --out.
+    #[arg(long)]
+    force: bool,
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
@@ -384,7 +387,7 @@ fn methods(args: &DetectorArgs, seed: u64) -> Result<Methods> {
 
 fn detect(args: DetectArgs) -> Result<()> {
     let started = Instant::now();
-    check_out_dir(&args.out)?;
+    check_out_dir(&args.out, args.force)?;
     let chosen = methods(&args.detectors, args.seed)?;
     let (model, info) = load_model_checked(&args.model)?;
     let Model::Network(network) = &model else {

@@ -87,7 +87,8 @@ pub(crate) struct DemoArgs {
     /// The run's seed (training and attacks).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Output directory: the combined report, and one sub-directory per run.
+    /// Output directory: the combined report, and one sub-directory per run
+    /// (replaced on every run: the demo regenerates it).
     #[arg(long, default_value = "reports/demo")]
     out: PathBuf,
     /// No progress bars.
@@ -177,6 +178,8 @@ pub(crate) fn demo(args: DemoArgs) -> Result<()> {
     std::fs::create_dir_all(&adversarial_dir)
         .with_context(|| format!("cannot create {}", adversarial_dir.display()))?;
     for (k, (what, mut line)) in steps.into_iter().enumerate() {
+        // The demo regenerates its directory: earlier results are replaced.
+        line.push("--force".into());
         println!("[{}/4] {what}: gauntlet {}", k + 1, line.join(" "));
         if args.quiet {
             line.push("--quiet".into());

@@ -204,9 +204,12 @@ fn adversarial_training_records_robustness_keeps_the_best_and_resumes() {
     assert!(dir.path().join("at.best.safetensors").is_file());
     let first = std::fs::read(&model).unwrap();
 
-    // The checkpoint of that run is not silently overwritten…
+    // Neither the model nor the checkpoint of that run is silently overwritten…
     let again = gauntlet(&args);
-    assert_clear_error(&again, "--resume");
+    assert_clear_error(&again, "already exists; choose a new path, or pass --force");
+    let mut forced: Vec<&str> = args.to_vec();
+    forced.push("--force");
+    assert_clear_error(&gauntlet(&forced), "--resume");
     // …and resuming the finished run gives the same model.
     let checkpoint = dir.path().join("at.checkpoint");
     let mut resume: Vec<&str> = args.to_vec();
@@ -1149,6 +1152,33 @@ fn threads_flag_is_honoured_and_recorded() {
     assert!(
         out.join("report.html").is_file(),
         "eval writes its report next to the record"
+    );
+    // A second run never replaces the record by accident; --force does.
+    let again = [
+        "eval",
+        "--model",
+        "examples/models/mnist-mlp.safetensors",
+        "--data",
+        "datasets/mnist-5k",
+        "--limit",
+        "30",
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+    ];
+    assert_clear_error(&gauntlet(&again), "already holds a run record");
+    assert_eq!(
+        read_json(&out.join("results.json")),
+        record,
+        "the first record is intact"
+    );
+    let mut forced = again.to_vec();
+    forced.push("--force");
+    let replaced = gauntlet(&forced);
+    assert!(replaced.status.success(), "{}", stderr(&replaced));
+    assert_eq!(
+        read_json(&out.join("results.json"))["dataset"]["num_samples"],
+        30
     );
 }
 
