@@ -109,9 +109,31 @@ fn thresholds_pass_and_fail_on_the_recorded_values() {
     assert_eq!(outcome.failures(), 1);
     let outcome = check(&record, &policy(clean, worst + 0.001), None, false).unwrap();
     assert_eq!(outcome.failures(), 1);
-    // A threshold on one attack rather than the worst case.
-    let pgd = Policy::from_toml("[[robust]]\nnorm = \"linf\"\nepsilon = \"51/255\"\nattack = \"fgsm\"\nmin_accuracy = 0.3\n").unwrap();
-    assert!(check(&record, &pgd, None, false).unwrap().passed());
+    // A threshold on one attack rather than the worst case (ε written as 51/255 = 0.2).
+    let fgsm_accuracy = record
+        .robustness
+        .as_ref()
+        .unwrap()
+        .attacks
+        .iter()
+        .find(|a| a.attack == "fgsm" && (a.epsilon - 0.2).abs() < 1e-12)
+        .unwrap()
+        .robust_accuracy;
+    let fgsm = |minimum: f64| {
+        Policy::from_toml(&format!(
+            "[[robust]]\nnorm = \"linf\"\nepsilon = \"51/255\"\nattack = \"fgsm\"\nmin_accuracy = {minimum}\n"
+        ))
+        .unwrap()
+    };
+    assert!(check(&record, &fgsm(fgsm_accuracy), None, false)
+        .unwrap()
+        .passed());
+    assert_eq!(
+        check(&record, &fgsm(fgsm_accuracy + 0.001), None, false)
+            .unwrap()
+            .failures(),
+        1
+    );
 }
 
 #[test]

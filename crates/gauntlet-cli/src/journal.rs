@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -84,18 +84,16 @@ impl FileJournal {
                 done: HashMap::new(),
             });
         }
-        let file = File::open(&path).with_context(|| {
+        let text = std::fs::read_to_string(&path).with_context(|| {
             format!(
-                "nothing to resume in {}: no {JOURNAL_FILE} (the run finished, or never started there)",
+                "nothing to resume in {}: no readable {JOURNAL_FILE} (the run finished, or never started there)",
                 dir.display()
             )
         })?;
-        let mut lines = BufReader::new(file).lines();
-        let header: Header = match lines.next() {
-            Some(Ok(line)) => serde_json::from_str(&line).ok(),
-            _ => None,
-        }
-        .with_context(|| format!("{} is not a Gauntlet journal", path.display()))?;
+        let mut lines = text.split_inclusive('\n');
+        let header_line = lines.next().unwrap_or("");
+        let header: Header = serde_json::from_str(header_line.trim_end())
+            .with_context(|| format!("{} is not a Gauntlet journal", path.display()))?;
         if header.gauntlet_journal != VERSION {
             bail!(
                 "{} has journal version {}, this build reads version {VERSION}",
@@ -105,47 +103,35 @@ impl FileJournal {
         }
         if header.fingerprint != fingerprint {
             bail!(
-                "{} was written by a different evaluation (model, data, suite, seed, batch size or shard differ); resume with the same arguments, or start afresh without --resume",
+                "{} was written by a different evaluation (Gauntlet version, model, data, suite, seed, batch size or shard differ); resume with the same arguments, or start afresh with --out instead of --resume",
                 path.display()
             );
         }
-        // Keep every complete line; a line cut short by a crash is dropped (and
-        // overwritten by the next append).
+        // Keep every complete line; a last line cut short by a crash is dropped
+        // (and overwritten by the next append).
         let mut done = HashMap::new();
-        let mut good_bytes = 0u64;
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read journal {}", path.display()))?;
-        let mut offset = 0u64;
-        for (number, line) in text.split_inclusive('\n').enumerate() {
-            offset += line.len() as u64;
-            if number == 0 {
-                good_bytes = offset;
-                continue;
-            }
-            let complete = line.ends_with('\n');
+        let mut good_bytes = header_line.len() as u64;
+        for (number, line) in lines.enumerate() {
+            let last = good_bytes + line.len() as u64 == text.len() as u64;
             match serde_json::from_str::<Entry>(line.trim_end()) {
-                Ok(entry) if complete => {
+                Ok(entry) if line.ends_with('\n') => {
                     done.insert(entry.key, entry.outcome);
-                    good_bytes = offset;
+                    good_bytes += line.len() as u64;
                 }
-                _ if offset == text.len() as u64 => break,
+                _ if last => break,
                 _ => bail!(
-                    "{} is corrupt at line {}: not a journal entry",
+                    "{} is corrupt at line {}: not a journal entry (start afresh with --out instead of --resume)",
                     path.display(),
-                    number + 1
+                    number + 2
                 ),
             }
         }
         let file = OpenOptions::new()
-            .write(true)
+            .append(true)
             .open(&path)
             .with_context(|| format!("cannot reopen journal {}", path.display()))?;
         file.set_len(good_bytes)
             .with_context(|| format!("cannot trim journal {}", path.display()))?;
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("cannot reopen journal {}", path.display()))?;
         Ok(Self { path, file, done })
     }
 
@@ -185,5 +171,66 @@ impl Journal for FileJournal {
 
     fn interrupted(&self) -> bool {
         INTERRUPTED.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn outcome(sample: usize) -> BatchOutcome {
+        BatchOutcome {
+            samples: vec![sample],
+            broken: vec![(sample, 0.25)],
+            ..BatchOutcome::default()
+        }
+    }
+
+    #[test]
+    fn resume_keeps_complete_lines_drops_a_torn_tail_and_refuses_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = FileJournal::open(dir.path(), "abc", false).unwrap();
+        journal.record("batch-0", &outcome(0)).unwrap();
+        journal.record("batch-1", &outcome(1)).unwrap();
+        drop(journal);
+        let path = dir.path().join(JOURNAL_FILE);
+        let complete = std::fs::read(&path).unwrap();
+        // A torn last line is dropped and trimmed off before new appends.
+        let mut torn = complete.clone();
+        torn.extend(b"{\"key\":\"batch-2\",\"outc");
+        std::fs::write(&path, &torn).unwrap();
+        let mut resumed = FileJournal::open(dir.path(), "abc", true).unwrap();
+        assert_eq!(resumed.resumed_batches(), 2);
+        assert_eq!(resumed.replay("batch-1"), Some(outcome(1)));
+        assert_eq!(resumed.replay("batch-1"), None, "each batch replays once");
+        resumed.record("batch-2", &outcome(2)).unwrap();
+        drop(resumed);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 4, "{text}");
+        assert!(text
+            .lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+        // Another evaluation's journal, and a corrupt line in the middle, are refused.
+        let err = FileJournal::open(dir.path(), "xyz", true).err().unwrap();
+        assert!(format!("{err}").contains("different evaluation"), "{err}");
+        let mut corrupt = complete;
+        corrupt.extend(b"garbage\n");
+        corrupt.extend(
+            serde_json::to_string(&Entry {
+                key: "batch-3".into(),
+                outcome: outcome(3),
+            })
+            .unwrap()
+            .as_bytes(),
+        );
+        corrupt.push(b'\n');
+        std::fs::write(&path, corrupt).unwrap();
+        let err = FileJournal::open(dir.path(), "abc", true).err().unwrap();
+        assert!(format!("{err}").contains("corrupt at line 4"), "{err}");
+        // No journal at all: nothing to resume.
+        let empty = tempfile::tempdir().unwrap();
+        let err = FileJournal::open(empty.path(), "abc", true).err().unwrap();
+        assert!(format!("{err}").contains("nothing to resume"), "{err}");
     }
 }
