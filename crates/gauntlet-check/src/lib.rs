@@ -386,7 +386,7 @@ pub fn check(
     policy.validate()?;
     if !policy.has_thresholds() && baseline.is_none() {
         return Err(Error::Policy(
-            "nothing to check: give thresholds (a policy file or flags) and/or a baseline".into(),
+            "nothing to check: give thresholds (--policy FILE, --min-clean, --min-robust) and/or --baseline BASELINE.json".into(),
         ));
     }
     let mut checks = Vec::new();
@@ -406,7 +406,7 @@ pub fn check(
         let eps = wanted.epsilon.value()?;
         let robustness = record.robustness.as_ref().ok_or_else(|| {
             Error::Missing(
-                "the policy has robust thresholds but the record has no attack results".into(),
+                "the policy has robust thresholds but the record has no attack results (evaluate with --suite)".into(),
             )
         })?;
         let found = if wanted.attack == WORST_CASE {

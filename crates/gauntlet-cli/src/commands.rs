@@ -12,8 +12,8 @@ use gauntlet_data::{Dataset, LoadOptions, Split};
 use gauntlet_eval::{RobustConfig, Suite, TargetSpec};
 use gauntlet_models::{load_model, Arch, Model, ModelInfo, ModelOptions, Normalization};
 use gauntlet_record::{
-    CleanRecord, DatasetRecord, Environment, ModelRecord, RobustnessRecord, RunKind, RunRecord,
-    SuiteRecord, TrainingRecord, GALLERY_SIZE, SCHEMA_VERSION,
+    CleanRecord, DatasetRecord, Environment, ModelRecord, ModelScanRecord, RobustnessRecord,
+    RunKind, RunRecord, SuiteRecord, TrainingRecord, GALLERY_SIZE, SCHEMA_VERSION,
 };
 use gauntlet_train::{
     AdversarialMethod, AdversarialTraining, LrSchedule, OptimizerKind, TrainConfig,
@@ -343,12 +343,15 @@ fn model_options(args: &ModelArgs) -> Result<ModelOptions> {
     })
 }
 
-pub(crate) fn load_model_checked(args: &ModelArgs) -> Result<(Model, ModelInfo)> {
+/// Scan, then load, a model: a file that would run code in Python (or whose
+/// header lies) is refused. Files the scanner cannot read go on to the loader,
+/// which reports them. The scan is returned for the run record.
+pub(crate) fn load_model_checked(
+    args: &ModelArgs,
+) -> Result<(Model, ModelInfo, Option<ModelScanRecord>)> {
     let options = model_options(args)?;
-    // Scan before loading: a file that would run code in Python is refused.
-    // Formats the scanner does not cover (ONNX) and unreadable files go on to the
-    // loader, which reports them.
-    if let Ok(report) = gauntlet_scan::scan_file(&args.model) {
+    let scan = gauntlet_scan::scan_file(&args.model).ok();
+    if let Some(report) = &scan {
         if report.is_dangerous() {
             let worst = report
                 .findings
@@ -371,8 +374,9 @@ pub(crate) fn load_model_checked(args: &ModelArgs) -> Result<(Model, ModelInfo)>
             }
         }
     }
-    load_model(&args.model, &options, &Device::Cpu)
-        .with_context(|| format!("cannot load model {}", args.model.display()))
+    let (model, info) = load_model(&args.model, &options, &Device::Cpu)
+        .with_context(|| format!("cannot load model {}", args.model.display()))?;
+    Ok((model, info, scan.as_ref().map(crate::scan::scan_record)))
 }
 
 pub(crate) fn load_data(args: &DataArgs, split: Split) -> Result<Dataset> {
@@ -390,7 +394,9 @@ pub(crate) fn load_data(args: &DataArgs, split: Split) -> Result<Dataset> {
     })
 }
 
-pub(crate) fn model_record(info: &ModelInfo) -> ModelRecord {
+/// The record's model section; `scan` is what the scan before loading found
+/// (`None` for models Gauntlet wrote itself).
+pub(crate) fn model_record(info: &ModelInfo, scan: Option<ModelScanRecord>) -> ModelRecord {
     ModelRecord {
         path: info.path.display().to_string(),
         sha256: info.sha256.clone(),
@@ -399,9 +405,7 @@ pub(crate) fn model_record(info: &ModelInfo) -> ModelRecord {
         num_classes: info.num_classes,
         input_shape: info.input_shape,
         bounds: [info.bounds.min, info.bounds.max],
-        scan: gauntlet_scan::scan_file(&info.path)
-            .ok()
-            .map(|r| crate::scan::scan_record(&r)),
+        scan,
     }
 }
 
@@ -440,6 +444,7 @@ pub(crate) fn write_record(path: &Path, record: &RunRecord) -> Result<()> {
 struct EvalPlan {
     model: Model,
     info: ModelInfo,
+    scan: Option<ModelScanRecord>,
     data: Dataset,
     split: Split,
     seed: u64,
@@ -492,7 +497,7 @@ fn plan(
     }
     check_out_dir(&out, run.force || resume)?;
     let shard = run.shard.as_deref().map(parse_shard).transpose()?;
-    let (loaded, info) = load_model_checked(model)?;
+    let (loaded, info, scan) = load_model_checked(model)?;
     let mut dataset = load_data(data, split)?;
     let shard = match shard {
         None => None,
@@ -522,6 +527,7 @@ fn plan(
     Ok(EvalPlan {
         model: loaded,
         info,
+        scan,
         data: dataset,
         split,
         seed: run.seed,
@@ -609,6 +615,7 @@ fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
     let EvalPlan {
         model,
         info,
+        scan,
         data,
         split,
         seed,
@@ -641,7 +648,8 @@ fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
         // is never replayed into this one.
         let fingerprint = gauntlet_core::sha256_bytes(
             format!(
-                "{}|{}|{}|{}|{:?}|{}|{}|{}|{:?}|{:?}",
+                "{}|{}|{}|{}|{}|{:?}|{}|{}|{}|{:?}|{:?}",
+                env!("CARGO_PKG_VERSION"),
                 info.sha256,
                 data.sha256(),
                 split.as_str(),
@@ -705,7 +713,7 @@ fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
         command: command_line(),
         seed,
         environment: environment(),
-        model: model_record(&info),
+        model: model_record(&info, scan),
         dataset: dataset_record(&data),
         clean: Some(CleanRecord {
             accuracy: clean.accuracy,
@@ -801,22 +809,16 @@ fn gallery(
     let [c, h, w] = shape;
     let adversarial_images =
         candle_core::Tensor::from_vec(adversarial, (chosen.len(), c, h, w), model.device())?;
+    // The predicted class and its softmax probability per image.
     let top = |images: &candle_core::Tensor| -> Result<Vec<(u32, f64)>> {
         let probabilities = gauntlet_core::softmax(&model.logits(images)?)?
-            .to_dtype(candle_core::DType::F64)?
-            .to_vec2::<f64>()?;
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec2::<f32>()?;
         Ok(probabilities
             .iter()
             .map(|row| {
-                row.iter()
-                    .enumerate()
-                    .fold((0u32, f64::NEG_INFINITY), |best, (k, &p)| {
-                        if p > best.1 {
-                            (k as u32, p)
-                        } else {
-                            best
-                        }
-                    })
+                let (class, p) = gauntlet_train::largest(row);
+                (class as u32, f64::from(p))
             })
             .collect())
     };
@@ -1077,7 +1079,7 @@ fn train(args: TrainArgs) -> Result<()> {
         command: command_line(),
         seed: config.seed,
         environment: environment(),
-        model: model_record(&info),
+        model: model_record(&info, None),
         dataset: dataset_record(&test_set),
         clean: Some(CleanRecord {
             accuracy: clean.accuracy,
@@ -1162,7 +1164,7 @@ fn train(args: TrainArgs) -> Result<()> {
 }
 
 fn info(args: InfoArgs) -> Result<()> {
-    let (model, info) = load_model_checked(&args.model)?;
+    let (model, info, _) = load_model_checked(&args.model)?;
     let Bounds { min, max } = model.bounds();
     println!("path         {}", info.path.display());
     println!("sha256       {}", info.sha256);

@@ -389,7 +389,7 @@ fn detect(args: DetectArgs) -> Result<()> {
     let started = Instant::now();
     check_out_dir(&args.out, args.force)?;
     let chosen = methods(&args.detectors, args.seed)?;
-    let (model, info) = load_model_checked(&args.model)?;
+    let (model, info, scan) = load_model_checked(&args.model)?;
     let Model::Network(network) = &model else {
         bail!("poisoning detectors need a built-in architecture (mlp, cnn, cifar-cnn) with safetensors or PyTorch weights; ONNX graphs are not supported yet");
     };
@@ -458,7 +458,7 @@ fn detect(args: DetectArgs) -> Result<()> {
         command: command_line(),
         seed: args.seed,
         environment: environment(),
-        model: model_record(&info),
+        model: model_record(&info, scan),
         dataset: dataset_record(&test),
         clean: None,
         training: None,
@@ -528,7 +528,7 @@ fn audit(args: AuditArgs) -> Result<()> {
         command: command_line(),
         seed,
         environment: environment(),
-        model: model_record(&info),
+        model: model_record(&info, None),
         dataset: dataset_record(&test),
         clean: None,
         training: None,

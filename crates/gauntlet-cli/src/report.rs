@@ -111,7 +111,7 @@ pub(crate) fn demo(args: DemoArgs) -> Result<()> {
     let steps: Vec<(&str, Vec<String>)> = vec![
         (
             "evaluating the standard model",
-            vec![
+            owned(&[
                 "eval",
                 "--model",
                 &model,
@@ -123,14 +123,11 @@ pub(crate) fn demo(args: DemoArgs) -> Result<()> {
                 &seed,
                 "--out",
                 &text(&standard_dir),
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
+            ]),
         ),
         (
             "adversarially training a CNN (FGSM-RS, ε = 0.3)",
-            vec![
+            owned(&[
                 "train",
                 "--data",
                 &data,
@@ -150,14 +147,11 @@ pub(crate) fn demo(args: DemoArgs) -> Result<()> {
                 &seed,
                 "--out",
                 &text(&adversarial_model),
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
+            ]),
         ),
         (
             "evaluating the adversarially trained model",
-            vec![
+            owned(&[
                 "eval",
                 "--model",
                 &text(&adversarial_model),
@@ -169,10 +163,7 @@ pub(crate) fn demo(args: DemoArgs) -> Result<()> {
                 &seed,
                 "--out",
                 &text(&adversarial_eval),
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
+            ]),
         ),
     ];
     std::fs::create_dir_all(&adversarial_dir)
@@ -210,6 +201,10 @@ pub(crate) fn demo(args: DemoArgs) -> Result<()> {
     write_report(&args.out, &inputs)?;
     println!("wrote {}", args.out.join("report.html").display());
     Ok(())
+}
+
+fn owned(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
 }
 
 fn labelled(path: &Path, label: &str) -> Result<ReportInput> {

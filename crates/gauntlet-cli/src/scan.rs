@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 use gauntlet_record::ModelScanRecord;
-use gauntlet_scan::{ScanReport, Severity};
+use gauntlet_scan::ScanReport;
 
 #[derive(Args, Debug)]
 pub(crate) struct ScanArgs {
@@ -18,31 +18,15 @@ pub(crate) struct ScanArgs {
     json: bool,
 }
 
-fn severity_name(severity: Severity) -> &'static str {
-    match severity {
-        Severity::Low => "low",
-        Severity::Medium => "medium",
-        Severity::High => "high",
-        Severity::Critical => "critical",
-    }
-}
-
 /// The record's summary of a scan.
 pub(crate) fn scan_record(report: &ScanReport) -> ModelScanRecord {
     ModelScanRecord {
         format: report.format.clone(),
-        worst: report.worst().map(|s| severity_name(s).to_string()),
+        worst: report.worst().map(|s| s.as_str().to_string()),
         findings: report
             .findings
             .iter()
-            .map(|f| {
-                format!(
-                    "{}: {} ({})",
-                    severity_name(f.severity),
-                    f.message,
-                    f.location
-                )
-            })
+            .map(|f| format!("{}: {} ({})", f.severity.as_str(), f.message, f.location))
             .collect(),
         imports: report.imports.clone(),
     }
@@ -72,16 +56,11 @@ pub(crate) fn scan(args: ScanArgs) -> Result<ExitCode> {
                         "{}: {} finding(s), worst {} ({})",
                         report.path,
                         report.findings.len(),
-                        severity_name(worst),
+                        worst.as_str(),
                         report.format
                     );
                     for f in &report.findings {
-                        println!(
-                            "  {:<8} {}: {}",
-                            severity_name(f.severity),
-                            f.location,
-                            f.message
-                        );
+                        println!("  {:<8} {}: {}", f.severity.as_str(), f.location, f.message);
                     }
                 }
             }

@@ -132,7 +132,7 @@ pub fn evaluate_clean(
         .zip(data.labels())
         .map(|(p, l)| p == l)
         .collect();
-    let accuracy = correct.iter().filter(|c| **c).count() as f64 / correct.len().max(1) as f64;
+    let accuracy = gauntlet_record::accuracy_of(&correct);
     observer.finish(&format!("clean accuracy {:.2}%", 100.0 * accuracy));
     Ok(CleanResult {
         predictions,

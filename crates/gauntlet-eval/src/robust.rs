@@ -149,10 +149,6 @@ pub struct RobustConfig {
     pub first_sample: usize,
 }
 
-fn fraction(v: &[bool]) -> f64 {
-    v.iter().filter(|b| **b).count() as f64 / v.len().max(1) as f64
-}
-
 /// Choose targets per sample.
 fn targets_for(
     spec: TargetSpec,
@@ -372,7 +368,7 @@ pub fn evaluate_robust_journaled(
                     parameters: attack.parameters(),
                     target: target_value(entry.target),
                     epsilon: eps,
-                    robust_accuracy: fraction(&robust),
+                    robust_accuracy: gauntlet_record::accuracy_of(&robust),
                     robust,
                     attacked: indices.len(),
                     newly_broken: newly,
@@ -492,7 +488,7 @@ pub fn evaluate_robust_journaled(
             let robust: Vec<bool> = (0..n)
                 .map(|i| clean.correct[i] && broken[i] > eps)
                 .collect();
-            let robust_accuracy = fraction(&robust);
+            let robust_accuracy = gauntlet_record::accuracy_of(&robust);
             observer.finish(&format!(
                 "{} ε={eps}: robust accuracy {:.2}% ({newly} newly broken of {} attacked)",
                 attack.name(),
@@ -542,7 +538,7 @@ pub fn evaluate_robust_journaled(
             result.worst_case.push(WorstCase {
                 norm: norm_name(key),
                 epsilon: eps,
-                robust_accuracy: fraction(&robust),
+                robust_accuracy: gauntlet_record::accuracy_of(&robust),
                 robust,
             });
         }

@@ -310,6 +310,13 @@ pub struct ShardRecord {
     pub total_samples: usize,
 }
 
+/// The share of `true` among per-sample flags (0 when there are none): how every
+/// accuracy in a record is computed, by the runner and by shard merging alike, so
+/// a merged record's accuracies equal the single run's exactly.
+pub fn accuracy_of(flags: &[bool]) -> f64 {
+    flags.iter().filter(|&&f| f).count() as f64 / flags.len().max(1) as f64
+}
+
 /// Adversarial examples a record keeps for the report's gallery.
 pub const GALLERY_SIZE: usize = 8;
 

@@ -1,13 +1,9 @@
 //! Merging the records of `--shard K/N` runs into the record of the whole run.
 
-use crate::{AttackRecord, Error, Result, RunKind, RunRecord};
+use crate::{accuracy_of, AttackRecord, Error, Result, RunKind, RunRecord};
 
 fn refuse(message: String) -> Error {
     Error::Merge(message)
-}
-
-fn fraction(v: &[bool]) -> f64 {
-    v.iter().filter(|b| **b).count() as f64 / v.len().max(1) as f64
 }
 
 /// What identifies an attack run apart from its results.
@@ -159,7 +155,7 @@ pub fn merge_shards(shards: &[RunRecord]) -> Result<RunRecord> {
             clean.predictions.extend(&part.predictions);
             clean.labels.extend(&part.labels);
         }
-        clean.accuracy = fraction(&clean.correct);
+        clean.accuracy = accuracy_of(&clean.correct);
     }
     if let Some(robustness) = merged.robustness.as_mut() {
         let parts: Vec<&crate::RobustnessRecord> = ordered
@@ -173,7 +169,7 @@ pub fn merge_shards(shards: &[RunRecord]) -> Result<RunRecord> {
         for (j, attack) in robustness.attacks.iter_mut().enumerate() {
             let all: Vec<&AttackRecord> = parts.iter().map(|p| &p.attacks[j]).collect();
             attack.robust = all.iter().flat_map(|a| a.robust.iter().copied()).collect();
-            attack.robust_accuracy = fraction(&attack.robust);
+            attack.robust_accuracy = accuracy_of(&attack.robust);
             attack.attacked = all.iter().map(|a| a.attacked).sum();
             attack.newly_broken = all.iter().map(|a| a.newly_broken).sum();
             attack.gradient_evaluations = all.iter().map(|a| a.gradient_evaluations).sum();
@@ -212,7 +208,7 @@ pub fn merge_shards(shards: &[RunRecord]) -> Result<RunRecord> {
                         .unwrap_or_default()
                 })
                 .collect();
-            worst.robust_accuracy = fraction(&worst.robust);
+            worst.robust_accuracy = accuracy_of(&worst.robust);
         }
         robustness.warnings.clear();
         for part in &parts {

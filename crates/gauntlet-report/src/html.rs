@@ -192,11 +192,8 @@ fn kind_name(kind: RunKind) -> &'static str {
 }
 
 fn figure(out: &mut String, rendered: &RenderedChart) {
-    let svg = rendered
-        .svg
-        .trim_start_matches(|c: char| c != '<')
-        .trim_start_matches("<?xml version=\"1.0\" encoding=\"UTF-8\"?>")
-        .trim();
+    // plotters writes a bare <svg> element: it inlines as is.
+    let svg = rendered.svg.trim();
     let _ = writeln!(
         out,
         "<figure id=\"chart-{}\">{svg}<figcaption>{} Files: <code>{}.svg</code>, <code>{}.png</code>.</figcaption></figure>",

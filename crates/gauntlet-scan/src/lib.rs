@@ -65,6 +65,18 @@ pub enum Severity {
     Critical,
 }
 
+impl Severity {
+    /// The lowercase name used in JSON and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+            Self::Critical => "critical",
+        }
+    }
+}
+
 /// One problem found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {
