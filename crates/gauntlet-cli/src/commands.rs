@@ -1024,15 +1024,20 @@ fn train(args: TrainArgs) -> Result<()> {
             let dir = chosen
                 .clone()
                 .unwrap_or_else(|| args.out.with_extension("checkpoint"));
-            if dir
-                .join(gauntlet_train::checkpoint::CHECKPOINT_FILE)
-                .exists()
-            {
-                bail!(
-                    "{} holds the checkpoint of an earlier run; pass --resume {} to continue it, or choose another --checkpoint-dir",
-                    dir.display(),
-                    dir.display()
-                );
+            let earlier = dir.join(gauntlet_train::checkpoint::CHECKPOINT_FILE);
+            if earlier.exists() {
+                if !args.force {
+                    bail!(
+                        "{} holds the checkpoint of an earlier run; pass --resume {} to continue it, --force to start afresh, or choose another --checkpoint-dir",
+                        dir.display(),
+                        dir.display()
+                    );
+                }
+                // --force replaces the earlier run, its checkpoint included:
+                // otherwise training would silently resume from it.
+                std::fs::remove_file(&earlier).with_context(|| {
+                    format!("cannot remove the earlier checkpoint {}", earlier.display())
+                })?;
             }
             dir
         }

@@ -207,9 +207,17 @@ fn adversarial_training_records_robustness_keeps_the_best_and_resumes() {
     // Neither the model nor the checkpoint of that run is silently overwritten…
     let again = gauntlet(&args);
     assert_clear_error(&again, "already exists; choose a new path, or pass --force");
+    std::fs::remove_file(&model).unwrap();
+    assert_clear_error(&gauntlet(&args), "holds the checkpoint of an earlier run");
+    // --force starts afresh and, seeded, retrains the same model. It must not
+    // resume from the old checkpoint: spoilt here, resuming from it would fail.
+    let old_checkpoint = dir.path().join("at.checkpoint/checkpoint.safetensors");
+    std::fs::write(&old_checkpoint, b"not a checkpoint").unwrap();
     let mut forced: Vec<&str> = args.to_vec();
     forced.push("--force");
-    assert_clear_error(&gauntlet(&forced), "--resume");
+    let o = gauntlet(&forced);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&model).unwrap(), first);
     // …and resuming the finished run gives the same model.
     let checkpoint = dir.path().join("at.checkpoint");
     let mut resume: Vec<&str> = args.to_vec();
@@ -946,7 +954,7 @@ fn demo_trains_evaluates_and_reports_both_models() {
     )
     .unwrap();
     let out = dir.path().join("demo");
-    let run = gauntlet(&[
+    let demo = [
         "demo",
         "--suite",
         suite.to_str().unwrap(),
@@ -955,8 +963,18 @@ fn demo_trains_evaluates_and_reports_both_models() {
         "--out",
         out.to_str().unwrap(),
         "-q",
-    ]);
+    ];
+    let run = gauntlet(&demo);
     assert!(run.status.success(), "{}", stderr(&run));
+    let first_model = std::fs::read(out.join("fgsm-rs/model.safetensors")).unwrap();
+    // The README's main command runs again over its own output (a user's second
+    // try), regenerating the same model rather than tripping over the first run.
+    let again = gauntlet(&demo);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(
+        std::fs::read(out.join("fgsm-rs/model.safetensors")).unwrap(),
+        first_model
+    );
     for file in [
         "report.html",
         "summary.md",
