@@ -150,7 +150,13 @@ pub fn parse_epsilon(text: &str) -> Result<f64> {
 impl Policy {
     /// Parse a policy file.
     pub fn from_toml(text: &str) -> Result<Self> {
-        let policy: Self = toml::from_str(text).map_err(|e| Error::Policy(e.to_string()))?;
+        let policy: Self = toml::from_str(text).map_err(|e| {
+            // Point at the place; toml's own message quotes the whole line.
+            let before = &text[..e.span().map_or(0, |s| s.start).min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            Error::Policy(format!("line {line}, column {column}: {}", e.message()))
+        })?;
         policy.validate()?;
         Ok(policy)
     }

@@ -379,6 +379,41 @@ pub(crate) fn load_model_checked(
     Ok((model, info, scan.as_ref().map(crate::scan::scan_record)))
 }
 
+/// Refuse a `--batch-size` whose working memory cannot fit, before any compute:
+/// a clear error instead of the out-of-memory killer part-way through a run.
+pub(crate) fn ensure_batch_fits(
+    bytes_per_sample: u64,
+    batch_size: usize,
+    samples: usize,
+) -> Result<()> {
+    let batch = batch_size.min(samples).max(1) as u64;
+    let needed = bytes_per_sample.saturating_mul(batch);
+    let Some(available) = gauntlet_core::available_memory() else {
+        return Ok(());
+    };
+    if needed > available {
+        // Half of what would just fit leaves room for everything else.
+        let fits = available / bytes_per_sample.max(1) / 2;
+        let suggestion = if fits >= 1 {
+            format!("use --batch-size {} or less", fits.max(1))
+        } else {
+            "not even one sample fits; free memory or use a larger machine".into()
+        };
+        let batch_text = if batch_size as u64 > batch {
+            format!("--batch-size {batch_size} ({batch} samples here)")
+        } else {
+            format!("--batch-size {batch_size}")
+        };
+        bail!(
+            "{batch_text} needs about {} of memory ({} per sample) but only {} is available; {suggestion}",
+            gauntlet_core::human_bytes(needed),
+            gauntlet_core::human_bytes(bytes_per_sample),
+            gauntlet_core::human_bytes(available)
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn load_data(args: &DataArgs, split: Split) -> Result<Dataset> {
     let options = LoadOptions {
         split,
@@ -524,6 +559,7 @@ fn plan(
             data.data.display()
         )
     })?;
+    ensure_batch_fits(loaded.bytes_per_sample(), run.batch_size, dataset.len())?;
     Ok(EvalPlan {
         model: loaded,
         info,
@@ -663,7 +699,8 @@ fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
             )
             .as_bytes(),
         );
-        let mut file_journal = crate::journal::FileJournal::open(&out, &fingerprint, resume)?;
+        let mut file_journal = gauntlet_eval::FileJournal::open(&out, &fingerprint, resume)?
+            .with_stop_flag(crate::journal::install_interrupt_handler());
         if resume {
             println!(
                 "resuming {}: {} finished batches in the journal",
@@ -671,7 +708,6 @@ fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
                 file_journal.resumed_batches()
             );
         }
-        crate::journal::install_interrupt_handler();
         let result = match gauntlet_eval::evaluate_robust_journaled(
             &model,
             &data,
@@ -684,7 +720,7 @@ fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
             Err(gauntlet_eval::Error::Interrupted { batches }) => {
                 eprintln!(
                     "interrupted after {batches} more batches, all saved in {}; continue with the same command and --resume {} instead of --out",
-                    out.join(crate::journal::JOURNAL_FILE).display(),
+                    file_journal.path().display(),
                     out.display()
                 );
                 return Err(crate::journal::Interrupted.into());
@@ -750,7 +786,7 @@ fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
     }
     print_summary(&info, &data, split, &record);
     println!("wrote {}", path.display());
-    crate::report::write_run_report(&out, &record)
+    crate::report::write_run_report(&out, &record, &path)
 }
 
 fn print_summary(info: &ModelInfo, data: &Dataset, split: Split, record: &RunRecord) {
@@ -1005,6 +1041,14 @@ fn train(args: TrainArgs) -> Result<()> {
         ..args.data.clone()
     };
     let test_set = load_data(&eval_args, Split::Test)?;
+    // Training keeps a batch and its gradients; the per-epoch evaluation attacks
+    // batches of the test split.
+    ensure_batch_fits(arch.bytes_per_sample(), config.batch_size, train_set.len())?;
+    ensure_batch_fits(
+        arch.bytes_per_sample(),
+        config.eval_batch_size,
+        test_set.len(),
+    )?;
 
     let checkpoint_dir = match (&args.resume, &args.checkpoint_dir) {
         (Some(dir), _) => {
@@ -1165,7 +1209,7 @@ fn train(args: TrainArgs) -> Result<()> {
         );
     }
     // model.safetensors → model.report/ beside it.
-    crate::report::write_run_report(&args.out.with_extension("report"), &record)
+    crate::report::write_run_report(&args.out.with_extension("report"), &record, &record_path)
 }
 
 fn info(args: InfoArgs) -> Result<()> {

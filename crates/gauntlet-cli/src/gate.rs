@@ -76,8 +76,8 @@ fn robust_flag(text: &str) -> Result<RobustThreshold> {
 pub(crate) fn check(args: CheckArgs) -> Result<ExitCode> {
     let mut policy = match &args.policy {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read policy {}", path.display()))?;
+            let text =
+                gauntlet_core::read_text_limited(path, gauntlet_core::MAX_CONFIG_BYTES, "policy")?;
             Policy::from_toml(&text).with_context(|| format!("policy {}", path.display()))?
         }
         None => Policy::default(),

@@ -1,45 +1,29 @@
-//! The evaluation journal: `DIR/journal.jsonl`, one line per finished attack batch,
-//! appended and synced as the run goes, so `eval --resume DIR` after a crash,
-//! `kill -9` or Ctrl-C skips what is done and ends with the same record.
+//! Ctrl-C for journaled evaluations: the journal itself is
+//! [`gauntlet_eval::FileJournal`]; here the handler that asks it to stop, and the
+//! error `main` turns into exit code 130.
 
-use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
-use anyhow::{bail, Context, Result};
-use gauntlet_eval::{BatchOutcome, Journal};
-use serde::{Deserialize, Serialize};
+/// Set by the Ctrl-C handler; a journaled run stops before its next batch.
+fn interrupted_flag() -> Arc<AtomicBool> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| Arc::new(AtomicBool::new(false)))
+        .clone()
+}
 
-/// The journal's file name inside the output directory.
-pub(crate) const JOURNAL_FILE: &str = "journal.jsonl";
-const VERSION: u32 = 1;
-
-/// Set by the Ctrl-C handler; the runner stops before its next batch.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Stop cleanly on Ctrl-C (once per process): finish the batch in flight, keep the
-/// journal, exit with a message saying how to resume.
-pub(crate) fn install_interrupt_handler() {
+/// Stop cleanly on Ctrl-C (installed once per process): finish the batch in flight,
+/// keep the journal, exit with a message saying how to resume. Returns the flag the
+/// journal watches.
+pub(crate) fn install_interrupt_handler() -> Arc<AtomicBool> {
     static INSTALLED: std::sync::Once = std::sync::Once::new();
+    let flag = interrupted_flag();
     INSTALLED.call_once(|| {
+        let handler_flag = flag.clone();
         // Without a handler Ctrl-C still kills the run; the journal stays valid.
-        let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+        let _ = ctrlc::set_handler(move || handler_flag.store(true, Ordering::SeqCst));
     });
-}
-
-#[derive(Serialize, Deserialize)]
-struct Header {
-    gauntlet_journal: u32,
-    /// sha256 of everything that decides the results (model, data, suite, seed, ...).
-    fingerprint: String,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Entry {
-    key: String,
-    outcome: BatchOutcome,
+    flag
 }
 
 /// The run stopped on Ctrl-C; `main` exits 130 for it.
@@ -53,184 +37,3 @@ impl std::fmt::Display for Interrupted {
 }
 
 impl std::error::Error for Interrupted {}
-
-/// A journal file being appended to.
-pub(crate) struct FileJournal {
-    path: PathBuf,
-    file: File,
-    done: HashMap<String, BatchOutcome>,
-}
-
-impl FileJournal {
-    /// Start a new journal in `dir` (replacing any left by an earlier run), or with
-    /// `resume`, continue the one there, which must be for the same `fingerprint`.
-    pub(crate) fn open(dir: &Path, fingerprint: &str, resume: bool) -> Result<Self> {
-        let path = dir.join(JOURNAL_FILE);
-        if !resume {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            let mut file = File::create(&path)
-                .with_context(|| format!("cannot create journal {}", path.display()))?;
-            let header = serde_json::to_string(&Header {
-                gauntlet_journal: VERSION,
-                fingerprint: fingerprint.into(),
-            })?;
-            writeln!(file, "{header}")
-                .and_then(|()| file.sync_data())
-                .with_context(|| format!("cannot write journal {}", path.display()))?;
-            return Ok(Self {
-                path,
-                file,
-                done: HashMap::new(),
-            });
-        }
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "nothing to resume in {}: no readable {JOURNAL_FILE} (the run finished, or never started there)",
-                dir.display()
-            )
-        })?;
-        let mut lines = text.split_inclusive('\n');
-        let header_line = lines.next().unwrap_or("");
-        let header: Header = serde_json::from_str(header_line.trim_end())
-            .with_context(|| format!("{} is not a Gauntlet journal", path.display()))?;
-        if header.gauntlet_journal != VERSION {
-            bail!(
-                "{} has journal version {}, this build reads version {VERSION}",
-                path.display(),
-                header.gauntlet_journal
-            );
-        }
-        if header.fingerprint != fingerprint {
-            bail!(
-                "{} was written by a different evaluation (Gauntlet version, model, data, suite, seed, batch size or shard differ); resume with the same arguments, or start afresh with --out instead of --resume",
-                path.display()
-            );
-        }
-        // Keep every complete line; a last line cut short by a crash is dropped
-        // (and overwritten by the next append).
-        let mut done = HashMap::new();
-        let mut good_bytes = header_line.len() as u64;
-        for (number, line) in lines.enumerate() {
-            let last = good_bytes + line.len() as u64 == text.len() as u64;
-            match serde_json::from_str::<Entry>(line.trim_end()) {
-                Ok(entry) if line.ends_with('\n') => {
-                    done.insert(entry.key, entry.outcome);
-                    good_bytes += line.len() as u64;
-                }
-                _ if last => break,
-                _ => bail!(
-                    "{} is corrupt at line {}: not a journal entry (start afresh with --out instead of --resume)",
-                    path.display(),
-                    number + 2
-                ),
-            }
-        }
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("cannot reopen journal {}", path.display()))?;
-        file.set_len(good_bytes)
-            .with_context(|| format!("cannot trim journal {}", path.display()))?;
-        Ok(Self { path, file, done })
-    }
-
-    /// Batches found on resume.
-    pub(crate) fn resumed_batches(&self) -> usize {
-        self.done.len()
-    }
-
-    /// The run finished and its record is written: the journal is no longer needed.
-    pub(crate) fn finish(self) -> Result<()> {
-        drop(self.file);
-        std::fs::remove_file(&self.path)
-            .with_context(|| format!("cannot remove finished journal {}", self.path.display()))
-    }
-}
-
-impl Journal for FileJournal {
-    fn replay(&mut self, key: &str) -> Option<BatchOutcome> {
-        self.done.remove(key)
-    }
-
-    fn record(&mut self, key: &str, outcome: &BatchOutcome) -> gauntlet_eval::Result<()> {
-        let line = serde_json::to_string(&Entry {
-            key: key.into(),
-            outcome: outcome.clone(),
-        })
-        .map_err(|e| gauntlet_eval::Error::Journal(e.to_string()))?;
-        writeln!(self.file, "{line}")
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| {
-                gauntlet_eval::Error::Journal(format!(
-                    "cannot append to {}: {e}",
-                    self.path.display()
-                ))
-            })
-    }
-
-    fn interrupted(&self) -> bool {
-        INTERRUPTED.load(Ordering::SeqCst)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn outcome(sample: usize) -> BatchOutcome {
-        BatchOutcome {
-            samples: vec![sample],
-            broken: vec![(sample, 0.25)],
-            ..BatchOutcome::default()
-        }
-    }
-
-    #[test]
-    fn resume_keeps_complete_lines_drops_a_torn_tail_and_refuses_the_rest() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut journal = FileJournal::open(dir.path(), "abc", false).unwrap();
-        journal.record("batch-0", &outcome(0)).unwrap();
-        journal.record("batch-1", &outcome(1)).unwrap();
-        drop(journal);
-        let path = dir.path().join(JOURNAL_FILE);
-        let complete = std::fs::read(&path).unwrap();
-        // A torn last line is dropped and trimmed off before new appends.
-        let mut torn = complete.clone();
-        torn.extend(b"{\"key\":\"batch-2\",\"outc");
-        std::fs::write(&path, &torn).unwrap();
-        let mut resumed = FileJournal::open(dir.path(), "abc", true).unwrap();
-        assert_eq!(resumed.resumed_batches(), 2);
-        assert_eq!(resumed.replay("batch-1"), Some(outcome(1)));
-        assert_eq!(resumed.replay("batch-1"), None, "each batch replays once");
-        resumed.record("batch-2", &outcome(2)).unwrap();
-        drop(resumed);
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text.lines().count(), 4, "{text}");
-        assert!(text
-            .lines()
-            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
-        // Another evaluation's journal, and a corrupt line in the middle, are refused.
-        let err = FileJournal::open(dir.path(), "xyz", true).err().unwrap();
-        assert!(format!("{err}").contains("different evaluation"), "{err}");
-        let mut corrupt = complete;
-        corrupt.extend(b"garbage\n");
-        corrupt.extend(
-            serde_json::to_string(&Entry {
-                key: "batch-3".into(),
-                outcome: outcome(3),
-            })
-            .unwrap()
-            .as_bytes(),
-        );
-        corrupt.push(b'\n');
-        std::fs::write(&path, corrupt).unwrap();
-        let err = FileJournal::open(dir.path(), "abc", true).err().unwrap();
-        assert!(format!("{err}").contains("corrupt at line 4"), "{err}");
-        // No journal at all: nothing to resume.
-        let empty = tempfile::tempdir().unwrap();
-        let err = FileJournal::open(empty.path(), "abc", true).err().unwrap();
-        assert!(format!("{err}").contains("nothing to resume"), "{err}");
-    }
-}

@@ -29,8 +29,28 @@ fn main() -> ExitCode {
         // Ctrl-C: the message saying how to resume is already printed.
         Err(err) if err.downcast_ref::<journal::Interrupted>().is_some() => ExitCode::from(130),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", one_line(&err));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes on one line, each said once: library errors carry the
+/// operating system's reason in their message and as their source, and a context
+/// may repeat the message it wraps.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let mut text = cause.to_string().replace('\n', " ");
+        // A parser quoting a megabyte-long line must not flood the terminal.
+        if text.chars().count() > 400 {
+            text = text.chars().take(400).collect::<String>() + "…";
+        }
+        match parts.last_mut() {
+            Some(last) if last.ends_with(&text) => {}
+            Some(last) if text.starts_with(last.as_str()) => *last = text,
+            _ => parts.push(text),
+        }
+    }
+    parts.join(": ")
 }

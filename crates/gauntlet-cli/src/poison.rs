@@ -303,8 +303,8 @@ fn manifest_json(manifest: &Manifest) -> Result<String> {
 }
 
 fn read_manifest(path: &Path, data: &Dataset) -> Result<Manifest> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the manifest {}", path.display()))?;
+    let text =
+        gauntlet_core::read_text_limited(path, gauntlet_core::MAX_DOCUMENT_BYTES, "manifest")?;
     let manifest: Manifest = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a Gauntlet poisoning manifest", path.display()))?;
     manifest.check_matches(data).map_err(|message| {
@@ -396,6 +396,11 @@ fn detect(args: DetectArgs) -> Result<()> {
     let net = gauntlet_poison::native(network)?;
     let train = load_data(&args.data, Split::Train)?;
     gauntlet_eval::check_compatible(&model, &train)?;
+    crate::commands::ensure_batch_fits(
+        network.arch().bytes_per_sample(),
+        args.detectors.batch_size,
+        train.len(),
+    )?;
     let test_args = DataArgs {
         limit: None,
         ..args.data.clone()
@@ -472,7 +477,7 @@ fn detect(args: DetectArgs) -> Result<()> {
     let path = args.out.join("results.json");
     write_record(&path, &record)?;
     println!("wrote {}", path.display());
-    crate::report::write_run_report(&args.out, &record)
+    crate::report::write_run_report(&args.out, &record, &path)
 }
 
 fn audit(args: AuditArgs) -> Result<()> {
@@ -496,6 +501,9 @@ fn audit(args: AuditArgs) -> Result<()> {
     };
     let test = load_data(&test_args, Split::Test)?;
     injection.validate(&train)?;
+    for batch in [training.batch_size, args.detectors.batch_size] {
+        crate::commands::ensure_batch_fits(training.arch.bytes_per_sample(), batch, train.len())?;
+    }
     let settings = AuditConfig {
         injection,
         training,
@@ -540,7 +548,7 @@ fn audit(args: AuditArgs) -> Result<()> {
     let path = args.out.join("results.json");
     write_record(&path, &record)?;
     println!("wrote {}", path.display());
-    crate::report::write_run_report(&args.out, &record)
+    crate::report::write_run_report(&args.out, &record, &path)
 }
 
 fn print_findings(record: &PoisoningRecord) {

@@ -43,8 +43,8 @@ pub(crate) fn run(args: ReportArgs) -> Result<()> {
 
 /// Read and check one run record.
 pub(crate) fn read_record(path: &Path) -> Result<RunRecord> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read run record {}", path.display()))?;
+    let text =
+        gauntlet_core::read_text_limited(path, gauntlet_core::MAX_DOCUMENT_BYTES, "run record")?;
     RunRecord::from_json(&text)
         .with_context(|| format!("{} is not a Gauntlet run record", path.display()))
 }
@@ -63,8 +63,16 @@ pub(crate) fn write_report(dir: &Path, inputs: &[ReportInput]) -> Result<()> {
 }
 
 /// The report of one run, next to its record.
-pub(crate) fn write_run_report(dir: &Path, record: &RunRecord) -> Result<()> {
-    write_report(dir, &[ReportInput::new(record.clone())])?;
+pub(crate) fn write_run_report(dir: &Path, record: &RunRecord, record_path: &Path) -> Result<()> {
+    // The record is written first: a report that fails (disk full) loses nothing.
+    write_report(dir, &[ReportInput::new(record.clone())]).with_context(|| {
+        format!(
+            "{} is complete but its report is not; rerun `gauntlet report {} --out {}`",
+            record_path.display(),
+            record_path.display(),
+            dir.display()
+        )
+    })?;
     println!("wrote {}", dir.join("report.html").display());
     Ok(())
 }
@@ -244,5 +252,5 @@ pub(crate) fn merge(args: MergeArgs) -> Result<()> {
         merged.dataset.num_samples,
         args.out.display()
     );
-    write_run_report(&dir, &merged)
+    write_run_report(&dir, &merged, &args.out)
 }

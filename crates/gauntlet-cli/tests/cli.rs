@@ -1593,3 +1593,379 @@ fn scan_flags_code_execution_and_loads_refuse_it() {
         0
     );
 }
+
+/// Run `gauntlet` with every file write capped at `max_file_bytes` (RLIMIT_FSIZE):
+/// the first write past it fails part-way, as on a full disk. With `killed`, the
+/// process dies there (SIGXFSZ), as in a crash mid-write; otherwise the write
+/// returns EFBIG and Gauntlet must report it.
+fn gauntlet_with_file_limit(args: &[&str], max_file_bytes: u64, killed: bool) -> Output {
+    gauntlet_with_rlimit(args, libc::RLIMIT_FSIZE, max_file_bytes, killed)
+}
+
+fn gauntlet_with_rlimit(
+    args: &[&str],
+    resource: libc::__rlimit_resource_t,
+    value: u64,
+    die_on_sigxfsz: bool,
+) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gauntlet"));
+    command.args(args).current_dir(repo(""));
+    // SAFETY: only async-signal-safe calls (setrlimit, signal) between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: value,
+                rlim_max: value,
+            };
+            if libc::setrlimit(resource, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let action = if die_on_sigxfsz {
+                libc::SIG_DFL
+            } else {
+                libc::SIG_IGN
+            };
+            libc::signal(libc::SIGXFSZ, action);
+            Ok(())
+        });
+    }
+    command.output().unwrap()
+}
+
+fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                found.extend(files_under(&path));
+            } else if let Ok(meta) = entry.metadata() {
+                found.push((path, meta.len()));
+            }
+        }
+    }
+    found
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// What must agree between two records of the same evaluation.
+fn verdicts(record: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!([
+        record["clean"]["correct"],
+        record["robustness"]["worst_case"],
+        record["robustness"]["attacks"]
+            .as_array()
+            .map(|a| a.iter().map(|x| x["robust"].clone()).collect::<Vec<_>>()),
+    ])
+}
+
+/// Fault injection: every output file of an evaluation in turn has its write fail
+/// part-way (the disk "fills" one byte before it is complete), with the write
+/// reported as an error and with the process killed. Each time: a clear one-line
+/// error or the kill, no half-written file and no temporary file left behind, any
+/// record present is complete, and the run resumes (or reruns) to the same results.
+/// With attacks the journal is the largest file and fails first; a clean-only
+/// evaluation (no journal) makes the record and each report file fail in turn.
+#[test]
+fn writes_failing_part_way_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let suite = dir.path().join("suite.toml");
+    std::fs::write(
+        &suite,
+        "name = \"faults\"\ndescription = \"pgd\"\n[[attack]]\nname = \"pgd-linf\"\neps = [0.1, 0.3]\nparams = { steps = 5 }\n",
+    )
+    .unwrap();
+    let mut recovered = [0usize; 3];
+    for with_attacks in [true, false] {
+        let args = |flag: &str, out: &Path| -> Vec<String> {
+            let mut v: Vec<String> = [
+                "eval",
+                "--model",
+                "examples/models/mnist-mlp.safetensors",
+                "--data",
+                "datasets/mnist-5k",
+                "--limit",
+                "60",
+                "--batch-size",
+                "20",
+                "-q",
+                flag,
+                out.to_str().unwrap(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            if with_attacks {
+                v.extend(["--suite".to_string(), suite.display().to_string()]);
+            }
+            v
+        };
+        let whole = dir.path().join(format!("whole-{with_attacks}"));
+        let run = gauntlet(&strs(&args("--out", &whole)));
+        assert!(run.status.success(), "{}", stderr(&run));
+        let expected = verdicts(&read_json(&whole.join("results.json")));
+        // One cap per distinct output size: each output in turn is the first to fail.
+        let mut sizes: Vec<u64> = files_under(&whole).iter().map(|(_, s)| *s).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        let mut caps: Vec<u64> = vec![0, 40];
+        caps.extend(sizes.iter().filter(|&&s| s > 1).map(|s| s - 1));
+        assert!(
+            caps.len() >= 5,
+            "expected several outputs, got sizes {sizes:?}"
+        );
+
+        for (case, &cap) in caps.iter().enumerate() {
+            for killed in [false, true] {
+                let out = dir
+                    .path()
+                    .join(format!("cap-{with_attacks}-{case}-{killed}"));
+                let failed = gauntlet_with_file_limit(&strs(&args("--out", &out)), cap, killed);
+                let what = format!("attacks {with_attacks}, cap {cap} bytes, killed {killed}");
+                if killed {
+                    use std::os::unix::process::ExitStatusExt;
+                    assert_eq!(
+                        failed.status.signal(),
+                        Some(libc::SIGXFSZ),
+                        "{what}: {}",
+                        stderr(&failed)
+                    );
+                } else {
+                    assert_clear_error(&failed, "File too large");
+                    for (path, _) in files_under(&out) {
+                        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                        assert!(!name.ends_with(".tmp"), "{what}: left {name}");
+                    }
+                }
+                let record_path = out.join("results.json");
+                let resumable = std::fs::read_to_string(out.join("journal.jsonl"))
+                    .map(|t| t.contains('\n'))
+                    .unwrap_or(false);
+                let recovery = if record_path.exists() {
+                    // The record was written whole before the failure: it is the result.
+                    assert_eq!(verdicts(&read_json(&record_path)), expected, "{what}");
+                    assert!(
+                        killed || stderr(&failed).contains("gauntlet report"),
+                        "{what}: says how to finish the report: {}",
+                        stderr(&failed)
+                    );
+                    recovered[0] += 1;
+                    gauntlet(&[
+                        "report",
+                        record_path.to_str().unwrap(),
+                        "--out",
+                        out.to_str().unwrap(),
+                    ])
+                } else if resumable {
+                    recovered[1] += 1;
+                    gauntlet(&strs(&args("--resume", &out)))
+                } else {
+                    recovered[2] += 1;
+                    gauntlet(&strs(&args("--out", &out)))
+                };
+                assert!(recovery.status.success(), "{what}: {}", stderr(&recovery));
+                assert_eq!(verdicts(&read_json(&record_path)), expected, "{what}");
+                assert!(out.join("report.html").is_file(), "{what}");
+            }
+        }
+    }
+    // Every kind of recovery was exercised: report rerun, resume, fresh run.
+    assert!(recovered.iter().all(|&n| n > 0), "{recovered:?}");
+}
+
+/// Memory pressure: a dataset larger than the memory left, and a `--batch-size`
+/// whose working memory cannot fit, are refused before any compute with a message
+/// saying what to do (the address space is capped with RLIMIT_AS so the test means
+/// the same on any machine); the batch size the message suggests then runs.
+#[test]
+fn work_larger_than_memory_is_refused_early_with_a_smaller_batch_suggested() {
+    const MIB: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    // 8 GiB of images, as a sparse file: it takes no disk space.
+    let data = dir.path().join("huge");
+    std::fs::create_dir(&data).unwrap();
+    let count: u32 = 10_000_000;
+    let mut header = vec![0, 0, 8, 3];
+    for dim in [count, 28, 28] {
+        header.extend(dim.to_be_bytes());
+    }
+    let images = std::fs::File::create(data.join("t10k-images-idx3-ubyte")).unwrap();
+    std::io::Write::write_all(&mut &images, &header).unwrap();
+    images.set_len(16 + u64::from(count) * 784).unwrap();
+    let mut labels = vec![0, 0, 8, 1];
+    labels.extend(count.to_be_bytes());
+    let file = std::fs::File::create(data.join("t10k-labels-idx1-ubyte")).unwrap();
+    std::io::Write::write_all(&mut &file, &labels).unwrap();
+    file.set_len(8 + u64::from(count)).unwrap();
+    let out = dir.path().join("out");
+    let refused = gauntlet_with_rlimit(
+        &[
+            "eval",
+            "--model",
+            "examples/models/mnist-mlp.safetensors",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        libc::RLIMIT_AS,
+        4096 * MIB,
+        false,
+    );
+    assert_clear_error(
+        &refused,
+        "t10k-images-idx3-ubyte: the data needs about 7.3 GiB",
+    );
+    assert!(
+        stderr(&refused).contains("more memory"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!out.exists(), "nothing written");
+
+    // Training the CNN on the 4000 training images in one batch, in 700 MiB.
+    let model = dir.path().join("model.safetensors");
+    let train = |batch: &str| {
+        gauntlet_with_rlimit(
+            &[
+                "train",
+                "--arch",
+                "cnn",
+                "--data",
+                "datasets/mnist-5k",
+                "--epochs",
+                "1",
+                "--batch-size",
+                batch,
+                "--force",
+                "--out",
+                model.to_str().unwrap(),
+            ],
+            libc::RLIMIT_AS,
+            700 * MIB,
+            false,
+        )
+    };
+    let refused = train("100000");
+    assert_clear_error(
+        &refused,
+        "--batch-size 100000 (4000 samples here) needs about",
+    );
+    assert!(!model.exists(), "refused before training");
+    let message = stderr(&refused);
+    let suggested: String = message
+        .split("use --batch-size ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no suggestion in: {message}"))
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let suggested_size: usize = suggested.parse().unwrap();
+    assert!((1..4000).contains(&suggested_size), "{message}");
+    let trained = train(&suggested);
+    assert!(trained.status.success(), "{}", stderr(&trained));
+    assert!(model.is_file());
+
+    // The same check guards evaluation.
+    let refused = gauntlet_with_rlimit(
+        &[
+            "eval",
+            "--model",
+            "examples/models/mnist-cnn.safetensors",
+            "--data",
+            "datasets/mnist-5k",
+            "--suite",
+            "attacks/quick.toml",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        libc::RLIMIT_AS,
+        300 * MIB,
+        false,
+    );
+    assert_clear_error(&refused, "use --batch-size");
+}
+
+/// Configurations and records that are deeply nested, huge, endless or binary:
+/// each a one-line error naming the file, read no further than a size limit, and
+/// never the parser's quote of a megabyte-long line.
+#[test]
+fn hostile_configs_and_records_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let deep_toml = dir.path().join("deep.toml");
+    std::fs::write(
+        &deep_toml,
+        format!(
+            "name = \"deep\"\ndescription = \"d\"\nx = {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        ),
+    )
+    .unwrap();
+    let huge_toml = dir.path().join("huge.toml");
+    std::fs::write(&huge_toml, "# padding\n".repeat(200_000)).unwrap();
+    let binary = dir.path().join("binary.toml");
+    std::fs::write(&binary, [0xff, 0xfe, 0x00, 0x01]).unwrap();
+    let deep_json = dir.path().join("deep.json");
+    std::fs::write(
+        &deep_json,
+        format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
+    )
+    .unwrap();
+    let record = "examples/models/mnist-mlp.record.json";
+    let eval = |suite: &Path| {
+        gauntlet(&[
+            "eval",
+            "--model",
+            "examples/models/mnist-mlp.safetensors",
+            "--data",
+            "datasets/mnist-5k",
+            "--suite",
+            suite.to_str().unwrap(),
+            "--out",
+            dir.path().join("out").to_str().unwrap(),
+        ])
+    };
+    let check = |policy: &Path| gauntlet(&["check", record, "--policy", policy.to_str().unwrap()]);
+    let cases = [
+        (eval(&deep_toml), "deep.toml:3:"),
+        (
+            eval(&huge_toml),
+            "huge.toml is larger than 1.0 MiB, the most a suite may hold",
+        ),
+        (
+            eval(Path::new("/dev/zero")),
+            "/dev/zero is larger than 1.0 MiB",
+        ),
+        (eval(&binary), "binary.toml is not UTF-8 text"),
+        (check(&deep_toml), "line 3, column"),
+        (check(&huge_toml), "the most a policy may hold"),
+        (check(&binary), "binary.toml is not UTF-8 text"),
+        (
+            gauntlet(&[
+                "report",
+                deep_json.to_str().unwrap(),
+                "--out",
+                dir.path().to_str().unwrap(),
+            ]),
+            "recursion limit exceeded",
+        ),
+        (
+            gauntlet(&["report", "/dev/zero", "--out", dir.path().to_str().unwrap()]),
+            "/dev/zero is larger than 1.0 GiB, the most a run record may hold",
+        ),
+        (
+            gauntlet(&["check", deep_json.to_str().unwrap(), "--min-clean", "0.5"]),
+            "deep.json",
+        ),
+    ];
+    for (output, needle) in cases {
+        assert_clear_error(&output, needle);
+        assert!(stderr(&output).len() < 600, "{}", stderr(&output));
+    }
+    assert!(!dir.path().join("out").exists(), "nothing written");
+}

@@ -56,6 +56,14 @@ pub trait Classifier: Send + Sync {
     fn input_shape(&self) -> [usize; 3];
     /// The device the model's tensors live on.
     fn device(&self) -> &Device;
+    /// Memory one sample takes while it is attacked or trained on, in bytes:
+    /// the activations kept for the backward pass, their gradients and the
+    /// attack's own copies of the input. An estimate, used to refuse a batch that
+    /// cannot fit before any compute; the default counts 64 copies of the input.
+    fn bytes_per_sample(&self) -> u64 {
+        let [c, h, w] = self.input_shape();
+        (64 * c * h * w * std::mem::size_of::<f32>()) as u64
+    }
 }
 
 /// Gradient of a scalar `loss(logits)` with respect to the input `x`.

@@ -7,7 +7,7 @@ use crate::{Error, Result};
 /// written, flushed to disk and renamed over the target, so readers see either the
 /// old file or the complete new one, never a half-written file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io_err = |source| Error::Io {
+    let io_err = |source| Error::Write {
         path: path.to_path_buf(),
         source,
     };
@@ -25,12 +25,69 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        // Make the rename itself durable; some filesystems cannot sync a directory,
+        // and the file is complete either way.
+        if let Ok(dir) = std::fs::File::open(&dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result.map_err(io_err)
+}
+
+/// Most a TOML configuration (attack suite, gate policy) may hold.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// Most a JSON document (run record, baseline, manifest) may hold.
+pub const MAX_DOCUMENT_BYTES: u64 = 1 << 30;
+
+/// Read a UTF-8 text file of at most `max_bytes`: bigger files (or endless ones,
+/// such as `/dev/zero` or a pipe) are refused without reading past the limit, and
+/// the memory it would take is checked first. `what` names the file's role.
+pub fn read_text_limited(path: &Path, max_bytes: u64, what: &str) -> Result<String> {
+    use std::io::Read;
+    let io_err = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io_err)?;
+    let too_big = || Error::TooLarge {
+        path: path.to_path_buf(),
+        what: what.to_string(),
+        limit: crate::human_bytes(max_bytes),
+    };
+    let declared = file.metadata().map_err(io_err)?.len();
+    if declared > max_bytes {
+        return Err(too_big());
+    }
+    crate::ensure_memory(
+        declared,
+        &format!("reading {what} {}", path.display()),
+        "use a machine with more memory",
+    )?;
+    let mut bytes = Vec::new();
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io_err)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes).map_err(|e| Error::NotText {
+        path: path.to_path_buf(),
+        offset: e.utf8_error().valid_up_to(),
+    })
+}
+
+/// 1-based line and column of byte `offset` in `text`, for parse errors that
+/// should point at the place rather than quote it (a quoted line can be huge).
+pub fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+    (line, column)
 }
 
 #[cfg(test)]
@@ -51,6 +108,36 @@ mod tests {
             .collect();
         assert!(leftovers.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn text_reads_are_bounded_even_for_endless_files() {
+        let err = read_text_limited(Path::new("/dev/zero"), 1024, "suite").unwrap_err();
+        assert!(err.to_string().contains("larger than 1 KiB"), "{err}");
+        let dir = tempfile_dir("limited");
+        let big = dir.join("big.toml");
+        std::fs::write(&big, vec![b'#'; 2048]).unwrap();
+        let err = read_text_limited(&big, 1024, "suite").unwrap_err();
+        assert!(err.to_string().contains("big.toml"), "{err}");
+        std::fs::write(&big, [b'a', 0xff, b'b']).unwrap();
+        let err = read_text_limited(&big, 1024, "suite").unwrap_err();
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
+        std::fs::write(&big, "name = 1").unwrap();
+        assert_eq!(read_text_limited(&big, 1024, "suite").unwrap(), "name = 1");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn offsets_become_lines_and_columns() {
+        assert_eq!(line_and_column("ab\ncd\nef", 0), (1, 1));
+        assert_eq!(line_and_column("ab\ncd\nef", 4), (2, 2));
+        assert_eq!(line_and_column("ab\ncd\nef", 99), (3, 3));
+    }
+
+    fn tempfile_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("gauntlet-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod error;
 mod fingerprint;
 mod fs;
 mod loss;
+mod memory;
 mod observer;
 mod runtime;
 mod seed;
@@ -17,10 +18,13 @@ mod seed;
 pub use classifier::{input_gradient, Bounds, Classifier, Norm};
 pub use error::{Error, Result};
 pub use fingerprint::{sha256_bytes, sha256_file, Sha256Hasher};
-pub use fs::write_atomic;
+pub use fs::{
+    line_and_column, read_text_limited, write_atomic, MAX_CONFIG_BYTES, MAX_DOCUMENT_BYTES,
+};
 pub use loss::{
     cross_entropy_per_sample, cross_entropy_sum, log_softmax, log_softmax_dim, softmax, softmax_dim,
 };
+pub use memory::{available_memory, ensure_memory, human_bytes};
 pub use observer::{NoProgress, Observer};
 pub use runtime::configure_threads;
 pub use seed::SeedStream;

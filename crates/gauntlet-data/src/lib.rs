@@ -622,6 +622,11 @@ fn load_cifar10(dir: &Path, files: &[PathBuf], options: &LoadOptions) -> Result<
     let num_classes = options.num_classes.unwrap_or(10);
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
+    let total: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    crate::reader::ensure_fits(dir, total)?;
     for file in files {
         let mut bytes = Vec::new();
         File::open(file)

@@ -63,6 +63,7 @@ pub(crate) fn read_exact_payload(
             ),
         ));
     }
+    ensure_fits(path, expected as u64)?;
     let mut data = Vec::with_capacity(expected);
     let read = reader
         .take(expected as u64 + 1)
@@ -81,6 +82,17 @@ pub(crate) fn read_exact_payload(
         ));
     }
     Ok(data)
+}
+
+/// Refuse data that cannot fit in the memory left, before reading it: a clear
+/// error now instead of the out-of-memory killer later.
+pub(crate) fn ensure_fits(path: &Path, bytes: u64) -> Result<()> {
+    gauntlet_core::ensure_memory(
+        bytes,
+        "the data",
+        "use a machine with more memory, or a subset of the data",
+    )
+    .map_err(|e| format_err(path, e.to_string()))
 }
 
 /// An I/O error while decoding: corrupt compressed data is a format problem.

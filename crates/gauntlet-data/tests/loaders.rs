@@ -476,3 +476,111 @@ fn limit_zero_is_rejected() {
     .to_string();
     assert!(err.contains("--limit"), "{err}");
 }
+
+// ---------- hostile inputs (issue #9) ----------
+
+/// A gzip bomb: a header promising 10 images followed by 256 MiB of zeros that
+/// compress to ~250 KB. Reading stops one byte past the promised payload, so memory
+/// stays bounded, and the lie is named. A header promising more than deflate can
+/// expand the file to is refused before reading anything.
+#[test]
+fn gzip_bombs_are_refused_with_bounded_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("t10k-images-idx3-ubyte.gz");
+    let mut encoder = flate2::write::GzEncoder::new(
+        std::fs::File::create(&images).unwrap(),
+        flate2::Compression::fast(),
+    );
+    encoder.write_all(&idx_images(10, 28, 28, &[])).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..256 {
+        encoder.write_all(&zeros).unwrap();
+    }
+    encoder.finish().unwrap();
+    let compressed = std::fs::metadata(&images).unwrap().len();
+    assert!(compressed < 2 << 20, "{compressed} bytes is no bomb");
+    std::fs::write(dir.path().join("t10k-labels-idx1-ubyte.gz"), {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&idx_labels(&[1; 10])).unwrap();
+        enc.finish().unwrap()
+    })
+    .unwrap();
+    let err = load_err(dir.path());
+    assert!(
+        err.contains("t10k-images") && err.contains("more follows"),
+        "{err}"
+    );
+
+    // A header promising 3 million images from the same small file: more than
+    // deflate's ~1032:1 ratio could produce, refused before any allocation.
+    let lying = dir.path().join("t10k-images-idx3-ubyte.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(&idx_images(3_000_000, 28, 28, &[0; 4096]))
+        .unwrap();
+    std::fs::write(&lying, enc.finish().unwrap()).unwrap();
+    let err = load_err(dir.path());
+    assert!(err.contains("can hold at most"), "{err}");
+}
+
+/// `.npy` headers that lie: a shape whose bytes exceed the file, a shape whose
+/// product overflows, a negative dimension, and a header length past the file.
+#[test]
+fn lying_npy_headers_are_refused_before_allocating() {
+    let labels = encode_npy("<i8", &[2], &[0u8; 16]);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "claims 784000000000 bytes",
+            encode_npy("|u1", &[1_000_000_000, 28, 28], &[0; 64]),
+        ),
+        (
+            "overflows",
+            encode_npy("<f4", &[1 << 40, 1 << 40, 1 << 20], &[0; 64]),
+        ),
+        ("no valid 'shape'", {
+            let mut bytes = encode_npy("|u1", &[2, 2, 2], &[0; 8]);
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let at = text.find("(2, 2, 2)").unwrap();
+            bytes[at + 1] = b'-';
+            bytes
+        }),
+        ("header length 65535 is implausible", {
+            let mut bytes = encode_npy("|u1", &[2, 2, 2], &[0; 8]);
+            bytes[8] = 0xff;
+            bytes[9] = 0xff;
+            bytes
+        }),
+    ];
+    for (what, images) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("x.npy"), &images).unwrap();
+        std::fs::write(dir.path().join("y.npy"), &labels).unwrap();
+        let err = load_err(dir.path());
+        assert!(err.contains("x.npy") && err.contains(what), "{what}: {err}");
+    }
+}
+
+/// Data larger than the memory left is refused before reading, naming the file
+/// and the sizes (a 1 TiB sparse file: no disk space used).
+#[test]
+fn data_larger_than_memory_is_refused_before_reading() {
+    let count: u64 = (1 << 40) / 784;
+    let dir = tempfile::tempdir().unwrap();
+    let images = std::fs::File::create(dir.path().join("t10k-images-idx3-ubyte")).unwrap();
+    (&images)
+        .write_all(&idx_images(count as u32, 28, 28, &[]))
+        .unwrap();
+    if images.set_len(16 + count * 784).is_err() {
+        eprintln!("skipped: this filesystem has no sparse 1 TiB files");
+        return;
+    }
+    let labels = std::fs::File::create(dir.path().join("t10k-labels-idx1-ubyte")).unwrap();
+    let mut header = vec![0, 0, 8, 1];
+    header.extend((count as u32).to_be_bytes());
+    (&labels).write_all(&header).unwrap();
+    labels.set_len(8 + count).unwrap();
+    let err = load_err(dir.path());
+    assert!(
+        err.contains("t10k-images") && err.contains("needs about 1024.0 GiB"),
+        "{err}"
+    );
+}

@@ -4,9 +4,11 @@
 //! per sample in dataset order, and robust accuracy over attack suites with the
 //! per-sample worst case ([`evaluate_robust`]).
 
+mod journal;
 mod robust;
 mod suite;
 
+pub use journal::{FileJournal, JOURNAL_FILE};
 pub use robust::{
     evaluate_robust, evaluate_robust_journaled, model_sanity, AttackResult, BatchOutcome, Journal,
     MinimalNorms, NoJournal, RobustConfig, RobustResult, SuiteEntry, TargetSpec, Warning,

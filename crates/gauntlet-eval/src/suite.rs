@@ -110,8 +110,16 @@ pub fn parse_target(text: &str) -> Result<TargetSpec> {
 impl Suite {
     /// Parse suite TOML; `origin` names the file in messages.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self> {
-        let raw: RawSuite = toml::from_str(text)
-            .map_err(|e| Error::Invalid(format!("{}: {}", origin.display(), e.message())))?;
+        let raw: RawSuite = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((1, 1), |span| {
+                gauntlet_core::line_and_column(text, span.start)
+            });
+            Error::Invalid(format!(
+                "{}:{line}:{column}: {}",
+                origin.display(),
+                e.message()
+            ))
+        })?;
         if raw.attacks.is_empty() {
             return Err(Error::Invalid(format!(
                 "{}: the suite has no [[attack]] entries",
@@ -172,8 +180,9 @@ impl Suite {
 
     /// Read and parse a suite file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Invalid(format!("cannot read suite {}: {e}", path.display())))?;
+        // The error names the file and says what is wrong with it.
+        let text = gauntlet_core::read_text_limited(path, gauntlet_core::MAX_CONFIG_BYTES, "suite")
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         Self::from_toml(&text, path)
     }
 

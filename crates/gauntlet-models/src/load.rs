@@ -133,6 +133,9 @@ impl Classifier for Model {
     fn device(&self) -> &Device {
         self.inner().device()
     }
+    fn bytes_per_sample(&self) -> u64 {
+        self.inner().bytes_per_sample()
+    }
 }
 
 /// Load a model file, fingerprint it and verify that inputs receive a gradient.

@@ -342,4 +342,7 @@ impl Classifier for Network {
     fn device(&self) -> &Device {
         &self.device
     }
+    fn bytes_per_sample(&self) -> u64 {
+        self.arch.bytes_per_sample()
+    }
 }

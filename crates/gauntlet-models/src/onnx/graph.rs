@@ -117,6 +117,8 @@ pub struct OnnxModel {
     normalization: Normalization,
     bounds: Bounds,
     device: Device,
+    /// Values one sample produces across all nodes (measured by the probe run).
+    activations_per_sample: usize,
 }
 
 fn format_err(path: &Path, message: impl Into<String>) -> Error {
@@ -239,6 +241,7 @@ impl OnnxModel {
             normalization,
             bounds,
             device: device.clone(),
+            activations_per_sample: 0,
         };
         normalization_check(&model.normalization, input_shape[0])?;
         // One forward pass finds the class count and proves the graph runs.
@@ -247,12 +250,13 @@ impl OnnxModel {
             DType::F32,
             device,
         )?;
-        let logits = model.run(&probe).map_err(|e| {
+        let (logits, activations) = model.run_counting(&probe).map_err(|e| {
             format_err(
                 path,
                 format!("the graph does not run on input {input_shape:?}: {e}"),
             )
         })?;
+        model.activations_per_sample = activations;
         match logits.dims() {
             [1, c] if *c >= 2 => model.num_classes = *c,
             other => {
@@ -288,7 +292,18 @@ impl OnnxModel {
     }
 
     fn run(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.run_counting(x)?.0)
+    }
+
+    /// Values one sample produces across all nodes, for memory estimates.
+    pub fn activations_per_sample(&self) -> usize {
+        self.activations_per_sample
+    }
+
+    /// The logits, and how many values all nodes produced.
+    fn run_counting(&self, x: &Tensor) -> Result<(Tensor, usize)> {
         let x = self.normalization.apply(x)?;
+        let mut produced = x.elem_count();
         let mut values: HashMap<&str, Tensor> = HashMap::new();
         values.insert(self.input.as_str(), x);
         for node in &self.nodes {
@@ -308,14 +323,16 @@ impl OnnxModel {
             let y = eval(node, &get, &has)
                 .map_err(|e| Error::Invalid(format!("node '{}': {e}", node.name)))?;
             let out = node.outputs.first().map(String::as_str).unwrap_or_default();
+            produced += y.elem_count();
             values.insert(out, y);
         }
-        values
+        let logits = values
             .remove(self.output.as_str())
             .or_else(|| self.constants.get(&self.output).cloned())
             .ok_or_else(|| {
                 Error::Invalid(format!("graph output '{}' is never computed", self.output))
-            })
+            })?;
+        Ok((logits, produced))
     }
 }
 
@@ -896,5 +913,11 @@ impl Classifier for OnnxModel {
     }
     fn device(&self) -> &Device {
         &self.device
+    }
+    fn bytes_per_sample(&self) -> u64 {
+        // The interpreter runs on candle's graph: every node's output and its
+        // gradient are alive in the backward pass, plus the attack's buffers.
+        let [c, h, w] = self.input_shape;
+        ((2 * self.activations_per_sample + 8 * c * h * w) * std::mem::size_of::<f32>()) as u64
     }
 }

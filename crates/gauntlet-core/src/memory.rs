@@ -1,0 +1,128 @@
+//! How much memory this process may still use, so that work too large for the
+//! machine is refused with a clear message before it starts, instead of the
+//! kernel's out-of-memory killer ending the run half-way.
+
+use crate::{Error, Result};
+
+/// Bytes this process can still allocate: the least of the kernel's
+/// `MemAvailable`, the cgroup's limit less its usage (v2 and v1), and the
+/// address-space limit (`ulimit -v`) less what is mapped. `None` where none of
+/// these can be read (not Linux).
+pub fn available_memory() -> Option<u64> {
+    let mut bounds = Vec::new();
+    if let Some(kib) = proc_field("/proc/meminfo", "MemAvailable:") {
+        bounds.push(kib * 1024);
+    }
+    bounds.extend(cgroup_headroom());
+    if let Some(limit) = address_space_limit() {
+        let mapped = proc_field("/proc/self/status", "VmSize:").map_or(0, |kib| kib * 1024);
+        bounds.push(limit.saturating_sub(mapped));
+    }
+    bounds.into_iter().min()
+}
+
+/// Refuse work that needs more memory than is available. `what` names the work
+/// ("the images of data/x", "a batch of 4096 samples"), `advice` what to do
+/// instead. Where the available memory cannot be read, nothing is refused.
+pub fn ensure_memory(needed: u64, what: &str, advice: &str) -> Result<()> {
+    match available_memory() {
+        Some(available) if needed > available => Err(Error::OutOfMemory(format!(
+            "{what} needs about {} of memory but only {} is available; {advice}",
+            human_bytes(needed),
+            human_bytes(available)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `1.5 GiB`, `300.0 MiB`, `12 KiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let b = bytes as f64;
+    if b >= KIB * KIB * KIB {
+        format!("{:.1} GiB", b / (KIB * KIB * KIB))
+    } else if b >= KIB * KIB {
+        format!("{:.1} MiB", b / (KIB * KIB))
+    } else {
+        format!("{:.0} KiB", (b / KIB).ceil())
+    }
+}
+
+/// A `Name:   1234 kB` line of a /proc file, in KiB.
+fn proc_field(path: &str, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.starts_with(name))?;
+    line[name.len()..].split_whitespace().next()?.parse().ok()
+}
+
+fn read_number(path: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Limit less usage of this process's memory cgroup ("max"/huge values mean none).
+fn cgroup_headroom() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    for line in cgroups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (id, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let (limit, usage) = if id == "0" && controllers.is_empty() {
+            let dir = format!("/sys/fs/cgroup{path}");
+            (
+                read_number(&format!("{dir}/memory.max")),
+                read_number(&format!("{dir}/memory.current")),
+            )
+        } else if controllers.split(',').any(|c| c == "memory") {
+            let dir = format!("/sys/fs/cgroup/memory{path}");
+            (
+                read_number(&format!("{dir}/memory.limit_in_bytes")),
+                read_number(&format!("{dir}/memory.usage_in_bytes")),
+            )
+        } else {
+            continue;
+        };
+        // cgroup v1 writes "no limit" as a number near i64::MAX.
+        if let Some(limit) = limit.filter(|&l| l < 1 << 60) {
+            return Some(limit.saturating_sub(usage.unwrap_or(0)));
+        }
+    }
+    None
+}
+
+/// `ulimit -v`, from /proc/self/limits ("Max address space  soft  hard  bytes").
+fn address_space_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max address space"))?;
+    line["Max address space".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_machine_reports_some_memory_and_refuses_an_absurd_request() {
+        let available = available_memory();
+        if cfg!(target_os = "linux") {
+            let bytes = available.unwrap_or(0);
+            assert!(bytes > 1 << 20, "less than 1 MiB available? {bytes}");
+            let err = ensure_memory(u64::MAX / 2, "a test", "ask for less").unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("a test needs about") && text.contains("ask for less"),
+                "{text}"
+            );
+        }
+        assert!(ensure_memory(1, "one byte", "").is_ok());
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human_bytes(1536), "2 KiB");
+        assert_eq!(human_bytes(300 << 20), "300.0 MiB");
+        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
+    }
+}

@@ -1,0 +1,298 @@
+//! Fuzz-target bodies: each takes arbitrary bytes, hands them to one of Gauntlet's
+//! parsers through the same public entry point the CLI uses (files on disk
+//! included), and checks what must hold for any input: no panic, and whatever is
+//! accepted is well-formed (labels in range, pixels finite and in `[0, 1]`,
+//! records that survive a round trip).
+//!
+//! The libFuzzer harness lives in `fuzz/` (built by `cargo fuzz`, run by
+//! `fuzz/run.sh`); [`TARGETS`] lets the workspace tests replay the seed corpus and
+//! every crash input kept under `fuzz/regressions/`.
+//!
+//! Inputs that name several files (an IDX pair, `x.npy` + `y.npy`) are split at a
+//! 4-byte little-endian length after a 1-byte mode; see each target.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+
+use gauntlet_data::{LoadOptions, Split};
+
+/// A fuzz target: a name (the `fuzz/fuzz_targets/<name>.rs` binary) and its body.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every target, by name.
+pub const TARGETS: &[Target] = &[
+    ("dataset_idx", dataset_idx),
+    ("dataset_cifar", dataset_cifar),
+    ("dataset_npy", dataset_npy),
+    ("dataset_npz", dataset_npz),
+    ("image_npy", image_npy),
+    ("pickle_walk", pickle_walk),
+    ("scan_model", scan_model),
+    ("load_model", load_model),
+    ("suite_toml", suite_toml),
+    ("policy_toml", policy_toml),
+    ("run_record", run_record),
+    ("journal", journal),
+];
+
+thread_local! {
+    // One scratch directory per thread, reused across inputs: creating a fresh one
+    // per input would dominate the fuzzer's time. In /dev/shm where there is one.
+    static SCRATCH: RefCell<Option<tempfile::TempDir>> = const { RefCell::new(None) };
+}
+
+/// A clean, empty directory for this input (the same path every call).
+fn scratch(sub: &str) -> PathBuf {
+    let root = SCRATCH.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            let shm = Path::new("/dev/shm");
+            let made = if shm.is_dir() {
+                tempfile::Builder::new()
+                    .prefix("gauntlet-fuzz")
+                    .tempdir_in(shm)
+            } else {
+                tempfile::Builder::new().prefix("gauntlet-fuzz").tempdir()
+            };
+            // Without a scratch directory the harness cannot run at all.
+            #[allow(clippy::expect_used)]
+            {
+                *cell = Some(made.expect("cannot create a scratch directory"));
+            }
+        }
+        cell.as_ref()
+            .map(|d| d.path().to_path_buf())
+            .unwrap_or_default()
+    });
+    let dir = root.join(sub);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    let _ = std::fs::write(path, bytes);
+}
+
+/// Split `data` into a mode byte and two parts: `[mode][len: u32 LE][first][second]`.
+fn two_files(data: &[u8]) -> (u8, &[u8], &[u8]) {
+    let mode = data.first().copied().unwrap_or(0);
+    let rest = data.get(1..).unwrap_or(&[]);
+    let (len, rest) = match rest.get(..4) {
+        Some(b) => (
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize,
+            &rest[4..],
+        ),
+        None => (0, rest),
+    };
+    let split = len.min(rest.len());
+    (mode, &rest[..split], &rest[split..])
+}
+
+/// The inverse of [`two_files`], for building seeds.
+pub fn join_files(mode: u8, first: &[u8], second: &[u8]) -> Vec<u8> {
+    let mut out = vec![mode];
+    out.extend((first.len() as u32).to_le_bytes());
+    out.extend(first);
+    out.extend(second);
+    out
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let _ = encoder.write_all(bytes);
+    encoder.finish().unwrap_or_default()
+}
+
+/// Whatever a loader accepts must be usable: labels in range, pixels finite and in
+/// the declared range, shapes consistent.
+fn check_dataset(result: gauntlet_data::Result<gauntlet_data::Dataset>) {
+    let Ok(dataset) = result else { return };
+    assert!(!dataset.is_empty(), "an empty dataset was accepted");
+    let classes = dataset.num_classes();
+    assert!(
+        dataset.labels().iter().all(|&l| (l as usize) < classes),
+        "a label outside 0..{classes} was accepted"
+    );
+    let [c, h, w] = dataset.image_shape();
+    let n = dataset.len().min(16);
+    if let Ok(pixels) = dataset.images_f32(0..n) {
+        assert_eq!(
+            pixels.len(),
+            n * c * h * w,
+            "image buffer of the wrong size"
+        );
+        assert!(
+            pixels
+                .iter()
+                .all(|p| p.is_finite() && (0.0..=1.0).contains(p)),
+            "a pixel outside [0, 1] was accepted"
+        );
+    }
+}
+
+fn load(dir: &Path, mode: u8) -> gauntlet_data::Result<gauntlet_data::Dataset> {
+    let options = LoadOptions {
+        split: Split::Test,
+        limit: None,
+        // Sometimes an explicit class count, which every label must respect.
+        num_classes: (mode & 0x80 != 0).then_some(usize::from(mode & 0x0f) + 1),
+    };
+    gauntlet_data::load(dir, &options)
+}
+
+/// MNIST IDX pair. Mode bits 0–1: 0 raw files, 1 both gzipped (the fuzzed bytes
+/// are the decompressed content), 2 the fuzzed bytes named `.gz` as they are.
+pub fn dataset_idx(data: &[u8]) {
+    let (mode, images, labels) = two_files(data);
+    let dir = scratch("idx");
+    let (suffix, images, labels) = match mode & 3 {
+        1 => (".gz", gzip(images), gzip(labels)),
+        2 => (".gz", images.to_vec(), labels.to_vec()),
+        _ => ("", images.to_vec(), labels.to_vec()),
+    };
+    write(
+        &dir.join(format!("t10k-images-idx3-ubyte{suffix}")),
+        &images,
+    );
+    write(
+        &dir.join(format!("t10k-labels-idx1-ubyte{suffix}")),
+        &labels,
+    );
+    check_dataset(load(&dir, mode));
+}
+
+/// A CIFAR-10 binary batch (`test_batch.bin`).
+pub fn dataset_cifar(data: &[u8]) {
+    let dir = scratch("cifar");
+    write(&dir.join("test_batch.bin"), data);
+    check_dataset(load(&dir, 0));
+}
+
+/// `x.npy` + `y.npy`.
+pub fn dataset_npy(data: &[u8]) {
+    let (mode, x, y) = two_files(data);
+    let dir = scratch("npy");
+    write(&dir.join("x.npy"), x);
+    write(&dir.join("y.npy"), y);
+    check_dataset(load(&dir, mode));
+}
+
+/// An `.npz` archive (zip of `.npy` arrays).
+pub fn dataset_npz(data: &[u8]) {
+    let dir = scratch("npz");
+    let path = dir.join("data.npz");
+    write(&path, data);
+    let options = LoadOptions {
+        split: Split::Test,
+        limit: None,
+        num_classes: None,
+    };
+    check_dataset(gauntlet_data::load(&path, &options));
+}
+
+/// A single image (trigger pattern) in `.npy`.
+pub fn image_npy(data: &[u8]) {
+    let dir = scratch("image");
+    let path = dir.join("trigger.npy");
+    write(&path, data);
+    if let Ok(image) = gauntlet_data::load_image_npy(&path) {
+        let [c, h, w] = image.shape;
+        assert_eq!(image.values.len(), c * h * w, "image of the wrong size");
+        assert!(
+            image.values.iter().all(|v| (0.0..=1.0).contains(v)),
+            "a pixel outside [0, 1] was accepted"
+        );
+    }
+}
+
+/// The pickle opcode walker on raw bytes.
+pub fn pickle_walk(data: &[u8]) {
+    let walk = gauntlet_scan::walk(data);
+    for import in &walk.imports {
+        let _ = gauntlet_scan::classify(import);
+    }
+}
+
+const MODEL_EXTENSIONS: [&str; 6] = ["pt", "pth", "pkl", "bin", "safetensors", "onnx"];
+
+/// `gauntlet scan` on one file; the first byte picks the file's extension.
+pub fn scan_model(data: &[u8]) {
+    let Some((&pick, bytes)) = data.split_first() else {
+        return;
+    };
+    let ext = MODEL_EXTENSIONS[usize::from(pick) % MODEL_EXTENSIONS.len()];
+    let dir = scratch("scan");
+    let path = dir.join(format!("model.{ext}"));
+    write(&path, bytes);
+    if let Ok(report) = gauntlet_scan::scan_file(&path) {
+        assert!(
+            serde_json::to_string(&report).is_ok(),
+            "a scan report that cannot be written as JSON"
+        );
+    }
+}
+
+/// What `eval` does with a model file: scan it, refuse dangerous files, load the
+/// rest (safetensors and PyTorch as the `mlp` architecture, ONNX as a 1×28×28
+/// graph) and verify the input gradient.
+pub fn load_model(data: &[u8]) {
+    let Some((&pick, bytes)) = data.split_first() else {
+        return;
+    };
+    let ext = ["safetensors", "pt", "onnx"][usize::from(pick) % 3];
+    let dir = scratch("load");
+    let path = dir.join(format!("model.{ext}"));
+    write(&path, bytes);
+    if gauntlet_scan::scan_file(&path).is_ok_and(|report| report.is_dangerous()) {
+        return;
+    }
+    let options = gauntlet_models::ModelOptions {
+        arch: gauntlet_models::Arch::parse("mlp").ok(),
+        input_shape: Some([1, 28, 28]),
+        ..Default::default()
+    };
+    let _ = gauntlet_models::load_model(&path, &options, &candle_core::Device::Cpu);
+}
+
+fn text(data: &[u8]) -> Option<&str> {
+    std::str::from_utf8(data).ok()
+}
+
+/// An attack suite (TOML), expanded into its attack entries.
+pub fn suite_toml(data: &[u8]) {
+    let Some(text) = text(data) else { return };
+    if let Ok(suite) = gauntlet_eval::Suite::from_toml(text, Path::new("fuzz.toml")) {
+        let _ = suite.entries();
+    }
+}
+
+/// A gate policy (TOML), validated.
+pub fn policy_toml(data: &[u8]) {
+    let Some(text) = text(data) else { return };
+    if let Ok(policy) = gauntlet_check::Policy::from_toml(text) {
+        let _ = policy.validate();
+    }
+}
+
+/// A run record (also a baseline): what parses must write back and parse again.
+pub fn run_record(data: &[u8]) {
+    let Some(text) = text(data) else { return };
+    if let Ok(record) = gauntlet_record::RunRecord::from_json(text) {
+        let written = record.to_json();
+        assert!(
+            gauntlet_record::RunRecord::from_json(&written).is_ok(),
+            "a record that parsed does not parse after writing it back"
+        );
+    }
+}
+
+/// An evaluation journal, resumed (the fingerprint `fuzz` is the one to match).
+pub fn journal(data: &[u8]) {
+    let dir = scratch("journal");
+    write(&dir.join(gauntlet_eval::JOURNAL_FILE), data);
+    if let Ok(journal) = gauntlet_eval::FileJournal::open(&dir, "fuzz", true) {
+        let _ = journal.resumed_batches();
+    }
+}
