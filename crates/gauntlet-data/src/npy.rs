@@ -28,10 +28,12 @@ pub(crate) enum NpyDtype {
 impl NpyDtype {
     fn parse(descr: &str) -> Option<Self> {
         // '|' = not applicable (bytes), '<' = little endian, '=' = native (we are LE).
-        let (order, code) = descr.split_at(descr.len().min(1));
-        if !matches!(order, "<" | "|" | "=") {
+        // By character, not byte: a hostile header may start with any UTF-8.
+        let mut chars = descr.chars();
+        if !matches!(chars.next(), Some('<' | '|' | '=')) {
             return None;
         }
+        let code = chars.as_str();
         Some(match code {
             "u1" | "B" => Self::U8,
             "i1" | "b" => Self::I8,
@@ -283,6 +285,17 @@ mod tests {
         let bytes = encode_npy("<f8", &[4_000_000_000, 1000], &[0u8; 16]);
         let err = parse(&bytes).unwrap_err().to_string();
         assert!(err.contains("can hold at most"), "{err}");
+    }
+
+    #[test]
+    fn a_descr_starting_with_a_multibyte_character_is_an_error() {
+        // Found by the dataset_npy/image_npy fuzz targets: slicing the byte-order
+        // character off by bytes panicked.
+        let mut bytes = encode_npy("|u1", &[2], &[0, 0]);
+        let at = bytes.windows(3).position(|w| w == b"|u1").unwrap();
+        bytes[at..at + 3].copy_from_slice("é1".as_bytes());
+        let err = parse(&bytes).err().unwrap().to_string();
+        assert!(err.contains("unsupported .npy dtype 'é1'"), "{err}");
     }
 
     #[test]
