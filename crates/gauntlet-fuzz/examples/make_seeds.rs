@@ -183,5 +183,32 @@ fn main() -> Result<()> {
         "two-batches",
         &std::fs::read(dir.path().join(gauntlet_eval::JOURNAL_FILE))?,
     )?;
+    // A training checkpoint of a 16-parameter run after one epoch.
+    let dir = tempfile::tempdir()?;
+    let params: Vec<f32> = (0..16).map(|i| i as f32 / 16.0).collect();
+    let mut optimizer =
+        gauntlet_train::Optimizer::new(gauntlet_train::OptimizerKind::Adam, 1e-3, 0.0, 16);
+    optimizer.step(&mut params.clone(), &params)?;
+    let checkpoint = gauntlet_train::checkpoint::Checkpoint {
+        state: gauntlet_train::checkpoint::CheckpointState {
+            config: gauntlet_train::TrainConfig::default(),
+            train_sha256: "0".repeat(64),
+            test_sha256: "1".repeat(64),
+            epochs_done: 1,
+            history: Vec::new(),
+            best: None,
+            warnings: Vec::new(),
+            stopped_early: false,
+        },
+        best_params: Some(params.clone()),
+        params,
+        optimizer,
+    };
+    gauntlet_train::checkpoint::save(dir.path(), &checkpoint)?;
+    put(
+        "checkpoint",
+        "one-epoch",
+        &std::fs::read(dir.path().join(gauntlet_train::checkpoint::CHECKPOINT_FILE))?,
+    )?;
     Ok(())
 }

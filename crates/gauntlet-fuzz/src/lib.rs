@@ -33,6 +33,7 @@ pub const TARGETS: &[Target] = &[
     ("policy_toml", policy_toml),
     ("run_record", run_record),
     ("journal", journal),
+    ("checkpoint", checkpoint),
 ];
 
 thread_local! {
@@ -294,5 +295,22 @@ pub fn journal(data: &[u8]) {
     write(&dir.join(gauntlet_eval::JOURNAL_FILE), data);
     if let Ok(journal) = gauntlet_eval::FileJournal::open(&dir, "fuzz", true) {
         let _ = journal.resumed_batches();
+    }
+}
+
+/// A training checkpoint (`train --resume DIR`): weights, optimiser moments and
+/// the run's state as safetensors metadata.
+pub fn checkpoint(data: &[u8]) {
+    let dir = scratch("checkpoint");
+    write(&dir.join(gauntlet_train::checkpoint::CHECKPOINT_FILE), data);
+    if let Ok(Some(checkpoint)) = gauntlet_train::checkpoint::load(&dir) {
+        assert!(
+            checkpoint
+                .optimizer
+                .moments()
+                .iter()
+                .all(|(_, m)| m.len() == checkpoint.params.len()),
+            "optimiser moments of another length than the parameters were accepted"
+        );
     }
 }
