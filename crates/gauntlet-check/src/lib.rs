@@ -124,27 +124,11 @@ impl Epsilon {
 
 /// Parse `0.3` or `8/255`.
 pub fn parse_epsilon(text: &str) -> Result<f64> {
-    let bad = || {
+    gauntlet_record::parse_epsilon(text).ok_or_else(|| {
         Error::Policy(format!(
             "ε '{text}' is not a number or a fraction such as 8/255"
         ))
-    };
-    let value = match text.split_once('/') {
-        Some((a, b)) => {
-            let a: f64 = a.trim().parse().map_err(|_| bad())?;
-            let b: f64 = b.trim().parse().map_err(|_| bad())?;
-            if b == 0.0 {
-                return Err(bad());
-            }
-            a / b
-        }
-        None => text.trim().parse().map_err(|_| bad())?,
-    };
-    if value.is_finite() && value >= 0.0 {
-        Ok(value)
-    } else {
-        Err(bad())
-    }
+    })
 }
 
 impl Policy {

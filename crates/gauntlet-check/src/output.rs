@@ -105,27 +105,11 @@ pub fn table(outcome: &Outcome) -> String {
     out
 }
 
-fn xml_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\t' | '\r') => out.push('\u{FFFD}'),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// JUnit XML with one test case per check (the format CI test-report viewers read).
 pub fn junit_xml(outcome: &Outcome) -> String {
     let tests = outcome.checks.len();
     let failures = outcome.failures();
-    let suite = xml_escape(&format!("gauntlet check: {}", outcome.label));
+    let suite = gauntlet_record::escape_markup(&format!("gauntlet check: {}", outcome.label));
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         out,
@@ -140,21 +124,21 @@ pub fn junit_xml(outcome: &Outcome) -> String {
             CheckKind::Threshold { .. } => "threshold",
             CheckKind::Regression { .. } => "regression",
         };
-        let name = xml_escape(&format!("{} {}", c.name, expected(c)));
-        let classname = xml_escape(&format!("gauntlet.{kind}.{}", c.group));
+        let name = gauntlet_record::escape_markup(&format!("{} {}", c.name, expected(c)));
+        let classname = gauntlet_record::escape_markup(&format!("gauntlet.{kind}.{}", c.group));
         if c.passed {
             let _ = writeln!(
                 out,
                 "    <testcase classname=\"{classname}\" name=\"{name}\" time=\"0\">\n      <system-out>{}</system-out>\n    </testcase>",
-                xml_escape(&c.detail)
+                gauntlet_record::escape_markup(&c.detail)
             );
         } else {
             let _ = writeln!(
                 out,
                 "    <testcase classname=\"{classname}\" name=\"{name}\" time=\"0\">\n      <failure message=\"{}\" type=\"{kind}\">now {}, {}</failure>\n    </testcase>",
-                xml_escape(&c.detail),
+                gauntlet_record::escape_markup(&c.detail),
                 percent(c.now),
-                xml_escape(&c.detail)
+                gauntlet_record::escape_markup(&c.detail)
             );
         }
     }

@@ -68,24 +68,7 @@ struct RawAttack {
 
 /// Parse an ε written as a number or a fraction such as `"8/255"`.
 pub fn parse_epsilon(text: &str) -> Result<f64> {
-    let t = text.trim();
-    let value = match t.split_once('/') {
-        Some((a, b)) => {
-            let (a, b): (f64, f64) = (
-                a.trim().parse().map_err(|_| bad_eps(t))?,
-                b.trim().parse().map_err(|_| bad_eps(t))?,
-            );
-            if b == 0.0 {
-                return Err(bad_eps(t));
-            }
-            a / b
-        }
-        None => t.parse().map_err(|_| bad_eps(t))?,
-    };
-    if !(value.is_finite() && value >= 0.0) {
-        return Err(bad_eps(t));
-    }
-    Ok(value)
+    gauntlet_record::parse_epsilon(text).ok_or_else(|| bad_eps(text.trim()))
 }
 
 fn bad_eps(text: &str) -> Error {

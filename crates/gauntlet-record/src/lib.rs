@@ -7,7 +7,9 @@
 use serde::{Deserialize, Serialize};
 
 mod merge;
+mod text;
 pub use merge::merge_shards;
+pub use text::{escape_markup, parse_epsilon};
 
 /// Version of the schema this crate writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;

@@ -35,22 +35,8 @@ dt{font-weight:bold}dd{margin:0;word-break:break-all}
 @media print{main{max-width:none}h2{page-break-after:avoid}}
 ";
 
-/// Escape text for HTML (and XML) content and attribute values.
-pub(crate) fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => out.push('\u{FFFD}'),
-            c => out.push(c),
-        }
-    }
-    out
-}
+// HTML (and SVG) escaping is shared with the gate's JUnit output.
+pub(crate) use gauntlet_record::escape_markup as escape;
 
 /// A command line as one copy-pasteable shell string.
 pub(crate) fn shell_line(args: &[String]) -> String {
