@@ -90,6 +90,13 @@ pub fn save(dir: &Path, checkpoint: &Checkpoint) -> Result<()> {
 /// Reads the checkpoint in `dir`; `Ok(None)` when there is none yet.
 pub fn load(dir: &Path) -> Result<Option<Checkpoint>> {
     let path = path_in(dir);
+    if let Ok(meta) = std::fs::metadata(&path) {
+        gauntlet_core::ensure_memory(
+            meta.len().saturating_mul(2),
+            &format!("checkpoint {}", path.display()),
+            "use a machine with more memory",
+        )?;
+    }
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
