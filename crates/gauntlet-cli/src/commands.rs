@@ -248,6 +248,9 @@ struct TrainArgs {
     /// Test images attacked (PGD, training threat model) after each epoch; 0 turns it off [default: 500].
     #[arg(long, requires = "adversarial")]
     robust_eval_samples: Option<usize>,
+    /// Batch size of the per-epoch test evaluation (clean and robust) [default: 500].
+    #[arg(long)]
+    eval_batch_size: Option<usize>,
     /// PGD steps of that per-epoch evaluation [default: 20].
     #[arg(long, requires = "adversarial")]
     robust_eval_steps: Option<usize>,
@@ -350,6 +353,15 @@ pub(crate) fn load_model_checked(
     args: &ModelArgs,
 ) -> Result<(Model, ModelInfo, Option<ModelScanRecord>)> {
     let options = model_options(args)?;
+    // The file's bytes and the tensors built from them are alive at once. Checked
+    // here, at start-up, where the process's own footprint is small and known.
+    if let Ok(meta) = std::fs::metadata(&args.model) {
+        gauntlet_core::ensure_memory(
+            meta.len().saturating_mul(2),
+            &format!("model {}", args.model.display()),
+            "use a machine with more memory",
+        )?;
+    }
     let scan = gauntlet_scan::scan_file(&args.model).ok();
     if let Some(report) = &scan {
         if report.is_dangerous() {
@@ -382,6 +394,7 @@ pub(crate) fn load_model_checked(
 /// Refuse a `--batch-size` whose working memory cannot fit, before any compute:
 /// a clear error instead of the out-of-memory killer part-way through a run.
 pub(crate) fn ensure_batch_fits(
+    flag: &str,
     bytes_per_sample: u64,
     batch_size: usize,
     samples: usize,
@@ -395,14 +408,14 @@ pub(crate) fn ensure_batch_fits(
         // Half of what would just fit leaves room for everything else.
         let fits = available / bytes_per_sample.max(1) / 2;
         let suggestion = if fits >= 1 {
-            format!("use --batch-size {} or less", fits.max(1))
+            format!("use {flag} {fits} or less")
         } else {
             "not even one sample fits; free memory or use a larger machine".into()
         };
         let batch_text = if batch_size as u64 > batch {
-            format!("--batch-size {batch_size} ({batch} samples here)")
+            format!("{flag} {batch_size} ({batch} samples here)")
         } else {
-            format!("--batch-size {batch_size}")
+            format!("{flag} {batch_size}")
         };
         bail!(
             "{batch_text} needs about {} of memory ({} per sample) but only {} is available; {suggestion}",
@@ -559,7 +572,12 @@ fn plan(
             data.data.display()
         )
     })?;
-    ensure_batch_fits(loaded.bytes_per_sample(), run.batch_size, dataset.len())?;
+    ensure_batch_fits(
+        "--batch-size",
+        loaded.bytes_per_sample(),
+        run.batch_size,
+        dataset.len(),
+    )?;
     Ok(EvalPlan {
         model: loaded,
         info,
@@ -1016,7 +1034,7 @@ fn train(args: TrainArgs) -> Result<()> {
             .robust_eval_samples
             .unwrap_or(defaults.robust_eval_samples),
         robust_eval_steps: args.robust_eval_steps.unwrap_or(defaults.robust_eval_steps),
-        ..defaults.clone()
+        eval_batch_size: args.eval_batch_size.unwrap_or(defaults.eval_batch_size),
     };
     config.validate()?;
     if args.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
@@ -1043,8 +1061,14 @@ fn train(args: TrainArgs) -> Result<()> {
     let test_set = load_data(&eval_args, Split::Test)?;
     // Training keeps a batch and its gradients; the per-epoch evaluation attacks
     // batches of the test split.
-    ensure_batch_fits(arch.bytes_per_sample(), config.batch_size, train_set.len())?;
     ensure_batch_fits(
+        "--batch-size",
+        arch.bytes_per_sample(),
+        config.batch_size,
+        train_set.len(),
+    )?;
+    ensure_batch_fits(
+        "--eval-batch-size",
         arch.bytes_per_sample(),
         config.eval_batch_size,
         test_set.len(),

@@ -397,6 +397,7 @@ fn detect(args: DetectArgs) -> Result<()> {
     let train = load_data(&args.data, Split::Train)?;
     gauntlet_eval::check_compatible(&model, &train)?;
     crate::commands::ensure_batch_fits(
+        "--batch-size",
         network.arch().bytes_per_sample(),
         args.detectors.batch_size,
         train.len(),
@@ -501,9 +502,13 @@ fn audit(args: AuditArgs) -> Result<()> {
     };
     let test = load_data(&test_args, Split::Test)?;
     injection.validate(&train)?;
-    for batch in [training.batch_size, args.detectors.batch_size] {
-        crate::commands::ensure_batch_fits(training.arch.bytes_per_sample(), batch, train.len())?;
-    }
+    // Training uses its default batch of 50: a few MB per batch.
+    crate::commands::ensure_batch_fits(
+        "--batch-size",
+        training.arch.bytes_per_sample(),
+        args.detectors.batch_size,
+        train.len(),
+    )?;
     let settings = AuditConfig {
         injection,
         training,

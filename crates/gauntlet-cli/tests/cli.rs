@@ -1840,6 +1840,28 @@ fn work_larger_than_memory_is_refused_early_with_a_smaller_batch_suggested() {
     );
     assert!(!out.exists(), "nothing written");
 
+    // A model file larger than the memory left: refused before it is read.
+    let huge_model = dir.path().join("huge.safetensors");
+    std::fs::File::create(&huge_model)
+        .unwrap()
+        .set_len(8 << 30)
+        .unwrap();
+    let refused = gauntlet_with_rlimit(
+        &[
+            "eval",
+            "--model",
+            huge_model.to_str().unwrap(),
+            "--data",
+            "datasets/mnist-5k",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        libc::RLIMIT_AS,
+        4096 * MIB,
+        false,
+    );
+    assert_clear_error(&refused, "huge.safetensors needs about 16.0 GiB of memory");
+
     // Training the CNN on the 4000 training images in one batch, in 700 MiB.
     let model = dir.path().join("model.safetensors");
     let train = |batch: &str| {

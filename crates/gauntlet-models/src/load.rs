@@ -144,14 +144,6 @@ pub fn load_model(
     options: &ModelOptions,
     device: &Device,
 ) -> Result<(Model, ModelInfo)> {
-    // The file's bytes and the tensors built from them are alive at once.
-    if let Ok(meta) = std::fs::metadata(path) {
-        gauntlet_core::ensure_memory(
-            meta.len().saturating_mul(2),
-            "the model",
-            "use a machine with more memory",
-        )?;
-    }
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
