@@ -1788,6 +1788,51 @@ fn writes_failing_part_way_lose_nothing() {
     }
     // Every kind of recovery was exercised: report rerun, resume, fresh run.
     assert!(recovered.iter().all(|&n| n > 0), "{recovered:?}");
+
+    // Training: the first checkpoint (weights and Adam moments, ~3 MB for the
+    // MLP) cannot be written; no torn checkpoint or model is left, and the same
+    // command then trains the same model as a run that never failed.
+    let model = dir.path().join("mlp.safetensors");
+    let train = [
+        "train",
+        "--arch",
+        "mlp",
+        "--data",
+        "datasets/mnist-5k",
+        "--epochs",
+        "1",
+        "--limit",
+        "500",
+        "--out",
+        model.to_str().unwrap(),
+    ];
+    let failed = gauntlet_with_file_limit(&train, 2 << 20, false);
+    // Epoch lines come first on stderr; the error is the last line.
+    assert_eq!(failed.status.code(), Some(2), "{}", stderr(&failed));
+    let last_line = stderr(&failed).lines().last().unwrap_or("").to_string();
+    assert!(
+        last_line.starts_with("error: cannot write") && last_line.contains("File too large"),
+        "{last_line}"
+    );
+    let left: Vec<_> = files_under(dir.path())
+        .into_iter()
+        .filter(|(p, _)| p.starts_with(model.with_extension("checkpoint")) || p == &model)
+        .collect();
+    assert!(left.is_empty(), "torn training outputs left: {left:?}");
+    let rerun = gauntlet(&train);
+    assert!(rerun.status.success(), "{}", stderr(&rerun));
+    let clean_dir = dir.path().join("clean");
+    let clean_model = clean_dir.join("mlp.safetensors");
+    let mut clean = train.to_vec();
+    let last = clean.len() - 1;
+    clean[last] = clean_model.to_str().unwrap();
+    let reference = gauntlet(&clean);
+    assert!(reference.status.success(), "{}", stderr(&reference));
+    assert_eq!(
+        std::fs::read(&model).unwrap(),
+        std::fs::read(&clean_model).unwrap(),
+        "the model trained after the failure differs"
+    );
 }
 
 /// Memory pressure: a dataset larger than the memory left, and a `--batch-size`
