@@ -1,2 +1,4 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| gauntlet_fuzz::checkpoint(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    gauntlet_fuzz::checkpoint(data);
+});

@@ -2,7 +2,8 @@
 //! parsers through the same public entry point the CLI uses (files on disk
 //! included), and checks what must hold for any input: no panic, and whatever is
 //! accepted is well-formed (labels in range, pixels finite and in `[0, 1]`,
-//! records that survive a round trip).
+//! records that survive a round trip). Each returns whether the input was
+//! accepted, so the tests can check that the seeds reach past the error paths.
 //!
 //! The libFuzzer harness lives in `fuzz/` (built by `cargo fuzz`, run by
 //! `fuzz/run.sh`); [`TARGETS`] lets the workspace tests replay the seed corpus and
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use gauntlet_data::{LoadOptions, Split};
 
 /// A fuzz target: a name (the `fuzz/fuzz_targets/<name>.rs` binary) and its body.
-pub type Target = (&'static str, fn(&[u8]));
+pub type Target = (&'static str, fn(&[u8]) -> bool);
 
 /// Every target, by name.
 pub const TARGETS: &[Target] = &[
@@ -108,8 +109,8 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 /// Whatever a loader accepts must be usable: labels in range, pixels finite and in
 /// the declared range, shapes consistent.
-fn check_dataset(result: gauntlet_data::Result<gauntlet_data::Dataset>) {
-    let Ok(dataset) = result else { return };
+fn check_dataset(result: gauntlet_data::Result<gauntlet_data::Dataset>) -> bool {
+    let Ok(dataset) = result else { return false };
     assert!(!dataset.is_empty(), "an empty dataset was accepted");
     let classes = dataset.num_classes();
     assert!(
@@ -131,6 +132,7 @@ fn check_dataset(result: gauntlet_data::Result<gauntlet_data::Dataset>) {
             "a pixel outside [0, 1] was accepted"
         );
     }
+    true
 }
 
 fn load(dir: &Path, mode: u8) -> gauntlet_data::Result<gauntlet_data::Dataset> {
@@ -145,7 +147,7 @@ fn load(dir: &Path, mode: u8) -> gauntlet_data::Result<gauntlet_data::Dataset> {
 
 /// MNIST IDX pair. Mode bits 0–1: 0 raw files, 1 both gzipped (the fuzzed bytes
 /// are the decompressed content), 2 the fuzzed bytes named `.gz` as they are.
-pub fn dataset_idx(data: &[u8]) {
+pub fn dataset_idx(data: &[u8]) -> bool {
     let (mode, images, labels) = two_files(data);
     let dir = scratch("idx");
     let (suffix, images, labels) = match mode & 3 {
@@ -161,27 +163,27 @@ pub fn dataset_idx(data: &[u8]) {
         &dir.join(format!("t10k-labels-idx1-ubyte{suffix}")),
         &labels,
     );
-    check_dataset(load(&dir, mode));
+    check_dataset(load(&dir, mode))
 }
 
 /// A CIFAR-10 binary batch (`test_batch.bin`).
-pub fn dataset_cifar(data: &[u8]) {
+pub fn dataset_cifar(data: &[u8]) -> bool {
     let dir = scratch("cifar");
     write(&dir.join("test_batch.bin"), data);
-    check_dataset(load(&dir, 0));
+    check_dataset(load(&dir, 0))
 }
 
 /// `x.npy` + `y.npy`.
-pub fn dataset_npy(data: &[u8]) {
+pub fn dataset_npy(data: &[u8]) -> bool {
     let (mode, x, y) = two_files(data);
     let dir = scratch("npy");
     write(&dir.join("x.npy"), x);
     write(&dir.join("y.npy"), y);
-    check_dataset(load(&dir, mode));
+    check_dataset(load(&dir, mode))
 }
 
 /// An `.npz` archive (zip of `.npy` arrays).
-pub fn dataset_npz(data: &[u8]) {
+pub fn dataset_npz(data: &[u8]) -> bool {
     let dir = scratch("npz");
     let path = dir.join("data.npz");
     write(&path, data);
@@ -190,71 +192,77 @@ pub fn dataset_npz(data: &[u8]) {
         limit: None,
         num_classes: None,
     };
-    check_dataset(gauntlet_data::load(&path, &options));
+    check_dataset(gauntlet_data::load(&path, &options))
 }
 
 /// A single image (trigger pattern) in `.npy`.
-pub fn image_npy(data: &[u8]) {
+pub fn image_npy(data: &[u8]) -> bool {
     let dir = scratch("image");
     let path = dir.join("trigger.npy");
     write(&path, data);
-    if let Ok(image) = gauntlet_data::load_image_npy(&path) {
-        let [c, h, w] = image.shape;
-        assert_eq!(image.values.len(), c * h * w, "image of the wrong size");
-        assert!(
-            image.values.iter().all(|v| (0.0..=1.0).contains(v)),
-            "a pixel outside [0, 1] was accepted"
-        );
-    }
+    let Ok(image) = gauntlet_data::load_image_npy(&path) else {
+        return false;
+    };
+    let [c, h, w] = image.shape;
+    assert_eq!(image.values.len(), c * h * w, "image of the wrong size");
+    assert!(
+        image.values.iter().all(|v| (0.0..=1.0).contains(v)),
+        "a pixel outside [0, 1] was accepted"
+    );
+    true
 }
 
 /// The pickle opcode walker on raw bytes.
-pub fn pickle_walk(data: &[u8]) {
+pub fn pickle_walk(data: &[u8]) -> bool {
     let walk = gauntlet_scan::walk(data);
     for import in &walk.imports {
         let _ = gauntlet_scan::classify(import);
     }
+    walk.malformed.is_none()
 }
 
 const MODEL_EXTENSIONS: [&str; 6] = ["pt", "pth", "pkl", "bin", "safetensors", "onnx"];
 
 /// `gauntlet scan` on one file; the first byte picks the file's extension.
-pub fn scan_model(data: &[u8]) {
+pub fn scan_model(data: &[u8]) -> bool {
     let Some((&pick, bytes)) = data.split_first() else {
-        return;
+        return false;
     };
     let ext = MODEL_EXTENSIONS[usize::from(pick) % MODEL_EXTENSIONS.len()];
     let dir = scratch("scan");
     let path = dir.join(format!("model.{ext}"));
     write(&path, bytes);
-    if let Ok(report) = gauntlet_scan::scan_file(&path) {
-        assert!(
-            serde_json::to_string(&report).is_ok(),
-            "a scan report that cannot be written as JSON"
-        );
-    }
+    let Ok(report) = gauntlet_scan::scan_file(&path) else {
+        return false;
+    };
+    assert!(
+        serde_json::to_string(&report).is_ok(),
+        "a scan report that cannot be written as JSON"
+    );
+    true
 }
 
 /// What `eval` does with a model file: scan it, refuse dangerous files, load the
-/// rest (safetensors and PyTorch as the `mlp` architecture, ONNX as a 1×28×28
-/// graph) and verify the input gradient.
-pub fn load_model(data: &[u8]) {
+/// rest (safetensors and PyTorch as the `mlp` architecture) and verify the input
+/// gradient. The first byte picks the format (`% 3`) and, for ONNX, whether the
+/// input shape is the graph's own or forced to 1×28×28 (`/ 3 % 2`).
+pub fn load_model(data: &[u8]) -> bool {
     let Some((&pick, bytes)) = data.split_first() else {
-        return;
+        return false;
     };
     let ext = ["safetensors", "pt", "onnx"][usize::from(pick) % 3];
     let dir = scratch("load");
     let path = dir.join(format!("model.{ext}"));
     write(&path, bytes);
     if gauntlet_scan::scan_file(&path).is_ok_and(|report| report.is_dangerous()) {
-        return;
+        return false;
     }
     let options = gauntlet_models::ModelOptions {
         arch: gauntlet_models::Arch::parse("mlp").ok(),
-        input_shape: Some([1, 28, 28]),
+        input_shape: (pick / 3 % 2 == 1).then_some([1, 28, 28]),
         ..Default::default()
     };
-    let _ = gauntlet_models::load_model(&path, &options, &candle_core::Device::Cpu);
+    gauntlet_models::load_model(&path, &options, &candle_core::Device::Cpu).is_ok()
 }
 
 fn text(data: &[u8]) -> Option<&str> {
@@ -262,55 +270,64 @@ fn text(data: &[u8]) -> Option<&str> {
 }
 
 /// An attack suite (TOML), expanded into its attack entries.
-pub fn suite_toml(data: &[u8]) {
-    let Some(text) = text(data) else { return };
-    if let Ok(suite) = gauntlet_eval::Suite::from_toml(text, Path::new("fuzz.toml")) {
-        let _ = suite.entries();
-    }
+pub fn suite_toml(data: &[u8]) -> bool {
+    let Some(text) = text(data) else {
+        return false;
+    };
+    gauntlet_eval::Suite::from_toml(text, Path::new("fuzz.toml"))
+        .and_then(|suite| suite.entries())
+        .is_ok()
 }
 
 /// A gate policy (TOML), validated.
-pub fn policy_toml(data: &[u8]) {
-    let Some(text) = text(data) else { return };
-    if let Ok(policy) = gauntlet_check::Policy::from_toml(text) {
-        let _ = policy.validate();
-    }
+pub fn policy_toml(data: &[u8]) -> bool {
+    let Some(text) = text(data) else {
+        return false;
+    };
+    gauntlet_check::Policy::from_toml(text)
+        .and_then(|policy| policy.validate())
+        .is_ok()
 }
 
 /// A run record (also a baseline): what parses must write back and parse again.
-pub fn run_record(data: &[u8]) {
-    let Some(text) = text(data) else { return };
-    if let Ok(record) = gauntlet_record::RunRecord::from_json(text) {
-        let written = record.to_json();
-        assert!(
-            gauntlet_record::RunRecord::from_json(&written).is_ok(),
-            "a record that parsed does not parse after writing it back"
-        );
-    }
+pub fn run_record(data: &[u8]) -> bool {
+    let Some(text) = text(data) else {
+        return false;
+    };
+    let Ok(record) = gauntlet_record::RunRecord::from_json(text) else {
+        return false;
+    };
+    let written = record.to_json();
+    assert!(
+        gauntlet_record::RunRecord::from_json(&written).is_ok(),
+        "a record that parsed does not parse after writing it back"
+    );
+    true
 }
 
 /// An evaluation journal, resumed (the fingerprint `fuzz` is the one to match).
-pub fn journal(data: &[u8]) {
+pub fn journal(data: &[u8]) -> bool {
     let dir = scratch("journal");
     write(&dir.join(gauntlet_eval::JOURNAL_FILE), data);
-    if let Ok(journal) = gauntlet_eval::FileJournal::open(&dir, "fuzz", true) {
-        let _ = journal.resumed_batches();
-    }
+    gauntlet_eval::FileJournal::open(&dir, "fuzz", true)
+        .is_ok_and(|journal| journal.resumed_batches() > 0)
 }
 
 /// A training checkpoint (`train --resume DIR`): weights, optimiser moments and
 /// the run's state as safetensors metadata.
-pub fn checkpoint(data: &[u8]) {
+pub fn checkpoint(data: &[u8]) -> bool {
     let dir = scratch("checkpoint");
     write(&dir.join(gauntlet_train::checkpoint::CHECKPOINT_FILE), data);
-    if let Ok(Some(checkpoint)) = gauntlet_train::checkpoint::load(&dir) {
-        assert!(
-            checkpoint
-                .optimizer
-                .moments()
-                .iter()
-                .all(|(_, m)| m.len() == checkpoint.params.len()),
-            "optimiser moments of another length than the parameters were accepted"
-        );
-    }
+    let Ok(Some(checkpoint)) = gauntlet_train::checkpoint::load(&dir) else {
+        return false;
+    };
+    assert!(
+        checkpoint
+            .optimizer
+            .moments()
+            .iter()
+            .all(|(_, m)| m.len() == checkpoint.params.len()),
+        "optimiser moments of another length than the parameters were accepted"
+    );
+    true
 }

@@ -50,6 +50,28 @@ fn every_target_has_seeds_and_a_harness_binary() {
     );
 }
 
+/// Seeds are valid inputs (the fuzzer starts past the error paths) unless their
+/// name says they are meant to be refused (`reject-*`): a format change that
+/// makes the parsers refuse the seeds fails here, not silently in the fuzzer.
+#[test]
+fn seeds_are_accepted_unless_named_reject() {
+    for (name, target) in gauntlet_fuzz::TARGETS {
+        for seed in files(&repo().join("fuzz/seeds").join(name)) {
+            let bytes = std::fs::read(&seed).unwrap();
+            let meant_to_fail = seed
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("reject-"));
+            assert_eq!(
+                target(&bytes),
+                !meant_to_fail,
+                "{name}: seed {} was {}",
+                seed.display(),
+                if meant_to_fail { "accepted" } else { "refused" }
+            );
+        }
+    }
+}
+
 #[test]
 fn seeds_and_regressions_replay_without_panicking() {
     let mut replayed = 0;
