@@ -416,6 +416,7 @@ pub fn conv2d(
     dilation: usize,
     groups: usize,
 ) -> Result<Tensor> {
+    check_conv(x.dims(), weight.dims(), stride, pads, dilation, groups)?;
     let [pt, pl, pb, pr] = pads;
     let symmetric = pt == pl && pt == pb && pt == pr;
     let (input, padding) = if symmetric {
@@ -436,6 +437,59 @@ pub fn conv2d(
         Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?),
         None => Ok(y),
     }
+}
+
+/// Refuse a convolution candle cannot run: its shape arithmetic underflows (and
+/// panics) when the dilated kernel is larger than the padded input, found by
+/// fuzzing ONNX graphs.
+fn check_conv(
+    input: &[usize],
+    weight: &[usize],
+    stride: usize,
+    pads: [usize; 4],
+    dilation: usize,
+    groups: usize,
+) -> Result<()> {
+    let bad = |message: String| Err(Error::Invalid(format!("convolution: {message}")));
+    let (&[_, channels, height, width], &[out, per_group, kh, kw]) = (input, weight) else {
+        return bad(format!(
+            "input {input:?} and weight {weight:?} must both have 4 dimensions"
+        ));
+    };
+    if stride == 0 || dilation == 0 || groups == 0 {
+        return bad(format!(
+            "stride {stride}, dilation {dilation} and groups {groups} must be at least 1"
+        ));
+    }
+    if kh == 0 || kw == 0 || channels % groups != 0 || out % groups != 0 {
+        return bad(format!(
+            "weight {weight:?} does not fit {groups} groups of input channels {channels}"
+        ));
+    }
+    if per_group * groups != channels {
+        return bad(format!(
+            "weight {weight:?} expects {} input channels, the input has {channels}",
+            per_group * groups
+        ));
+    }
+    let [pt, pl, pb, pr] = pads;
+    for (size, before, after, kernel, axis) in
+        [(height, pt, pb, kh, "height"), (width, pl, pr, kw, "width")]
+    {
+        let padded = size.checked_add(before).and_then(|s| s.checked_add(after));
+        let reach = (kernel - 1)
+            .checked_mul(dilation)
+            .and_then(|r| r.checked_add(1));
+        match (padded, reach) {
+            (Some(padded), Some(reach)) if reach <= padded => {}
+            _ => {
+                return bad(format!(
+                    "kernel {kernel} (dilation {dilation}) is larger than the padded input {axis} {size} + {before} + {after}"
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `x Wᵀ + b` with PyTorch's `[out, in]` weight layout.
@@ -503,6 +557,34 @@ pub use gauntlet_core::{log_softmax_dim, softmax_dim};
 pub(crate) mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn convolutions_candle_cannot_run_are_errors_not_panics() {
+        // Found by the load_model fuzz target: a 5×5 kernel over a 2×2 input
+        // underflowed candle's output-size arithmetic.
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((1, 1, 2, 2), DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((1, 1, 5, 5), DType::F32, &dev).unwrap();
+        let err = conv2d(&x, &w, None, 1, [0; 4], 1, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("larger than the padded input"), "{err}");
+        // Padding that makes room is fine; so is the same with a dilation of 1.
+        assert!(conv2d(&x, &w, None, 1, [2; 4], 1, 1).is_ok());
+        let err = conv2d(&x, &w, None, 1, [2; 4], 2, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dilation 2"), "{err}");
+        let w3 = Tensor::zeros((1, 3, 1, 1), DType::F32, &dev).unwrap();
+        let err = conv2d(&x, &w3, None, 1, [0; 4], 1, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expects 3 input channels"), "{err}");
+        let err = conv2d(&x, &w, None, 0, [2; 4], 1, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must be at least 1"), "{err}");
+    }
 
     /// Seeded values in [-1, 1) as f64, for gradient checks.
     pub(crate) fn seeded(n: usize, seed: u64) -> Vec<f64> {
