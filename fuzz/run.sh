@@ -52,6 +52,8 @@ for target in "${targets[@]}"; do
     log="fuzz/logs/$target.log"
     echo "== $target for ${seconds}s"
     started="$(date +%s)"
+    # Crashes of this run only: older ones (fixed, kept as regressions) stay.
+    marker="$(mktemp)"
     # -rss_limit_mb and -timeout turn memory and time bombs into findings too.
     if ! cargo +nightly fuzz run -O --debug-assertions "$target" "fuzz/corpus/$target" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=20 \
@@ -63,7 +65,8 @@ for target in "${targets[@]}"; do
     elapsed=$(( $(date +%s) - started ))
     executions="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
     corpus="$(find "fuzz/corpus/$target" -type f | wc -l)"
-    crashes="$(find "fuzz/artifacts/$target" -type f | wc -l)"
+    crashes="$(find "fuzz/artifacts/$target" -type f -newer "$marker" | wc -l)"
+    rm -f "$marker"
     rate=$(( ${executions:-0} / (elapsed > 0 ? elapsed : 1) ))
     echo "   ${executions:-0} executions in ${elapsed}s (${rate}/s), corpus $corpus, crashes $crashes"
     echo "| $(date -u +%F) | $commit | $target | $elapsed | ${executions:-0} | $rate | $corpus | $crashes |" >> "$results"
