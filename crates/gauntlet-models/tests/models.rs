@@ -479,6 +479,85 @@ fn unsupported_onnx_operators_are_named() {
     );
 }
 
+/// Graphs that feed integer tensors to value operators, or divide integers by
+/// zero: candle panics on both, the interpreter must refuse them (found by the
+/// load_model fuzz target).
+#[test]
+fn integer_values_in_float_operators_and_integer_division_by_zero_are_errors() {
+    use gauntlet_models::onnx::proto::*;
+    use prost::Message;
+    let node = |op: &str, inputs: &[&str], o: &str| NodeProto {
+        input: inputs.iter().map(|i| i.to_string()).collect(),
+        output: vec![o.into()],
+        op_type: Some(op.into()),
+        ..Default::default()
+    };
+    let int64 = |name: &str, values: Vec<i64>| TensorProto {
+        dims: vec![values.len() as i64],
+        data_type: Some(7),
+        int64_data: values,
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    let dim = |v: i64| Dimension {
+        dim_value: Some(v),
+        dim_param: None,
+    };
+    let graph = |nodes: Vec<NodeProto>, initializer: Vec<TensorProto>| ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(13),
+        }],
+        producer_name: None,
+        graph: Some(GraphProto {
+            node: nodes,
+            name: Some("g".into()),
+            initializer,
+            input: vec![ValueInfoProto {
+                name: Some("x".into()),
+                r#type: Some(TypeProto {
+                    tensor_type: Some(TypeProtoTensor {
+                        elem_type: Some(1),
+                        shape: Some(TensorShapeProto {
+                            dim: vec![dim(1), dim(1), dim(2), dim(2)],
+                        }),
+                    }),
+                }),
+            }],
+            output: vec![ValueInfoProto {
+                name: Some("y".into()),
+                r#type: None,
+            }],
+        }),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            graph(
+                vec![node("Relu", &["k"], "r"), node("Add", &["x", "r"], "y")],
+                vec![int64("k", vec![1, 2])],
+            ),
+            "needs floating-point values",
+        ),
+        (
+            graph(
+                vec![node("Div", &["k", "z"], "d"), node("Add", &["x", "d"], "y")],
+                vec![int64("k", vec![4]), int64("z", vec![0])],
+            ),
+            "integer division by zero",
+        ),
+    ];
+    for (i, (model, needle)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(format!("bad-{i}.onnx"));
+        std::fs::write(&path, model.encode_to_vec()).unwrap();
+        let err = load_model(&path, &ModelOptions::default(), &cpu())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{err}");
+    }
+}
+
 #[test]
 fn a_model_whose_input_gets_no_gradient_is_refused() {
     let mut t = mlp_tensors();

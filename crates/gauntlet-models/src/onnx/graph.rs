@@ -340,11 +340,53 @@ fn normalization_check(n: &Normalization, channels: usize) -> Result<()> {
     n.validate(channels)
 }
 
+/// Operators that compute on values (not shapes): candle implements them for
+/// floating-point tensors only and panics (`todo!`) on integer ones, which a
+/// hostile graph can feed them (found by fuzzing).
+fn needs_float(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Conv { .. }
+            | Op::Affine { .. }
+            | Op::Relu
+            | Op::LeakyRelu(_)
+            | Op::Sigmoid
+            | Op::Tanh
+            | Op::Clip { .. }
+            | Op::Pool(_)
+            | Op::GlobalAvgPool
+            | Op::GlobalMaxPool
+            | Op::Gemm { .. }
+            | Op::MatMul
+            | Op::Softmax { .. }
+    )
+}
+
 fn eval<'a>(
     node: &Node,
     get: &dyn Fn(usize) -> Result<&'a Tensor>,
     has: &dyn Fn(usize) -> bool,
 ) -> Result<Tensor> {
+    if needs_float(&node.op) {
+        for i in (0..node.inputs.len()).filter(|&i| has(i)) {
+            let dtype = get(i)?.dtype();
+            if !dtype.is_float() {
+                return Err(Error::Invalid(format!(
+                    "input {i} is {dtype:?}, this operator needs floating-point values"
+                )));
+            }
+        }
+    }
+    // Integer division by zero panics in candle's kernels (Rust semantics).
+    if matches!(node.op, Op::Div) && !get(0)?.dtype().is_float() {
+        let divisor = same_dtype(get(1)?, get(0)?)?
+            .flatten_all()?
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?;
+        if divisor.contains(&0.0) {
+            return Err(Error::Invalid("integer division by zero".into()));
+        }
+    }
     Ok(match &node.op {
         Op::Conv {
             stride,
