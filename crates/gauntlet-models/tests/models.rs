@@ -423,6 +423,49 @@ fn truncated_and_garbage_model_files_are_errors() {
     assert!(err.contains("cannot read"), "{err}");
 }
 
+/// A one-input (`x`, float, NCHW `shape`), one-output (`y`) ONNX graph at opset 13.
+fn onnx_graph(
+    nodes: Vec<gauntlet_models::onnx::proto::NodeProto>,
+    initializer: Vec<gauntlet_models::onnx::proto::TensorProto>,
+    shape: [i64; 4],
+) -> gauntlet_models::onnx::proto::ModelProto {
+    use gauntlet_models::onnx::proto::*;
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(13),
+        }],
+        producer_name: None,
+        graph: Some(GraphProto {
+            node: nodes,
+            name: Some("g".into()),
+            initializer,
+            input: vec![ValueInfoProto {
+                name: Some("x".into()),
+                r#type: Some(TypeProto {
+                    tensor_type: Some(TypeProtoTensor {
+                        elem_type: Some(1),
+                        shape: Some(TensorShapeProto {
+                            dim: shape
+                                .iter()
+                                .map(|&v| Dimension {
+                                    dim_value: Some(v),
+                                    dim_param: None,
+                                })
+                                .collect(),
+                        }),
+                    }),
+                }),
+            }],
+            output: vec![ValueInfoProto {
+                name: Some("y".into()),
+                r#type: None,
+            }],
+        }),
+    }
+}
+
 #[test]
 fn unsupported_onnx_operators_are_named() {
     use gauntlet_models::onnx::proto::*;
@@ -433,42 +476,15 @@ fn unsupported_onnx_operators_are_named() {
         op_type: Some(op.into()),
         ..Default::default()
     };
-    let dim = |v: i64| Dimension {
-        dim_value: Some(v),
-        dim_param: None,
-    };
-    let model = ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(13),
-        }],
-        producer_name: None,
-        graph: Some(GraphProto {
-            node: vec![
-                node("Erf", "x", "a"),
-                node("Flatten", "a", "b"),
-                node("NonMaxSuppression", "b", "y"),
-            ],
-            name: Some("g".into()),
-            initializer: vec![],
-            input: vec![ValueInfoProto {
-                name: Some("x".into()),
-                r#type: Some(TypeProto {
-                    tensor_type: Some(TypeProtoTensor {
-                        elem_type: Some(1),
-                        shape: Some(TensorShapeProto {
-                            dim: vec![dim(1), dim(1), dim(4), dim(4)],
-                        }),
-                    }),
-                }),
-            }],
-            output: vec![ValueInfoProto {
-                name: Some("y".into()),
-                r#type: None,
-            }],
-        }),
-    };
+    let model = onnx_graph(
+        vec![
+            node("Erf", "x", "a"),
+            node("Flatten", "a", "b"),
+            node("NonMaxSuppression", "b", "y"),
+        ],
+        vec![],
+        [1, 1, 4, 4],
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.onnx");
     std::fs::write(&path, model.encode_to_vec()).unwrap();
@@ -499,38 +515,7 @@ fn integer_values_in_float_operators_and_integer_division_by_zero_are_errors() {
         name: Some(name.into()),
         ..Default::default()
     };
-    let dim = |v: i64| Dimension {
-        dim_value: Some(v),
-        dim_param: None,
-    };
-    let graph = |nodes: Vec<NodeProto>, initializer: Vec<TensorProto>| ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(13),
-        }],
-        producer_name: None,
-        graph: Some(GraphProto {
-            node: nodes,
-            name: Some("g".into()),
-            initializer,
-            input: vec![ValueInfoProto {
-                name: Some("x".into()),
-                r#type: Some(TypeProto {
-                    tensor_type: Some(TypeProtoTensor {
-                        elem_type: Some(1),
-                        shape: Some(TensorShapeProto {
-                            dim: vec![dim(1), dim(1), dim(2), dim(2)],
-                        }),
-                    }),
-                }),
-            }],
-            output: vec![ValueInfoProto {
-                name: Some("y".into()),
-                r#type: None,
-            }],
-        }),
-    };
+    let graph = |nodes, initializer| onnx_graph(nodes, initializer, [1, 1, 2, 2]);
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         (
