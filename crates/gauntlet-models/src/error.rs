@@ -47,12 +47,18 @@ pub enum Error {
         got: Vec<usize>,
     },
     /// ONNX operators Gauntlet does not implement.
-    #[error("unsupported ONNX operators: {ops:?} (supported: {supported})")]
+    #[error("unsupported ONNX operator {op} at node '{node}' (inputs: {inputs}); {hint}; all unsupported here: {ops:?} (the supported list is in docs/models.md)")]
     UnsupportedOps {
-        /// The operator types, each once.
+        /// Every unsupported operator type in the graph, each once.
         ops: Vec<String>,
-        /// The supported set, for the message.
-        supported: String,
+        /// The first unsupported node's operator.
+        op: String,
+        /// Its name.
+        node: String,
+        /// Its inputs with their shapes, where the graph before it runs.
+        inputs: String,
+        /// The exporter option that usually avoids it.
+        hint: String,
     },
     /// The model gives no usable input gradient, so white-box attacks would be meaningless.
     #[error("{0}")]

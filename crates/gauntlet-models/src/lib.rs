@@ -9,6 +9,7 @@
 mod arch;
 mod conv;
 mod error;
+pub mod graph;
 pub mod layers;
 mod load;
 pub mod native;

@@ -480,7 +480,8 @@ fn unsupported_onnx_operators_are_named() {
         vec![
             node("Erf", "x", "a"),
             node("Flatten", "a", "b"),
-            node("NonMaxSuppression", "b", "y"),
+            node("TopK", "b", "c"),
+            node("NonMaxSuppression", "c", "y"),
         ],
         vec![],
         [1, 1, 4, 4],
@@ -490,9 +491,15 @@ fn unsupported_onnx_operators_are_named() {
     std::fs::write(&path, model.encode_to_vec()).unwrap();
     let err = load_model(&path, &ModelOptions::default(), &cpu()).unwrap_err();
     assert!(
-        matches!(&err, Error::UnsupportedOps { ops, .. } if ops == &vec!["Erf".to_string(), "NonMaxSuppression".to_string()]),
+        matches!(&err, Error::UnsupportedOps { ops, .. } if ops == &vec!["NonMaxSuppression".to_string(), "TopK".to_string()]),
         "{err}"
     );
+    // The first unsupported node is named with its input's shape (the graph before
+    // it runs) and the exporter option that usually avoids it.
+    let message = err.to_string();
+    assert!(message.contains("operator TopK at node 'node 2'"), "{message}");
+    assert!(message.contains("b [1, 16]"), "{message}");
+    assert!(message.contains("dynamo=False"), "{message}");
 }
 
 /// Graphs that feed integer tensors to value operators, or divide integers by
@@ -523,7 +530,7 @@ fn integer_values_in_float_operators_and_integer_division_by_zero_are_errors() {
                 vec![node("Relu", &["k"], "r"), node("Add", &["x", "r"], "y")],
                 vec![int64("k", vec![1, 2])],
             ),
-            "needs floating-point values",
+            "needs matching types",
         ),
         (
             graph(

@@ -1,17 +1,17 @@
 //! ONNX graphs as differentiable Gauntlet classifiers.
 //!
-//! The model is parsed once (prost types written by hand, no `protoc`) into a list
-//! of our own ops over candle tensors; weights are decoded once, BatchNormalization
-//! is folded into a per-channel scale and shift, and every op has a backward pass,
-//! so white-box attacks get input gradients through the graph. Covers what
-//! `torch.onnx.export` emits for image classifiers: Conv (padding, stride, groups),
-//! BatchNormalization, Relu/LeakyRelu/Sigmoid/Tanh/Clip, MaxPool (padding,
-//! overlapping windows, ceil mode), AveragePool, GlobalAveragePool/GlobalMaxPool,
-//! Add/Sub/Mul/Div, Flatten/Reshape (with Shape/Gather/Unsqueeze/Concat chains),
-//! Gemm/MatMul, Softmax/LogSoftmax (any opset's axis rule), Transpose, Identity,
-//! Dropout, Constant.
+//! The importer turns the protobuf (prost types written by hand, no `protoc`) into
+//! the model layer's graph IR ([`crate::graph`]): one typed op per node, parsed by
+//! the row for its operator in [`OPERATORS`]; `Constant` nodes, initializers and
+//! external data files become constants. The IR passes then fold every node whose
+//! inputs are all constant (exporters' shape arithmetic, `Identity` copies of
+//! deduplicated weights) and inference batch normalisation, and the reference
+//! executor runs what is left with differentiable candle ops, so white-box attacks
+//! get exact input gradients.
 
-mod graph;
+mod model;
+mod ops;
 pub mod proto;
 
-pub use graph::{OnnxModel, SUPPORTED_OPS};
+pub use model::{supported_ops, OnnxModel};
+pub use ops::{OperatorSpec, OPERATORS};
