@@ -6,11 +6,13 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Subcommand};
+use gauntlet_core::Classifier;
 use gauntlet_data::{Dataset, Split};
 use gauntlet_models::{load_model, Arch, Model, ModelOptions};
 use gauntlet_poison::{
-    ActivationClustering, AuditConfig, InjectionConfig, Manifest, NeuralCleanse, Patch,
-    PatchPattern, PatchPosition, PoisonAttack, SpectralSignatures, Strip, TrainingSetDetectors,
+    ActivationClustering, AuditConfig, DetectorModel, InjectionConfig, Manifest, NeuralCleanse,
+    OnnxDetectorModel, Patch, PatchPattern, PatchPosition, PoisonAttack, SpectralSignatures, Strip,
+    TrainingSetDetectors,
 };
 use gauntlet_record::{PoisoningRecord, RunKind, RunRecord, SCHEMA_VERSION};
 use gauntlet_train::TrainConfig;
@@ -116,6 +118,10 @@ pub(crate) struct DetectArgs {
     /// Ground-truth manifest.json from `poison inject`: scores the detectors against it.
     #[arg(long)]
     ground_truth: Option<PathBuf>,
+    /// ONNX models: the graph value (a node output name) whose activations the
+    /// clustering detectors read; by default the input of the last Gemm/MatMul.
+    #[arg(long, value_name = "NODE_OUTPUT")]
+    feature_layer: Option<String>,
     /// The run's seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -390,15 +396,25 @@ fn detect(args: DetectArgs) -> Result<()> {
     check_out_dir(&args.out, args.force)?;
     let chosen = methods(&args.detectors, args.seed)?;
     let (model, info, scan) = load_model_checked(&args.model)?;
-    let Model::Network(network) = &model else {
-        bail!("poisoning detectors need a built-in architecture (mlp, cnn, cifar-cnn) with safetensors or PyTorch weights; ONNX graphs are not supported yet");
+    let onnx_net;
+    let net: &dyn DetectorModel = match &model {
+        Model::Network(network) => {
+            if args.feature_layer.is_some() {
+                bail!("--feature-layer names a value of an ONNX graph; built-in architectures use their penultimate layer");
+            }
+            gauntlet_poison::native(network)?
+        }
+        Model::Onnx(graph) => {
+            onnx_net = OnnxDetectorModel::new(graph, args.feature_layer.clone())
+                .context("--feature-layer")?;
+            &onnx_net
+        }
     };
-    let net = gauntlet_poison::native(network)?;
     let train = load_data(&args.data, Split::Train)?;
     gauntlet_eval::check_compatible(&model, &train)?;
     crate::commands::ensure_batch_fits(
         "--batch-size",
-        network.arch().bytes_per_sample(),
+        model.bytes_per_sample(),
         args.detectors.batch_size,
         train.len(),
     )?;

@@ -497,7 +497,10 @@ fn unsupported_onnx_operators_are_named() {
     // The first unsupported node is named with its input's shape (the graph before
     // it runs) and the exporter option that usually avoids it.
     let message = err.to_string();
-    assert!(message.contains("operator TopK at node 'node 2'"), "{message}");
+    assert!(
+        message.contains("operator TopK at node 'node 2'"),
+        "{message}"
+    );
     assert!(message.contains("b [1, 16]"), "{message}");
     assert!(message.contains("dynamo=False"), "{message}");
 }

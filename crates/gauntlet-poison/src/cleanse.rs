@@ -1,13 +1,13 @@
 //! Neural Cleanse: reverse-engineer a minimal trigger per class.
 
 use gauntlet_core::{Observer, SeedStream};
-use gauntlet_models::NativeNet;
 use gauntlet_train::{Optimizer, OptimizerKind};
 use serde::{Deserialize, Serialize};
 
 use crate::detect::median;
 use crate::error::{config, Result};
 use crate::inject::Trigger;
+use crate::model::DetectorModel;
 
 /// Neural Cleanse (Wang et al. 2019, "Neural Cleanse: Identifying and Mitigating
 /// Backdoor Attacks in Neural Networks"). For every class `t`, find the smallest
@@ -92,7 +92,7 @@ impl NeuralCleanse {
     /// images in `[0, 1]`).
     pub fn run(
         &self,
-        net: &NativeNet,
+        net: &dyn DetectorModel,
         clean: &[f32],
         count: usize,
         observer: &dyn Observer,
@@ -110,7 +110,7 @@ impl NeuralCleanse {
         if count == 0 {
             return Err(config("neural cleanse needs clean images"));
         }
-        let classes = net.arch().num_classes();
+        let classes = net.num_classes();
         observer.start("neural-cleanse", (classes * self.steps) as u64);
         let mut found = Vec::with_capacity(classes);
         for class in 0..classes as u32 {
@@ -145,16 +145,16 @@ impl NeuralCleanse {
 
     fn reverse_engineer(
         &self,
-        net: &NativeNet,
+        net: &dyn DetectorModel,
         clean: &[f32],
         count: usize,
         class: u32,
         observer: &dyn Observer,
     ) -> Result<ClassTrigger> {
-        let shape = net.arch().input_shape();
+        let shape = net.input_shape();
         let [c, h, w] = shape;
         let (plane, per) = (h * w, c * h * w);
-        let classes = net.arch().num_classes();
+        let classes = net.num_classes();
         let seeds = SeedStream::new(self.seed).derive(&format!("cleanse/class-{class}"));
         // Parameters: mask logits (plane) then pattern logits (per); the mask starts
         // small and random, the pattern mid-grey and random.
@@ -188,22 +188,23 @@ impl NeuralCleanse {
                     (1.0 - m) * v + m * pattern[k]
                 }));
             }
-            let (logits, kept) = net.forward(&images, batch, true)?;
-            let loss =
-                gauntlet_train::softmax_cross_entropy(&logits, &vec![class; batch], classes)?;
-            let (grad_logits, hits) = (loss.grad_logits, loss.correct);
+            let mut hits = 0;
+            let (_, input_grad) =
+                net.logits_and_input_gradient(&images, batch, &mut |logits: &[f32]| {
+                    let loss = gauntlet_train::softmax_cross_entropy(
+                        logits,
+                        &vec![class; batch],
+                        classes,
+                    )?;
+                    hits = loss.correct;
+                    Ok(loss.grad_logits)
+                })?;
             let success = hits as f64 / batch as f64;
             last_success = success;
             let l1: f64 = mask.iter().map(|&m| f64::from(m)).sum();
             if success >= self.target_success && best.as_ref().is_none_or(|(n, _, _)| l1 < *n) {
                 best = Some((l1, success, params.clone()));
             }
-            let Some(kept) = kept else {
-                return Err(config("internal: forward kept no activations"));
-            };
-            let input_grad = net
-                .backward(&kept, &grad_logits, true, None)?
-                .unwrap_or_default();
             // Chain rule through x' = (1 − m)x + m·p and the sigmoids.
             let mut grads = vec![0.0f32; params.len()];
             for (g_image, x_image) in input_grad

@@ -2,7 +2,8 @@
 
 use gauntlet_core::Observer;
 use gauntlet_data::Dataset;
-use gauntlet_models::NativeNet;
+
+use crate::model::DetectorModel;
 
 use crate::error::{config, Result};
 
@@ -47,7 +48,7 @@ impl Features {
 /// The penultimate activations of every sample of `data` under `net`, in batches of
 /// `batch_size` images.
 pub fn penultimate_features(
-    net: &NativeNet,
+    net: &dyn DetectorModel,
     data: &Dataset,
     batch_size: usize,
     observer: &dyn Observer,
@@ -55,7 +56,7 @@ pub fn penultimate_features(
     if batch_size == 0 {
         return Err(config("batch size must be at least 1"));
     }
-    let classes = net.arch().num_classes();
+    let classes = net.num_classes();
     let mut features = Features {
         dim: 0,
         values: Vec::new(),
@@ -67,10 +68,9 @@ pub fn penultimate_features(
     while start < data.len() {
         let end = (start + batch_size).min(data.len());
         let images = data.images_f32(start..end)?;
-        let (logits, kept) = net.forward(&images, end - start, true)?;
-        let penultimate = kept.as_ref().map(|a| a.penultimate()).unwrap_or(&[]);
+        let (logits, penultimate) = net.logits_and_features(&images, end - start)?;
         features.dim = penultimate.len() / (end - start);
-        features.values.extend_from_slice(penultimate);
+        features.values.extend_from_slice(&penultimate);
         features
             .predictions
             .extend(logits.chunks_exact(classes).map(argmax));

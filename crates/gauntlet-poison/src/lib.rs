@@ -16,6 +16,7 @@ mod features;
 mod inject;
 mod knn;
 mod metrics;
+mod model;
 mod pipeline;
 mod strip;
 
@@ -30,6 +31,7 @@ pub use inject::{
     Trigger, MANIFEST_VERSION,
 };
 pub use metrics::{auroc, detection_metrics, DetectionMetrics};
+pub use model::{DetectorModel, OnnxDetectorModel};
 pub use pipeline::{
     audit, backdoor_effect, injection_record, native, run_neural_cleanse, run_strip, AuditConfig,
     AuditOutcome, TrainingSetDetectors,

@@ -6,6 +6,8 @@ use std::time::Instant;
 use gauntlet_core::Observer;
 use gauntlet_data::Dataset;
 use gauntlet_models::{NativeNet, Network};
+
+use crate::model::DetectorModel;
 use gauntlet_record::{
     BackdoorRecord, CleanseClass, DetectorRecord, InjectionRecord, NeuralCleanseRecord,
     PoisoningRecord, StripRecord,
@@ -46,7 +48,7 @@ impl TrainingSetDetectors {
     /// Run them on `data` under `net`; with `truth` (one flag per sample), score them.
     pub fn run(
         &self,
-        net: &NativeNet,
+        net: &dyn DetectorModel,
         data: &Dataset,
         truth: Option<&[bool]>,
         batch_size: usize,
@@ -93,7 +95,7 @@ fn detector_record(
 /// again with it stamped on.
 pub fn run_strip(
     strip: &Strip,
-    net: &NativeNet,
+    net: &dyn DetectorModel,
     test_data: &Dataset,
     held_out: usize,
     trigger: Option<(&Trigger, Option<u32>)>,
@@ -152,7 +154,7 @@ pub fn run_strip(
 /// whether it names exactly that class.
 pub fn run_neural_cleanse(
     cleanse: &NeuralCleanse,
-    net: &NativeNet,
+    net: &dyn DetectorModel,
     test_data: &Dataset,
     samples: usize,
     true_target: Option<u32>,
@@ -204,7 +206,7 @@ fn triggered_images(
 /// Clean accuracy on `test_data` and, with a trigger, the attack-success rate: the
 /// share of triggered test images (true class ≠ target) classified as the target.
 pub fn backdoor_effect(
-    net: &NativeNet,
+    net: &dyn DetectorModel,
     test_data: &Dataset,
     trigger: Option<(&Trigger, u32)>,
     batch_size: usize,
@@ -213,8 +215,8 @@ pub fn backdoor_effect(
         let per: usize = test_data.image_shape().iter().product();
         let mut predictions = Vec::with_capacity(images.len() / per);
         for chunk in images.chunks(batch_size.max(1) * per) {
-            let (logits, _) = net.forward(chunk, chunk.len() / per, false)?;
-            predictions.extend(logits.chunks_exact(net.arch().num_classes()).map(argmax));
+            let logits = net.logits(chunk, chunk.len() / per)?;
+            predictions.extend(logits.chunks_exact(net.num_classes()).map(argmax));
         }
         Ok(predictions)
     };

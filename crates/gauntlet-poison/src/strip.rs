@@ -1,10 +1,10 @@
 //! STRIP: inference-time backdoor detection by superimposition.
 
 use gauntlet_core::SeedStream;
-use gauntlet_models::NativeNet;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{config, Result};
+use crate::model::DetectorModel;
 
 /// STRIP (Gao et al. 2019, "STRIP: A Defence Against Trojan Attacks on Deep Neural
 /// Networks"): superimpose an input with `overlays` held-out clean images and
@@ -75,17 +75,17 @@ impl Strip {
     /// an input from being blended with itself.
     pub fn entropies(
         &self,
-        net: &NativeNet,
+        net: &dyn DetectorModel,
         inputs: &[f32],
         held_out: &[f32],
         key: &str,
         inputs_are_held_out: bool,
     ) -> Result<Vec<f64>> {
-        let per: usize = net.arch().input_shape().iter().product();
+        let per: usize = net.input_shape().iter().product();
         let pool = held_out.len() / per;
         self.validate(pool)?;
         let count = inputs.len() / per;
-        let classes = net.arch().num_classes();
+        let classes = net.num_classes();
         let seeds = SeedStream::new(self.seed).derive(&format!("strip/{key}"));
         let per_pass = (self.batch_size / self.overlays).max(1);
         let mut entropies = Vec::with_capacity(count);
@@ -109,7 +109,7 @@ impl Strip {
                     copies.extend(input.iter().zip(overlay).map(|(a, b)| (a + b).min(1.0)));
                 }
             }
-            let (logits, _) = net.forward(&copies, (end - start) * self.overlays, false)?;
+            let logits = net.logits(&copies, (end - start) * self.overlays)?;
             for input_logits in logits.chunks_exact(self.overlays * classes) {
                 let total: f64 = input_logits.chunks_exact(classes).map(entropy).sum();
                 entropies.push(total / self.overlays as f64);
@@ -120,7 +120,7 @@ impl Strip {
     }
 
     /// Set the threshold from held-out clean images (each blended with the others).
-    pub fn calibrate(&self, net: &NativeNet, held_out: &[f32]) -> Result<StripCalibration> {
+    pub fn calibrate(&self, net: &dyn DetectorModel, held_out: &[f32]) -> Result<StripCalibration> {
         let clean_entropies = self.entropies(net, held_out, held_out, "calibration", true)?;
         let mut sorted = clean_entropies.clone();
         sorted.sort_by(f64::total_cmp);

@@ -42,6 +42,10 @@ pub(super) fn host(t: &Tensor) -> Result<Vec<f64>> {
 
 /// The values of an integer (or integral float) tensor, such as axes or a shape.
 pub(super) fn ints(t: &Tensor) -> Result<Vec<i64>> {
+    // Read integers exactly: exporters write i64::MAX as "to the end".
+    if !t.dtype().is_float() {
+        return Ok(t.flatten_all()?.to_dtype(DType::I64)?.to_vec1::<i64>()?);
+    }
     host(t)?
         .into_iter()
         .map(|v| {
