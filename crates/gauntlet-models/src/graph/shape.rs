@@ -201,7 +201,7 @@ pub(super) fn eval(
                 return Err(invalid(format!("range step {delta} must be non-zero")));
             }
             let count = ((limit - start) / delta).ceil().max(0.0);
-            if !(count <= super::eval::MAX_ELEMENTS as f64) {
+            if count.is_nan() || count > super::eval::MAX_ELEMENTS as f64 {
                 return Err(invalid(format!("range of {count} values is too long")));
             }
             let values = (0..count as usize)

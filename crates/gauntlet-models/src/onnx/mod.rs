@@ -14,4 +14,4 @@ mod ops;
 pub mod proto;
 
 pub use model::{supported_ops, OnnxModel};
-pub use ops::{OperatorSpec, OPERATORS};
+pub use ops::{operators_markdown, OperatorSpec, OPERATORS};

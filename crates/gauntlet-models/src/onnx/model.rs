@@ -265,7 +265,7 @@ impl OnnxModel {
                 .max(0)?
                 .to_scalar::<f32>()?
                 .max(1.0);
-            if !(diff <= 1e-4 * scale) {
+            if diff.is_nan() || diff > 1e-4 * scale {
                 return Ok(false);
             }
         }
@@ -323,8 +323,7 @@ fn import_nodes(
         let name = node_name(n, index);
         let op_type = n.op_type.as_deref().unwrap_or_default();
         let ctx = |m: String| format_err(path, format!("{op_type} node '{name}': {m}"));
-        let foreign = !matches!(n.domain.as_deref(), None | Some("") | Some("ai.onnx"));
-        if op_type == "Constant" && !foreign {
+        if op_type == "Constant" && !foreign(n) {
             let out = n.output.first().cloned().unwrap_or_default();
             constants.insert(
                 out,
@@ -332,7 +331,11 @@ fn import_nodes(
             );
             continue;
         }
-        let spec = if foreign { None } else { ops::lookup(op_type) };
+        let spec = if foreign(n) {
+            None
+        } else {
+            ops::lookup(op_type)
+        };
         let Some(spec) = spec else {
             unsupported.get_or_insert(index);
             continue;
@@ -353,6 +356,17 @@ fn import_nodes(
     Ok((nodes, unsupported))
 }
 
+/// Whether the node's operator is from a domain other than ONNX's own.
+fn foreign(n: &proto::NodeProto) -> bool {
+    !matches!(n.domain.as_deref(), None | Some("") | Some("ai.onnx"))
+}
+
+/// Whether the importer lacks the node's operator (`Constant` it handles itself).
+fn unsupported(n: &proto::NodeProto) -> bool {
+    let op = n.op_type.as_deref().unwrap_or_default();
+    foreign(n) || (op != "Constant" && ops::lookup(op).is_none())
+}
+
 fn node_name(n: &proto::NodeProto, index: usize) -> String {
     n.name
         .clone()
@@ -371,11 +385,7 @@ fn unsupported_error(
 ) -> Error {
     let ops: BTreeSet<String> = protos
         .iter()
-        .filter(|n| {
-            let foreign = !matches!(n.domain.as_deref(), None | Some("") | Some("ai.onnx"));
-            let op = n.op_type.as_deref().unwrap_or_default();
-            (foreign || ops::lookup(op).is_none()) && !(op == "Constant" && !foreign)
-        })
+        .filter(|n| unsupported(n))
         .map(|n| match n.domain.as_deref() {
             Some(d) if !d.is_empty() && d != "ai.onnx" => {
                 format!("{d}::{}", n.op_type.as_deref().unwrap_or_default())

@@ -79,7 +79,7 @@ ops! {
         }
         Ok(Op::BatchNorm { epsilon: c.f("epsilon", 1e-5) })
     },
-    "Cast" => cast,
+    "Cast" ("to float, integer and bool types") => cast,
     "Ceil" => |_| Ok(Op::Unary(U::Ceil)),
     "Celu" => |c| Ok(Op::Unary(U::Celu { alpha: c.f("alpha", 1.0) })),
     "Clip" => |c| Ok(Op::Clip {
@@ -412,4 +412,15 @@ fn upsample(c: &NodeCtx) -> Parsed {
         },
         other => other,
     })
+}
+
+/// The supported-operator list as a Markdown table (`docs/models.md` holds it
+/// verbatim; a test keeps the two equal).
+pub fn operators_markdown() -> String {
+    let mut out = String::from("| operator | supported |\n|---|---|\n");
+    for op in OPERATORS {
+        let note = if op.note.is_empty() { "yes" } else { op.note };
+        out.push_str(&format!("| `{}` | {note} |\n", op.name));
+    }
+    out
 }

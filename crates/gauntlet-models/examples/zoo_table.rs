@@ -1,0 +1,65 @@
+//! Writes the zoo table of docs/models.md: for every family and exporter whether
+//! it loads, its logit and gradient errors against PyTorch, and the time per
+//! image of a forward + backward pass to the input (batch 32, reference executor,
+//! median of 5). Run in release on an otherwise idle machine:
+//!
+//!     cargo run --release -p gauntlet-models --example zoo_table
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../tests/zoo/compare.rs"]
+mod compare;
+
+use std::time::Instant;
+
+use gauntlet_core::candle_core::Tensor;
+use gauntlet_core::{cross_entropy_sum, input_gradient};
+
+fn main() {
+    let manifest = compare::manifest();
+    println!("| family | parameters | exporter | loads | logit error | gradient cosine | gradient error | FGSM verdicts | ms per image (fwd + bwd) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (family, entry) in manifest["families"].as_object().unwrap() {
+        let params = entry["parameters"].as_u64().unwrap_or(0);
+        for (exporter, export) in entry["exports"].as_object().unwrap() {
+            let prefix = format!("| {family} | {params} | {exporter} |");
+            if export["status"] != "exported" {
+                let error = export["error"].as_str().unwrap_or("").replace('|', "/");
+                let error: String = error.chars().take(90).collect();
+                println!(
+                    "{prefix} — ({}: {error}…) | | | | | |",
+                    export["status"].as_str().unwrap_or("?")
+                );
+                continue;
+            }
+            match compare::compare(family, exporter) {
+                Err(e) => println!("{prefix} **no**: {e} | | | | | |"),
+                Ok(c) => {
+                    let reps = 32 / c.input.dims()[0];
+                    let x = Tensor::cat(&vec![c.input.clone(); reps], 0).unwrap();
+                    let labels = Tensor::cat(&vec![c.labels.clone(); reps], 0).unwrap();
+                    let mut times: Vec<f64> = (0..5)
+                        .map(|_| {
+                            let started = Instant::now();
+                            input_gradient(&c.model, &x, |l| cross_entropy_sum(l, &labels))
+                                .unwrap();
+                            started.elapsed().as_secs_f64() * 1000.0 / x.dims()[0] as f64
+                        })
+                        .collect();
+                    times.sort_by(f64::total_cmp);
+                    println!(
+                        "{prefix} yes | {:.1e} | {:.7} | {:.1e} | {} | {:.2} |",
+                        c.logit_error,
+                        c.gradient_cosine,
+                        c.gradient_error,
+                        if c.fgsm_agrees {
+                            "identical"
+                        } else {
+                            "**differ**"
+                        },
+                        times[2]
+                    );
+                }
+            }
+        }
+    }
+}
