@@ -151,6 +151,16 @@ fn main() -> Result<()> {
     // ONNX with the graph's own input shape (pick 2) and a forced 1×28×28 (pick 5).
     put("load_model", "pools-onnx", &with_pick(5, &pools))?;
     put("load_model", "resnet-onnx", &with_pick(2, &resnet))?;
+    // Zoo exports (legacy exporter: one file) that reach the newer operators:
+    // Fire-module Concat and ceil-mode pooling, ShuffleNet's channel shuffle
+    // (Split/Transpose/Reshape), ViT's attention (Gather, Expand, LayerNormalization,
+    // Erf, batched MatMul), ConvNeXt's permuted LayerNorm.
+    for family in ["squeezenet", "shufflenet-v2", "vit", "convnext"] {
+        let bytes = std::fs::read(format!(
+            "crates/gauntlet-models/tests/zoo/{family}.legacy.onnx"
+        ))?;
+        put("load_model", &format!("{family}-onnx"), &with_pick(2, &bytes))?;
+    }
 
     for suite in ["quick", "minimal", "standard-linf", "standard-l2"] {
         put(
