@@ -159,7 +159,11 @@ fn main() -> Result<()> {
         let bytes = std::fs::read(format!(
             "crates/gauntlet-models/tests/zoo/{family}.legacy.onnx"
         ))?;
-        put("load_model", &format!("{family}-onnx"), &with_pick(2, &bytes))?;
+        put(
+            "load_model",
+            &format!("{family}-onnx"),
+            &with_pick(2, &bytes),
+        )?;
     }
 
     for suite in ["quick", "minimal", "standard-linf", "standard-l2"] {

@@ -75,6 +75,16 @@ fn reference(name: &str) -> Reference {
 /// Compare the input gradient of `sum(logits * w)` with central differences on
 /// `coords` coordinates, in f64.
 fn check_input_gradient(model: &Model, seed: u64, coords: usize) {
+    let nonzero = finite_difference_check(model, seed, coords);
+    assert!(
+        nonzero > coords / 2,
+        "only {nonzero} of {coords} gradient entries are non-zero"
+    );
+}
+
+/// Compares `coords` random entries of the input gradient (f64) with central
+/// finite differences; returns how many of them are non-zero.
+fn finite_difference_check(model: &Model, seed: u64, coords: usize) -> usize {
     let model = model.to_dtype(DType::F64).unwrap();
     let [c, h, w] = model.input_shape();
     let n = 2;
@@ -126,10 +136,7 @@ fn check_input_gradient(model: &Model, seed: u64, coords: usize) {
             nonzero += 1;
         }
     }
-    assert!(
-        nonzero > coords / 2,
-        "only {nonzero} of {coords} gradient entries are non-zero"
-    );
+    nonzero
 }
 
 fn random_network(arch: Arch, seed: u64) -> Network {
@@ -595,4 +602,102 @@ fn bad_normalisation_is_rejected() {
         std: vec![0.0],
     };
     assert!(Network::init(Arch::Mlp, norm, &SeedStream::new(1), &cpu()).is_err());
+}
+
+/// One table names the supported ONNX operators: the docs list is rendered from it
+/// (verbatim between markers in docs/models.md), the README points there, and
+/// every row reaches the importer (a one-node graph of each operator is never
+/// refused as unsupported; it may still be refused for its missing inputs).
+#[test]
+fn the_operator_table_the_importer_the_docs_and_the_readme_agree() {
+    use gauntlet_models::onnx::proto::*;
+    use prost::Message;
+    let docs_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/models.md");
+    let docs = std::fs::read_to_string(&docs_path).unwrap();
+    let (before, rest) = docs.split_once("<!-- operators:start -->\n").unwrap();
+    let (listed, after) = rest.split_once("<!-- operators:end -->").unwrap();
+    let rendered = gauntlet_models::onnx::operators_markdown();
+    if std::env::var_os("GAUNTLET_BLESS").is_some() {
+        let updated =
+            format!("{before}<!-- operators:start -->\n{rendered}<!-- operators:end -->{after}");
+        std::fs::write(&docs_path, updated).unwrap();
+    } else {
+        assert_eq!(
+            listed, rendered,
+            "docs/models.md's operator list is out of date: rerun this test with GAUNTLET_BLESS=1"
+        );
+    }
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"),
+    )
+    .unwrap();
+    assert!(readme.contains("[docs/models.md](docs/models.md)"));
+    let dir = tempfile::tempdir().unwrap();
+    for op in gauntlet_models::onnx::supported_ops() {
+        let node = NodeProto {
+            input: vec!["x".into()],
+            output: vec!["y".into()],
+            op_type: Some(op.into()),
+            ..Default::default()
+        };
+        let path = dir.path().join(format!("{op}.onnx"));
+        std::fs::write(
+            &path,
+            onnx_graph(vec![node], vec![], [1, 1, 4, 4]).encode_to_vec(),
+        )
+        .unwrap();
+        if let Err(err) = load_model(&path, &ModelOptions::default(), &cpu()) {
+            assert!(
+                !matches!(err, Error::UnsupportedOps { .. }),
+                "{op} is in the table but the importer refuses it: {err}"
+            );
+        }
+    }
+}
+
+/// Operators the zoo does not reach (or reaches in one configuration only), one
+/// graph each, against onnxruntime's outputs (`fixtures/make_op_fixtures.py`):
+/// values to 1e-4 of their scale, and every input gradient against finite
+/// differences.
+#[test]
+fn single_operator_graphs_match_onnxruntime_and_finite_differences() {
+    let text = std::fs::read_to_string(fixture("ops.json")).unwrap();
+    let fixtures: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let shape: Vec<usize> = serde_json::from_value(fixtures["shape"].clone()).unwrap();
+    let input: Vec<f32> = serde_json::from_value(fixtures["input"].clone()).unwrap();
+    let x = Tensor::from_vec(input, shape.as_slice(), &cpu()).unwrap();
+    let cases = fixtures["cases"].as_object().unwrap();
+    assert!(cases.len() >= 35, "{} cases", cases.len());
+    for (name, case) in cases {
+        let (model, _) = load_model(
+            &fixture(&format!("ops/{name}.onnx")),
+            &ModelOptions::default(),
+            &cpu(),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let expected: Vec<f32> = serde_json::from_value(case["output"].clone()).unwrap();
+        let out_shape: Vec<usize> = serde_json::from_value(case["shape"].clone()).unwrap();
+        let expected = Tensor::from_vec(expected, out_shape.as_slice(), &cpu()).unwrap();
+        let got = model.logits(&x).unwrap();
+        assert_eq!(got.dims(), expected.dims(), "{name}");
+        let scale = expected
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .max(1.0);
+        let diff = max_abs_diff(&got, &expected);
+        assert!(
+            diff <= 1e-4 * f64::from(scale),
+            "{name}: max difference {diff}"
+        );
+        // Some of these route gradients sparsely (max, slices, crops): the entries
+        // must match, not be mostly non-zero; the loader already refused zero ones.
+        eprintln!("{name}: values ok, checking gradients");
+        finite_difference_check(&model, 3, 12);
+    }
 }

@@ -825,7 +825,15 @@ fn resize(
             .zip(x.dims())
             .map(|(&s, &i)| {
                 if s.is_finite() && s > 0.0 {
-                    Ok((i as f64 * s).floor() as usize)
+                    // floor(in × scale), but a scale stored as f32 (1.8 is
+                    // 1.7999999523) must not lose a pixel: onnxruntime and PyTorch
+                    // get 9 from 5 × 1.8.
+                    let v = i as f64 * s;
+                    Ok(if (v - v.round()).abs() < 1e-4 {
+                        v.round()
+                    } else {
+                        v.floor()
+                    } as usize)
                 } else {
                     Err(invalid(format!("scale {s} must be positive")))
                 }

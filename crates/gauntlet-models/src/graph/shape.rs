@@ -634,3 +634,62 @@ pub(super) fn einsum(equation: &str, inputs: &[Option<&Tensor>]) -> Result<Tenso
     let dims: Vec<usize> = labels.iter().map(|c| sizes[c]).collect();
     finish(labels, y.reshape(dims)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn gather_nd_and_scatter_nd_pick_and_replace_rows_with_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::arange(0f32, 12.0, &dev)?.reshape((2, 3, 2))?)?;
+        // Rows (1, 2) and (0, 1) of the leading two axes.
+        let idx = Tensor::new(&[[1i64, 2], [0, 1]], &dev)?;
+        let picked = gather_nd(x.as_tensor(), &idx, 0)?;
+        assert_eq!(
+            picked.to_vec2::<f32>()?,
+            vec![vec![10.0, 11.0], vec![2.0, 3.0]]
+        );
+        let grad = picked.sum_all()?.backward()?;
+        let g = grad
+            .get(x.as_tensor())
+            .map(|g| g.flatten_all()?.to_vec1::<f32>());
+        let g = g.transpose()?.unwrap_or_default();
+        assert_eq!(g, vec![0., 0., 1., 1., 0., 0., 0., 0., 0., 0., 1., 1.]);
+
+        let updates = Tensor::new(&[[-1f32, -2.0]], &dev)?;
+        let replaced = scatter_nd(x.as_tensor(), &Tensor::new(&[[0i64, 2]], &dev)?, &updates)?;
+        let values = replaced.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(values[4..6], [-1.0, -2.0]);
+        assert_eq!(values[..4], [0.0, 1.0, 2.0, 3.0]);
+        // The replaced entries get no gradient from the data, the rest all of it.
+        let grad = replaced.sum_all()?.backward()?;
+        let g = grad
+            .get(x.as_tensor())
+            .map(|g| g.flatten_all()?.to_vec1::<f32>());
+        let g = g.transpose()?.unwrap_or_default();
+        assert_eq!(g, vec![1., 1., 1., 1., 0., 0., 1., 1., 1., 1., 1., 1.]);
+        assert!(gather_nd(x.as_tensor(), &Tensor::new(&[[2i64, 0]], &dev)?, 0).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn einsum_implicit_output_and_bad_equations() -> Result<()> {
+        let dev = Device::Cpu;
+        let a = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &dev)?;
+        let b = Tensor::new(&[[5f32, 6.0], [7.0, 8.0]], &dev)?;
+        // "ij,jk" means "ij,jk->ik".
+        let y = einsum("ij,jk", &[Some(&a), Some(&b)])?;
+        assert_eq!(
+            y.to_vec2::<f32>()?,
+            vec![vec![19.0, 22.0], vec![43.0, 50.0]]
+        );
+        let t = einsum("ij->ji", &[Some(&a)])?;
+        assert_eq!(t.to_vec2::<f32>()?, vec![vec![1.0, 3.0], vec![2.0, 4.0]]);
+        assert!(einsum("ii->i", &[Some(&a)]).is_err());
+        assert!(einsum("...ij,jk", &[Some(&a), Some(&b)]).is_err());
+        assert!(einsum("ijk,jk", &[Some(&a), Some(&b)]).is_err());
+        Ok(())
+    }
+}
