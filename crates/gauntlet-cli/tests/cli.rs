@@ -2049,3 +2049,116 @@ fn hostile_configs_and_records_are_one_line_errors() {
     }
     assert!(!dir.path().join("out").exists(), "nothing written");
 }
+
+/// Every command on a model from today's default exporter (`torch.export`-based,
+/// weights in `resnet18.dynamo.onnx.data` beside the graph): info, attack, report,
+/// check and poison detect. The images and labels are the zoo fixture's (labels
+/// are PyTorch's predictions, so every image starts correctly classified).
+#[test]
+fn every_command_runs_on_a_dynamo_exported_onnx_resnet() {
+    let dir = tempfile::tempdir().unwrap();
+    let zoo = repo("crates/gauntlet-models/tests/zoo");
+    let fixture =
+        candle_core::safetensors::load(zoo.join("resnet18.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let x = fixture["input"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let labels: Vec<u8> = fixture["logits"]
+        .argmax(1)
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap()
+        .into_iter()
+        .map(|l| l as u8)
+        .collect();
+    let x_bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let data = dir.path().join("four.npz");
+    write_npz(
+        &data,
+        &[
+            (
+                "x.npy",
+                gauntlet_data::encode_npy("<f4", &[4, 3, 32, 32], &x_bytes),
+            ),
+            ("y.npy", gauntlet_data::encode_npy("|u1", &[4], &labels)),
+        ],
+    );
+    let model = zoo.join("resnet18.dynamo.onnx");
+    let (model, data) = (model.to_str().unwrap(), data.to_str().unwrap());
+
+    let o = gauntlet(&["info", "--model", model]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let info = String::from_utf8_lossy(&o.stdout);
+    assert!(info.contains("onnx") && info.contains("10"), "{info}");
+
+    let attacked = dir.path().join("attack");
+    let o = gauntlet(&[
+        "attack",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--attack",
+        "fgsm",
+        "--eps",
+        "8/255",
+        "--out",
+        attacked.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let record_path = attacked.join("results.json");
+    let record = read_json(&record_path);
+    assert_eq!(record["clean"]["accuracy"], 1.0, "{}", record["clean"]);
+    assert_eq!(record["model"]["format"], "onnx");
+
+    let report = dir.path().join("report");
+    let o = gauntlet(&[
+        "report",
+        record_path.to_str().unwrap(),
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(report.join("report.html").exists());
+    let o = gauntlet(&["check", record_path.to_str().unwrap(), "--min-clean", "0.9"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    let detected = dir.path().join("detect");
+    let o = gauntlet(&[
+        "poison",
+        "detect",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--method",
+        "strip",
+        "--strip-held-out",
+        "2",
+        "--overlays",
+        "1",
+        "--out",
+        detected.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(read_json(&detected.join("results.json"))["poisoning"]["strip"].is_object());
+    // --feature-layer is for graphs; a built-in network says so.
+    let o = gauntlet(&[
+        "poison",
+        "detect",
+        "--model",
+        "examples/models/mnist-cnn.safetensors",
+        "--data",
+        "datasets/mnist-5k",
+        "--feature-layer",
+        "x",
+        "--out",
+        dir.path().join("never").to_str().unwrap(),
+    ]);
+    assert_clear_error(&o, "--feature-layer");
+}
