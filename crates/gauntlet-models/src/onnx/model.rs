@@ -150,9 +150,6 @@ impl OnnxModel {
             )
         })?;
         model.activations_per_sample = run.produced;
-        model.fixed_batch = model
-            .fixed_batch
-            .filter(|_| !model.batch_free().unwrap_or(false));
         match run.output.dims() {
             [1, c] if *c >= 2 => model.num_classes = *c,
             other => {
@@ -162,6 +159,14 @@ impl OnnxModel {
                 ))
             }
         }
+        // A graph that does not batch correctly (a fixed declared batch, or an
+        // exporter that baked batch 1 into a Reshape despite a dynamic batch
+        // axis) runs in slices of its declared batch, one image by default.
+        model.fixed_batch = if model.batch_free().unwrap_or(false) {
+            None
+        } else {
+            Some(model.fixed_batch.unwrap_or(1))
+        };
         Ok(model)
     }
 
@@ -231,10 +236,10 @@ impl OnnxModel {
         Ok((Tensor::cat(&logits, 0)?, Tensor::cat(&features, 0)?))
     }
 
-    /// Whether a graph declared with a fixed batch size computes each sample of a
-    /// larger batch on its own anyway (most do: legacy exports without
-    /// `dynamic_axes` declare batch 1). Checked on two different images: batched
-    /// and one-by-one results must agree.
+    /// Whether the graph computes each sample of a batch on its own: most do, even
+    /// legacy exports without `dynamic_axes` (they declare batch 1); some do not
+    /// (batch 1 baked into a reshape). Checked on two different images: batched and
+    /// one-by-one results must agree.
     fn batch_free(&self) -> Result<bool> {
         let [c, h, w] = self.input_shape;
         let seed = gauntlet_core::SeedStream::new(0).derive("batch-probe");
