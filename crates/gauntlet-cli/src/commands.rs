@@ -1246,6 +1246,27 @@ fn info(args: InfoArgs) -> Result<()> {
     println!("input shape  {:?} (C, H, W)", info.input_shape);
     println!("classes      {}", info.num_classes);
     println!("bounds       [{min}, {max}]");
+    if let Model::Onnx(onnx) = &model {
+        let graph = onnx.graph();
+        let ops: Vec<String> = graph
+            .op_counts()
+            .into_iter()
+            .map(|(op, n)| format!("{op} {n}"))
+            .collect();
+        println!(
+            "graph        {} nodes after constant folding: {}",
+            graph.nodes.len(),
+            ops.join(", ")
+        );
+        if let Some(size) = onnx.slice_size() {
+            println!(
+                "batching     runs {size} image(s) at a time (the graph does not batch correctly)"
+            );
+        }
+        if let Some(feature) = graph.default_feature_value() {
+            println!("features     '{feature}' (poison detect's default --feature-layer)");
+        }
+    }
     println!("gradient     ok (input receives a finite, non-zero gradient)");
     Ok(())
 }

@@ -294,9 +294,17 @@ impl Op {
 
 impl std::fmt::Display for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The variant's name without its parameters (`Gelu`, not `Gelu { tanh: false }`).
+        let bare = |debug: String| {
+            debug
+                .split([' ', '{', '('])
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        };
         let name = match self {
-            Op::Unary(u) => return write!(f, "{u:?}"),
-            Op::Binary(b) => return write!(f, "{b:?}"),
+            Op::Unary(u) => return f.write_str(&bare(format!("{u:?}"))),
+            Op::Binary(b) => return f.write_str(&bare(format!("{b:?}"))),
             Op::Compare(c) => return write!(f, "{c:?}"),
             Op::Variadic(v) => return write!(f, "{v:?}"),
             Op::Reduce { op, .. } => return write!(f, "Reduce{op:?}"),

@@ -178,6 +178,12 @@ impl OnnxModel {
         })
     }
 
+    /// The batch size the graph must run in, when it does not batch correctly
+    /// (then Gauntlet runs it in slices of this size, usually one image).
+    pub fn slice_size(&self) -> Option<usize> {
+        self.fixed_batch
+    }
+
     /// The imported graph in the IR.
     pub fn graph(&self) -> &Graph {
         &self.graph
