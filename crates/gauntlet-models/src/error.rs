@@ -46,26 +46,31 @@ pub enum Error {
         /// Shape found.
         got: Vec<usize>,
     },
-    /// ONNX operators Gauntlet does not implement.
-    #[error("unsupported ONNX operator {op} at node '{node}' (inputs: {inputs}); {hint}; all unsupported here: {ops:?} (the supported list is in docs/models.md)")]
-    UnsupportedOps {
-        /// Every unsupported operator type in the graph, each once.
-        ops: Vec<String>,
-        /// The first unsupported node's operator.
-        op: String,
-        /// Its name.
-        node: String,
-        /// Its inputs with their shapes, where the graph before it runs.
-        inputs: String,
-        /// The exporter option that usually avoids it.
-        hint: String,
-    },
+    /// ONNX operators Gauntlet does not implement (boxed: the details are large and rare).
+    #[error("{0}")]
+    UnsupportedOps(Box<UnsupportedOperators>),
     /// The model gives no usable input gradient, so white-box attacks would be meaningless.
     #[error("{0}")]
     NoGradient(String),
     /// A bad argument or configuration.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// What the importer lacks in a graph, for [`Error::UnsupportedOps`].
+#[derive(Debug, thiserror::Error)]
+#[error("unsupported ONNX operator {op} at node '{node}' (inputs: {inputs}); {hint}; all unsupported here: {ops:?} (the supported list is in docs/models.md)")]
+pub struct UnsupportedOperators {
+    /// Every unsupported operator type in the graph, each once.
+    pub ops: Vec<String>,
+    /// The first unsupported node's operator.
+    pub op: String,
+    /// Its name.
+    pub node: String,
+    /// Its inputs with their shapes, where the graph before it runs.
+    pub inputs: String,
+    /// The exporter option that usually avoids it.
+    pub hint: String,
 }
 
 /// Result with the models [`Error`].

@@ -18,7 +18,7 @@ pub mod onnx;
 mod safetensors_io;
 
 pub use arch::{Arch, ParamSpec};
-pub use error::{Error, Result};
+pub use error::{Error, Result, UnsupportedOperators};
 pub use load::{load_model, verify_input_gradient, Model, ModelFormat, ModelInfo, ModelOptions};
 pub use native::{matmul_transposed, Activations, NativeClassifier, NativeNet};
 pub use network::{Network, Normalization};

@@ -37,13 +37,17 @@ fn every_exported_zoo_model_matches_pytorch() {
                         "{family:16} {exporter:7} logits {:.1e}  grad cos {:.7} err {:.1e}  fgsm {}",
                         c.logit_error, c.gradient_cosine, c.gradient_error, c.fgsm_agrees
                     );
-                    if !(c.logit_error <= 1e-4) {
+                    if c.logit_error.is_nan() || c.logit_error > 1e-4 {
                         failures.push(format!(
                             "{family}/{exporter}: logit error {:.2e}",
                             c.logit_error
                         ));
                     }
-                    if !(c.gradient_cosine >= 0.9999 && c.gradient_error <= 1e-3) {
+                    if c.gradient_cosine.is_nan()
+                        || c.gradient_cosine < 0.9999
+                        || c.gradient_error.is_nan()
+                        || c.gradient_error > 1e-3
+                    {
                         failures.push(format!(
                             "{family}/{exporter}: gradient cosine {:.6}, max error {:.2e}",
                             c.gradient_cosine, c.gradient_error

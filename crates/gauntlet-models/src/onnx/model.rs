@@ -406,7 +406,7 @@ fn unsupported_error(
         .collect();
     let node = &protos[first];
     let shapes = input_shapes_before(graph, node, input_shape);
-    Error::UnsupportedOps {
+    Error::UnsupportedOps(Box::new(crate::error::UnsupportedOperators {
         ops: ops.into_iter().collect(),
         op: node.op_type.clone().unwrap_or_default(),
         node: node_name(node, first),
@@ -416,7 +416,7 @@ fn unsupported_error(
             node.domain.as_deref(),
         )
         .to_string(),
-    }
+    }))
 }
 
 fn input_shapes_before(graph: &Graph, node: &proto::NodeProto, input_shape: [usize; 3]) -> String {
