@@ -680,21 +680,9 @@ fn single_operator_graphs_match_onnxruntime_and_finite_differences() {
         let expected = Tensor::from_vec(expected, out_shape.as_slice(), &cpu()).unwrap();
         let got = model.logits(&x).unwrap();
         assert_eq!(got.dims(), expected.dims(), "{name}");
-        let scale = expected
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .max(1.0);
+        let scale = max_abs_diff(&expected, &expected.zeros_like().unwrap()).max(1.0);
         let diff = max_abs_diff(&got, &expected);
-        assert!(
-            diff <= 1e-4 * f64::from(scale),
-            "{name}: max difference {diff}"
-        );
+        assert!(diff <= 1e-4 * scale, "{name}: max difference {diff}");
         // Some of these route gradients sparsely (max, slices, crops): the entries
         // must match, not be mostly non-zero; the loader already refused zero ones.
         eprintln!("{name}: values ok, checking gradients");
