@@ -71,13 +71,19 @@ fn every_exported_zoo_model_matches_pytorch() {
 }
 
 /// Both exporters' files exist for every family the manifest says was exported,
-/// and the dynamo exporter's weights sit in a side file (external data).
+/// and docs/models.md's zoo table has a row for each.
 #[test]
 fn the_zoo_holds_what_its_manifest_says() {
     let manifest = manifest();
+    let docs = std::fs::read_to_string(zoo_dir().join("../../../../docs/models.md")).unwrap();
     for (family, entry) in manifest["families"].as_object().unwrap() {
         for (exporter, export) in entry["exports"].as_object().unwrap() {
             let path = zoo_dir().join(format!("{family}.{exporter}.onnx"));
+            let row = format!("| {family} | {} | {exporter} |", entry["parameters"]);
+            assert!(
+                docs.contains(&row),
+                "docs/models.md's zoo table lacks {row}: rerun the zoo_table example"
+            );
             assert_eq!(
                 path.exists(),
                 export["status"] == "exported",
