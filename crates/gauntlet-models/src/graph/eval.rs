@@ -588,9 +588,9 @@ fn compare(op: CompareOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 fn variadic(op: VariadicOp, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
     let parts: Vec<&Tensor> = inputs.iter().flatten().copied().collect();
-    let Some((first, rest)) = parts.split_first() else {
+    if parts.is_empty() {
         return Err(invalid("needs at least one input"));
-    };
+    }
     on_floats(&parts, |t| {
         let mut acc = t[0].clone();
         for b in &t[1..] {
@@ -601,9 +601,8 @@ fn variadic(op: VariadicOp, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
             };
         }
         if op == VariadicOp::Mean {
-            acc = (acc / (rest.len() + 1) as f64)?;
+            acc = (acc / t.len() as f64)?;
         }
-        let _ = first;
         Ok(acc)
     })
 }

@@ -284,12 +284,6 @@ impl Op {
         }
         Ok(())
     }
-
-    /// Whether running it twice on the same inputs gives the same result (every op
-    /// here is; kept explicit for the folding pass).
-    pub fn is_deterministic(&self) -> bool {
-        true
-    }
 }
 
 impl std::fmt::Display for Op {
