@@ -112,7 +112,8 @@ pub(super) fn eval(
                         .collect()
                 }
             };
-            if sizes.iter().sum::<usize>() != len {
+            let total = sizes.iter().try_fold(0usize, |a, &s| a.checked_add(s));
+            if total != Some(len) {
                 return Err(invalid(format!(
                     "split sizes {sizes:?} do not add up to axis {axis}'s length {len}"
                 )));
@@ -163,7 +164,12 @@ pub(super) fn eval(
                     x.rank()
                 )));
             }
-            let dims: Vec<usize> = x.dims().iter().zip(&repeats).map(|(d, r)| d * r).collect();
+            let dims: Vec<usize> = x
+                .dims()
+                .iter()
+                .zip(&repeats)
+                .map(|(d, r)| d.checked_mul(*r).unwrap_or(usize::MAX))
+                .collect();
             check_size(&dims)?;
             let mut y = x.clone();
             for (axis, &r) in repeats.iter().enumerate() {
@@ -425,7 +431,7 @@ pub(super) fn pad(
         }
         let len = y.dims()[axis];
         let mut dims = y.dims().to_vec();
-        dims[axis] = len + lo + hi;
+        dims[axis] = len.saturating_add(lo).saturating_add(hi);
         check_size(&dims)?;
         if mode == PadMode::Constant {
             let block = |n: usize| -> Result<Tensor> {
@@ -496,12 +502,19 @@ pub(super) fn resolve_reshape(
             _ => return Err(invalid(format!("invalid reshape target {spec:?}"))),
         }
     }
+    let cannot = || invalid(format!("cannot reshape {dims:?} to {spec:?}"));
+    // Checked: a hostile target's product overflows (candle would panic on it).
+    let known = out
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(cannot)?;
     if let Some(i) = infer {
-        let known: usize = out.iter().product();
         if known == 0 || !total.is_multiple_of(known) {
-            return Err(invalid(format!("cannot reshape {dims:?} to {spec:?}")));
+            return Err(cannot());
         }
         out[i] = total / known;
+    } else if known != total {
+        return Err(cannot());
     }
     Ok(out)
 }
@@ -671,6 +684,35 @@ mod tests {
         let g = g.transpose()?.unwrap_or_default();
         assert_eq!(g, vec![1., 1., 1., 1., 0., 0., 1., 1., 1., 1., 1., 1.]);
         assert!(gather_nd(x.as_tensor(), &Tensor::new(&[[2i64, 0]], &dev)?, 0).is_err());
+        Ok(())
+    }
+
+    /// Found by fuzzing: a reshape target whose product overflows made candle
+    /// panic; so could Tile repeats, Split sizes and Pad amounts near usize::MAX.
+    #[test]
+    fn overflowing_shapes_are_errors_not_panics() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((2, 3), DType::F32, &dev)?;
+        let huge = i64::MAX / 2;
+        assert!(resolve_reshape(x.dims(), &[huge, huge, 4], false).is_err());
+        assert!(resolve_reshape(x.dims(), &[huge, -1], false).is_err());
+        assert!(resolve_reshape(x.dims(), &[3, 3], false).is_err());
+        let big = Tensor::new(&[huge, huge], &dev)?;
+        let inputs = [Some(&x), Some(&big)];
+        assert!(eval(&Op::Tile, &inputs, 1, DType::F32).is_err());
+        let split = Op::Split {
+            axis: 1,
+            sizes: None,
+        };
+        assert!(eval(
+            &split,
+            &[Some(&x), Some(&Tensor::new(&[huge, huge, 3], &dev)?)],
+            3,
+            DType::F32
+        )
+        .is_err());
+        let pads = Tensor::new(&[0i64, huge, 0, huge], &dev)?;
+        assert!(pad(&x, &[Some(&x), Some(&pads)], PadMode::Edge, None, 0.0).is_err());
         Ok(())
     }
 
