@@ -26,6 +26,16 @@ fn mnist(split: Split) -> Dataset {
     load(&repo("datasets/mnist-5k"), &options).unwrap()
 }
 
+/// The classes a training-set detector called poisoned.
+fn poisoned_classes(detector: &gauntlet_record::DetectorRecord) -> Vec<u32> {
+    detector
+        .classes
+        .iter()
+        .filter(|c| c.poisoned)
+        .map(|c| c.class)
+        .collect()
+}
+
 fn badnets(seed: u64) -> InjectionConfig {
     InjectionConfig {
         attack: PoisonAttack::Badnets(Patch::default()),
@@ -213,13 +223,7 @@ fn audit_finds_the_backdoor_and_filtering_weakens_it() {
     for detector in &record.detectors {
         let metrics = detector.metrics.as_ref().unwrap();
         assert!(metrics.f1 >= 0.9, "{}: {metrics:?}", detector.method);
-        let poisoned_classes: Vec<u32> = detector
-            .classes
-            .iter()
-            .filter(|c| c.poisoned)
-            .map(|c| c.class)
-            .collect();
-        assert_eq!(poisoned_classes, [0], "{}", detector.method);
+        assert_eq!(poisoned_classes(detector), [0], "{}", detector.method);
     }
     let strip = record.strip.as_ref().unwrap();
     assert!(
@@ -320,13 +324,7 @@ fn audit_finds_a_blended_backdoor() {
             _ => 0.8,
         };
         assert!(metrics.f1 >= bar, "{}: {metrics:?}", detector.method);
-        let poisoned_classes: Vec<u32> = detector
-            .classes
-            .iter()
-            .filter(|c| c.poisoned)
-            .map(|c| c.class)
-            .collect();
-        assert_eq!(poisoned_classes, [0], "{}", detector.method);
+        assert_eq!(poisoned_classes(detector), [0], "{}", detector.method);
     }
     let strip = record.strip.as_ref().unwrap();
     // The STRIP bar holds for blends too (measured FAR 1.1%, AUROC 0.998).
@@ -399,13 +397,12 @@ fn every_detector_finds_the_backdoor_in_an_onnx_resnet() {
     assert_eq!(records.len(), 2);
     for detector in &records {
         let metrics = detector.metrics.as_ref().unwrap();
-        let poisoned_classes: Vec<u32> = detector
-            .classes
-            .iter()
-            .filter(|c| c.poisoned)
-            .map(|c| c.class)
-            .collect();
-        assert_eq!(poisoned_classes, [0], "{}: {metrics:?}", detector.method);
+        assert_eq!(
+            poisoned_classes(detector),
+            [0],
+            "{}: {metrics:?}",
+            detector.method
+        );
         assert!(metrics.f1 >= 0.8, "{}: {metrics:?}", detector.method);
     }
 
