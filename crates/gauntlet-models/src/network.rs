@@ -27,6 +27,14 @@ impl Normalization {
         self.mean.is_empty() && self.std.is_empty()
     }
 
+    /// `(mean, std)` of `channel` (validated: one of each per channel).
+    pub(crate) fn channel(&self, channel: usize) -> (f32, f32) {
+        (
+            self.mean.get(channel).copied().unwrap_or(0.0),
+            self.std.get(channel).copied().unwrap_or(1.0),
+        )
+    }
+
     pub(crate) fn validate(&self, channels: usize) -> Result<()> {
         if self.is_identity() {
             return Ok(());

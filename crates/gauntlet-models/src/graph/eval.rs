@@ -36,7 +36,7 @@ pub(super) fn opt<'a>(inputs: &[Option<&'a Tensor>], i: usize) -> Option<&'a Ten
 }
 
 /// The values of any tensor as f64, row-major.
-pub(super) fn host(t: &Tensor) -> Result<Vec<f64>> {
+pub(crate) fn host(t: &Tensor) -> Result<Vec<f64>> {
     Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?)
 }
 
@@ -148,7 +148,7 @@ fn like(b: &Tensor, a: &Tensor) -> Result<Tensor> {
 }
 
 /// Run one op. `outputs` is how many results the node names.
-pub(super) fn eval(
+pub(crate) fn eval(
     op: &Op,
     inputs: &[Option<&Tensor>],
     outputs: usize,

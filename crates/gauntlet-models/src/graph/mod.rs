@@ -12,7 +12,7 @@
 //! so input gradients come from candle's autograd; it is the implementation other
 //! executors are checked against, and the path for f64 and non-CPU devices.
 
-mod eval;
+pub(crate) mod eval;
 pub mod op;
 pub mod passes;
 mod shape;
@@ -68,6 +68,26 @@ impl Graph {
     /// Run the graph on `x` (already normalised), returning the output and, when
     /// `capture` names a value, that value too.
     pub fn run(&self, x: &Tensor, capture: Option<&str>) -> Result<Run> {
+        self.run_visiting(x, capture, &mut |_, _| {})
+    }
+
+    /// Every computed value's shape for input `x` (the input included).
+    pub fn value_shapes(&self, x: &Tensor) -> Result<HashMap<String, (Vec<usize>, DType)>> {
+        let mut shapes = HashMap::new();
+        shapes.insert(self.input.clone(), (x.dims().to_vec(), x.dtype()));
+        self.run_visiting(x, None, &mut |name, t| {
+            shapes.insert(name.to_string(), (t.dims().to_vec(), t.dtype()));
+        })?;
+        Ok(shapes)
+    }
+
+    /// [`Graph::run`], calling `visit` with every value a node computes.
+    fn run_visiting(
+        &self,
+        x: &Tensor,
+        capture: Option<&str>,
+        visit: &mut dyn FnMut(&str, &Tensor),
+    ) -> Result<Run> {
         let mut values: HashMap<&str, Tensor> = HashMap::new();
         values.insert(self.input.as_str(), x.clone());
         let mut produced = x.elem_count();
@@ -96,6 +116,7 @@ impl Graph {
             for (name, y) in node.outputs.iter().zip(outputs) {
                 if !name.is_empty() {
                     produced += y.elem_count();
+                    visit(name, &y);
                     values.insert(name.as_str(), y);
                 }
             }

@@ -5,6 +5,7 @@
 //! few contiguous copies (one per kernel row) instead of `k·k·c` scalar gathers,
 //! and col2im is the same as contiguous adds.
 
+use crate::network::Normalization;
 use crate::{Error, Result};
 
 /// A strided read-only view of a matrix.
@@ -25,6 +26,17 @@ impl<'a> Mat<'a> {
             rows,
             cols,
             row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// `rows × cols` whose rows lie `row_stride` values apart (a block of columns).
+    pub(crate) fn strided(data: &'a [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride,
             col_stride: 1,
         }
     }
@@ -80,8 +92,32 @@ pub(crate) fn matmul(
     accumulate: bool,
     threads: Threads,
 ) -> Result<()> {
+    if dst.len() != lhs.rows * rhs.cols {
+        return Err(Error::Invalid(format!(
+            "internal: GEMM of {}×{} by {}×{} into {} values",
+            lhs.rows,
+            lhs.cols,
+            rhs.rows,
+            rhs.cols,
+            dst.len()
+        )));
+    }
+    matmul_strided(dst, rhs.cols, lhs, rhs, accumulate, threads)
+}
+
+/// [`matmul`] into rows of `dst` that lie `dst_row_stride` values apart (a block
+/// of columns of a wider matrix, e.g. one group of a grouped convolution).
+pub(crate) fn matmul_strided(
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    accumulate: bool,
+    threads: Threads,
+) -> Result<()> {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    if rhs.rows != k || dst.len() != m * n || !lhs.in_bounds() || !rhs.in_bounds() {
+    let dst_fits = m == 0 || n == 0 || (n <= dst_row_stride && (m - 1) * dst_row_stride + n <= dst.len());
+    if rhs.rows != k || !dst_fits || !lhs.in_bounds() || !rhs.in_bounds() {
         return Err(Error::Invalid(format!(
             "internal: GEMM of {m}×{k} by {}×{n} into {} values",
             rhs.rows,
@@ -104,8 +140,9 @@ pub(crate) fn matmul(
             t => gemm::Parallelism::Rayon(t),
         },
     };
-    // SAFETY: the views were checked above to lie within their slices, `dst` is
-    // exactly m × n row-major and borrowed mutably, so nothing aliases it.
+    // SAFETY: the views were checked above to lie within their slices, `dst`
+    // holds m rows of n values `dst_row_stride` apart and is borrowed mutably, so
+    // nothing aliases it.
     unsafe {
         gemm::gemm(
             m,
@@ -113,7 +150,7 @@ pub(crate) fn matmul(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_row_stride as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.col_stride as isize,
@@ -342,6 +379,54 @@ pub(crate) fn add_column_sums(m: &[f32], bias_grad: &mut [f32]) {
             *b += v;
         }
     }
+}
+
+/// Normalised NHWC copy of `count` NCHW pixel images of `shape`.
+pub(crate) fn to_channels_last(
+    images: &[f32],
+    count: usize,
+    shape: [usize; 3],
+    normalization: &Normalization,
+) -> Vec<f32> {
+    let [c, h, w] = shape;
+    let mut x = images.to_vec();
+    if !normalization.is_identity() {
+        for image in x.chunks_exact_mut(c * h * w) {
+            for (channel, plane) in image.chunks_exact_mut(h * w).enumerate() {
+                let (mean, std) = normalization.channel(channel);
+                plane.iter_mut().for_each(|v| *v = (*v - mean) / std);
+            }
+        }
+    }
+    if c > 1 {
+        transpose_inner(&x, count, c, h * w)
+    } else {
+        x
+    }
+}
+
+/// The pixel-space NCHW gradient from the gradient of [`to_channels_last`]'s output.
+pub(crate) fn gradient_to_pixels(
+    grad: &[f32],
+    count: usize,
+    shape: [usize; 3],
+    normalization: &Normalization,
+) -> Vec<f32> {
+    let [c, h, w] = shape;
+    let mut grad = if c > 1 {
+        transpose_inner(grad, count, h * w, c)
+    } else {
+        grad.to_vec()
+    };
+    if !normalization.is_identity() {
+        for image in grad.chunks_exact_mut(c * h * w) {
+            for (channel, plane) in image.chunks_exact_mut(h * w).enumerate() {
+                let (_, std) = normalization.channel(channel);
+                plane.iter_mut().for_each(|g| *g /= std);
+            }
+        }
+    }
+    grad
 }
 
 /// `(n, c, hw)` → `(n, hw, c)`, or the reverse with `(n, hw, c)` dims swapped.

@@ -11,6 +11,7 @@
 //! ([`crate::Arch`]'s graph) stays as the reference the tests compare against and
 //! as the path for f64 and non-CPU devices.
 
+mod graph;
 pub(crate) mod kernels;
 mod op;
 
@@ -23,6 +24,8 @@ use crate::network::Normalization;
 use crate::{Error, Result};
 use kernels::{ConvShape, Mat, Threads};
 
+pub(crate) use graph::graph_logits;
+pub use graph::{GraphTape, NativeGraph, NotPlanned};
 pub(crate) use op::logits_op;
 
 /// Images per parallel task: small enough for two cores to share a batch of 50,
@@ -360,7 +363,8 @@ impl NativeNet {
                 self.arch.input_shape()
             )));
         }
-        let mut current = self.to_channels_last(images, count);
+        let mut current =
+            kernels::to_channels_last(images, count, self.arch.input_shape(), &self.normalization);
         let mut values = Vec::new();
         let mut winners = Vec::new();
         for stage in &self.stages {
@@ -442,43 +446,12 @@ impl NativeNet {
         if !input_gradient {
             return Ok(None);
         }
-        let [c, h, w] = self.arch.input_shape();
-        let mut grad = if c > 1 {
-            kernels::transpose_inner(&grad, count, h * w, c)
-        } else {
-            grad
-        };
-        if !self.normalization.is_identity() {
-            for image in grad.chunks_exact_mut(c * h * w) {
-                for (channel, plane) in image.chunks_exact_mut(h * w).enumerate() {
-                    let std = self.normalization.std[channel];
-                    plane.iter_mut().for_each(|g| *g /= std);
-                }
-            }
-        }
-        Ok(Some(grad))
-    }
-
-    /// Normalised NHWC copy of NCHW pixel input.
-    fn to_channels_last(&self, images: &[f32], count: usize) -> Vec<f32> {
-        let [c, h, w] = self.arch.input_shape();
-        let mut x = images.to_vec();
-        if !self.normalization.is_identity() {
-            for image in x.chunks_exact_mut(c * h * w) {
-                for (channel, plane) in image.chunks_exact_mut(h * w).enumerate() {
-                    let (mean, std) = (
-                        self.normalization.mean[channel],
-                        self.normalization.std[channel],
-                    );
-                    plane.iter_mut().for_each(|v| *v = (*v - mean) / std);
-                }
-            }
-        }
-        if c > 1 {
-            kernels::transpose_inner(&x, count, c, h * w)
-        } else {
-            x
-        }
+        Ok(Some(kernels::gradient_to_pixels(
+            &grad,
+            count,
+            self.arch.input_shape(),
+            &self.normalization,
+        )))
     }
 
     fn stage_forward(
@@ -715,7 +688,7 @@ fn dense_matmul(dst: &mut [f32], lhs: Mat<'_>, weight: Mat<'_>) -> Result<()> {
 /// Runs `work` on a rayon worker, so the many parallel loops and GEMMs inside it
 /// fork from within the pool instead of each waking it from outside (a context
 /// switch per loop, a large share of a small network's step).
-fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+pub(crate) fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| work())
 }
 

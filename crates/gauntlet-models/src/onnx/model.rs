@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Component, Path};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use gauntlet_core::{Bounds, Classifier};
@@ -10,6 +11,7 @@ use prost::Message;
 use super::ops::{self, NodeCtx};
 use super::proto::{self, data_type, TensorProto};
 use crate::graph::{passes, Graph, Node};
+use crate::native::{graph_logits, NativeGraph};
 use crate::network::Normalization;
 use crate::{Error, Result};
 
@@ -32,6 +34,10 @@ pub struct OnnxModel {
     device: Device,
     /// Values one sample produces across all nodes (measured by the probe run).
     activations_per_sample: usize,
+    /// The graph planned for the native engine, when it can run it.
+    native: Option<Arc<NativeGraph>>,
+    /// Why the graph runs on the reference executor instead, when it does.
+    not_native: Option<String>,
 }
 
 fn format_err(path: &Path, message: impl Into<String>) -> Error {
@@ -136,6 +142,8 @@ impl OnnxModel {
             bounds,
             device: device.clone(),
             activations_per_sample: 0,
+            native: None,
+            not_native: None,
         };
         // One forward pass finds the class count and proves the graph runs.
         let probe = Tensor::zeros(
@@ -167,15 +175,60 @@ impl OnnxModel {
         } else {
             Some(model.fixed_batch.unwrap_or(1))
         };
+        model.plan_native();
         Ok(model)
+    }
+
+    /// Plans the native engine when the graph batches correctly on the CPU in f32.
+    fn plan_native(&mut self) {
+        self.native = None;
+        let reason = if !self.device.is_cpu() {
+            "the native engine runs on the CPU only".to_string()
+        } else if self.fixed_batch.is_some() {
+            "the graph does not batch correctly, so it runs in slices".to_string()
+        } else {
+            match NativeGraph::plan(&self.graph, self.input_shape, &self.normalization) {
+                Ok(native) => {
+                    self.native = Some(Arc::new(native));
+                    self.not_native = None;
+                    return;
+                }
+                Err(not_planned) => not_planned.to_string(),
+            }
+        };
+        self.not_native = Some(reason);
+    }
+
+    /// The native engine's plan, when this model runs on it.
+    pub fn native(&self) -> Option<&NativeGraph> {
+        self.native.as_deref()
+    }
+
+    /// Why the model runs on the reference executor, when it does (one line).
+    pub fn reference_reason(&self) -> Option<&str> {
+        self.not_native.as_deref()
+    }
+
+    /// The same model evaluated by the reference executor only (for comparisons).
+    pub fn with_reference_executor(&self) -> Self {
+        Self {
+            native: None,
+            not_native: Some("the reference executor was asked for".into()),
+            ..self.clone()
+        }
     }
 
     /// A copy with every floating-point constant converted to `dtype`.
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
-        Ok(Self {
+        let mut model = Self {
             graph: self.graph.to_dtype(dtype)?,
             ..self.clone()
-        })
+        };
+        if dtype != DType::F32 {
+            model.native = None;
+            model.not_native = Some(format!("the native engine computes in f32, not {dtype:?}"));
+        }
+        Ok(model)
     }
 
     /// The batch size the graph must run in, when it does not batch correctly
@@ -302,6 +355,11 @@ impl OnnxModel {
     }
 
     fn run(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(native) = &self.native {
+            if x.device().is_cpu() {
+                return graph_logits(native, &x.to_dtype(DType::F32)?);
+            }
+        }
         let outputs = self
             .batches(x)?
             .iter()
@@ -737,8 +795,8 @@ impl Classifier for OnnxModel {
         &self.device
     }
     fn bytes_per_sample(&self) -> u64 {
-        // The interpreter runs on candle's graph: every node's output and its
-        // gradient are alive in the backward pass, plus the attack's buffers.
+        // Every node's output and its gradient are alive in the backward pass
+        // (on candle's graph, or in the native engine's tape), plus the attack's buffers.
         let [c, h, w] = self.input_shape;
         ((2 * self.activations_per_sample + 8 * c * h * w) * std::mem::size_of::<f32>()) as u64
     }

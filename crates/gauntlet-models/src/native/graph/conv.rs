@@ -1,0 +1,402 @@
+//! Convolution on NHWC images: im2col + GEMM for any kernel, stride, padding,
+//! dilation and groups, a plain GEMM for pointwise (1×1) convolutions, and a
+//! direct kernel for depthwise ones (MobileNet, EfficientNet, ConvNeXt spend
+//! most of their time there, and im2col would turn each into `channels` tiny
+//! GEMMs).
+
+use rayon::prelude::*;
+
+use crate::native::kernels::{self, Mat, Threads};
+use crate::Result;
+
+/// Geometry of one 2-D convolution, per image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConvGeom {
+    pub cin: usize,
+    pub cout: usize,
+    pub groups: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub dilation: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub h: usize,
+    pub w: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl ConvGeom {
+    fn cin_group(&self) -> usize {
+        self.cin / self.groups
+    }
+    fn cout_group(&self) -> usize {
+        self.cout / self.groups
+    }
+    /// Length of one patch of one group, `kh·kw·cin/groups`.
+    fn patch(&self) -> usize {
+        self.kh * self.kw * self.cin_group()
+    }
+    fn positions(&self) -> usize {
+        self.oh * self.ow
+    }
+    pub(crate) fn in_len(&self) -> usize {
+        self.h * self.w * self.cin
+    }
+    pub(crate) fn out_len(&self) -> usize {
+        self.positions() * self.cout
+    }
+    fn pointwise(&self) -> bool {
+        self.kh == 1
+            && self.kw == 1
+            && self.stride == 1
+            && self.pad_top == 0
+            && self.pad_left == 0
+            && self.groups == 1
+            && self.oh == self.h
+            && self.ow == self.w
+    }
+    fn depthwise(&self) -> bool {
+        self.groups > 1 && self.groups == self.cin && self.groups == self.cout
+    }
+    /// Multiply-adds per image, for throughput reports.
+    pub(crate) fn macs(&self) -> usize {
+        self.positions() * self.cout * self.patch()
+    }
+
+    /// Input coordinate of kernel tap `tap` at output coordinate `out`, if inside.
+    #[inline]
+    fn source(&self, out: usize, tap: usize, pad: usize, len: usize) -> Option<usize> {
+        (out * self.stride + tap * self.dilation)
+            .checked_sub(pad)
+            .filter(|&i| i < len)
+    }
+
+    /// Images per parallel task: enough GEMM rows to amortise packing the weight,
+    /// few enough that the im2col buffer stays small. Depends on the geometry
+    /// only, so results do not depend on the thread count.
+    fn images_per_task(&self) -> usize {
+        const ROWS: usize = 512;
+        const COL_VALUES: usize = 4 << 20;
+        let by_rows = ROWS.div_ceil(self.positions().max(1));
+        let by_memory = COL_VALUES / (self.positions() * self.patch()).max(1);
+        by_rows.min(by_memory).max(1)
+    }
+}
+
+/// What follows the convolution in the same pass.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Epilogue {
+    None,
+    /// `max(y, 0)`.
+    Relu,
+    /// `min(max(y, lo), hi)` (ReLU6 is `Clip(0, 6)`).
+    Clip(f32, f32),
+}
+
+impl Epilogue {
+    #[inline]
+    fn apply(self, v: f32) -> f32 {
+        match self {
+            Epilogue::None => v,
+            Epilogue::Relu => v.max(0.0),
+            Epilogue::Clip(lo, hi) => v.max(lo).min(hi),
+        }
+    }
+    /// Whether the gradient passes at output value `y` (decided from the output,
+    /// so the pre-activation need not be kept).
+    #[inline]
+    fn passes(self, y: f32) -> bool {
+        match self {
+            Epilogue::None => true,
+            Epilogue::Relu => y > 0.0,
+            Epilogue::Clip(lo, hi) => y > lo && y < hi,
+        }
+    }
+}
+
+/// A convolution with its weights packed for the engine.
+#[derive(Clone, Debug)]
+pub(crate) struct Conv {
+    pub geom: ConvGeom,
+    /// Group by group, `(kh, kw, cin/groups) × cout/groups` row-major; for
+    /// depthwise convolutions `(kh, kw, channels)`.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    pub epilogue: Epilogue,
+}
+
+impl Conv {
+    /// From an ONNX/PyTorch weight `[cout, cin/groups, kh, kw]` and bias.
+    pub(crate) fn new(geom: ConvGeom, weight: &[f32], bias: Vec<f32>) -> Self {
+        let g = geom;
+        let (cg, og) = (g.cin_group(), g.cout_group());
+        let mut packed = vec![0.0; weight.len()];
+        for o in 0..g.cout {
+            let (group, local) = (o / og, o % og);
+            for c in 0..cg {
+                for i in 0..g.kh {
+                    for j in 0..g.kw {
+                        let src = ((o * cg + c) * g.kh + i) * g.kw + j;
+                        let dst = if g.depthwise() {
+                            (i * g.kw + j) * g.cout + o
+                        } else {
+                            group * g.patch() * og + ((i * g.kw + j) * cg + c) * og + local
+                        };
+                        packed[dst] = weight[src];
+                    }
+                }
+            }
+        }
+        Self {
+            geom,
+            weight: packed,
+            bias,
+            epilogue: Epilogue::None,
+        }
+    }
+
+    fn group_weight(&self, group: usize) -> Mat<'_> {
+        let g = &self.geom;
+        let len = g.patch() * g.cout_group();
+        Mat::new(
+            &self.weight[group * len..(group + 1) * len],
+            g.patch(),
+            g.cout_group(),
+        )
+    }
+
+    /// `y = epilogue(conv(x) + bias)` for `x.len() / in_len` NHWC images.
+    pub(crate) fn forward(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
+        let g = self.geom;
+        let per_task = g.images_per_task();
+        y.par_chunks_mut(per_task * g.out_len())
+            .zip(x.par_chunks(per_task * g.in_len()))
+            .try_for_each(|(y, x)| self.forward_task(x, y))
+    }
+
+    fn forward_task(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
+        let g = self.geom;
+        let images = x.len() / g.in_len();
+        if g.pointwise() {
+            kernels::matmul(
+                y,
+                Mat::new(x, images * g.positions(), g.cin),
+                self.group_weight(0),
+                false,
+                Threads::One,
+            )?;
+        } else if g.depthwise() {
+            for (x, y) in x.chunks_exact(g.in_len()).zip(y.chunks_exact_mut(g.out_len())) {
+                depthwise_forward(&g, &self.weight, x, y);
+            }
+        } else {
+            let rows = images * g.positions();
+            let mut col = vec![0.0; rows * g.patch()];
+            for group in 0..g.groups {
+                for (image, x) in x.chunks_exact(g.in_len()).enumerate() {
+                    let block = g.positions() * g.patch();
+                    im2col(&g, group, x, &mut col[image * block..(image + 1) * block]);
+                }
+                kernels::matmul_strided(
+                    &mut y[group * g.cout_group()..],
+                    g.cout,
+                    Mat::new(&col, rows, g.patch()),
+                    self.group_weight(group),
+                    false,
+                    Threads::One,
+                )?;
+            }
+        }
+        let epilogue = self.epilogue;
+        for row in y.chunks_exact_mut(g.cout) {
+            for (v, b) in row.iter_mut().zip(&self.bias) {
+                *v = epilogue.apply(*v + b);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the input gradient for output gradient `dy` to `dx`; `y` is the
+    /// forward output (for the epilogue's mask).
+    pub(crate) fn backward(&self, y: &[f32], dy: &[f32], dx: &mut [f32]) -> Result<()> {
+        let g = self.geom;
+        let per_task = g.images_per_task();
+        dx.par_chunks_mut(per_task * g.in_len())
+            .zip(dy.par_chunks(per_task * g.out_len()))
+            .zip(y.par_chunks(per_task * g.out_len()))
+            .try_for_each(|((dx, dy), y)| self.backward_task(y, dy, dx))
+    }
+
+    fn backward_task(&self, y: &[f32], dy: &[f32], dx: &mut [f32]) -> Result<()> {
+        let g = self.geom;
+        let images = dx.len() / g.in_len();
+        let masked;
+        let dy = if self.epilogue == Epilogue::None {
+            dy
+        } else {
+            let epilogue = self.epilogue;
+            masked = dy
+                .iter()
+                .zip(y)
+                .map(|(d, y)| if epilogue.passes(*y) { *d } else { 0.0 })
+                .collect::<Vec<f32>>();
+            &masked
+        };
+        if g.pointwise() {
+            return kernels::matmul(
+                dx,
+                Mat::new(dy, images * g.positions(), g.cout),
+                self.group_weight(0).t(),
+                true,
+                Threads::One,
+            );
+        }
+        if g.depthwise() {
+            for (dy, dx) in dy.chunks_exact(g.out_len()).zip(dx.chunks_exact_mut(g.in_len())) {
+                depthwise_backward(&g, &self.weight, dy, dx);
+            }
+            return Ok(());
+        }
+        let rows = images * g.positions();
+        let mut col = vec![0.0; rows * g.patch()];
+        for group in 0..g.groups {
+            kernels::matmul(
+                &mut col,
+                Mat::strided(&dy[group * g.cout_group()..], rows, g.cout_group(), g.cout),
+                self.group_weight(group).t(),
+                false,
+                Threads::One,
+            )?;
+            let block = g.positions() * g.patch();
+            for (image, dx) in dx.chunks_exact_mut(g.in_len()).enumerate() {
+                col2im(&g, group, &col[image * block..(image + 1) * block], dx);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Kernel columns `j` whose input column is inside the image at output column
+/// `ox`, as a range (input columns grow with `j`).
+fn valid_taps(g: &ConvGeom, out: usize, pad: usize, len: usize, taps: usize) -> (usize, usize) {
+    let start = out * g.stride;
+    let first = pad.saturating_sub(start).div_ceil(g.dilation);
+    // Input column `start + j·dilation - pad` must be below `len`.
+    let last = if start >= len + pad {
+        0
+    } else {
+        ((len + pad - start - 1) / g.dilation + 1).min(taps)
+    };
+    (first.min(last), last)
+}
+
+/// `col (positions × patch)` for one group of one NHWC image; padding reads zero.
+fn im2col(g: &ConvGeom, group: usize, x: &[f32], col: &mut [f32]) {
+    let (cg, patch) = (g.cin_group(), g.patch());
+    let c0 = group * cg;
+    let contiguous = g.dilation == 1 && g.groups == 1;
+    for (p, row) in col.chunks_exact_mut(patch).enumerate() {
+        let (oy, ox) = (p / g.ow, p % g.ow);
+        let (j0, j1) = valid_taps(g, ox, g.pad_left, g.w, g.kw);
+        for i in 0..g.kh {
+            let kernel_row = &mut row[i * g.kw * cg..(i + 1) * g.kw * cg];
+            let Some(iy) = g.source(oy, i, g.pad_top, g.h).filter(|_| j0 < j1) else {
+                kernel_row.fill(0.0);
+                continue;
+            };
+            kernel_row[..j0 * cg].fill(0.0);
+            kernel_row[j1 * cg..].fill(0.0);
+            let first_x = ox * g.stride + j0 * g.dilation - g.pad_left;
+            if contiguous {
+                let src = (iy * g.w + first_x) * g.cin;
+                let len = (j1 - j0) * cg;
+                kernel_row[j0 * cg..j1 * cg].copy_from_slice(&x[src..src + len]);
+            } else {
+                for j in j0..j1 {
+                    let ix = first_x + (j - j0) * g.dilation;
+                    let src = (iy * g.w + ix) * g.cin + c0;
+                    kernel_row[j * cg..(j + 1) * cg].copy_from_slice(&x[src..src + cg]);
+                }
+            }
+        }
+    }
+}
+
+/// Adds `col` back onto the NHWC image gradient `dx` (the adjoint of [`im2col`]).
+fn col2im(g: &ConvGeom, group: usize, col: &[f32], dx: &mut [f32]) {
+    let (cg, patch) = (g.cin_group(), g.patch());
+    let c0 = group * cg;
+    for (p, row) in col.chunks_exact(patch).enumerate() {
+        let (oy, ox) = (p / g.ow, p % g.ow);
+        let (j0, j1) = valid_taps(g, ox, g.pad_left, g.w, g.kw);
+        if j0 >= j1 {
+            continue;
+        }
+        for i in 0..g.kh {
+            let Some(iy) = g.source(oy, i, g.pad_top, g.h) else {
+                continue;
+            };
+            let first_x = ox * g.stride + j0 * g.dilation - g.pad_left;
+            for j in j0..j1 {
+                let ix = first_x + (j - j0) * g.dilation;
+                let dst = (iy * g.w + ix) * g.cin + c0;
+                let src = &row[(i * g.kw + j) * cg..(i * g.kw + j + 1) * cg];
+                for (d, v) in dx[dst..dst + cg].iter_mut().zip(src) {
+                    *d += v;
+                }
+            }
+        }
+    }
+}
+
+/// Depthwise convolution of one NHWC image, channel-vectorised; `weight` is
+/// `(kh, kw, channels)`. Writes `y` without bias.
+fn depthwise_forward(g: &ConvGeom, weight: &[f32], x: &[f32], y: &mut [f32]) {
+    let c = g.cin;
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let out = &mut y[(oy * g.ow + ox) * c..(oy * g.ow + ox + 1) * c];
+            out.fill(0.0);
+            let (j0, j1) = valid_taps(g, ox, g.pad_left, g.w, g.kw);
+            for i in 0..g.kh {
+                let Some(iy) = g.source(oy, i, g.pad_top, g.h) else {
+                    continue;
+                };
+                for j in j0..j1 {
+                    let ix = ox * g.stride + j * g.dilation - g.pad_left;
+                    let src = &x[(iy * g.w + ix) * c..(iy * g.w + ix + 1) * c];
+                    let w = &weight[(i * g.kw + j) * c..(i * g.kw + j + 1) * c];
+                    for ((o, v), k) in out.iter_mut().zip(src).zip(w) {
+                        *o += v * k;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds the input gradient of [`depthwise_forward`] for `dy` to `dx`.
+fn depthwise_backward(g: &ConvGeom, weight: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let c = g.cin;
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let grad = &dy[(oy * g.ow + ox) * c..(oy * g.ow + ox + 1) * c];
+            let (j0, j1) = valid_taps(g, ox, g.pad_left, g.w, g.kw);
+            for i in 0..g.kh {
+                let Some(iy) = g.source(oy, i, g.pad_top, g.h) else {
+                    continue;
+                };
+                for j in j0..j1 {
+                    let ix = ox * g.stride + j * g.dilation - g.pad_left;
+                    let dst = &mut dx[(iy * g.w + ix) * c..(iy * g.w + ix + 1) * c];
+                    let w = &weight[(i * g.kw + j) * c..(i * g.kw + j + 1) * c];
+                    for ((d, v), k) in dst.iter_mut().zip(grad).zip(w) {
+                        *d += v * k;
+                    }
+                }
+            }
+        }
+    }
+}

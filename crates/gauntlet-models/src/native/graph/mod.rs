@@ -1,0 +1,374 @@
+//! The native engine for any graph in the IR: the graph is planned once at load
+//! into a list of steps on f32 buffers (NHWC images), then every forward and
+//! backward pass runs those steps without candle's graph.
+//!
+//! Planning ([`NativeGraph::plan`]) folds batch normalisation into the preceding
+//! convolution and fuses a following ReLU/clip into it, packs every weight for
+//! the GEMM, picks a kernel per convolution (pointwise GEMM, direct depthwise,
+//! or im2col + GEMM for any kernel, stride, padding, dilation and groups), and
+//! turns every data-movement op (reshape, flatten, transpose, slice, concat,
+//! padding, …) into precomputed copy runs traced with the reference executor.
+//! A graph with an op the engine lacks is not planned; the model then runs on
+//! the reference executor and says why. Every plan is checked against the
+//! reference executor on a probe batch before it is used.
+//!
+//! The backward pass computes the input gradient only (weights are constants
+//! during attacks and detection).
+
+mod conv;
+mod linear;
+mod movement;
+mod plan;
+mod pointwise;
+mod pool;
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+
+use crate::network::Normalization;
+use crate::{Error, Result};
+use conv::Conv;
+use linear::Linear;
+use movement::Movement;
+use pointwise::{Affine, Binary, Unary};
+use pool::{GlobalPool, Pool};
+
+pub use plan::NotPlanned;
+
+/// One kernel of a plan.
+#[derive(Clone, Debug)]
+enum Kernel {
+    Conv(Conv),
+    Pool(Pool),
+    GlobalPool(GlobalPool),
+    Linear(Linear),
+    Unary(Unary),
+    Affine(Affine),
+    Binary(Binary),
+    Move(Movement),
+}
+
+impl Kernel {
+    fn name(&self) -> &'static str {
+        match self {
+            Kernel::Conv(_) => "conv",
+            Kernel::Pool(_) => "pool",
+            Kernel::GlobalPool(_) => "global-pool",
+            Kernel::Linear(_) => "linear",
+            Kernel::Unary(_) => "unary",
+            Kernel::Affine(_) => "affine",
+            Kernel::Binary(_) => "binary",
+            Kernel::Move(_) => "move",
+        }
+    }
+}
+
+/// One step: a kernel reading data slots and writing one.
+#[derive(Clone, Debug)]
+struct Step {
+    kernel: Kernel,
+    /// Data slots read, in the kernel's order (constants live in the kernel).
+    inputs: Vec<usize>,
+    output: usize,
+}
+
+/// A graph planned for the native engine.
+#[derive(Clone, Debug)]
+pub struct NativeGraph {
+    steps: Vec<Step>,
+    /// Values per sample of every slot; slot 0 is the (normalised, NHWC) input.
+    slot_lens: Vec<usize>,
+    input_shape: [usize; 3],
+    output: usize,
+    classes: usize,
+    normalization: Normalization,
+    /// For each slot, the last step that reads it (to free it early when no
+    /// backward pass will follow).
+    last_use: Vec<usize>,
+}
+
+/// What a forward pass keeps for the backward pass: every slot's value and the
+/// max-pooling winners.
+pub struct GraphTape {
+    count: usize,
+    values: Vec<Vec<f32>>,
+    winners: Vec<Vec<u32>>,
+}
+
+impl std::fmt::Debug for GraphTape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let values: usize = self.values.iter().map(Vec::len).sum();
+        f.debug_struct("GraphTape")
+            .field("images", &self.count)
+            .field("stored_values", &values)
+            .finish()
+    }
+}
+
+impl NativeGraph {
+    /// Number of classes (the output's length per sample).
+    pub fn num_classes(&self) -> usize {
+        self.classes
+    }
+
+    /// How many steps of each kernel the plan runs, for descriptions.
+    pub fn kernel_counts(&self) -> Vec<(&'static str, usize)> {
+        let mut counts: std::collections::BTreeMap<&'static str, usize> = Default::default();
+        for step in &self.steps {
+            *counts.entry(step.kernel.name()).or_default() += 1;
+        }
+        counts.into_iter().collect()
+    }
+
+    /// Multiply-adds of one image's forward pass in convolutions and fully
+    /// connected layers (for throughput reports: a forward + input-gradient step
+    /// is about twice this).
+    pub fn macs_per_image(&self) -> usize {
+        self.steps
+            .iter()
+            .map(|s| match &s.kernel {
+                Kernel::Conv(c) => c.geom.macs(),
+                Kernel::Linear(l) => l.inputs * l.outputs * (self.slot_lens[s.output] / l.outputs),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Values stored per sample by a forward pass that keeps its tape.
+    pub fn values_per_sample(&self) -> usize {
+        self.slot_lens.iter().sum()
+    }
+
+    /// Logits `(n × classes)` of `n` NCHW images in pixel space; with `keep`, also
+    /// what [`NativeGraph::input_gradient`] needs.
+    pub fn forward(
+        &self,
+        images: &[f32],
+        count: usize,
+        keep: bool,
+    ) -> Result<(Vec<f32>, Option<GraphTape>)> {
+        crate::native::on_pool(|| self.forward_on_pool(images, count, keep))
+    }
+
+    fn forward_on_pool(
+        &self,
+        images: &[f32],
+        count: usize,
+        keep: bool,
+    ) -> Result<(Vec<f32>, Option<GraphTape>)> {
+        let [c, h, w] = self.input_shape;
+        if images.len() != count * c * h * w {
+            return Err(Error::Invalid(format!(
+                "{} values for {count} images of shape {:?}",
+                images.len(),
+                self.input_shape
+            )));
+        }
+        let mut values: Vec<Vec<f32>> = vec![Vec::new(); self.slot_lens.len()];
+        values[0] = crate::native::kernels::to_channels_last(
+            images,
+            count,
+            self.input_shape,
+            &self.normalization,
+        );
+        let mut winners = vec![Vec::new(); self.steps.len()];
+        for (index, step) in self.steps.iter().enumerate() {
+            let mut out = vec![0.0; count * self.slot_lens[step.output]];
+            let input = |k: usize| values[step.inputs[k]].as_slice();
+            match &step.kernel {
+                Kernel::Conv(conv) => conv.forward(input(0), &mut out)?,
+                Kernel::Pool(pool) => {
+                    let mut won = vec![0u32; if pool.config.kind == crate::layers::PoolKind::Max { out.len() } else { 0 }];
+                    pool.forward(input(0), &mut out, &mut won);
+                    winners[index] = won;
+                }
+                Kernel::GlobalPool(pool) => {
+                    let mut won = vec![0u32; if pool.max { out.len() } else { 0 }];
+                    pool.forward(input(0), &mut out, &mut won);
+                    winners[index] = won;
+                }
+                Kernel::Linear(linear) => linear.forward(input(0), &mut out)?,
+                Kernel::Unary(unary) => unary.forward(input(0), &mut out),
+                Kernel::Affine(affine) => affine.forward(input(0), &mut out),
+                Kernel::Binary(binary) => {
+                    let (a, b) = binary_inputs(binary, step, &values);
+                    binary.forward(a, b, &mut out);
+                }
+                Kernel::Move(movement) => {
+                    let inputs: Vec<&[f32]> =
+                        step.inputs.iter().map(|&s| values[s].as_slice()).collect();
+                    movement.forward(&inputs, &mut out);
+                }
+            }
+            values[step.output] = out;
+            if !keep {
+                // Free what no later step reads (the output is never freed).
+                for &slot in &step.inputs {
+                    if self.last_use[slot] == index && slot != self.output {
+                        values[slot] = Vec::new();
+                    }
+                }
+            }
+        }
+        let logits = std::mem::take(&mut values[self.output]);
+        if !keep {
+            return Ok((logits, None));
+        }
+        values[self.output] = logits.clone();
+        Ok((
+            logits,
+            Some(GraphTape {
+                count,
+                values,
+                winners,
+            }),
+        ))
+    }
+
+    /// The gradient with respect to the NCHW pixel input of `Σ grad_logits ·
+    /// logits`, for the pass that recorded `tape`.
+    pub fn input_gradient(&self, tape: &GraphTape, grad_logits: &[f32]) -> Result<Vec<f32>> {
+        crate::native::on_pool(|| self.input_gradient_on_pool(tape, grad_logits))
+    }
+
+    fn input_gradient_on_pool(&self, tape: &GraphTape, grad_logits: &[f32]) -> Result<Vec<f32>> {
+        let count = tape.count;
+        if grad_logits.len() != count * self.classes || tape.values.len() != self.slot_lens.len() {
+            return Err(Error::Invalid(format!(
+                "internal: backward of {} gradient values for {count} images",
+                grad_logits.len()
+            )));
+        }
+        let values = &tape.values;
+        let mut grads: Vec<Option<Vec<f32>>> = vec![None; self.slot_lens.len()];
+        grads[self.output] = Some(grad_logits.to_vec());
+        for (index, step) in self.steps.iter().enumerate().rev() {
+            let Some(dy) = grads[step.output].take() else {
+                continue;
+            };
+            let mut input_grads: Vec<Vec<f32>> = step
+                .inputs
+                .iter()
+                .map(|&s| vec![0.0; count * self.slot_lens[s]])
+                .collect();
+            let input = |k: usize| values[step.inputs[k]].as_slice();
+            let y = values[step.output].as_slice();
+            match &step.kernel {
+                Kernel::Conv(conv) => conv.backward(y, &dy, &mut input_grads[0])?,
+                Kernel::Pool(pool) => pool.backward(&tape.winners[index], &dy, &mut input_grads[0]),
+                Kernel::GlobalPool(pool) => {
+                    pool.backward(&tape.winners[index], &dy, &mut input_grads[0])
+                }
+                Kernel::Linear(linear) => linear.backward(&dy, &mut input_grads[0])?,
+                Kernel::Unary(unary) => unary.backward(input(0), y, &dy, &mut input_grads[0]),
+                Kernel::Affine(affine) => affine.backward(&dy, &mut input_grads[0]),
+                Kernel::Binary(binary) => {
+                    let (a, b) = binary_inputs(binary, step, values);
+                    let (first, rest) = input_grads.split_at_mut(1.min(step.inputs.len()));
+                    let (da, db) = match (binary.a.constant.is_none(), binary.b.constant.is_none()) {
+                        (true, true) => (first.first_mut(), rest.first_mut()),
+                        (true, false) => (first.first_mut(), None),
+                        (false, true) => (None, first.first_mut()),
+                        (false, false) => (None, None),
+                    };
+                    binary.backward(
+                        a,
+                        b,
+                        &dy,
+                        da.map(|v| v.as_mut_slice()),
+                        db.map(|v| v.as_mut_slice()),
+                    );
+                }
+                Kernel::Move(movement) => {
+                    let mut targets: Vec<&mut [f32]> =
+                        input_grads.iter_mut().map(|v| v.as_mut_slice()).collect();
+                    movement.backward(&dy, &mut targets);
+                }
+            }
+            for (&slot, grad) in step.inputs.iter().zip(input_grads) {
+                match &mut grads[slot] {
+                    Some(existing) => existing.iter_mut().zip(&grad).for_each(|(a, b)| *a += b),
+                    empty => *empty = Some(grad),
+                }
+            }
+        }
+        let [c, h, w] = self.input_shape;
+        let grad = grads[0]
+            .take()
+            .unwrap_or_else(|| vec![0.0; count * c * h * w]);
+        Ok(crate::native::kernels::gradient_to_pixels(
+            &grad,
+            count,
+            self.input_shape,
+            &self.normalization,
+        ))
+    }
+}
+
+/// The data values a binary step reads for its operands (empty for constants).
+fn binary_inputs<'a>(binary: &Binary, step: &Step, values: &'a [Vec<f32>]) -> (&'a [f32], &'a [f32]) {
+    let mut data = step.inputs.iter().map(|&s| values[s].as_slice());
+    let a = if binary.a.constant.is_none() {
+        data.next().unwrap_or_default()
+    } else {
+        &[]
+    };
+    let b = if binary.b.constant.is_none() {
+        data.next().unwrap_or_default()
+    } else {
+        &[]
+    };
+    (a, b)
+}
+
+/// The forward pass computed before the op is built; the op hands the logits to
+/// candle and runs the native backward pass when candle asks for the input gradient.
+struct GraphLogits {
+    graph: std::sync::Arc<NativeGraph>,
+    logits: Vec<f32>,
+    count: usize,
+    tape: Option<GraphTape>,
+}
+
+impl CustomOp1 for GraphLogits {
+    fn name(&self) -> &'static str {
+        "gauntlet-native-graph"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok((
+            CpuStorage::F32(self.logits.clone()),
+            Shape::from((self.count, self.graph.classes)),
+        ))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let Some(tape) = &self.tape else {
+            candle_core::bail!("internal: native graph recorded no activations");
+        };
+        let grad = grad_res.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let input = self
+            .graph
+            .input_gradient(tape, &grad)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok(Some(Tensor::from_vec(input, arg.shape(), arg.device())?))
+    }
+}
+
+/// Logits of `x` (f32, NCHW, on the CPU) through `graph`, differentiable with
+/// respect to `x` when `x` is tracked.
+pub(crate) fn graph_logits(graph: &std::sync::Arc<NativeGraph>, x: &Tensor) -> Result<Tensor> {
+    let count = x.dim(0)?;
+    let values = x.flatten_all()?.to_vec1::<f32>()?;
+    let keep = x.track_op();
+    let (logits, tape) = graph.forward(&values, count, keep)?;
+    if !keep {
+        return Ok(Tensor::from_vec(logits, (count, graph.classes), x.device())?);
+    }
+    let op = GraphLogits {
+        graph: std::sync::Arc::clone(graph),
+        logits,
+        count,
+        tape,
+    };
+    Ok(x.apply_op1(op)?)
+}

@@ -1,0 +1,718 @@
+//! From a [`Graph`] to a [`NativeGraph`]: shapes from a probe run of the
+//! reference executor, one step per node (or fewer: batch normalisation and a
+//! ReLU/clip fold into the convolution before them), weights packed, data
+//! movement traced into copy runs.
+//!
+//! Every value is stored per sample; a value with three per-sample dimensions
+//! `[C, H, W]` is stored NHWC (channels innermost), everything else row-major.
+
+use std::collections::{HashMap, HashSet};
+
+use candle_core::{DType, Device, Tensor};
+
+use super::conv::{Conv, ConvGeom, Epilogue};
+use super::linear::Linear;
+use super::movement::{Movement, ZERO};
+use super::pointwise::{Affine, Binary, Map, Operand, Unary};
+use super::pool::{GlobalPool, Pool};
+use super::{Kernel, NativeGraph, Step};
+use crate::graph::{eval, BinaryOp, Graph, Node, Op, ResizeMode, UnaryOp};
+use crate::network::Normalization;
+
+/// Why a graph runs on the reference executor instead of the native engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotPlanned {
+    /// The first node the engine cannot run (empty when the whole plan failed its check).
+    pub node: String,
+    /// Its operator.
+    pub op: String,
+    /// What is missing.
+    pub reason: String,
+}
+
+impl std::fmt::Display for NotPlanned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.node.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{} node '{}': {}", self.op, self.node, self.reason)
+        }
+    }
+}
+
+type Planned<T> = std::result::Result<T, String>;
+
+/// Samples in the probe batch: two, so that per-sample independence is checked.
+const PROBE: usize = 2;
+
+/// Per-sample storage index of logical index `l` of a value with dims `dims`.
+fn storage_of_logical(dims: &[usize], l: usize) -> usize {
+    match dims {
+        [c, h, w] => {
+            let hw = h * w;
+            (l % hw) * c + l / hw
+        }
+        _ => l,
+    }
+}
+
+/// Per-sample logical index of storage index `q`.
+fn logical_of_storage(dims: &[usize], q: usize) -> usize {
+    match dims {
+        [c, _, _] => (q % c) * (dims[1] * dims[2]) + q / c,
+        _ => q,
+    }
+}
+
+struct Slot {
+    dims: Vec<usize>,
+}
+
+impl Slot {
+    fn len(&self) -> usize {
+        self.dims.iter().product()
+    }
+}
+
+struct Planner<'g> {
+    graph: &'g Graph,
+    /// Probe shapes (with the batch) and dtypes of every computed value.
+    shapes: HashMap<String, (Vec<usize>, DType)>,
+    slots: Vec<Slot>,
+    slot_of: HashMap<String, usize>,
+    steps: Vec<Step>,
+    consumers: HashMap<String, Vec<usize>>,
+    absorbed: HashSet<usize>,
+}
+
+impl NativeGraph {
+    /// Plans `graph` (already simplified) for inputs of `input_shape`, normalised
+    /// by `normalization` first; `Err` says which node the engine cannot run.
+    pub fn plan(
+        graph: &Graph,
+        input_shape: [usize; 3],
+        normalization: &Normalization,
+    ) -> std::result::Result<Self, NotPlanned> {
+        let whole = |reason: String| NotPlanned {
+            node: String::new(),
+            op: String::new(),
+            reason,
+        };
+        if graph.float != DType::F32 {
+            return Err(whole(format!("the graph computes in {:?}, the engine in f32", graph.float)));
+        }
+        let [c, h, w] = input_shape;
+        let seed = gauntlet_core::SeedStream::new(0).derive("native-plan-probe");
+        let probe = Tensor::from_vec(
+            seed.uniform_f32(PROBE * c * h * w, 0.0, 1.0),
+            (PROBE, c, h, w),
+            &Device::Cpu,
+        )
+        .and_then(|t| t.to_dtype(DType::F32))
+        .map_err(|e| whole(e.to_string()))?;
+        let normalized = normalization.apply(&probe).map_err(|e| whole(e.to_string()))?;
+        let shapes = graph
+            .value_shapes(&normalized)
+            .map_err(|e| whole(format!("the probe run failed: {e}")))?;
+        let mut consumers: HashMap<String, Vec<usize>> = HashMap::new();
+        for (index, node) in graph.nodes.iter().enumerate() {
+            for input in &node.inputs {
+                consumers.entry(input.clone()).or_default().push(index);
+            }
+        }
+        let mut planner = Planner {
+            graph,
+            shapes,
+            slots: vec![Slot {
+                dims: input_shape.to_vec(),
+            }],
+            slot_of: HashMap::from([(graph.input.clone(), 0)]),
+            steps: Vec::new(),
+            consumers,
+            absorbed: HashSet::new(),
+        };
+        for (index, node) in graph.nodes.iter().enumerate() {
+            if planner.absorbed.contains(&index) {
+                continue;
+            }
+            planner.node(node).map_err(|reason| NotPlanned {
+                node: node.name.clone(),
+                op: node.op.to_string(),
+                reason,
+            })?;
+        }
+        let native = planner.finish(input_shape, normalization).map_err(whole)?;
+        native.check_against_reference(graph, &probe, &normalized).map_err(whole)?;
+        Ok(native)
+    }
+
+    /// The plan must reproduce the reference executor's logits on the probe batch.
+    fn check_against_reference(&self, graph: &Graph, probe: &Tensor, normalized: &Tensor) -> Planned<()> {
+        let reference = graph
+            .run(normalized, None)
+            .and_then(|r| Ok(r.output.flatten_all()?.to_vec1::<f32>()?))
+            .map_err(|e| e.to_string())?;
+        let pixels = probe.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| e.to_string())?;
+        let (native, _) = self.forward(&pixels, PROBE, false).map_err(|e| e.to_string())?;
+        let scale = reference.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let error = native
+            .iter()
+            .zip(&reference)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        if native.len() != reference.len() || error.is_nan() || error > 1e-3 * scale {
+            return Err(format!(
+                "the native plan's logits differ from the reference executor's by {error:.2e} (scale {scale:.2e})"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<'g> Planner<'g> {
+    fn finish(self, input_shape: [usize; 3], normalization: &Normalization) -> Planned<NativeGraph> {
+        let output = *self
+            .slot_of
+            .get(&self.graph.output)
+            .ok_or("the output is not computed from the input")?;
+        let dims = &self.slots[output].dims;
+        let classes: usize = dims.iter().product();
+        let row_major = dims.len() != 3 || dims[1] * dims[2] == 1;
+        if !row_major || classes < 2 {
+            return Err(format!("the output has per-sample shape {dims:?}, expected [classes]"));
+        }
+        let mut last_use = vec![0; self.slots.len()];
+        for (index, step) in self.steps.iter().enumerate() {
+            for &slot in &step.inputs {
+                last_use[slot] = index;
+            }
+        }
+        Ok(NativeGraph {
+            steps: self.steps,
+            slot_lens: self.slots.iter().map(Slot::len).collect(),
+            input_shape,
+            output,
+            classes,
+            normalization: normalization.clone(),
+            last_use,
+        })
+    }
+
+    fn constant(&self, name: &str) -> Option<&'g Tensor> {
+        self.graph.constants.get(name)
+    }
+
+    fn values(tensor: &Tensor) -> Planned<Vec<f32>> {
+        tensor
+            .flatten_all()
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The slot of data input `i` of `node`.
+    fn data(&self, node: &Node, i: usize) -> Planned<usize> {
+        let name = node.inputs.get(i).ok_or("an input is missing")?;
+        self.slot_of
+            .get(name)
+            .copied()
+            .ok_or_else(|| format!("input '{name}' is not computed from the data"))
+    }
+
+    /// Per-sample dims of `name` from the probe; it must be a float value with the batch first.
+    fn per_sample(&self, name: &str) -> Planned<Vec<usize>> {
+        match self.shapes.get(name) {
+            Some((dims, DType::F32)) if dims.first() == Some(&PROBE) => Ok(dims[1..].to_vec()),
+            Some((dims, dtype)) => Err(format!(
+                "value '{name}' has shape {dims:?} and type {dtype:?}; the engine needs f32 values with the batch first"
+            )),
+            None => Err(format!("value '{name}' was not computed by the probe")),
+        }
+    }
+
+    fn new_slot(&mut self, name: &str) -> Planned<usize> {
+        let dims = self.per_sample(name)?;
+        self.slots.push(Slot { dims });
+        let slot = self.slots.len() - 1;
+        self.slot_of.insert(name.to_string(), slot);
+        Ok(slot)
+    }
+
+    fn push(&mut self, kernel: Kernel, inputs: Vec<usize>, output_name: &str) -> Planned<()> {
+        let output = self.new_slot(output_name)?;
+        self.steps.push(Step {
+            kernel,
+            inputs,
+            output,
+        });
+        Ok(())
+    }
+
+    /// The only node reading `name`, unless the graph's output is `name`.
+    fn sole_consumer(&self, name: &str) -> Option<(usize, &'g Node)> {
+        if name == self.graph.output {
+            return None;
+        }
+        match self.consumers.get(name).map(Vec::as_slice) {
+            Some([only]) => Some((*only, &self.graph.nodes[*only])),
+            _ => None,
+        }
+    }
+
+    fn node(&mut self, node: &'g Node) -> Planned<()> {
+        let out = node.outputs.first().ok_or("the node has no output")?;
+        match &node.op {
+            Op::Conv {
+                stride,
+                pads,
+                dilation,
+                groups,
+            } => self.conv(node, *stride, *pads, *dilation, *groups),
+            Op::Affine { scale, shift } => {
+                let x = self.data(node, 0)?;
+                let channels = self.channels_innermost(x)?;
+                let affine = Affine {
+                    scale: Self::values(scale)?,
+                    shift: Self::values(shift)?,
+                };
+                if affine.scale.len() != channels || affine.shift.len() != channels {
+                    return Err("per-channel parameters do not match the channels".into());
+                }
+                self.push(Kernel::Affine(affine), vec![x], out)
+            }
+            Op::Unary(op) => {
+                let unary = Unary::from_ir(*op).ok_or("the engine has no kernel for it")?;
+                let x = self.data(node, 0)?;
+                self.push(Kernel::Unary(unary), vec![x], out)
+            }
+            Op::Clip { .. } => {
+                let (lo, hi) = self.clip_bounds(node)?;
+                let x = self.data(node, 0)?;
+                self.push(Kernel::Unary(Unary::Clip(lo, hi)), vec![x], out)
+            }
+            Op::Binary(op) if Binary::supports(*op) => self.binary(node, *op),
+            Op::Pool(config) => {
+                let x = self.data(node, 0)?;
+                let (dims, out_dims) = (self.slots[x].dims.clone(), self.per_sample(out)?);
+                let ([channels, h, w], [_, oh, ow]) = (as3(&dims)?, as3(&out_dims)?);
+                let pool = Pool {
+                    config: *config,
+                    channels,
+                    h,
+                    w,
+                    oh,
+                    ow,
+                };
+                self.push(Kernel::Pool(pool), vec![x], out)
+            }
+            Op::GlobalPool { max } => {
+                let x = self.data(node, 0)?;
+                let [channels, h, w] = as3(&self.slots[x].dims)?;
+                let pool = GlobalPool {
+                    max: *max,
+                    pixels: h * w,
+                    channels,
+                };
+                self.push(Kernel::GlobalPool(pool), vec![x], out)
+            }
+            Op::Gemm {
+                alpha,
+                beta,
+                trans_a,
+                trans_b,
+            } => {
+                if *trans_a {
+                    return Err("transposed data input".into());
+                }
+                self.linear(node, *alpha as f32, *beta as f32, *trans_b)
+            }
+            Op::MatMul => self.linear(node, 1.0, 1.0, false),
+            Op::Identity | Op::Cast(crate::graph::op::CastTo::Float) => {
+                let x = self.data(node, 0)?;
+                self.slot_of.insert(out.clone(), x);
+                Ok(())
+            }
+            Op::Reshape { .. }
+            | Op::Flatten(_)
+            | Op::Squeeze(_)
+            | Op::Unsqueeze(_)
+            | Op::Transpose(_)
+            | Op::Slice { .. }
+            | Op::Split { .. }
+            | Op::Gather(_)
+            | Op::Pad { .. }
+            | Op::Expand
+            | Op::Tile
+            | Op::Concat(_)
+            | Op::Resize {
+                mode: ResizeMode::Nearest { .. },
+                ..
+            } => self.movement(node),
+            _ => Err("the engine has no kernel for it".into()),
+        }
+    }
+
+    /// Channels of a value whose channel index is innermost in storage.
+    fn channels_innermost(&self, slot: usize) -> Planned<usize> {
+        match self.slots[slot].dims.as_slice() {
+            [c, _, _] | [c] => Ok(*c),
+            other => Err(format!("per-channel op on per-sample shape {other:?}")),
+        }
+    }
+
+    fn clip_bounds(&self, node: &Node) -> Planned<(f32, f32)> {
+        let Op::Clip { min, max } = &node.op else {
+            return Err("not a clip".into());
+        };
+        let bound = |i: usize, attribute: Option<f64>, default: f32| -> Planned<f32> {
+            match node.inputs.get(i).filter(|n| !n.is_empty()) {
+                Some(name) => {
+                    let t = self.constant(name).ok_or("clip bounds computed from the data")?;
+                    match Self::values(t)?.as_slice() {
+                        [v] => Ok(*v),
+                        _ => Err("clip bounds are not scalars".into()),
+                    }
+                }
+                None => Ok(attribute.map_or(default, |v| v as f32)),
+            }
+        };
+        Ok((
+            bound(1, *min, f32::NEG_INFINITY)?,
+            bound(2, *max, f32::INFINITY)?,
+        ))
+    }
+
+    fn conv(&mut self, node: &'g Node, stride: usize, pads: [usize; 4], dilation: usize, groups: usize) -> Planned<()> {
+        let x = self.data(node, 0)?;
+        let weight_tensor = node
+            .inputs
+            .get(1)
+            .and_then(|n| self.constant(n))
+            .ok_or("the weight is computed from the data")?;
+        let [cin, h, w] = as3(&self.slots[x].dims)?;
+        let &[cout, cin_group, kh, kw] = weight_tensor.dims() else {
+            return Err(format!("weight shape {:?} is not 2-D convolution's", weight_tensor.dims()));
+        };
+        let mut out = node.outputs.first().ok_or("no output")?.as_str();
+        let [_, oh, ow] = as3(&self.per_sample(out)?)?;
+        if groups == 0 || cin_group * groups != cin || cout % groups != 0 || stride == 0 || dilation == 0 {
+            return Err("inconsistent channels, groups, stride or dilation".into());
+        }
+        let span = |len: usize, pad: usize, k: usize| (len + pad).checked_sub(dilation * (k - 1) + 1).map(|v| v / stride + 1);
+        if span(h, pads[0] + pads[2], kh) != Some(oh) || span(w, pads[1] + pads[3], kw) != Some(ow) {
+            return Err("output size does not follow from the geometry".into());
+        }
+        let mut weight = Self::values(weight_tensor)?;
+        let mut bias = match node.inputs.get(2).filter(|n| !n.is_empty()) {
+            Some(name) => Self::values(self.constant(name).ok_or("the bias is computed from the data")?)?,
+            None => vec![0.0; cout],
+        };
+        if bias.len() != cout {
+            return Err("the bias does not have one value per output channel".into());
+        }
+        // Fold a following per-channel affine (batch normalisation), then fuse a
+        // following ReLU or clip, when nothing else reads the intermediate values.
+        let mut epilogue = Epilogue::None;
+        let per_output = weight.len() / cout;
+        while let Some((index, next)) = self.sole_consumer(out) {
+            if next.inputs.first().map(String::as_str) != Some(out) {
+                break;
+            }
+            match &next.op {
+                Op::Affine { scale, shift } if epilogue == Epilogue::None => {
+                    let (scale, shift) = (Self::values(scale)?, Self::values(shift)?);
+                    if scale.len() != cout || shift.len() != cout {
+                        break;
+                    }
+                    for o in 0..cout {
+                        weight[o * per_output..(o + 1) * per_output]
+                            .iter_mut()
+                            .for_each(|v| *v *= scale[o]);
+                        bias[o] = bias[o] * scale[o] + shift[o];
+                    }
+                }
+                Op::Unary(UnaryOp::Relu) if epilogue == Epilogue::None => epilogue = Epilogue::Relu,
+                Op::Clip { .. } if epilogue == Epilogue::None => {
+                    let (lo, hi) = self.clip_bounds(next)?;
+                    epilogue = Epilogue::Clip(lo, hi);
+                }
+                _ => break,
+            }
+            self.absorbed.insert(index);
+            out = next.outputs.first().ok_or("no output")?.as_str();
+        }
+        let geom = ConvGeom {
+            cin,
+            cout,
+            groups,
+            kh,
+            kw,
+            stride,
+            dilation,
+            pad_top: pads[0],
+            pad_left: pads[1],
+            h,
+            w,
+            oh,
+            ow,
+        };
+        let mut conv = Conv::new(geom, &weight, bias);
+        conv.epilogue = epilogue;
+        self.push(Kernel::Conv(conv), vec![x], out)
+    }
+
+    /// `Gemm` / `MatMul` with data on the left and a constant weight on the right.
+    fn linear(&mut self, node: &Node, alpha: f32, beta: f32, trans_b: bool) -> Planned<()> {
+        let x = self.data(node, 0)?;
+        let out = node.outputs.first().ok_or("no output")?;
+        let dims = self.slots[x].dims.clone();
+        if dims.len() == 3 || dims.is_empty() {
+            return Err(format!("matrix product of per-sample shape {dims:?}"));
+        }
+        let b = node
+            .inputs
+            .get(1)
+            .and_then(|n| self.constant(n))
+            .ok_or("the weight is computed from the data")?;
+        let inputs = *dims.last().unwrap_or(&0);
+        let values = Self::values(b)?;
+        let (rows, cols) = match b.dims() {
+            [r, c] => (*r, *c),
+            other => return Err(format!("weight shape {other:?} is not a matrix")),
+        };
+        let (k, o) = if trans_b { (cols, rows) } else { (rows, cols) };
+        if k != inputs {
+            return Err(format!("weight {:?} for rows of {inputs}", b.dims()));
+        }
+        let mut weight = vec![0.0; k * o];
+        for r in 0..rows {
+            for c in 0..cols {
+                let (i, j) = if trans_b { (c, r) } else { (r, c) };
+                weight[i * o + j] = alpha * values[r * cols + c];
+            }
+        }
+        let bias = match node.inputs.get(2).filter(|n| !n.is_empty()) {
+            None => vec![0.0; o],
+            Some(name) => {
+                let c = Self::values(self.constant(name).ok_or("the bias is computed from the data")?)?;
+                match c.len() {
+                    1 => vec![beta * c[0]; o],
+                    n if n == o => c.iter().map(|v| beta * v).collect(),
+                    _ => return Err("the bias is not one value per output".into()),
+                }
+            }
+        };
+        let linear = Linear {
+            inputs: k,
+            outputs: o,
+            weight,
+            bias,
+        };
+        let out_dims = self.per_sample(out)?;
+        let rows_per_sample = self.slots[x].len() / k.max(1);
+        if out_dims.iter().product::<usize>() != rows_per_sample * o {
+            return Err("unexpected output shape".into());
+        }
+        self.push(Kernel::Linear(linear), vec![x], out)
+    }
+
+    /// Index-valued stand-in for data slot `slot` (batch of two): element `l` of
+    /// sample `s` holds `base + s·len + storage(l) + 1` (0 is kept for "no element").
+    fn index_tensor(&self, slot: usize, base: usize) -> Planned<Tensor> {
+        let dims = &self.slots[slot].dims;
+        let len = self.slots[slot].len();
+        let values: Vec<f64> = (0..PROBE * len)
+            .map(|i| (base + (i / len) * len + storage_of_logical(dims, i % len) + 1) as f64)
+            .collect();
+        let mut shape = vec![PROBE];
+        shape.extend(dims);
+        Tensor::from_vec(values, shape, &Device::Cpu).map_err(|e| e.to_string())
+    }
+
+    /// Decodes an index-valued output (batch of two, per-sample dims `dims`)
+    /// into `(input, element)` per output storage position, checking that each
+    /// sample reads only its own elements, the same ones for both samples.
+    fn decode(values: &[f64], dims: &[usize], bases: &[(usize, usize)]) -> Planned<Vec<(u32, u32)>> {
+        let len: usize = dims.iter().product();
+        if values.len() != PROBE * len || len >= u32::MAX as usize {
+            return Err("unexpected traced size".into());
+        }
+        let mut sources = Vec::with_capacity(len);
+        for q in 0..len {
+            let l = logical_of_storage(dims, q);
+            let mut first = None;
+            for s in 0..PROBE {
+                let v = values[s * len + l];
+                let source = if v == 0.0 {
+                    (ZERO, 0)
+                } else {
+                    let code = v - 1.0;
+                    if code.fract() != 0.0 || code < 0.0 {
+                        return Err("the op computes new values, not only moves them".into());
+                    }
+                    let code = code as usize;
+                    let (input, &(base, input_len)) = bases
+                        .iter()
+                        .enumerate()
+                        .find(|(_, (base, n))| code >= *base && code < base + PROBE * n)
+                        .ok_or("the op computes new values, not only moves them")?;
+                    let offset = code - base;
+                    if offset / input_len != s {
+                        return Err("samples of the batch are mixed".into());
+                    }
+                    (input as u32, (offset % input_len) as u32)
+                };
+                match first {
+                    None => first = Some(source),
+                    Some(f) if f == source => {}
+                    Some(_) => return Err("samples of the batch are treated differently".into()),
+                }
+            }
+            sources.push(first.unwrap_or((ZERO, 0)));
+        }
+        Ok(sources)
+    }
+
+    /// Data movement: run the op on index-valued inputs and record where every
+    /// output element comes from.
+    fn movement(&mut self, node: &Node) -> Planned<()> {
+        let mut bases = Vec::new();
+        let mut data_slots = Vec::new();
+        let mut owned: Vec<Option<Tensor>> = Vec::new();
+        let mut base = 0;
+        for name in &node.inputs {
+            if let Some(&slot) = self.slot_of.get(name) {
+                owned.push(Some(self.index_tensor(slot, base)?));
+                bases.push((base, self.slots[slot].len()));
+                base += PROBE * self.slots[slot].len();
+                data_slots.push(slot);
+            } else {
+                owned.push(None);
+            }
+        }
+        if data_slots.is_empty() {
+            return Err("no input is computed from the data".into());
+        }
+        let inputs: Vec<Option<&Tensor>> = node
+            .inputs
+            .iter()
+            .zip(&owned)
+            .map(|(name, traced)| traced.as_ref().or_else(|| self.constant(name)))
+            .collect();
+        if inputs.iter().zip(&node.inputs).any(|(t, name)| t.is_none() && !name.is_empty()) {
+            return Err("an input is neither data nor constant".into());
+        }
+        let outputs = eval::eval(&node.op, &inputs, node.outputs.len(), DType::F64)
+            .map_err(|e| format!("tracing failed: {e}"))?;
+        for (name, traced) in node.outputs.iter().zip(outputs) {
+            if name.is_empty() {
+                continue;
+            }
+            let dims = self.per_sample(name)?;
+            let values = eval::host(&traced).map_err(|e| e.to_string())?;
+            let sources = Self::decode(&values, &dims, &bases)?;
+            let movement = Movement::new(&sources, bases.iter().map(|b| b.1).collect());
+            if movement.is_identity() && self.slots[data_slots[0]].dims == dims {
+                // Moves nothing: the output is the input's buffer.
+                self.slot_of.insert(name.clone(), data_slots[0]);
+                continue;
+            }
+            self.push(Kernel::Move(movement), data_slots.clone(), name)?;
+        }
+        Ok(())
+    }
+
+    /// An operand of a binary op: how every output element (storage order)
+    /// reads it, and its values when it is a constant.
+    fn operand(&self, name: &str, out_dims: &[usize]) -> Planned<(Operand, Option<usize>)> {
+        let mut full = vec![PROBE];
+        full.extend(out_dims);
+        let out_len: usize = out_dims.iter().product();
+        if let Some(&slot) = self.slot_of.get(name) {
+            let traced = self
+                .index_tensor(slot, 0)?
+                .broadcast_as(full.as_slice())
+                .and_then(|t| t.contiguous())
+                .map_err(|e| format!("operand does not broadcast: {e}"))?;
+            let values = eval::host(&traced).map_err(|e| e.to_string())?;
+            let len = self.slots[slot].len();
+            let sources = Self::decode(&values, out_dims, &[(0, len)])?;
+            let table: Vec<u32> = sources.iter().map(|s| s.1).collect();
+            return Ok((
+                Operand {
+                    map: Map::from_table(table, len),
+                    len,
+                    constant: None,
+                },
+                Some(slot),
+            ));
+        }
+        let constant = self.constant(name).ok_or("an operand is neither data nor constant")?;
+        let values = Self::values(constant)?;
+        let positions: Vec<f64> = (0..values.len()).map(|i| i as f64).collect();
+        let traced = Tensor::from_vec(positions, constant.dims(), &Device::Cpu)
+            .and_then(|t| t.broadcast_as(full.as_slice()))
+            .and_then(|t| t.contiguous())
+            .map_err(|e| format!("constant does not broadcast: {e}"))?;
+        let index = eval::host(&traced).map_err(|e| e.to_string())?;
+        let mut expanded = Vec::with_capacity(out_len);
+        for q in 0..out_len {
+            let l = logical_of_storage(out_dims, q);
+            let (first, second) = (index[l], index[out_len + l]);
+            if first != second {
+                return Err("a constant differs between samples".into());
+            }
+            expanded.push(values[first as usize]);
+        }
+        // Store a constant that repeats along the innermost storage axis once.
+        let period = match out_dims {
+            [c, _, _] => *c,
+            [.., last] => *last,
+            [] => 1,
+        };
+        for p in [1, period] {
+            if p > 0 && expanded.iter().enumerate().all(|(i, v)| *v == expanded[i % p]) {
+                return Ok((
+                    Operand {
+                        map: Map::Inner,
+                        len: p,
+                        constant: Some(expanded[..p.min(expanded.len())].to_vec()),
+                    },
+                    None,
+                ));
+            }
+        }
+        Ok((
+            Operand {
+                map: Map::Full,
+                len: out_len,
+                constant: Some(expanded),
+            },
+            None,
+        ))
+    }
+
+    fn binary(&mut self, node: &Node, op: BinaryOp) -> Planned<()> {
+        let out = node.outputs.first().ok_or("no output")?;
+        let out_dims = self.per_sample(out)?;
+        let (a, slot_a) = self.operand(node.inputs.first().ok_or("missing input")?, &out_dims)?;
+        let (b, slot_b) = self.operand(node.inputs.get(1).ok_or("missing input")?, &out_dims)?;
+        let inputs: Vec<usize> = slot_a.into_iter().chain(slot_b).collect();
+        if inputs.is_empty() {
+            return Err("no operand is computed from the data".into());
+        }
+        let binary = Binary {
+            op,
+            a,
+            b,
+            out_len: out_dims.iter().product(),
+        };
+        self.push(Kernel::Binary(binary), inputs, out)
+    }
+}
+
+fn as3(dims: &[usize]) -> Planned<[usize; 3]> {
+    match dims {
+        [c, h, w] => Ok([*c, *h, *w]),
+        other => Err(format!("expected a per-sample [C, H, W] value, got {other:?}")),
+    }
+}
