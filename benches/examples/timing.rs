@@ -9,6 +9,8 @@
 //! cargo run --release -p gauntlet-benches --example timing -- train cnn
 //! cargo run --release -p gauntlet-benches --example timing -- train cnn pgd
 //! cargo run --release -p gauntlet-benches --example timing -- gemm 1536
+//! cargo run --release -p gauntlet-benches --example timing -- onnx-grad MODEL.onnx 64 5
+//! cargo run --release -p gauntlet-benches --example timing -- onnx-pgd MODEL.onnx 0.0314 40 64 256
 //! ```
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
@@ -35,6 +37,9 @@ fn main() {
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     if arg(0) == "gemm" {
         return gemm_ceiling(arg(1).parse().unwrap());
+    }
+    if let Some(workload) = arg(0).strip_prefix("onnx-") {
+        return onnx_workload(workload, &args[1..]);
     }
     // `train` starts from scratch; everything else uses the shipped weights.
     let model_path = repo(&format!("examples/models/mnist-{}.safetensors", arg(1)));
@@ -186,6 +191,114 @@ fn main() {
             );
         }
         other => panic!("unknown workload {other}: expected grad, pgd, fgsm, logits or train"),
+    }
+}
+
+/// Seeded images in [0, 1] and labels for a model of `shape` with `classes` outputs.
+fn random_batch(
+    shape: [usize; 3],
+    classes: usize,
+    count: usize,
+    stream: &str,
+) -> (candle_core::Tensor, Vec<u32>) {
+    let seed = SeedStream::new(0).derive(stream);
+    let [c, h, w] = shape;
+    let x = candle_core::Tensor::from_vec(
+        seed.uniform_f32(count * c * h * w, 0.0, 1.0),
+        (count, c, h, w),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let labels = seed
+        .derive("labels")
+        .uniform_f32(count, 0.0, classes as f32)
+        .into_iter()
+        .map(|v| (v as u32).min(classes as u32 - 1))
+        .collect();
+    (x, labels)
+}
+
+/// The zoo head-to-head's workloads on an ONNX file with random images (speed
+/// only): `grad MODEL BATCH ITERS` (forward + input gradient of the summed
+/// cross-entropy) and `pgd MODEL EPS STEPS BATCH IMAGES` (PGD-L∞ with step 2.5·ε/steps,
+/// every image attacked every step).
+fn onnx_workload(workload: &str, args: &[String]) {
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    let start = Instant::now();
+    let (model, _) =
+        load_model(Path::new(&arg(0)), &ModelOptions::default(), &Device::Cpu).unwrap();
+    let load_seconds = start.elapsed().as_secs_f64();
+    let gauntlet_models::Model::Onnx(onnx) = &model else {
+        panic!("an ONNX file")
+    };
+    let engine = match onnx.reference_reason() {
+        None => "native".to_string(),
+        Some(reason) => format!("reference ({reason})"),
+    };
+    let macs = onnx.native().map_or(0, |n| n.macs_per_image());
+    let (shape, classes) = (model.input_shape(), model.num_classes());
+    match workload {
+        "grad" => {
+            let batch: usize = arg(1).parse().unwrap();
+            let iters: usize = arg(2).parse().unwrap();
+            let (x, labels) = random_batch(shape, classes, batch, "grad");
+            let y = candle_core::Tensor::new(labels.as_slice(), &Device::Cpu).unwrap();
+            input_gradient(&model, &x, |l| cross_entropy_sum(l, &y)).unwrap();
+            let start = Instant::now();
+            for _ in 0..iters {
+                input_gradient(&model, &x, |l| cross_entropy_sum(l, &y)).unwrap();
+            }
+            let seconds = start.elapsed().as_secs_f64() / iters as f64;
+            // Forward + input gradient: two forward passes' worth of multiply-adds
+            // (the input gradient of each layer costs what its forward pass does), 2 FLOPs each.
+            let gflops = 4.0 * macs as f64 * batch as f64 / seconds / 1e9;
+            println!(
+                "{}",
+                serde_json::json!({"workload": "onnx-grad", "seconds_per_step": seconds, "engine": engine,
+                    "load_seconds": load_seconds, "gflops": gflops, "macs_per_image": macs, "peak_rss_mib": peak_rss_mib()})
+            );
+        }
+        "pgd" => {
+            let eps: f64 = arg(1).parse().unwrap();
+            let steps: usize = arg(2).parse().unwrap();
+            let batch: usize = arg(3).parse().unwrap();
+            let images: usize = arg(4).parse().unwrap();
+            let attack = build_attack(
+                "pgd-linf",
+                &serde_json::json!({"steps": steps, "step_size": {"absolute": 2.5 * eps / steps as f64}, "random_start": false}),
+            )
+            .unwrap();
+            let start = Instant::now();
+            let mut fooled = 0;
+            for (b, first) in (0..images).step_by(batch).enumerate() {
+                let count = batch.min(images - first);
+                let (x, labels) = random_batch(shape, classes, count, &format!("pgd-{b}"));
+                let out = run_attack(
+                    attack.as_ref(),
+                    &model,
+                    &x,
+                    &Goal::Untargeted {
+                        labels: labels.clone(),
+                    },
+                    eps,
+                    &SeedStream::new(0).derive(&format!("batch-{b}")),
+                )
+                .unwrap();
+                fooled += out
+                    .predictions
+                    .iter()
+                    .zip(&labels)
+                    .filter(|(p, y)| p != y)
+                    .count();
+            }
+            let seconds = start.elapsed().as_secs_f64();
+            println!(
+                "{}",
+                serde_json::json!({"workload": "onnx-pgd", "seconds": seconds, "engine": engine,
+                    "misclassified": fooled, "images": images, "peak_rss_mib": peak_rss_mib()})
+            );
+        }
+        other => panic!("unknown ONNX workload {other}: expected onnx-grad or onnx-pgd"),
     }
 }
 

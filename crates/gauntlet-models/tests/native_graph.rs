@@ -12,7 +12,9 @@ use gauntlet_core::{cross_entropy_sum, input_gradient, Classifier};
 use gauntlet_models::{load_model, Model, ModelOptions};
 
 fn gradient(model: &dyn Classifier, x: &Tensor, labels: &Tensor) -> Tensor {
-    input_gradient(model, x, |l| cross_entropy_sum(l, labels)).unwrap().1
+    input_gradient(model, x, |l| cross_entropy_sum(l, labels))
+        .unwrap()
+        .1
 }
 
 #[test]
@@ -27,10 +29,15 @@ fn the_native_engine_matches_the_reference_executor_on_the_zoo() {
             }
             let path = zoo_dir().join(format!("{family}.{exporter}.onnx"));
             let (model, _) = load_model(&path, &ModelOptions::default(), &Device::Cpu).unwrap();
-            let Model::Onnx(onnx) = &model else { panic!("not onnx") };
+            let Model::Onnx(onnx) = &model else {
+                panic!("not onnx")
+            };
             let reference = onnx.with_reference_executor();
             let Some(native) = onnx.native() else {
-                report.push(format!("{family:16} {exporter:7} reference: {}", onnx.reference_reason().unwrap_or("?")));
+                report.push(format!(
+                    "{family:16} {exporter:7} reference: {}",
+                    onnx.reference_reason().unwrap_or("?")
+                ));
                 continue;
             };
             let data = gauntlet_core::candle_core::safetensors::load(
@@ -47,16 +54,24 @@ fn the_native_engine_matches_the_reference_executor_on_the_zoo() {
             let reference_time = t.elapsed();
             let l_native = onnx.logits(x).unwrap();
             let l_reference = reference.logits(x).unwrap();
-            let logit_error = max_abs(&(&l_native - &l_reference).unwrap()) / max_abs(&l_reference).max(1.0);
-            let grad_error = max_abs(&(&g_native - &g_reference).unwrap()) / max_abs(&g_reference).max(1e-12);
+            let logit_error =
+                max_abs(&(&l_native - &l_reference).unwrap()) / max_abs(&l_reference).max(1.0);
+            let grad_error =
+                max_abs(&(&g_native - &g_reference).unwrap()) / max_abs(&g_reference).max(1e-12);
             report.push(format!(
                 "{family:16} {exporter:7} native {:?} logits {logit_error:.1e} grad {grad_error:.1e} time {:.1} vs {:.1} ms",
                 native.kernel_counts(),
                 native_time.as_secs_f64() * 1e3,
                 reference_time.as_secs_f64() * 1e3
             ));
-            if logit_error.is_nan() || logit_error > 1e-4 || grad_error.is_nan() || grad_error > 1e-3 {
-                failures.push(format!("{family}/{exporter}: logits {logit_error:.2e}, gradient {grad_error:.2e}"));
+            if logit_error.is_nan()
+                || logit_error > 1e-4
+                || grad_error.is_nan()
+                || grad_error > 1e-3
+            {
+                failures.push(format!(
+                    "{family}/{exporter}: logits {logit_error:.2e}, gradient {grad_error:.2e}"
+                ));
             }
             let _ = DType::F32;
         }

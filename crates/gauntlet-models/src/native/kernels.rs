@@ -116,7 +116,8 @@ pub(crate) fn matmul_strided(
     threads: Threads,
 ) -> Result<()> {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    let dst_fits = m == 0 || n == 0 || (n <= dst_row_stride && (m - 1) * dst_row_stride + n <= dst.len());
+    let dst_fits =
+        m == 0 || n == 0 || (n <= dst_row_stride && (m - 1) * dst_row_stride + n <= dst.len());
     if rhs.rows != k || !dst_fits || !lhs.in_bounds() || !rhs.in_bounds() {
         return Err(Error::Invalid(format!(
             "internal: GEMM of {m}×{k} by {}×{n} into {} values",

@@ -6,6 +6,7 @@
 
 use rayon::prelude::*;
 
+use super::buffers::with_scratch;
 use crate::native::kernels::{self, Mat, Threads};
 use crate::Result;
 
@@ -188,26 +189,31 @@ impl Conv {
                 Threads::One,
             )?;
         } else if g.depthwise() {
-            for (x, y) in x.chunks_exact(g.in_len()).zip(y.chunks_exact_mut(g.out_len())) {
+            for (x, y) in x
+                .chunks_exact(g.in_len())
+                .zip(y.chunks_exact_mut(g.out_len()))
+            {
                 depthwise_forward(&g, &self.weight, x, y);
             }
         } else {
             let rows = images * g.positions();
-            let mut col = vec![0.0; rows * g.patch()];
-            for group in 0..g.groups {
-                for (image, x) in x.chunks_exact(g.in_len()).enumerate() {
-                    let block = g.positions() * g.patch();
-                    im2col(&g, group, x, &mut col[image * block..(image + 1) * block]);
+            with_scratch(rows * g.patch(), |col| -> Result<()> {
+                for group in 0..g.groups {
+                    for (image, x) in x.chunks_exact(g.in_len()).enumerate() {
+                        let block = g.positions() * g.patch();
+                        im2col(&g, group, x, &mut col[image * block..(image + 1) * block]);
+                    }
+                    kernels::matmul_strided(
+                        &mut y[group * g.cout_group()..],
+                        g.cout,
+                        Mat::new(col, rows, g.patch()),
+                        self.group_weight(group),
+                        false,
+                        Threads::One,
+                    )?;
                 }
-                kernels::matmul_strided(
-                    &mut y[group * g.cout_group()..],
-                    g.cout,
-                    Mat::new(&col, rows, g.patch()),
-                    self.group_weight(group),
-                    false,
-                    Threads::One,
-                )?;
-            }
+                Ok(())
+            })?;
         }
         let epilogue = self.epilogue;
         for row in y.chunks_exact_mut(g.cout) {
@@ -254,27 +260,31 @@ impl Conv {
             );
         }
         if g.depthwise() {
-            for (dy, dx) in dy.chunks_exact(g.out_len()).zip(dx.chunks_exact_mut(g.in_len())) {
+            for (dy, dx) in dy
+                .chunks_exact(g.out_len())
+                .zip(dx.chunks_exact_mut(g.in_len()))
+            {
                 depthwise_backward(&g, &self.weight, dy, dx);
             }
             return Ok(());
         }
         let rows = images * g.positions();
-        let mut col = vec![0.0; rows * g.patch()];
-        for group in 0..g.groups {
-            kernels::matmul(
-                &mut col,
-                Mat::strided(&dy[group * g.cout_group()..], rows, g.cout_group(), g.cout),
-                self.group_weight(group).t(),
-                false,
-                Threads::One,
-            )?;
-            let block = g.positions() * g.patch();
-            for (image, dx) in dx.chunks_exact_mut(g.in_len()).enumerate() {
-                col2im(&g, group, &col[image * block..(image + 1) * block], dx);
+        with_scratch(rows * g.patch(), |col| -> Result<()> {
+            for group in 0..g.groups {
+                kernels::matmul(
+                    col,
+                    Mat::strided(&dy[group * g.cout_group()..], rows, g.cout_group(), g.cout),
+                    self.group_weight(group).t(),
+                    false,
+                    Threads::One,
+                )?;
+                let block = g.positions() * g.patch();
+                for (image, dx) in dx.chunks_exact_mut(g.in_len()).enumerate() {
+                    col2im(&g, group, &col[image * block..(image + 1) * block], dx);
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 

@@ -15,6 +15,7 @@
 //! The backward pass computes the input gradient only (weights are constants
 //! during attacks and detection).
 
+mod buffers;
 mod conv;
 mod linear;
 mod movement;
@@ -26,11 +27,13 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
 use crate::network::Normalization;
 use crate::{Error, Result};
+use buffers::BufferPool;
 use conv::Conv;
 use linear::Linear;
 use movement::Movement;
 use pointwise::{Affine, Binary, Unary};
 use pool::{GlobalPool, Pool};
+use std::sync::Arc;
 
 pub use plan::NotPlanned;
 
@@ -84,6 +87,8 @@ pub struct NativeGraph {
     /// For each slot, the last step that reads it (to free it early when no
     /// backward pass will follow).
     last_use: Vec<usize>,
+    /// Activation and gradient buffers, reused from pass to pass.
+    buffers: Arc<BufferPool>,
 }
 
 /// What a forward pass keeps for the backward pass: every slot's value and the
@@ -92,6 +97,15 @@ pub struct GraphTape {
     count: usize,
     values: Vec<Vec<f32>>,
     winners: Vec<Vec<u32>>,
+    buffers: Arc<BufferPool>,
+}
+
+impl Drop for GraphTape {
+    fn drop(&mut self) {
+        for buffer in self.values.drain(..) {
+            self.buffers.give(buffer);
+        }
+    }
 }
 
 impl std::fmt::Debug for GraphTape {
@@ -172,12 +186,19 @@ impl NativeGraph {
         );
         let mut winners = vec![Vec::new(); self.steps.len()];
         for (index, step) in self.steps.iter().enumerate() {
-            let mut out = vec![0.0; count * self.slot_lens[step.output]];
+            let mut out = self.buffers.take(count * self.slot_lens[step.output]);
             let input = |k: usize| values[step.inputs[k]].as_slice();
             match &step.kernel {
                 Kernel::Conv(conv) => conv.forward(input(0), &mut out)?,
                 Kernel::Pool(pool) => {
-                    let mut won = vec![0u32; if pool.config.kind == crate::layers::PoolKind::Max { out.len() } else { 0 }];
+                    let mut won = vec![
+                        0u32;
+                        if pool.config.kind == crate::layers::PoolKind::Max {
+                            out.len()
+                        } else {
+                            0
+                        }
+                    ];
                     pool.forward(input(0), &mut out, &mut won);
                     winners[index] = won;
                 }
@@ -204,24 +225,20 @@ impl NativeGraph {
                 // Free what no later step reads (the output is never freed).
                 for &slot in &step.inputs {
                     if self.last_use[slot] == index && slot != self.output {
-                        values[slot] = Vec::new();
+                        self.buffers.give(std::mem::take(&mut values[slot]));
                     }
                 }
             }
         }
-        let logits = std::mem::take(&mut values[self.output]);
-        if !keep {
-            return Ok((logits, None));
-        }
-        values[self.output] = logits.clone();
-        Ok((
-            logits,
-            Some(GraphTape {
-                count,
-                values,
-                winners,
-            }),
-        ))
+        let logits = values[self.output].clone();
+        let tape = GraphTape {
+            count,
+            values,
+            winners,
+            buffers: Arc::clone(&self.buffers),
+        };
+        // Without `keep` the tape goes straight back to the pool.
+        Ok((logits, keep.then_some(tape)))
     }
 
     /// The gradient with respect to the NCHW pixel input of `Σ grad_logits ·
@@ -248,7 +265,7 @@ impl NativeGraph {
             let mut input_grads: Vec<Vec<f32>> = step
                 .inputs
                 .iter()
-                .map(|&s| vec![0.0; count * self.slot_lens[s]])
+                .map(|&s| self.buffers.take_zeroed(count * self.slot_lens[s]))
                 .collect();
             let input = |k: usize| values[step.inputs[k]].as_slice();
             let y = values[step.output].as_slice();
@@ -264,7 +281,8 @@ impl NativeGraph {
                 Kernel::Binary(binary) => {
                     let (a, b) = binary_inputs(binary, step, values);
                     let (first, rest) = input_grads.split_at_mut(1.min(step.inputs.len()));
-                    let (da, db) = match (binary.a.constant.is_none(), binary.b.constant.is_none()) {
+                    let (da, db) = match (binary.a.constant.is_none(), binary.b.constant.is_none())
+                    {
                         (true, true) => (first.first_mut(), rest.first_mut()),
                         (true, false) => (first.first_mut(), None),
                         (false, true) => (None, first.first_mut()),
@@ -284,9 +302,13 @@ impl NativeGraph {
                     movement.backward(&dy, &mut targets);
                 }
             }
+            self.buffers.give(dy);
             for (&slot, grad) in step.inputs.iter().zip(input_grads) {
                 match &mut grads[slot] {
-                    Some(existing) => existing.iter_mut().zip(&grad).for_each(|(a, b)| *a += b),
+                    Some(existing) => {
+                        existing.iter_mut().zip(&grad).for_each(|(a, b)| *a += b);
+                        self.buffers.give(grad);
+                    }
                     empty => *empty = Some(grad),
                 }
             }
@@ -295,17 +317,23 @@ impl NativeGraph {
         let grad = grads[0]
             .take()
             .unwrap_or_else(|| vec![0.0; count * c * h * w]);
-        Ok(crate::native::kernels::gradient_to_pixels(
+        let pixels = crate::native::kernels::gradient_to_pixels(
             &grad,
             count,
             self.input_shape,
             &self.normalization,
-        ))
+        );
+        self.buffers.give(grad);
+        Ok(pixels)
     }
 }
 
 /// The data values a binary step reads for its operands (empty for constants).
-fn binary_inputs<'a>(binary: &Binary, step: &Step, values: &'a [Vec<f32>]) -> (&'a [f32], &'a [f32]) {
+fn binary_inputs<'a>(
+    binary: &Binary,
+    step: &Step,
+    values: &'a [Vec<f32>],
+) -> (&'a [f32], &'a [f32]) {
     let mut data = step.inputs.iter().map(|&s| values[s].as_slice());
     let a = if binary.a.constant.is_none() {
         data.next().unwrap_or_default()
@@ -341,11 +369,19 @@ impl CustomOp1 for GraphLogits {
         ))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         let Some(tape) = &self.tape else {
             candle_core::bail!("internal: native graph recorded no activations");
         };
-        let grad = grad_res.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let grad = grad_res
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let input = self
             .graph
             .input_gradient(tape, &grad)
@@ -362,7 +398,11 @@ pub(crate) fn graph_logits(graph: &std::sync::Arc<NativeGraph>, x: &Tensor) -> R
     let keep = x.track_op();
     let (logits, tape) = graph.forward(&values, count, keep)?;
     if !keep {
-        return Ok(Tensor::from_vec(logits, (count, graph.classes), x.device())?);
+        return Ok(Tensor::from_vec(
+            logits,
+            (count, graph.classes),
+            x.device(),
+        )?);
     }
     let op = GraphLogits {
         graph: std::sync::Arc::clone(graph),
@@ -372,3 +412,6 @@ pub(crate) fn graph_logits(graph: &std::sync::Arc<NativeGraph>, x: &Tensor) -> R
     };
     Ok(x.apply_op1(op)?)
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,7 +16,7 @@ use super::movement::{Movement, ZERO};
 use super::pointwise::{Affine, Binary, Map, Operand, Unary};
 use super::pool::{GlobalPool, Pool};
 use super::{Kernel, NativeGraph, Step};
-use crate::graph::{eval, BinaryOp, Graph, Node, Op, ResizeMode, UnaryOp};
+use crate::graph::{eval, BinaryOp, Graph, Node, Op, ReduceOp, ResizeMode, UnaryOp};
 use crate::network::Normalization;
 
 /// Why a graph runs on the reference executor instead of the native engine.
@@ -99,7 +99,10 @@ impl NativeGraph {
             reason,
         };
         if graph.float != DType::F32 {
-            return Err(whole(format!("the graph computes in {:?}, the engine in f32", graph.float)));
+            return Err(whole(format!(
+                "the graph computes in {:?}, the engine in f32",
+                graph.float
+            )));
         }
         let [c, h, w] = input_shape;
         let seed = gauntlet_core::SeedStream::new(0).derive("native-plan-probe");
@@ -110,7 +113,9 @@ impl NativeGraph {
         )
         .and_then(|t| t.to_dtype(DType::F32))
         .map_err(|e| whole(e.to_string()))?;
-        let normalized = normalization.apply(&probe).map_err(|e| whole(e.to_string()))?;
+        let normalized = normalization
+            .apply(&probe)
+            .map_err(|e| whole(e.to_string()))?;
         let shapes = graph
             .value_shapes(&normalized)
             .map_err(|e| whole(format!("the probe run failed: {e}")))?;
@@ -142,18 +147,30 @@ impl NativeGraph {
             })?;
         }
         let native = planner.finish(input_shape, normalization).map_err(whole)?;
-        native.check_against_reference(graph, &probe, &normalized).map_err(whole)?;
+        native
+            .check_against_reference(graph, &probe, &normalized)
+            .map_err(whole)?;
         Ok(native)
     }
 
     /// The plan must reproduce the reference executor's logits on the probe batch.
-    fn check_against_reference(&self, graph: &Graph, probe: &Tensor, normalized: &Tensor) -> Planned<()> {
+    fn check_against_reference(
+        &self,
+        graph: &Graph,
+        probe: &Tensor,
+        normalized: &Tensor,
+    ) -> Planned<()> {
         let reference = graph
             .run(normalized, None)
             .and_then(|r| Ok(r.output.flatten_all()?.to_vec1::<f32>()?))
             .map_err(|e| e.to_string())?;
-        let pixels = probe.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| e.to_string())?;
-        let (native, _) = self.forward(&pixels, PROBE, false).map_err(|e| e.to_string())?;
+        let pixels = probe
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| e.to_string())?;
+        let (native, _) = self
+            .forward(&pixels, PROBE, false)
+            .map_err(|e| e.to_string())?;
         let scale = reference.iter().fold(1.0f32, |m, v| m.max(v.abs()));
         let error = native
             .iter()
@@ -169,7 +186,11 @@ impl NativeGraph {
 }
 
 impl<'g> Planner<'g> {
-    fn finish(self, input_shape: [usize; 3], normalization: &Normalization) -> Planned<NativeGraph> {
+    fn finish(
+        self,
+        input_shape: [usize; 3],
+        normalization: &Normalization,
+    ) -> Planned<NativeGraph> {
         let output = *self
             .slot_of
             .get(&self.graph.output)
@@ -178,7 +199,9 @@ impl<'g> Planner<'g> {
         let classes: usize = dims.iter().product();
         let row_major = dims.len() != 3 || dims[1] * dims[2] == 1;
         if !row_major || classes < 2 {
-            return Err(format!("the output has per-sample shape {dims:?}, expected [classes]"));
+            return Err(format!(
+                "the output has per-sample shape {dims:?}, expected [classes]"
+            ));
         }
         let mut last_use = vec![0; self.slots.len()];
         for (index, step) in self.steps.iter().enumerate() {
@@ -194,6 +217,7 @@ impl<'g> Planner<'g> {
             classes,
             normalization: normalization.clone(),
             last_use,
+            buffers: Default::default(),
         })
     }
 
@@ -280,8 +304,26 @@ impl<'g> Planner<'g> {
                 self.push(Kernel::Affine(affine), vec![x], out)
             }
             Op::Unary(op) => {
-                let unary = Unary::from_ir(*op).ok_or("the engine has no kernel for it")?;
+                let mut unary = Unary::from_ir(*op).ok_or("the engine has no kernel for it")?;
                 let x = self.data(node, 0)?;
+                let mut out = out.as_str();
+                // `x · sigmoid(x)` is how exporters write SiLU: one pass instead of two.
+                if unary == Unary::Sigmoid {
+                    if let Some((index, next)) = self.sole_consumer(out) {
+                        let input = node.inputs.first().map(String::as_str);
+                        let reads = |a: usize, b: usize| {
+                            next.inputs.get(a).map(String::as_str) == input
+                                && next.inputs.get(b).map(String::as_str) == Some(out)
+                        };
+                        if matches!(next.op, Op::Binary(BinaryOp::Mul))
+                            && (reads(0, 1) || reads(1, 0))
+                        {
+                            self.absorbed.insert(index);
+                            unary = Unary::Silu;
+                            out = next.outputs.first().ok_or("no output")?;
+                        }
+                    }
+                }
                 self.push(Kernel::Unary(unary), vec![x], out)
             }
             Op::Clip { .. } => {
@@ -309,6 +351,46 @@ impl<'g> Planner<'g> {
                 let [channels, h, w] = as3(&self.slots[x].dims)?;
                 let pool = GlobalPool {
                     max: *max,
+                    pixels: h * w,
+                    channels,
+                };
+                self.push(Kernel::GlobalPool(pool), vec![x], out)
+            }
+            Op::Reduce {
+                op: op @ (ReduceOp::Mean | ReduceOp::Max),
+                axes,
+                ..
+            } => {
+                // Mean or max over the spatial axes is global pooling (how the
+                // default exporter writes adaptive average pooling to 1×1).
+                let x = self.data(node, 0)?;
+                let [channels, h, w] = as3(&self.slots[x].dims)?;
+                let axes = match (axes, node.inputs.get(1).filter(|n| !n.is_empty())) {
+                    (Some(a), _) => a.clone(),
+                    (None, Some(name)) => {
+                        let t = self
+                            .constant(name)
+                            .ok_or("reduction axes computed from the data")?;
+                        eval::host(t)
+                            .map_err(|e| e.to_string())?
+                            .into_iter()
+                            .map(|v| v as i64)
+                            .collect()
+                    }
+                    (None, None) => Vec::new(),
+                };
+                let mut spatial: Vec<i64> = axes
+                    .iter()
+                    .map(|&a| if a < 0 { a + 4 } else { a })
+                    .collect();
+                spatial.sort_unstable();
+                if spatial != [2, 3] {
+                    return Err(format!(
+                        "reduction over axes {axes:?}; the engine reduces the spatial axes only"
+                    ));
+                }
+                let pool = GlobalPool {
+                    max: *op == ReduceOp::Max,
                     pixels: h * w,
                     channels,
                 };
@@ -366,7 +448,9 @@ impl<'g> Planner<'g> {
         let bound = |i: usize, attribute: Option<f64>, default: f32| -> Planned<f32> {
             match node.inputs.get(i).filter(|n| !n.is_empty()) {
                 Some(name) => {
-                    let t = self.constant(name).ok_or("clip bounds computed from the data")?;
+                    let t = self
+                        .constant(name)
+                        .ok_or("clip bounds computed from the data")?;
                     match Self::values(t)?.as_slice() {
                         [v] => Ok(*v),
                         _ => Err("clip bounds are not scalars".into()),
@@ -381,7 +465,14 @@ impl<'g> Planner<'g> {
         ))
     }
 
-    fn conv(&mut self, node: &'g Node, stride: usize, pads: [usize; 4], dilation: usize, groups: usize) -> Planned<()> {
+    fn conv(
+        &mut self,
+        node: &'g Node,
+        stride: usize,
+        pads: [usize; 4],
+        dilation: usize,
+        groups: usize,
+    ) -> Planned<()> {
         let x = self.data(node, 0)?;
         let weight_tensor = node
             .inputs
@@ -390,20 +481,36 @@ impl<'g> Planner<'g> {
             .ok_or("the weight is computed from the data")?;
         let [cin, h, w] = as3(&self.slots[x].dims)?;
         let &[cout, cin_group, kh, kw] = weight_tensor.dims() else {
-            return Err(format!("weight shape {:?} is not 2-D convolution's", weight_tensor.dims()));
+            return Err(format!(
+                "weight shape {:?} is not 2-D convolution's",
+                weight_tensor.dims()
+            ));
         };
         let mut out = node.outputs.first().ok_or("no output")?.as_str();
         let [_, oh, ow] = as3(&self.per_sample(out)?)?;
-        if groups == 0 || cin_group * groups != cin || cout % groups != 0 || stride == 0 || dilation == 0 {
+        if groups == 0
+            || cin_group * groups != cin
+            || cout % groups != 0
+            || stride == 0
+            || dilation == 0
+        {
             return Err("inconsistent channels, groups, stride or dilation".into());
         }
-        let span = |len: usize, pad: usize, k: usize| (len + pad).checked_sub(dilation * (k - 1) + 1).map(|v| v / stride + 1);
-        if span(h, pads[0] + pads[2], kh) != Some(oh) || span(w, pads[1] + pads[3], kw) != Some(ow) {
+        let span = |len: usize, pad: usize, k: usize| {
+            (len + pad)
+                .checked_sub(dilation * (k - 1) + 1)
+                .map(|v| v / stride + 1)
+        };
+        if span(h, pads[0] + pads[2], kh) != Some(oh) || span(w, pads[1] + pads[3], kw) != Some(ow)
+        {
             return Err("output size does not follow from the geometry".into());
         }
         let mut weight = Self::values(weight_tensor)?;
         let mut bias = match node.inputs.get(2).filter(|n| !n.is_empty()) {
-            Some(name) => Self::values(self.constant(name).ok_or("the bias is computed from the data")?)?,
+            Some(name) => Self::values(
+                self.constant(name)
+                    .ok_or("the bias is computed from the data")?,
+            )?,
             None => vec![0.0; cout],
         };
         if bias.len() != cout {
@@ -493,7 +600,10 @@ impl<'g> Planner<'g> {
         let bias = match node.inputs.get(2).filter(|n| !n.is_empty()) {
             None => vec![0.0; o],
             Some(name) => {
-                let c = Self::values(self.constant(name).ok_or("the bias is computed from the data")?)?;
+                let c = Self::values(
+                    self.constant(name)
+                        .ok_or("the bias is computed from the data")?,
+                )?;
                 match c.len() {
                     1 => vec![beta * c[0]; o],
                     n if n == o => c.iter().map(|v| beta * v).collect(),
@@ -531,7 +641,11 @@ impl<'g> Planner<'g> {
     /// Decodes an index-valued output (batch of two, per-sample dims `dims`)
     /// into `(input, element)` per output storage position, checking that each
     /// sample reads only its own elements, the same ones for both samples.
-    fn decode(values: &[f64], dims: &[usize], bases: &[(usize, usize)]) -> Planned<Vec<(u32, u32)>> {
+    fn decode(
+        values: &[f64],
+        dims: &[usize],
+        bases: &[(usize, usize)],
+    ) -> Planned<Vec<(u32, u32)>> {
         let len: usize = dims.iter().product();
         if values.len() != PROBE * len || len >= u32::MAX as usize {
             return Err("unexpected traced size".into());
@@ -598,7 +712,11 @@ impl<'g> Planner<'g> {
             .zip(&owned)
             .map(|(name, traced)| traced.as_ref().or_else(|| self.constant(name)))
             .collect();
-        if inputs.iter().zip(&node.inputs).any(|(t, name)| t.is_none() && !name.is_empty()) {
+        if inputs
+            .iter()
+            .zip(&node.inputs)
+            .any(|(t, name)| t.is_none() && !name.is_empty())
+        {
             return Err("an input is neither data nor constant".into());
         }
         let outputs = eval::eval(&node.op, &inputs, node.outputs.len(), DType::F64)
@@ -646,7 +764,9 @@ impl<'g> Planner<'g> {
                 Some(slot),
             ));
         }
-        let constant = self.constant(name).ok_or("an operand is neither data nor constant")?;
+        let constant = self
+            .constant(name)
+            .ok_or("an operand is neither data nor constant")?;
         let values = Self::values(constant)?;
         let positions: Vec<f64> = (0..values.len()).map(|i| i as f64).collect();
         let traced = Tensor::from_vec(positions, constant.dims(), &Device::Cpu)
@@ -670,7 +790,12 @@ impl<'g> Planner<'g> {
             [] => 1,
         };
         for p in [1, period] {
-            if p > 0 && expanded.iter().enumerate().all(|(i, v)| *v == expanded[i % p]) {
+            if p > 0
+                && expanded
+                    .iter()
+                    .enumerate()
+                    .all(|(i, v)| *v == expanded[i % p])
+            {
                 return Ok((
                     Operand {
                         map: Map::Inner,
@@ -700,12 +825,7 @@ impl<'g> Planner<'g> {
         if inputs.is_empty() {
             return Err("no operand is computed from the data".into());
         }
-        let binary = Binary {
-            op,
-            a,
-            b,
-            out_len: out_dims.iter().product(),
-        };
+        let binary = Binary::new(op, a, b, out_dims.iter().product());
         self.push(Kernel::Binary(binary), inputs, out)
     }
 }
@@ -713,6 +833,8 @@ impl<'g> Planner<'g> {
 fn as3(dims: &[usize]) -> Planned<[usize; 3]> {
     match dims {
         [c, h, w] => Ok([*c, *h, *w]),
-        other => Err(format!("expected a per-sample [C, H, W] value, got {other:?}")),
+        other => Err(format!(
+            "expected a per-sample [C, H, W] value, got {other:?}"
+        )),
     }
 }

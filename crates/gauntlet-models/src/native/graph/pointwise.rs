@@ -15,6 +15,8 @@ pub(crate) enum Unary {
     LeakyRelu(f32),
     Clip(f32, f32),
     Sigmoid,
+    /// `x · sigmoid(x)` (SiLU / swish), fused from `Sigmoid` and `Mul`.
+    Silu,
     Tanh,
     HardSigmoid(f32, f32),
     HardSwish,
@@ -70,6 +72,7 @@ impl Unary {
             }
             Unary::Clip(lo, hi) => x.max(lo).min(hi),
             Unary::Sigmoid => sigmoid(x),
+            Unary::Silu => x * sigmoid(x),
             Unary::Tanh => x.tanh(),
             Unary::HardSigmoid(a, b) => (a * x + b).clamp(0.0, 1.0),
             Unary::HardSwish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
@@ -111,6 +114,10 @@ impl Unary {
             }
             Unary::Clip(lo, hi) => f32::from(x >= lo && x <= hi),
             Unary::Sigmoid => y * (1.0 - y),
+            Unary::Silu => {
+                let s = sigmoid(x);
+                s * (1.0 + x * (1.0 - s))
+            }
             Unary::Tanh => 1.0 - y * y,
             Unary::HardSigmoid(a, b) => {
                 let z = a * x + b;
@@ -131,7 +138,8 @@ impl Unary {
             }
             Unary::Gelu => {
                 let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
-                let pdf = (-0.5 * x * x).exp() * (0.5 * TWO_OVER_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2);
+                let pdf = (-0.5 * x * x).exp()
+                    * (0.5 * TWO_OVER_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2);
                 cdf + x * pdf
             }
             Unary::GeluTanh => {
@@ -259,7 +267,12 @@ impl Map {
     }
 
     /// The operand's values for every output element of one sample.
-    fn expand<'a>(&self, operand: &'a [f32], out_len: usize, buffer: &'a mut Vec<f32>) -> &'a [f32] {
+    fn expand<'a>(
+        &self,
+        operand: &'a [f32],
+        out_len: usize,
+        buffer: &'a mut Vec<f32>,
+    ) -> &'a [f32] {
         match self {
             Map::Full => operand,
             Map::Inner => {
@@ -284,7 +297,10 @@ impl Map {
             Map::Full => operand_grad.iter_mut().zip(full).for_each(|(d, g)| *d += g),
             Map::Inner => {
                 for chunk in full.chunks(operand_grad.len().max(1)) {
-                    operand_grad.iter_mut().zip(chunk).for_each(|(d, g)| *d += g);
+                    operand_grad
+                        .iter_mut()
+                        .zip(chunk)
+                        .for_each(|(d, g)| *d += g);
                 }
             }
             Map::Table(t) => {
@@ -305,6 +321,26 @@ pub(crate) struct Operand {
     pub constant: Option<Vec<f32>>,
 }
 
+impl Operand {
+    /// This sample's values (the constant for every sample).
+    fn sample<'a>(&'a self, data: &'a [f32], s: usize) -> &'a [f32] {
+        match &self.constant {
+            Some(c) => c,
+            None => &data[s * self.len..(s + 1) * self.len],
+        }
+    }
+
+    /// Values for output elements `k·period .. (k+1)·period` of one sample, when
+    /// the operand is full or repeats every `period` elements.
+    #[inline]
+    fn chunk<'a>(&self, values: &'a [f32], k: usize, period: usize) -> &'a [f32] {
+        match self.map {
+            Map::Full => &values[k * period..(k + 1) * period],
+            _ => values,
+        }
+    }
+}
+
 /// `y = a ∘ b` with broadcasting.
 #[derive(Clone, Debug)]
 pub(crate) struct Binary {
@@ -312,28 +348,85 @@ pub(crate) struct Binary {
     pub a: Operand,
     pub b: Operand,
     pub out_len: usize,
+    /// Output elements per chunk when both operands are full or repeat with
+    /// this period (the fast path: no per-element index arithmetic).
+    period: Option<usize>,
+}
+
+#[inline]
+fn apply(op: BinaryOp, a: &[f32], b: &[f32], y: &mut [f32]) {
+    let pairs = y.iter_mut().zip(a.iter().zip(b));
+    match op {
+        BinaryOp::Add => pairs.for_each(|(y, (a, b))| *y = a + b),
+        BinaryOp::Sub => pairs.for_each(|(y, (a, b))| *y = a - b),
+        BinaryOp::Mul => pairs.for_each(|(y, (a, b))| *y = a * b),
+        _ => pairs.for_each(|(y, (a, b))| *y = a / b),
+    }
+}
+
+/// `d += dy · ∂(a ∘ b)/∂a` (or `∂b` when `!wrt_a`), elementwise.
+#[inline]
+fn partial(op: BinaryOp, wrt_a: bool, dy: &[f32], a: &[f32], b: &[f32], d: &mut [f32]) {
+    let terms = d.iter_mut().zip(dy.iter().zip(a.iter().zip(b)));
+    match (op, wrt_a) {
+        (BinaryOp::Add, _) | (BinaryOp::Sub, true) => terms.for_each(|(d, (g, _))| *d += g),
+        (BinaryOp::Sub, false) => terms.for_each(|(d, (g, _))| *d -= g),
+        (BinaryOp::Mul, true) => terms.for_each(|(d, (g, (_, b)))| *d += g * b),
+        (BinaryOp::Mul, false) => terms.for_each(|(d, (g, (a, _)))| *d += g * a),
+        (_, true) => terms.for_each(|(d, (g, (_, b)))| *d += g / b),
+        (_, false) => terms.for_each(|(d, (g, (a, b)))| *d -= g * a / (b * b)),
+    }
 }
 
 impl Binary {
-    #[inline]
-    fn apply(op: BinaryOp, a: f32, b: f32) -> f32 {
-        match op {
-            BinaryOp::Add => a + b,
-            BinaryOp::Sub => a - b,
-            BinaryOp::Mul => a * b,
-            _ => a / b,
-        }
-    }
-
     /// The engine supports these four.
     pub(crate) fn supports(op: BinaryOp) -> bool {
-        matches!(op, BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div)
+        matches!(
+            op,
+            BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div
+        )
     }
 
-    fn sample<'a>(operand: &'a Operand, data: &'a [f32], s: usize) -> &'a [f32] {
-        match &operand.constant {
-            Some(c) => c,
-            None => &data[s * operand.len..(s + 1) * operand.len],
+    /// `a ∘ b` for `out_len` outputs per sample; finds the fast path, expanding a
+    /// repeating constant to the other operand's period.
+    pub(crate) fn new(op: BinaryOp, mut a: Operand, mut b: Operand, out_len: usize) -> Self {
+        let repeats = |o: &Operand| match o.map {
+            Map::Full => Some(out_len),
+            Map::Inner if o.len > 0 && out_len.is_multiple_of(o.len) => Some(o.len),
+            _ => None,
+        };
+        let period = match (repeats(&a), repeats(&b)) {
+            (Some(pa), Some(pb)) => {
+                let period = pa.max(pb);
+                let fits = |o: &mut Operand, p: usize| {
+                    if p == period {
+                        return true;
+                    }
+                    // Only a constant can be stretched to the longer period.
+                    match &mut o.constant {
+                        Some(values) if period.is_multiple_of(p) => {
+                            *values = values.iter().copied().cycle().take(period).collect();
+                            o.len = period;
+                            o.map = if period == out_len {
+                                Map::Full
+                            } else {
+                                Map::Inner
+                            };
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                (fits(&mut a, pa) && fits(&mut b, pb)).then_some(period)
+            }
+            _ => None,
+        };
+        Self {
+            op,
+            a,
+            b,
+            out_len,
+            period,
         }
     }
 
@@ -343,12 +436,17 @@ impl Binary {
         y.par_chunks_mut(self.out_len)
             .enumerate()
             .for_each(|(s, y)| {
-                let (mut buf_a, mut buf_b) = (Vec::new(), Vec::new());
-                let va = self.a.map.expand(Self::sample(&self.a, a, s), self.out_len, &mut buf_a);
-                let vb = self.b.map.expand(Self::sample(&self.b, b, s), self.out_len, &mut buf_b);
-                for ((y, a), b) in y.iter_mut().zip(va).zip(vb) {
-                    *y = Self::apply(op, *a, *b);
+                let (va, vb) = (self.a.sample(a, s), self.b.sample(b, s));
+                if let Some(p) = self.period {
+                    for (k, y) in y.chunks_exact_mut(p).enumerate() {
+                        apply(op, self.a.chunk(va, k, p), self.b.chunk(vb, k, p), y);
+                    }
+                    return;
                 }
+                let (mut buf_a, mut buf_b) = (Vec::new(), Vec::new());
+                let va = self.a.map.expand(va, self.out_len, &mut buf_a);
+                let vb = self.b.map.expand(vb, self.out_len, &mut buf_b);
+                apply(op, va, vb, y);
             });
     }
 
@@ -362,55 +460,49 @@ impl Binary {
         da: Option<&mut [f32]>,
         db: Option<&mut [f32]>,
     ) {
-        let n = dy.len() / self.out_len.max(1);
         let op = self.op;
-        let grads: Vec<(Vec<f32>, Vec<f32>)> = (0..n)
-            .into_par_iter()
-            .map(|s| {
-                let (mut buf_a, mut buf_b) = (Vec::new(), Vec::new());
-                let va = self.a.map.expand(Self::sample(&self.a, a, s), self.out_len, &mut buf_a);
-                let vb = self.b.map.expand(Self::sample(&self.b, b, s), self.out_len, &mut buf_b);
-                let dy = &dy[s * self.out_len..(s + 1) * self.out_len];
-                let mut ga = vec![0.0; if da.is_some() { self.a.len } else { 0 }];
-                let mut gb = vec![0.0; if db.is_some() { self.b.len } else { 0 }];
-                let partial = |wrt_a: bool| -> Vec<f32> {
-                    dy.iter()
-                        .zip(va.iter().zip(vb))
-                        .map(|(g, (a, b))| {
-                            g * match (op, wrt_a) {
-                                (BinaryOp::Add, _) => 1.0,
-                                (BinaryOp::Sub, true) => 1.0,
-                                (BinaryOp::Sub, false) => -1.0,
-                                (BinaryOp::Mul, true) => *b,
-                                (BinaryOp::Mul, false) => *a,
-                                (_, true) => 1.0 / b,
-                                (_, false) => -a / (b * b),
-                            }
-                        })
-                        .collect()
-                };
-                if !ga.is_empty() {
-                    self.a.map.reduce(&partial(true), &mut ga);
+        let per_sample = |s: usize, ga: Option<&mut [f32]>, gb: Option<&mut [f32]>| {
+            let (va, vb) = (self.a.sample(a, s), self.b.sample(b, s));
+            let dy = &dy[s * self.out_len..(s + 1) * self.out_len];
+            if let Some(p) = self.period {
+                for (target, wrt_a, operand) in [(ga, true, &self.a), (gb, false, &self.b)] {
+                    let Some(target) = target else { continue };
+                    for (k, dy) in dy.chunks_exact(p).enumerate() {
+                        let (ca, cb) = (self.a.chunk(va, k, p), self.b.chunk(vb, k, p));
+                        let d = match operand.map {
+                            Map::Full => &mut target[k * p..(k + 1) * p],
+                            _ => &mut target[..],
+                        };
+                        partial(op, wrt_a, dy, ca, cb, d);
+                    }
                 }
-                if !gb.is_empty() {
-                    self.b.map.reduce(&partial(false), &mut gb);
-                }
-                (ga, gb)
-            })
-            .collect();
-        for (target, len, pick) in [
-            (da, self.a.len, 0usize),
-            (db, self.b.len, 1usize),
-        ] {
-            if let Some(target) = target {
-                for (s, g) in grads.iter().enumerate() {
-                    let g = if pick == 0 { &g.0 } else { &g.1 };
-                    target[s * len..(s + 1) * len]
-                        .iter_mut()
-                        .zip(g)
-                        .for_each(|(d, v)| *d += v);
-                }
+                return;
             }
+            let (mut buf_a, mut buf_b) = (Vec::new(), Vec::new());
+            let ea = self.a.map.expand(va, self.out_len, &mut buf_a);
+            let eb = self.b.map.expand(vb, self.out_len, &mut buf_b);
+            for (target, wrt_a, operand) in [(ga, true, &self.a), (gb, false, &self.b)] {
+                let Some(target) = target else { continue };
+                let mut full = vec![0.0; self.out_len];
+                partial(op, wrt_a, dy, ea, eb, &mut full);
+                operand.map.reduce(&full, target);
+            }
+        };
+        match (da, db) {
+            (Some(da), Some(db)) => da
+                .par_chunks_mut(self.a.len.max(1))
+                .zip(db.par_chunks_mut(self.b.len.max(1)))
+                .enumerate()
+                .for_each(|(s, (ga, gb))| per_sample(s, Some(ga), Some(gb))),
+            (Some(da), None) => da
+                .par_chunks_mut(self.a.len.max(1))
+                .enumerate()
+                .for_each(|(s, ga)| per_sample(s, Some(ga), None)),
+            (None, Some(db)) => db
+                .par_chunks_mut(self.b.len.max(1))
+                .enumerate()
+                .for_each(|(s, gb)| per_sample(s, None, Some(gb))),
+            (None, None) => {}
         }
     }
 }

@@ -1,0 +1,391 @@
+//! Every kernel of the native engine against the reference executor: values and
+//! input gradients on random geometries (odd sizes, strides, asymmetric padding,
+//! dilation, groups), plus bit-identical results across thread counts.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use super::NativeGraph;
+use crate::graph::{BinaryOp, Graph, Node, Op, ReduceOp, UnaryOp};
+use crate::layers::{Pool2d, PoolKind};
+use crate::network::Normalization;
+
+fn seeded(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    gauntlet_core::SeedStream::new(seed)
+        .derive("native-graph-test")
+        .uniform_f32(n, -scale, scale)
+}
+
+fn tensor(values: Vec<f32>, dims: &[usize]) -> Tensor {
+    Tensor::from_vec(values, dims, &Device::Cpu).unwrap()
+}
+
+/// Builds graphs node by node; every test graph ends in a flatten so the output
+/// is `[N, features]`.
+struct Builder {
+    nodes: Vec<Node>,
+    constants: HashMap<String, Tensor>,
+    seed: u64,
+}
+
+impl Builder {
+    fn new() -> Self {
+        Self {
+            nodes: Vec::new(),
+            constants: HashMap::new(),
+            seed: 1,
+        }
+    }
+
+    fn constant(&mut self, dims: &[usize]) -> String {
+        self.seed += 1;
+        let name = format!("c{}", self.seed);
+        let n = dims.iter().product();
+        self.constants
+            .insert(name.clone(), tensor(seeded(n, self.seed, 0.5), dims));
+        name
+    }
+
+    fn constant_values(&mut self, values: Vec<f32>, dims: &[usize]) -> String {
+        self.seed += 1;
+        let name = format!("c{}", self.seed);
+        self.constants.insert(name.clone(), tensor(values, dims));
+        name
+    }
+
+    fn op(&mut self, op: Op, inputs: &[&str]) -> String {
+        let name = format!("v{}", self.nodes.len());
+        self.nodes.push(Node {
+            name: name.clone(),
+            op,
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: vec![name.clone()],
+        });
+        name
+    }
+
+    fn finish(mut self, last: &str) -> Graph {
+        let output = self.op(Op::Flatten(1), &[last]);
+        Graph {
+            nodes: self.nodes,
+            constants: self.constants,
+            input: "x".into(),
+            output,
+            float: DType::F32,
+        }
+    }
+}
+
+/// Native vs reference: logits and the input gradient of `Σ w · logits`.
+fn check(graph: &Graph, shape: [usize; 3], what: &str) -> NativeGraph {
+    let native = NativeGraph::plan(graph, shape, &Normalization::default())
+        .unwrap_or_else(|e| panic!("{what}: not planned: {e}"));
+    let [c, h, w] = shape;
+    let n = 3;
+    let x = seeded(n * c * h * w, 99, 1.0);
+    let var = Var::from_tensor(&tensor(x.clone(), &[n, c, h, w])).unwrap();
+    let reference = graph.run(var.as_tensor(), None).unwrap().output;
+    let classes = reference.dim(1).unwrap();
+    let weights = seeded(n * classes, 7, 1.0);
+    let loss = (&reference * tensor(weights.clone(), &[n, classes]))
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let grad_reference = loss
+        .backward()
+        .unwrap()
+        .get(var.as_tensor())
+        .unwrap()
+        .clone();
+    let grad_reference = grad_reference
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let reference = reference.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+
+    let (logits, tape) = native.forward(&x, n, true).unwrap();
+    let grad = native.input_gradient(&tape.unwrap(), &weights).unwrap();
+    let close = |a: &[f32], b: &[f32], label: &str| {
+        assert_eq!(a.len(), b.len(), "{what}: {label} length");
+        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        for (i, (p, q)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (p - q).abs() <= 1e-4 * scale,
+                "{what}: {label}[{i}] native {p} vs reference {q} (scale {scale})"
+            );
+        }
+    };
+    close(&logits, &reference, "logits");
+    close(&grad, &grad_reference, "input gradient");
+    native
+}
+
+fn conv(stride: usize, pads: [usize; 4], dilation: usize, groups: usize) -> Op {
+    Op::Conv {
+        stride,
+        pads,
+        dilation,
+        groups,
+    }
+}
+
+#[test]
+fn convolutions_of_any_geometry_match_the_reference() {
+    // (cin, cout, kh, kw, stride, pads, dilation, groups, h, w)
+    let cases = [
+        (3, 5, 3, 3, 1, [1, 1, 1, 1], 1, 1, 7, 9),
+        (4, 6, 1, 1, 1, [0, 0, 0, 0], 1, 1, 5, 5),
+        (4, 6, 1, 1, 2, [0, 0, 0, 0], 1, 1, 7, 6),
+        (2, 4, 5, 5, 2, [2, 1, 0, 2], 1, 1, 9, 8),
+        (6, 6, 3, 3, 1, [1, 1, 1, 1], 1, 6, 8, 7),
+        (6, 6, 5, 5, 2, [2, 2, 2, 2], 1, 6, 9, 9),
+        (6, 12, 3, 3, 1, [1, 1, 1, 1], 1, 6, 5, 5),
+        (8, 4, 3, 3, 1, [1, 1, 1, 1], 1, 2, 6, 6),
+        (3, 4, 3, 3, 1, [2, 2, 2, 2], 2, 1, 7, 7),
+        (3, 4, 1, 7, 1, [0, 3, 0, 3], 1, 1, 6, 9),
+        (3, 2, 4, 4, 3, [0, 0, 1, 1], 1, 1, 10, 11),
+        (4, 4, 3, 3, 1, [1, 1, 1, 1], 2, 4, 7, 6),
+    ];
+    for (case, &(cin, cout, kh, kw, stride, pads, dilation, groups, h, w)) in
+        cases.iter().enumerate()
+    {
+        let mut b = Builder::new();
+        let weight = b.constant(&[cout, cin / groups, kh, kw]);
+        let bias = b.constant(&[cout]);
+        let y = b.op(conv(stride, pads, dilation, groups), &["x", &weight, &bias]);
+        let graph = b.finish(&y);
+        check(&graph, [cin, h, w], &format!("conv case {case}"));
+    }
+}
+
+#[test]
+fn batch_norm_and_activations_fold_into_the_convolution() {
+    for activation in [
+        Op::Unary(UnaryOp::Relu),
+        Op::Clip {
+            min: Some(0.0),
+            max: Some(0.3),
+        },
+    ] {
+        let mut b = Builder::new();
+        let weight = b.constant(&[5, 3, 3, 3]);
+        let y = b.op(conv(1, [1, 1, 1, 1], 1, 1), &["x", &weight]);
+        let (scale, shift) = (
+            tensor(seeded(5, 3, 2.0), &[5]),
+            tensor(seeded(5, 4, 1.0), &[5]),
+        );
+        let y = b.op(Op::Affine { scale, shift }, &[&y]);
+        let y = b.op(activation.clone(), &[&y]);
+        let graph = b.finish(&y);
+        let native = check(&graph, [3, 6, 6], &format!("conv+bn+{activation}"));
+        let kernels = native.kernel_counts();
+        assert_eq!(
+            kernels,
+            vec![("conv", 1), ("move", 1)],
+            "{activation}: {kernels:?}"
+        );
+    }
+}
+
+#[test]
+fn pooling_matches_the_reference() {
+    let pools = [
+        Pool2d::max(2),
+        Pool2d {
+            kind: PoolKind::Max,
+            kernel: (3, 3),
+            stride: (2, 2),
+            pads: [1, 1, 1, 1],
+            ceil_mode: true,
+        },
+        Pool2d {
+            kind: PoolKind::Avg {
+                count_include_pad: true,
+            },
+            kernel: (3, 2),
+            stride: (2, 1),
+            pads: [1, 0, 1, 1],
+            ceil_mode: false,
+        },
+        Pool2d {
+            kind: PoolKind::Avg {
+                count_include_pad: false,
+            },
+            kernel: (3, 3),
+            stride: (2, 2),
+            pads: [1, 1, 1, 1],
+            ceil_mode: true,
+        },
+    ];
+    for (case, pool) in pools.into_iter().enumerate() {
+        let mut b = Builder::new();
+        let y = b.op(Op::Pool(pool), &["x"]);
+        let graph = b.finish(&y);
+        check(&graph, [3, 7, 8], &format!("pool case {case}"));
+    }
+    for max in [false, true] {
+        let mut b = Builder::new();
+        let y = b.op(Op::GlobalPool { max }, &["x"]);
+        let graph = b.finish(&y);
+        check(&graph, [4, 5, 3], &format!("global pool max={max}"));
+        let mut b = Builder::new();
+        let op = if max { ReduceOp::Max } else { ReduceOp::Mean };
+        let reduce = Op::Reduce {
+            op,
+            axes: Some(vec![-1, -2]),
+            keep_dims: false,
+            noop_with_empty_axes: false,
+        };
+        let y = b.op(reduce, &["x"]);
+        let graph = b.finish(&y);
+        check(&graph, [4, 5, 3], &format!("spatial reduce max={max}"));
+    }
+}
+
+#[test]
+fn activations_and_broadcast_arithmetic_match_the_reference() {
+    let unary = [
+        UnaryOp::Relu,
+        UnaryOp::LeakyRelu { alpha: 0.1 },
+        UnaryOp::Sigmoid,
+        UnaryOp::Tanh,
+        UnaryOp::HardSigmoid {
+            alpha: 0.2,
+            beta: 0.5,
+        },
+        UnaryOp::HardSwish,
+        UnaryOp::Gelu { tanh: false },
+        UnaryOp::Gelu { tanh: true },
+        UnaryOp::Erf,
+        UnaryOp::Elu { alpha: 1.0 },
+        UnaryOp::Softplus,
+        UnaryOp::Neg,
+        UnaryOp::Exp,
+        UnaryOp::Abs,
+    ];
+    for op in unary {
+        let mut b = Builder::new();
+        let y = b.op(Op::Unary(op), &["x"]);
+        let graph = b.finish(&y);
+        check(&graph, [3, 4, 5], &format!("{op:?}"));
+    }
+    // Squeeze-excitation: x · sigmoid(pool(x)) with a per-sample channel vector,
+    // SiLU written as x · sigmoid(x), and constants of every broadcast shape.
+    let mut b = Builder::new();
+    let pooled = b.op(Op::GlobalPool { max: false }, &["x"]);
+    let gate = b.op(Op::Unary(UnaryOp::Sigmoid), &[&pooled]);
+    let excited = b.op(Op::Binary(BinaryOp::Mul), &["x", &gate]);
+    let sig = b.op(Op::Unary(UnaryOp::Sigmoid), &[&excited]);
+    let silu = b.op(Op::Binary(BinaryOp::Mul), &[&sig, &excited]);
+    let channel = b.constant(&[1, 4, 1, 1]);
+    let shifted = b.op(Op::Binary(BinaryOp::Sub), &[&channel, &silu]);
+    let scalar = b.constant_values(vec![1.5], &[]);
+    let scaled = b.op(Op::Binary(BinaryOp::Div), &[&shifted, &scalar]);
+    let full = b.constant(&[4, 3, 5]);
+    let plus = b.op(Op::Binary(BinaryOp::Add), &[&scaled, &full]);
+    let row = b.constant(&[5]);
+    let last = b.op(Op::Binary(BinaryOp::Mul), &[&plus, &row]);
+    let squared = b.op(Op::Binary(BinaryOp::Mul), &[&last, &last]);
+    let graph = b.finish(&squared);
+    let native = check(&graph, [4, 3, 5], "broadcast arithmetic");
+    let unary_steps = native.kernel_counts().into_iter().find(|k| k.0 == "unary");
+    assert_eq!(unary_steps, Some(("unary", 2)), "SiLU is one step");
+}
+
+#[test]
+fn data_movement_matches_the_reference() {
+    let mut b = Builder::new();
+    // Channel shuffle (reshape, transpose, reshape), a slice, zero padding and a concat.
+    let i64s = |v: &[i64]| Tensor::new(v, &Device::Cpu).unwrap();
+    b.constants.insert("shape5".into(), i64s(&[-1, 2, 3, 5, 6]));
+    b.constants.insert("shape4".into(), i64s(&[-1, 6, 5, 6]));
+    let (shape, back_shape) = ("shape5", "shape4");
+    let split = b.op(Op::Reshape { allow_zero: false }, &["x", shape]);
+    let swapped = b.op(Op::Transpose(Some(vec![0, 2, 1, 3, 4])), &[&split]);
+    let shuffled = b.op(Op::Reshape { allow_zero: false }, &[&swapped, back_shape]);
+    let sliced = b.op(
+        Op::Slice {
+            starts: Some(vec![1]),
+            ends: Some(vec![4]),
+            axes: Some(vec![1]),
+        },
+        &[&shuffled],
+    );
+    let padded = b.op(
+        Op::Pad {
+            mode: crate::graph::op::PadMode::Constant,
+            pads: Some(vec![0, 0, 1, 0, 0, 0, 0, 1]),
+            value: 0.0,
+        },
+        &[&sliced],
+    );
+    let weight = b.constant(&[3, 6, 1, 1]);
+    let projected = b.op(conv(1, [0, 0, 0, 0], 1, 1), &["x", &weight]);
+    let padded_projection = b.op(
+        Op::Pad {
+            mode: crate::graph::op::PadMode::Constant,
+            pads: Some(vec![0, 0, 1, 0, 0, 0, 0, 1]),
+            value: 0.0,
+        },
+        &[&projected],
+    );
+    let joined = b.op(Op::Concat(1), &[&padded, &padded_projection]);
+    let graph = b.finish(&joined);
+    check(&graph, [6, 5, 6], "movement");
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let mut b = Builder::new();
+    let w1 = b.constant(&[8, 3, 3, 3]);
+    let y = b.op(conv(1, [1, 1, 1, 1], 1, 1), &["x", &w1]);
+    let y = b.op(Op::Unary(UnaryOp::Relu), &[&y]);
+    let w2 = b.constant(&[8, 1, 3, 3]);
+    let y = b.op(conv(2, [1, 1, 1, 1], 1, 8), &[&y, &w2]);
+    let y = b.op(Op::GlobalPool { max: false }, &[&y]);
+    let graph = b.finish(&y);
+    let native = NativeGraph::plan(&graph, [3, 16, 16], &Normalization::default()).unwrap();
+    let n = 9;
+    let x = seeded(n * 3 * 16 * 16, 5, 1.0);
+    let grad_out = seeded(n * 8, 6, 1.0);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let (logits, tape) = native.forward(&x, n, true).unwrap();
+            (
+                logits,
+                native.input_gradient(&tape.unwrap(), &grad_out).unwrap(),
+            )
+        })
+    };
+    let one = run(1);
+    for threads in [2, 3] {
+        let other = run(threads);
+        assert!(
+            one.0 == other.0 && one.1 == other.1,
+            "{threads} threads differ from one"
+        );
+    }
+}
+
+#[test]
+fn unsupported_ops_are_named() {
+    let mut b = Builder::new();
+    let y = b.op(
+        Op::Softmax {
+            axis: 1,
+            legacy: false,
+            log: false,
+        },
+        &["x"],
+    );
+    let graph = b.finish(&y);
+    let not = NativeGraph::plan(&graph, [3, 2, 2], &Normalization::default()).unwrap_err();
+    assert_eq!(not.op, "Softmax");
+    assert!(not.to_string().contains("Softmax node 'v0'"), "{not}");
+}
