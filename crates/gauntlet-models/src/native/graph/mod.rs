@@ -22,6 +22,7 @@ mod movement;
 mod plan;
 mod pointwise;
 mod pool;
+mod rows;
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
@@ -33,6 +34,7 @@ use linear::Linear;
 use movement::Movement;
 use pointwise::{Affine, Binary, Unary};
 use pool::{GlobalPool, Pool};
+use rows::{BatchedMatMul, LayerNorm, Softmax};
 use std::sync::Arc;
 
 pub use plan::NotPlanned;
@@ -48,6 +50,12 @@ enum Kernel {
     Affine(Affine),
     Binary(Binary),
     Move(Movement),
+    LayerNorm(LayerNorm),
+    Softmax(Softmax),
+    /// A product of two computed values.
+    MatMul(BatchedMatMul),
+    /// The same values for every sample (a class token expanded to the batch).
+    Constant(Vec<f32>),
 }
 
 impl Kernel {
@@ -61,6 +69,10 @@ impl Kernel {
             Kernel::Affine(_) => "affine",
             Kernel::Binary(_) => "binary",
             Kernel::Move(_) => "move",
+            Kernel::LayerNorm(_) => "layer-norm",
+            Kernel::Softmax(_) => "softmax",
+            Kernel::MatMul(_) => "matmul",
+            Kernel::Constant(_) => "constant",
         }
     }
 }
@@ -142,6 +154,7 @@ impl NativeGraph {
             .map(|s| match &s.kernel {
                 Kernel::Conv(c) => c.geom.macs(),
                 Kernel::Linear(l) => l.inputs * l.outputs * (self.slot_lens[s.output] / l.outputs),
+                Kernel::MatMul(m) => m.batches * m.m * m.k * m.n,
                 _ => 0,
             })
             .sum()
@@ -218,6 +231,14 @@ impl NativeGraph {
                     let inputs: Vec<&[f32]> =
                         step.inputs.iter().map(|&s| values[s].as_slice()).collect();
                     movement.forward(&inputs, &mut out);
+                }
+                Kernel::LayerNorm(norm) => norm.forward(input(0), &mut out),
+                Kernel::Softmax(softmax) => softmax.forward(input(0), &mut out),
+                Kernel::MatMul(product) => product.forward(input(0), input(1), &mut out)?,
+                Kernel::Constant(constant) => {
+                    for sample in out.chunks_exact_mut(constant.len().max(1)) {
+                        sample.copy_from_slice(constant);
+                    }
                 }
             }
             values[step.output] = out;
@@ -301,6 +322,17 @@ impl NativeGraph {
                         input_grads.iter_mut().map(|v| v.as_mut_slice()).collect();
                     movement.backward(&dy, &mut targets);
                 }
+                Kernel::LayerNorm(norm) => norm.backward(input(0), &dy, &mut input_grads[0]),
+                Kernel::Softmax(softmax) => softmax.backward(y, &dy, &mut input_grads[0]),
+                Kernel::MatMul(product) => {
+                    let [da, db] = input_grads.as_mut_slice() else {
+                        return Err(Error::Invalid(
+                            "internal: a product without two inputs".into(),
+                        ));
+                    };
+                    product.backward(input(0), input(1), &dy, da, db)?;
+                }
+                Kernel::Constant(_) => {}
             }
             self.buffers.give(dy);
             for (&slot, grad) in step.inputs.iter().zip(input_grads) {

@@ -15,6 +15,7 @@ use super::linear::Linear;
 use super::movement::{Movement, ZERO};
 use super::pointwise::{Affine, Binary, Map, Operand, Unary};
 use super::pool::{GlobalPool, Pool};
+use super::rows::{BatchedMatMul, LayerNorm, Softmax};
 use super::{Kernel, NativeGraph, Step};
 use crate::graph::{eval, BinaryOp, Graph, Node, Op, ReduceOp, ResizeMode, UnaryOp};
 use crate::network::Normalization;
@@ -45,10 +46,11 @@ type Planned<T> = std::result::Result<T, String>;
 /// Samples in the probe batch: two, so that per-sample independence is checked.
 const PROBE: usize = 2;
 
-/// Per-sample storage index of logical index `l` of a value with dims `dims`.
-fn storage_of_logical(dims: &[usize], l: usize) -> usize {
+/// Per-sample storage index of logical index `l` of a value with dims `dims`,
+/// stored channels-last when `channels_last` (and `[C, H, W]`).
+fn storage_of_logical(dims: &[usize], channels_last: bool, l: usize) -> usize {
     match dims {
-        [c, h, w] => {
+        [c, h, w] if channels_last => {
             let hw = h * w;
             (l % hw) * c + l / hw
         }
@@ -57,21 +59,94 @@ fn storage_of_logical(dims: &[usize], l: usize) -> usize {
 }
 
 /// Per-sample logical index of storage index `q`.
-fn logical_of_storage(dims: &[usize], q: usize) -> usize {
+fn logical_of_storage(dims: &[usize], channels_last: bool, q: usize) -> usize {
     match dims {
-        [c, _, _] => (q % c) * (dims[1] * dims[2]) + q / c,
+        [c, h, w] if channels_last => (q % c) * (h * w) + q / c,
         _ => q,
+    }
+}
+
+/// Where the samples of a value lie in its shape at the probe batch: along
+/// `axis`, whose index is `(o · PROBE + sample) · inner + i`. Most values have
+/// the batch first (`outer` and `inner` 1); exporters also move it (PyTorch's
+/// attention computes on `[tokens, batch, width]`) or merge it with another
+/// axis, outside it (heads, windows: `inner` > 1) or inside it (tokens: `outer` > 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Batch {
+    axis: usize,
+    outer: usize,
+    inner: usize,
+}
+
+impl Batch {
+    const FIRST: Batch = Batch {
+        axis: 0,
+        outer: 1,
+        inner: 1,
+    };
+
+    /// Per-sample dims of a value of probe shape `full`: the batch axis dropped,
+    /// or shrunk to what is merged with it.
+    fn per_sample(self, full: &[usize]) -> Planned<Vec<usize>> {
+        if full.get(self.axis) != Some(&(self.outer * PROBE * self.inner)) {
+            return Err(format!(
+                "shape {full:?} does not hold the batch on axis {}",
+                self.axis
+            ));
+        }
+        let mut dims = full.to_vec();
+        match self.outer * self.inner {
+            1 => {
+                dims.remove(self.axis);
+            }
+            merged => dims[self.axis] = merged,
+        }
+        Ok(dims)
+    }
+
+    /// Flat index into the probe value of per-sample logical index `l` of sample `s`.
+    fn full_index(self, full: &[usize], s: usize, l: usize) -> usize {
+        let tail: usize = full[self.axis + 1..].iter().product();
+        let merged = self.outer * self.inner;
+        let (t, rest) = (l % tail, l / tail);
+        let (p, before) = (rest % merged, rest / merged);
+        let (o, i) = (p / self.inner, p % self.inner);
+        (before * full[self.axis] + (o * PROBE + s) * self.inner + i) * tail + t
+    }
+
+    /// The sample and per-sample logical index of flat probe index `f`.
+    fn split(self, full: &[usize], f: usize) -> (usize, usize) {
+        let tail: usize = full[self.axis + 1..].iter().product();
+        let (t, rest) = (f % tail, f / tail);
+        let (j, before) = (rest % full[self.axis], rest / full[self.axis]);
+        let (q, i) = (j / self.inner, j % self.inner);
+        let (o, s) = (q / PROBE, q % PROBE);
+        let merged = self.outer * self.inner;
+        (s, (before * merged + o * self.inner + i) * tail + t)
     }
 }
 
 struct Slot {
     dims: Vec<usize>,
+    /// Stored NHWC (only for `[C, H, W]` values with the batch first).
+    channels_last: bool,
+    /// Shape at the probe batch.
+    full: Vec<usize>,
+    batch: Batch,
 }
 
 impl Slot {
     fn len(&self) -> usize {
         self.dims.iter().product()
     }
+}
+
+/// Ops that read their input row-major (a matrix product, a row normalisation).
+fn reads_rows(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::MatMul | Op::Gemm { .. } | Op::LayerNorm { .. } | Op::Softmax { .. }
+    )
 }
 
 struct Planner<'g> {
@@ -83,6 +158,11 @@ struct Planner<'g> {
     steps: Vec<Step>,
     consumers: HashMap<String, Vec<usize>>,
     absorbed: HashSet<usize>,
+    /// Values known at plan time that are not graph constants: shapes of
+    /// computed values (at the probe batch) and what is computed from them.
+    known: HashMap<String, Tensor>,
+    /// Copies of slots in the other layout, made once.
+    relayouts: HashMap<usize, usize>,
 }
 
 impl NativeGraph {
@@ -130,11 +210,16 @@ impl NativeGraph {
             shapes,
             slots: vec![Slot {
                 dims: input_shape.to_vec(),
+                channels_last: true,
+                full: vec![PROBE, c, h, w],
+                batch: Batch::FIRST,
             }],
             slot_of: HashMap::from([(graph.input.clone(), 0)]),
             steps: Vec::new(),
             consumers,
             absorbed: HashSet::new(),
+            known: HashMap::new(),
+            relayouts: HashMap::new(),
         };
         for (index, node) in graph.nodes.iter().enumerate() {
             if planner.absorbed.contains(&index) {
@@ -195,9 +280,12 @@ impl<'g> Planner<'g> {
             .slot_of
             .get(&self.graph.output)
             .ok_or("the output is not computed from the input")?;
+        if self.slots[output].batch != Batch::FIRST {
+            return Err("the output does not hold the batch first".into());
+        }
         let dims = &self.slots[output].dims;
         let classes: usize = dims.iter().product();
-        let row_major = dims.len() != 3 || dims[1] * dims[2] == 1;
+        let row_major = !self.slots[output].channels_last || dims[1] * dims[2] == 1;
         if !row_major || classes < 2 {
             return Err(format!(
                 "the output has per-sample shape {dims:?}, expected [classes]"
@@ -221,8 +309,11 @@ impl<'g> Planner<'g> {
         })
     }
 
-    fn constant(&self, name: &str) -> Option<&'g Tensor> {
-        self.graph.constants.get(name)
+    fn constant(&self, name: &str) -> Option<&Tensor> {
+        self.graph
+            .constants
+            .get(name)
+            .or_else(|| self.known.get(name))
     }
 
     fn values(tensor: &Tensor) -> Planned<Vec<f32>> {
@@ -242,33 +333,146 @@ impl<'g> Planner<'g> {
             .ok_or_else(|| format!("input '{name}' is not computed from the data"))
     }
 
-    /// Per-sample dims of `name` from the probe; it must be a float value with the batch first.
-    fn per_sample(&self, name: &str) -> Planned<Vec<usize>> {
+    /// Probe shape of `name`, a float value.
+    fn full_shape(&self, name: &str) -> Planned<Vec<usize>> {
         match self.shapes.get(name) {
-            Some((dims, DType::F32)) if dims.first() == Some(&PROBE) => Ok(dims[1..].to_vec()),
+            Some((dims, DType::F32)) => Ok(dims.clone()),
             Some((dims, dtype)) => Err(format!(
-                "value '{name}' has shape {dims:?} and type {dtype:?}; the engine needs f32 values with the batch first"
+                "value '{name}' has shape {dims:?} and type {dtype:?}; the engine computes f32 values"
             )),
             None => Err(format!("value '{name}' was not computed by the probe")),
         }
     }
 
-    fn new_slot(&mut self, name: &str) -> Planned<usize> {
-        let dims = self.per_sample(name)?;
-        self.slots.push(Slot { dims });
+    /// Per-sample dims of `name`, whose batch lies as `batch` says.
+    fn per_sample_as(&self, name: &str, batch: Batch) -> Planned<Vec<usize>> {
+        let full = self.full_shape(name)?;
+        batch
+            .per_sample(&full)
+            .map_err(|e| format!("value '{name}': {e}"))
+    }
+
+    /// Per-sample dims of `name`, a value with the batch first.
+    fn per_sample(&self, name: &str) -> Planned<Vec<usize>> {
+        self.per_sample_as(name, Batch::FIRST)
+    }
+
+    fn new_slot(&mut self, name: &str, channels_last: bool, batch: Batch) -> Planned<usize> {
+        let full = self.full_shape(name)?;
+        let dims = self.per_sample_as(name, batch)?;
+        let channels_last = channels_last && dims.len() == 3 && batch == Batch::FIRST;
+        self.slots.push(Slot {
+            dims,
+            channels_last,
+            full,
+            batch,
+        });
         let slot = self.slots.len() - 1;
         self.slot_of.insert(name.to_string(), slot);
         Ok(slot)
     }
 
-    fn push(&mut self, kernel: Kernel, inputs: Vec<usize>, output_name: &str) -> Planned<()> {
-        let output = self.new_slot(output_name)?;
+    /// Adds a step writing `output_name`, stored channels-last when asked (and 3-D).
+    fn push_as(
+        &mut self,
+        kernel: Kernel,
+        inputs: Vec<usize>,
+        output_name: &str,
+        channels_last: bool,
+    ) -> Planned<()> {
+        self.push_batched(kernel, inputs, output_name, channels_last, Batch::FIRST)
+    }
+
+    /// [`Planner::push_as`] for an output whose batch lies as `batch` says.
+    fn push_batched(
+        &mut self,
+        kernel: Kernel,
+        inputs: Vec<usize>,
+        output_name: &str,
+        channels_last: bool,
+        batch: Batch,
+    ) -> Planned<()> {
+        let output = self.new_slot(output_name, channels_last, batch)?;
         self.steps.push(Step {
             kernel,
             inputs,
             output,
         });
         Ok(())
+    }
+
+    /// Adds a step whose output is an image (NHWC).
+    fn push(&mut self, kernel: Kernel, inputs: Vec<usize>, output_name: &str) -> Planned<()> {
+        self.push_as(kernel, inputs, output_name, true)
+    }
+
+    /// Adds a step whose output is stored row-major.
+    fn push_rows(&mut self, kernel: Kernel, inputs: Vec<usize>, output_name: &str) -> Planned<()> {
+        self.push_as(kernel, inputs, output_name, false)
+    }
+
+    /// The layout a freely placed value should take: channels-last unless a
+    /// consumer reads it row-major.
+    fn preferred_layout(&self, name: &str) -> bool {
+        !self
+            .consumers
+            .get(name)
+            .is_some_and(|c| c.iter().any(|&i| reads_rows(&self.graph.nodes[i].op)))
+    }
+
+    /// `slot` in the requested layout (a copy when it is stored the other way).
+    fn with_layout(&mut self, slot: usize, channels_last: bool) -> usize {
+        let current = &self.slots[slot];
+        if current.dims.len() != 3 || current.channels_last == channels_last {
+            return slot;
+        }
+        if let Some(&copy) = self.relayouts.get(&slot) {
+            return copy;
+        }
+        let (dims, full, batch) = (current.dims.clone(), current.full.clone(), current.batch);
+        let from = current.channels_last;
+        let sources: Vec<(u32, u32)> = (0..current.len())
+            .map(|q| {
+                let l = logical_of_storage(&dims, channels_last, q);
+                (0, storage_of_logical(&dims, from, l) as u32)
+            })
+            .collect();
+        let movement = Movement::new(&sources, vec![sources.len()]);
+        self.slots.push(Slot {
+            dims,
+            channels_last,
+            full,
+            batch,
+        });
+        let copy = self.slots.len() - 1;
+        self.steps.push(Step {
+            kernel: Kernel::Move(movement),
+            inputs: vec![slot],
+            output: copy,
+        });
+        self.relayouts.insert(slot, copy);
+        copy
+    }
+
+    /// Values per row when `axis` (ONNX, counting the batch) and every later
+    /// axis of slot `x` are normalised together; the batch must lie before them.
+    fn row_width(&self, x: usize, axis: i64) -> Planned<usize> {
+        let slot = &self.slots[x];
+        let rank = slot.full.len() as i64;
+        let axis = if axis < 0 { axis + rank } else { axis };
+        if axis < 0 || axis >= rank || slot.batch.axis as i64 >= axis {
+            return Err(format!(
+                "normalisation from axis {axis} of shape {:?} (batch on axis {})",
+                slot.full, slot.batch.axis
+            ));
+        }
+        Ok(slot.full[axis as usize..].iter().product())
+    }
+
+    /// Data input `i` of `node`, stored channels-last when asked.
+    fn data_as(&mut self, node: &Node, i: usize, channels_last: bool) -> Planned<usize> {
+        let slot = self.data(node, i)?;
+        Ok(self.with_layout(slot, channels_last))
     }
 
     /// The only node reading `name`, unless the graph's output is `name`.
@@ -282,7 +486,73 @@ impl<'g> Planner<'g> {
         }
     }
 
+    /// Evaluates a node at plan time when it reads no computed value (shape
+    /// arithmetic); `true` when it did.
+    fn known_node(&mut self, node: &Node) -> Planned<bool> {
+        let shape_of_data = node
+            .inputs
+            .first()
+            .filter(|name| self.slot_of.contains_key(*name));
+        if let (Op::Shape { start, end }, Some(name)) = (&node.op, shape_of_data) {
+            let dims: Vec<i64> = self
+                .shapes
+                .get(name)
+                .ok_or("no probe shape")?
+                .0
+                .iter()
+                .map(|&d| d as i64)
+                .collect();
+            let rank = dims.len() as i64;
+            let clamp = |v: i64| (if v < 0 { v + rank } else { v }).clamp(0, rank) as usize;
+            let (from, to) = (clamp(*start), clamp(end.unwrap_or(rank)));
+            let slice = dims[from..to.max(from)].to_vec();
+            let len = slice.len();
+            let t = Tensor::from_vec(slice, len, &Device::Cpu).map_err(|e| e.to_string())?;
+            let out = node.outputs.first().ok_or("no output")?;
+            self.known.insert(out.clone(), t);
+            return Ok(true);
+        }
+        let reads_data = node
+            .inputs
+            .iter()
+            .any(|n| !n.is_empty() && self.constant(n).is_none());
+        if reads_data {
+            return Ok(false);
+        }
+        let inputs: Vec<Option<&Tensor>> = node
+            .inputs
+            .iter()
+            .map(|n| if n.is_empty() { None } else { self.constant(n) })
+            .collect();
+        let outputs = eval::eval(&node.op, &inputs, node.outputs.len(), DType::F32)
+            .map_err(|e| format!("plan-time evaluation failed: {e}"))?;
+        for (name, value) in node.outputs.iter().zip(outputs) {
+            let batched = value.dtype().is_float() && value.dims().first() == Some(&PROBE);
+            if !batched {
+                self.known.insert(name.clone(), value);
+                continue;
+            }
+            // A float value with the batch first (a class token expanded to the
+            // batch): the same values for every sample, from a constant step.
+            let per_sample: usize = value.dims()[1..].iter().product();
+            let values = Self::values(&value)?;
+            if values[..per_sample] != values[per_sample..] {
+                return Err("a plan-time value differs between samples".into());
+            }
+            let dims = value.dims()[1..].to_vec();
+            // Stored row-major: give it the logical layout.
+            let logical: Vec<f32> = (0..per_sample)
+                .map(|q| values[logical_of_storage(&dims, false, q)])
+                .collect();
+            self.push_rows(Kernel::Constant(logical), Vec::new(), name)?;
+        }
+        Ok(true)
+    }
+
     fn node(&mut self, node: &'g Node) -> Planned<()> {
+        if self.known_node(node)? {
+            return Ok(());
+        }
         let out = node.outputs.first().ok_or("the node has no output")?;
         match &node.op {
             Op::Conv {
@@ -292,7 +562,7 @@ impl<'g> Planner<'g> {
                 groups,
             } => self.conv(node, *stride, *pads, *dilation, *groups),
             Op::Affine { scale, shift } => {
-                let x = self.data(node, 0)?;
+                let x = self.data_as(node, 0, true)?;
                 let channels = self.channels_innermost(x)?;
                 let affine = Affine {
                     scale: Self::values(scale)?,
@@ -324,16 +594,41 @@ impl<'g> Planner<'g> {
                         }
                     }
                 }
-                self.push(Kernel::Unary(unary), vec![x], out)
+                let (layout, batch) = (self.slots[x].channels_last, self.slots[x].batch);
+                self.push_batched(Kernel::Unary(unary), vec![x], out, layout, batch)
             }
             Op::Clip { .. } => {
                 let (lo, hi) = self.clip_bounds(node)?;
                 let x = self.data(node, 0)?;
-                self.push(Kernel::Unary(Unary::Clip(lo, hi)), vec![x], out)
+                let (layout, batch) = (self.slots[x].channels_last, self.slots[x].batch);
+                self.push_batched(
+                    Kernel::Unary(Unary::Clip(lo, hi)),
+                    vec![x],
+                    out,
+                    layout,
+                    batch,
+                )
+            }
+            Op::LayerNorm { axis, epsilon } => self.layer_norm(node, *axis, *epsilon as f32),
+            Op::Softmax { axis, legacy, log } => {
+                let x = self.data_as(node, 0, false)?;
+                let rank = self.slots[x].full.len() as i64;
+                let last = if *axis < 0 { axis + rank } else { *axis } == rank - 1;
+                if !legacy && !last {
+                    return Err(format!(
+                        "softmax over axis {axis}; the engine normalises the last axis"
+                    ));
+                }
+                let softmax = Softmax {
+                    width: self.row_width(x, *axis)?,
+                    log: *log,
+                };
+                let batch = self.slots[x].batch;
+                self.push_batched(Kernel::Softmax(softmax), vec![x], out, false, batch)
             }
             Op::Binary(op) if Binary::supports(*op) => self.binary(node, *op),
             Op::Pool(config) => {
-                let x = self.data(node, 0)?;
+                let x = self.data_as(node, 0, true)?;
                 let (dims, out_dims) = (self.slots[x].dims.clone(), self.per_sample(out)?);
                 let ([channels, h, w], [_, oh, ow]) = (as3(&dims)?, as3(&out_dims)?);
                 let pool = Pool {
@@ -347,7 +642,7 @@ impl<'g> Planner<'g> {
                 self.push(Kernel::Pool(pool), vec![x], out)
             }
             Op::GlobalPool { max } => {
-                let x = self.data(node, 0)?;
+                let x = self.data_as(node, 0, true)?;
                 let [channels, h, w] = as3(&self.slots[x].dims)?;
                 let pool = GlobalPool {
                     max: *max,
@@ -364,6 +659,10 @@ impl<'g> Planner<'g> {
                 // Mean or max over the spatial axes is global pooling (how the
                 // default exporter writes adaptive average pooling to 1×1).
                 let x = self.data(node, 0)?;
+                if self.slots[x].dims.len() != 3 {
+                    return Err("reduction of a value that is not an image".into());
+                }
+                let x = self.with_layout(x, true);
                 let [channels, h, w] = as3(&self.slots[x].dims)?;
                 let axes = match (axes, node.inputs.get(1).filter(|n| !n.is_empty())) {
                     (Some(a), _) => a.clone(),
@@ -407,7 +706,17 @@ impl<'g> Planner<'g> {
                 }
                 self.linear(node, *alpha as f32, *beta as f32, *trans_b)
             }
-            Op::MatMul => self.linear(node, 1.0, 1.0, false),
+            Op::MatMul => {
+                let weight_is_constant = node
+                    .inputs
+                    .get(1)
+                    .is_some_and(|n| self.constant(n).is_some());
+                if weight_is_constant {
+                    self.linear(node, 1.0, 1.0, false)
+                } else {
+                    self.batched_matmul(node)
+                }
+            }
             Op::Identity | Op::Cast(crate::graph::op::CastTo::Float) => {
                 let x = self.data(node, 0)?;
                 self.slot_of.insert(out.clone(), x);
@@ -473,7 +782,7 @@ impl<'g> Planner<'g> {
         dilation: usize,
         groups: usize,
     ) -> Planned<()> {
-        let x = self.data(node, 0)?;
+        let x = self.data_as(node, 0, true)?;
         let weight_tensor = node
             .inputs
             .get(1)
@@ -569,19 +878,21 @@ impl<'g> Planner<'g> {
 
     /// `Gemm` / `MatMul` with data on the left and a constant weight on the right.
     fn linear(&mut self, node: &Node, alpha: f32, beta: f32, trans_b: bool) -> Planned<()> {
-        let x = self.data(node, 0)?;
+        let x = self.data_as(node, 0, false)?;
         let out = node.outputs.first().ok_or("no output")?;
         let dims = self.slots[x].dims.clone();
-        if dims.len() == 3 || dims.is_empty() {
-            return Err(format!("matrix product of per-sample shape {dims:?}"));
+        let (full, batch) = (self.slots[x].full.clone(), self.slots[x].batch);
+        if dims.is_empty() || batch.axis + 1 >= full.len() {
+            return Err("matrix product over the batch axis".into());
         }
         let b = node
             .inputs
             .get(1)
             .and_then(|n| self.constant(n))
-            .ok_or("the weight is computed from the data")?;
+            .ok_or("the weight is computed from the data")?
+            .clone();
         let inputs = *dims.last().unwrap_or(&0);
-        let values = Self::values(b)?;
+        let values = Self::values(&b)?;
         let (rows, cols) = match b.dims() {
             [r, c] => (*r, *c),
             other => return Err(format!("weight shape {other:?} is not a matrix")),
@@ -617,33 +928,161 @@ impl<'g> Planner<'g> {
             weight,
             bias,
         };
-        let out_dims = self.per_sample(out)?;
+        let out_dims = self.per_sample_as(out, batch)?;
         let rows_per_sample = self.slots[x].len() / k.max(1);
         if out_dims.iter().product::<usize>() != rows_per_sample * o {
             return Err("unexpected output shape".into());
         }
-        self.push(Kernel::Linear(linear), vec![x], out)
+        self.push_batched(Kernel::Linear(linear), vec![x], out, false, batch)
     }
 
-    /// Index-valued stand-in for data slot `slot` (batch of two): element `l` of
-    /// sample `s` holds `base + s·len + storage(l) + 1` (0 is kept for "no element").
+    /// A product of two computed values (attention): equal leading dims.
+    fn batched_matmul(&mut self, node: &Node) -> Planned<()> {
+        let a = self.data_as(node, 0, false)?;
+        let b = self.data_as(node, 1, false)?;
+        let out = node.outputs.first().ok_or("no output")?;
+        let (sa, sb) = (&self.slots[a], &self.slots[b]);
+        let rank = sa.full.len();
+        let same_batch = sa.batch == sb.batch
+            && rank == sb.full.len()
+            && rank >= 3
+            && sa.full[..rank - 2] == sb.full[..rank - 2]
+            && sa.batch.axis < rank - 2;
+        if !same_batch || sa.full[rank - 1] != sb.full[rank - 2] {
+            return Err(format!(
+                "matrix product of shapes {:?} and {:?} (the engine multiplies equal stacks of matrices)",
+                sa.full, sb.full
+            ));
+        }
+        let (m, k, n) = (sa.full[rank - 2], sa.full[rank - 1], sb.full[rank - 1]);
+        let product = BatchedMatMul {
+            batches: sa.len() / (m * k),
+            m,
+            k,
+            n,
+        };
+        let batch = sa.batch;
+        self.push_batched(Kernel::MatMul(product), vec![a, b], out, false, batch)
+    }
+
+    fn layer_norm(&mut self, node: &Node, axis: i64, epsilon: f32) -> Planned<()> {
+        if node
+            .outputs
+            .iter()
+            .skip(1)
+            .any(|o| !o.is_empty() && self.consumers.contains_key(o))
+        {
+            return Err("the mean or inverse deviation outputs are read".into());
+        }
+        let x = self.data_as(node, 0, false)?;
+        let out = node.outputs.first().ok_or("no output")?;
+        let width = self.row_width(x, axis)?;
+        let param = |i: usize, default: f32| -> Planned<Vec<f32>> {
+            match node.inputs.get(i).filter(|n| !n.is_empty()) {
+                None => Ok(vec![default; width]),
+                Some(name) => {
+                    let values = Self::values(
+                        self.constant(name)
+                            .ok_or("normalisation parameters computed from the data")?,
+                    )?;
+                    match values.len() {
+                        1 => Ok(vec![values[0]; width]),
+                        n if n == width => Ok(values),
+                        _ => {
+                            Err("normalisation parameters do not match the normalised axes".into())
+                        }
+                    }
+                }
+            }
+        };
+        let norm = LayerNorm {
+            width,
+            epsilon,
+            scale: param(1, 1.0)?,
+            bias: param(2, 0.0)?,
+        };
+        let batch = self.slots[x].batch;
+        self.push_batched(Kernel::LayerNorm(norm), vec![x], out, false, batch)
+    }
+
+    /// Index-valued stand-in for data slot `slot` at the probe batch: element `l`
+    /// of sample `s` holds `base + s·len + storage(l) + 1` (0 is kept for "no element").
     fn index_tensor(&self, slot: usize, base: usize) -> Planned<Tensor> {
-        let dims = &self.slots[slot].dims;
-        let len = self.slots[slot].len();
+        let slot = &self.slots[slot];
+        let len = slot.len();
         let values: Vec<f64> = (0..PROBE * len)
-            .map(|i| (base + (i / len) * len + storage_of_logical(dims, i % len) + 1) as f64)
+            .map(|f| {
+                let (s, l) = slot.batch.split(&slot.full, f);
+                (base + s * len + storage_of_logical(&slot.dims, slot.channels_last, l) + 1) as f64
+            })
             .collect();
-        let mut shape = vec![PROBE];
-        shape.extend(dims);
-        Tensor::from_vec(values, shape, &Device::Cpu).map_err(|e| e.to_string())
+        Tensor::from_vec(values, slot.full.as_slice(), &Device::Cpu).map_err(|e| e.to_string())
     }
 
-    /// Decodes an index-valued output (batch of two, per-sample dims `dims`)
-    /// into `(input, element)` per output storage position, checking that each
-    /// sample reads only its own elements, the same ones for both samples.
+    /// The `(input, sample, element)` an index value encodes (`None`: zero padding).
+    fn source_of(v: f64, bases: &[(usize, usize)]) -> Planned<Option<(u32, usize, u32)>> {
+        if v == 0.0 {
+            return Ok(None);
+        }
+        let code = v - 1.0;
+        if code.fract() != 0.0 || code < 0.0 {
+            return Err("the op computes new values, not only moves them".into());
+        }
+        let code = code as usize;
+        let (input, &(base, input_len)) = bases
+            .iter()
+            .enumerate()
+            .find(|(_, (base, n))| code >= *base && code < base + PROBE * n)
+            .ok_or("the op computes new values, not only moves them")?;
+        let offset = code - base;
+        Ok(Some((
+            input as u32,
+            offset / input_len,
+            (offset % input_len) as u32,
+        )))
+    }
+
+    /// Where the samples lie in a traced output of probe shape `full`: the first
+    /// axis (preferred) along which every element comes from its own sample.
+    fn infer_batch(values: &[f64], full: &[usize], bases: &[(usize, usize)]) -> Planned<Batch> {
+        let sources: Vec<Option<(u32, usize, u32)>> = values
+            .iter()
+            .map(|&v| Self::source_of(v, bases))
+            .collect::<Planned<_>>()?;
+        for (axis, &size) in full.iter().enumerate() {
+            if size == 0 || !size.is_multiple_of(PROBE) {
+                continue;
+            }
+            let merged = size / PROBE;
+            let factors = (1..=merged).filter(|inner| merged.is_multiple_of(*inner));
+            for inner in factors.rev() {
+                let batch = Batch {
+                    axis,
+                    outer: merged / inner,
+                    inner,
+                };
+                let fits = sources
+                    .iter()
+                    .enumerate()
+                    .all(|(f, source)| source.is_none_or(|(_, s, _)| batch.split(full, f).0 == s));
+                if fits {
+                    return Ok(batch);
+                }
+            }
+        }
+        Err("samples of the batch are mixed".into())
+    }
+
+    /// Decodes an index-valued output (probe shape `full`, samples along
+    /// `batch`, per-sample dims `dims`) into `(input, element)` per output storage
+    /// position, checking that each sample reads only its own elements, the same
+    /// ones for both samples.
     fn decode(
         values: &[f64],
+        full: &[usize],
+        batch: Batch,
         dims: &[usize],
+        channels_last: bool,
         bases: &[(usize, usize)],
     ) -> Planned<Vec<(u32, u32)>> {
         let len: usize = dims.iter().product();
@@ -652,28 +1091,15 @@ impl<'g> Planner<'g> {
         }
         let mut sources = Vec::with_capacity(len);
         for q in 0..len {
-            let l = logical_of_storage(dims, q);
+            let l = logical_of_storage(dims, channels_last, q);
             let mut first = None;
             for s in 0..PROBE {
-                let v = values[s * len + l];
-                let source = if v == 0.0 {
-                    (ZERO, 0)
-                } else {
-                    let code = v - 1.0;
-                    if code.fract() != 0.0 || code < 0.0 {
-                        return Err("the op computes new values, not only moves them".into());
+                let source = match Self::source_of(values[batch.full_index(full, s, l)], bases)? {
+                    None => (ZERO, 0),
+                    Some((_, sample, _)) if sample != s => {
+                        return Err("samples of the batch are mixed".into())
                     }
-                    let code = code as usize;
-                    let (input, &(base, input_len)) = bases
-                        .iter()
-                        .enumerate()
-                        .find(|(_, (base, n))| code >= *base && code < base + PROBE * n)
-                        .ok_or("the op computes new values, not only moves them")?;
-                    let offset = code - base;
-                    if offset / input_len != s {
-                        return Err("samples of the batch are mixed".into());
-                    }
-                    (input as u32, (offset % input_len) as u32)
+                    Some((input, _, element)) => (input, element),
                 };
                 match first {
                     None => first = Some(source),
@@ -725,35 +1151,54 @@ impl<'g> Planner<'g> {
             if name.is_empty() {
                 continue;
             }
-            let dims = self.per_sample(name)?;
+            let full = self.full_shape(name)?;
             let values = eval::host(&traced).map_err(|e| e.to_string())?;
-            let sources = Self::decode(&values, &dims, &bases)?;
+            let batch = Self::infer_batch(&values, &full, &bases)?;
+            let dims = batch.per_sample(&full)?;
+            let layout = self.preferred_layout(name) && dims.len() == 3 && batch == Batch::FIRST;
+            let sources = Self::decode(&values, &full, batch, &dims, layout, &bases)?;
             let movement = Movement::new(&sources, bases.iter().map(|b| b.1).collect());
-            if movement.is_identity() && self.slots[data_slots[0]].dims == dims {
+            let first = &self.slots[data_slots[0]];
+            let same = first.dims == dims
+                && first.channels_last == layout
+                && first.batch == batch
+                && first.full == full;
+            if movement.is_identity() && same {
                 // Moves nothing: the output is the input's buffer.
                 self.slot_of.insert(name.clone(), data_slots[0]);
                 continue;
             }
-            self.push(Kernel::Move(movement), data_slots.clone(), name)?;
+            self.push_batched(
+                Kernel::Move(movement),
+                data_slots.clone(),
+                name,
+                layout,
+                batch,
+            )?;
         }
         Ok(())
     }
 
     /// An operand of a binary op: how every output element (storage order)
     /// reads it, and its values when it is a constant.
-    fn operand(&self, name: &str, out_dims: &[usize]) -> Planned<(Operand, Option<usize>)> {
-        let mut full = vec![PROBE];
-        full.extend(out_dims);
+    fn operand(
+        &self,
+        name: &str,
+        full: &[usize],
+        batch: Batch,
+        out_dims: &[usize],
+        out_cl: bool,
+    ) -> Planned<(Operand, Option<usize>)> {
         let out_len: usize = out_dims.iter().product();
         if let Some(&slot) = self.slot_of.get(name) {
             let traced = self
                 .index_tensor(slot, 0)?
-                .broadcast_as(full.as_slice())
+                .broadcast_as(full)
                 .and_then(|t| t.contiguous())
                 .map_err(|e| format!("operand does not broadcast: {e}"))?;
             let values = eval::host(&traced).map_err(|e| e.to_string())?;
             let len = self.slots[slot].len();
-            let sources = Self::decode(&values, out_dims, &[(0, len)])?;
+            let sources = Self::decode(&values, full, batch, out_dims, out_cl, &[(0, len)])?;
             let table: Vec<u32> = sources.iter().map(|s| s.1).collect();
             return Ok((
                 Operand {
@@ -770,14 +1215,17 @@ impl<'g> Planner<'g> {
         let values = Self::values(constant)?;
         let positions: Vec<f64> = (0..values.len()).map(|i| i as f64).collect();
         let traced = Tensor::from_vec(positions, constant.dims(), &Device::Cpu)
-            .and_then(|t| t.broadcast_as(full.as_slice()))
+            .and_then(|t| t.broadcast_as(full))
             .and_then(|t| t.contiguous())
             .map_err(|e| format!("constant does not broadcast: {e}"))?;
         let index = eval::host(&traced).map_err(|e| e.to_string())?;
         let mut expanded = Vec::with_capacity(out_len);
         for q in 0..out_len {
-            let l = logical_of_storage(out_dims, q);
-            let (first, second) = (index[l], index[out_len + l]);
+            let l = logical_of_storage(out_dims, out_cl, q);
+            let (first, second) = (
+                index[batch.full_index(full, 0, l)],
+                index[batch.full_index(full, 1, l)],
+            );
             if first != second {
                 return Err("a constant differs between samples".into());
             }
@@ -785,7 +1233,7 @@ impl<'g> Planner<'g> {
         }
         // Store a constant that repeats along the innermost storage axis once.
         let period = match out_dims {
-            [c, _, _] => *c,
+            [c, _, _] if out_cl => *c,
             [.., last] => *last,
             [] => 1,
         };
@@ -818,15 +1266,31 @@ impl<'g> Planner<'g> {
 
     fn binary(&mut self, node: &Node, op: BinaryOp) -> Planned<()> {
         let out = node.outputs.first().ok_or("no output")?;
-        let out_dims = self.per_sample(out)?;
-        let (a, slot_a) = self.operand(node.inputs.first().ok_or("missing input")?, &out_dims)?;
-        let (b, slot_b) = self.operand(node.inputs.get(1).ok_or("missing input")?, &out_dims)?;
+        let full = self.full_shape(out)?;
+        // The output lies like a data operand of its own shape (keeping an
+        // image's layout: no copy); otherwise with the batch first.
+        let like = node
+            .inputs
+            .iter()
+            .filter_map(|n| self.slot_of.get(n))
+            .map(|&s| &self.slots[s])
+            .find(|s| s.full == full);
+        let batch = like.map_or(Batch::FIRST, |s| s.batch);
+        let out_dims = batch.per_sample(&full)?;
+        let out_cl = out_dims.len() == 3
+            && batch == Batch::FIRST
+            && like.map_or_else(|| self.preferred_layout(out), |s| s.channels_last);
+        let operand = |i: usize| -> Planned<(Operand, Option<usize>)> {
+            let name = node.inputs.get(i).ok_or("missing input")?;
+            self.operand(name, &full, batch, &out_dims, out_cl)
+        };
+        let ((a, slot_a), (b, slot_b)) = (operand(0)?, operand(1)?);
         let inputs: Vec<usize> = slot_a.into_iter().chain(slot_b).collect();
         if inputs.is_empty() {
             return Err("no operand is computed from the data".into());
         }
         let binary = Binary::new(op, a, b, out_dims.iter().product());
-        self.push(Kernel::Binary(binary), inputs, out)
+        self.push_batched(Kernel::Binary(binary), inputs, out, out_cl, batch)
     }
 }
 
