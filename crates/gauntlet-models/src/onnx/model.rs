@@ -184,10 +184,17 @@ impl OnnxModel {
         self.native = None;
         let reason = if !self.device.is_cpu() {
             "the native engine runs on the CPU only".to_string()
-        } else if self.fixed_batch.is_some() {
-            "the graph does not batch correctly, so it runs in slices".to_string()
+        } else if self.fixed_batch.is_some_and(|b| b != 1) {
+            "the graph was exported for a fixed batch, so it runs in slices".to_string()
         } else {
-            match NativeGraph::plan(&self.graph, self.input_shape, &self.normalization) {
+            // A graph that only runs on single samples is planned on one: each
+            // sample of a batch then runs alone, exactly as slices would.
+            let plan = if self.fixed_batch.is_some() {
+                NativeGraph::plan_single
+            } else {
+                NativeGraph::plan
+            };
+            match plan(&self.graph, self.input_shape, &self.normalization) {
                 Ok(native) => {
                     self.native = Some(Arc::new(native));
                     self.not_native = None;

@@ -43,7 +43,8 @@ impl std::fmt::Display for NotPlanned {
 
 type Planned<T> = std::result::Result<T, String>;
 
-/// Samples in the probe batch: two, so that per-sample independence is checked.
+/// Samples in the probe batch: two, so that per-sample independence is checked
+/// (one for a graph that only runs on single samples: each then runs alone).
 const PROBE: usize = 2;
 
 /// Per-sample storage index of logical index `l` of a value with dims `dims`,
@@ -76,19 +77,28 @@ struct Batch {
     axis: usize,
     outer: usize,
     inner: usize,
+    /// Samples at the probe batch.
+    probe: usize,
 }
 
 impl Batch {
-    const FIRST: Batch = Batch {
-        axis: 0,
-        outer: 1,
-        inner: 1,
-    };
+    fn first(probe: usize) -> Self {
+        Batch {
+            axis: 0,
+            outer: 1,
+            inner: 1,
+            probe,
+        }
+    }
+
+    fn is_first(self) -> bool {
+        self.axis == 0 && self.outer == 1 && self.inner == 1
+    }
 
     /// Per-sample dims of a value of probe shape `full`: the batch axis dropped,
     /// or shrunk to what is merged with it.
     fn per_sample(self, full: &[usize]) -> Planned<Vec<usize>> {
-        if full.get(self.axis) != Some(&(self.outer * PROBE * self.inner)) {
+        if full.get(self.axis) != Some(&(self.outer * self.probe * self.inner)) {
             return Err(format!(
                 "shape {full:?} does not hold the batch on axis {}",
                 self.axis
@@ -111,7 +121,7 @@ impl Batch {
         let (t, rest) = (l % tail, l / tail);
         let (p, before) = (rest % merged, rest / merged);
         let (o, i) = (p / self.inner, p % self.inner);
-        (before * full[self.axis] + (o * PROBE + s) * self.inner + i) * tail + t
+        (before * full[self.axis] + (o * self.probe + s) * self.inner + i) * tail + t
     }
 
     /// The sample and per-sample logical index of flat probe index `f`.
@@ -120,7 +130,7 @@ impl Batch {
         let (t, rest) = (f % tail, f / tail);
         let (j, before) = (rest % full[self.axis], rest / full[self.axis]);
         let (q, i) = (j / self.inner, j % self.inner);
-        let (o, s) = (q / PROBE, q % PROBE);
+        let (o, s) = (q / self.probe, q % self.probe);
         let merged = self.outer * self.inner;
         (s, (before * merged + o * self.inner + i) * tail + t)
     }
@@ -163,6 +173,8 @@ struct Planner<'g> {
     known: HashMap<String, Tensor>,
     /// Copies of slots in the other layout, made once.
     relayouts: HashMap<usize, usize>,
+    /// Samples in the probe batch.
+    probe: usize,
 }
 
 impl NativeGraph {
@@ -172,6 +184,26 @@ impl NativeGraph {
         graph: &Graph,
         input_shape: [usize; 3],
         normalization: &Normalization,
+    ) -> std::result::Result<Self, NotPlanned> {
+        Self::plan_probed(graph, input_shape, normalization, PROBE)
+    }
+
+    /// [`NativeGraph::plan`] for a graph that only runs on one sample at a time
+    /// (an exporter baked batch 1 into it): planned on a single sample, every
+    /// step then computes each sample of a batch on its own, as slices would.
+    pub fn plan_single(
+        graph: &Graph,
+        input_shape: [usize; 3],
+        normalization: &Normalization,
+    ) -> std::result::Result<Self, NotPlanned> {
+        Self::plan_probed(graph, input_shape, normalization, 1)
+    }
+
+    fn plan_probed(
+        graph: &Graph,
+        input_shape: [usize; 3],
+        normalization: &Normalization,
+        probe_samples: usize,
     ) -> std::result::Result<Self, NotPlanned> {
         let whole = |reason: String| NotPlanned {
             node: String::new(),
@@ -187,8 +219,8 @@ impl NativeGraph {
         let [c, h, w] = input_shape;
         let seed = gauntlet_core::SeedStream::new(0).derive("native-plan-probe");
         let probe = Tensor::from_vec(
-            seed.uniform_f32(PROBE * c * h * w, 0.0, 1.0),
-            (PROBE, c, h, w),
+            seed.uniform_f32(probe_samples * c * h * w, 0.0, 1.0),
+            (probe_samples, c, h, w),
             &Device::Cpu,
         )
         .and_then(|t| t.to_dtype(DType::F32))
@@ -211,8 +243,8 @@ impl NativeGraph {
             slots: vec![Slot {
                 dims: input_shape.to_vec(),
                 channels_last: true,
-                full: vec![PROBE, c, h, w],
-                batch: Batch::FIRST,
+                full: vec![probe_samples, c, h, w],
+                batch: Batch::first(probe_samples),
             }],
             slot_of: HashMap::from([(graph.input.clone(), 0)]),
             steps: Vec::new(),
@@ -220,6 +252,7 @@ impl NativeGraph {
             absorbed: HashSet::new(),
             known: HashMap::new(),
             relayouts: HashMap::new(),
+            probe: probe_samples,
         };
         for (index, node) in graph.nodes.iter().enumerate() {
             if planner.absorbed.contains(&index) {
@@ -233,7 +266,7 @@ impl NativeGraph {
         }
         let native = planner.finish(input_shape, normalization).map_err(whole)?;
         native
-            .check_against_reference(graph, &probe, &normalized)
+            .check_against_reference(graph, &probe, &normalized, probe_samples)
             .map_err(whole)?;
         Ok(native)
     }
@@ -244,6 +277,7 @@ impl NativeGraph {
         graph: &Graph,
         probe: &Tensor,
         normalized: &Tensor,
+        probe_samples: usize,
     ) -> Planned<()> {
         let reference = graph
             .run(normalized, None)
@@ -254,7 +288,7 @@ impl NativeGraph {
             .and_then(|t| t.to_vec1::<f32>())
             .map_err(|e| e.to_string())?;
         let (native, _) = self
-            .forward(&pixels, PROBE, false)
+            .forward(&pixels, probe_samples, false)
             .map_err(|e| e.to_string())?;
         let scale = reference.iter().fold(1.0f32, |m, v| m.max(v.abs()));
         let error = native
@@ -280,7 +314,7 @@ impl<'g> Planner<'g> {
             .slot_of
             .get(&self.graph.output)
             .ok_or("the output is not computed from the input")?;
-        if self.slots[output].batch != Batch::FIRST {
+        if !self.slots[output].batch.is_first() {
             return Err("the output does not hold the batch first".into());
         }
         let dims = &self.slots[output].dims;
@@ -354,13 +388,13 @@ impl<'g> Planner<'g> {
 
     /// Per-sample dims of `name`, a value with the batch first.
     fn per_sample(&self, name: &str) -> Planned<Vec<usize>> {
-        self.per_sample_as(name, Batch::FIRST)
+        self.per_sample_as(name, Batch::first(self.probe))
     }
 
     fn new_slot(&mut self, name: &str, channels_last: bool, batch: Batch) -> Planned<usize> {
         let full = self.full_shape(name)?;
         let dims = self.per_sample_as(name, batch)?;
-        let channels_last = channels_last && dims.len() == 3 && batch == Batch::FIRST;
+        let channels_last = channels_last && dims.len() == 3 && batch.is_first();
         self.slots.push(Slot {
             dims,
             channels_last,
@@ -380,7 +414,13 @@ impl<'g> Planner<'g> {
         output_name: &str,
         channels_last: bool,
     ) -> Planned<()> {
-        self.push_batched(kernel, inputs, output_name, channels_last, Batch::FIRST)
+        self.push_batched(
+            kernel,
+            inputs,
+            output_name,
+            channels_last,
+            Batch::first(self.probe),
+        )
     }
 
     /// [`Planner::push_as`] for an output whose batch lies as `batch` says.
@@ -527,7 +567,7 @@ impl<'g> Planner<'g> {
         let outputs = eval::eval(&node.op, &inputs, node.outputs.len(), DType::F32)
             .map_err(|e| format!("plan-time evaluation failed: {e}"))?;
         for (name, value) in node.outputs.iter().zip(outputs) {
-            let batched = value.dtype().is_float() && value.dims().first() == Some(&PROBE);
+            let batched = value.dtype().is_float() && value.dims().first() == Some(&self.probe);
             if !batched {
                 self.known.insert(name.clone(), value);
                 continue;
@@ -536,7 +576,10 @@ impl<'g> Planner<'g> {
             // batch): the same values for every sample, from a constant step.
             let per_sample: usize = value.dims()[1..].iter().product();
             let values = Self::values(&value)?;
-            if values[..per_sample] != values[per_sample..] {
+            if values
+                .chunks(per_sample.max(1))
+                .any(|c| c != &values[..per_sample])
+            {
                 return Err("a plan-time value differs between samples".into());
             }
             let dims = value.dims()[1..].to_vec();
@@ -714,9 +757,15 @@ impl<'g> Planner<'g> {
                 if weight_is_constant {
                     self.linear(node, 1.0, 1.0, false)
                 } else {
-                    self.batched_matmul(node)
+                    self.batched_matmul(node, false)
                 }
             }
+            Op::Einsum(equation) => match einsum_as_matmul(equation) {
+                Some(b_transposed) => self.batched_matmul(node, b_transposed),
+                None => Err(format!(
+                    "einsum '{equation}' is not a product of two stacks of matrices"
+                )),
+            },
             Op::Identity | Op::Cast(crate::graph::op::CastTo::Float) => {
                 let x = self.data(node, 0)?;
                 self.slot_of.insert(out.clone(), x);
@@ -937,7 +986,7 @@ impl<'g> Planner<'g> {
     }
 
     /// A product of two computed values (attention): equal leading dims.
-    fn batched_matmul(&mut self, node: &Node) -> Planned<()> {
+    fn batched_matmul(&mut self, node: &Node, b_transposed: bool) -> Planned<()> {
         let a = self.data_as(node, 0, false)?;
         let b = self.data_as(node, 1, false)?;
         let out = node.outputs.first().ok_or("no output")?;
@@ -948,18 +997,24 @@ impl<'g> Planner<'g> {
             && rank >= 3
             && sa.full[..rank - 2] == sb.full[..rank - 2]
             && sa.batch.axis < rank - 2;
-        if !same_batch || sa.full[rank - 1] != sb.full[rank - 2] {
+        let (m, k) = (sa.full[rank - 2], sa.full[rank - 1]);
+        let (k_b, n) = if b_transposed {
+            (sb.full[rank - 1], sb.full[rank - 2])
+        } else {
+            (sb.full[rank - 2], sb.full[rank - 1])
+        };
+        if !same_batch || k != k_b || m * k == 0 {
             return Err(format!(
                 "matrix product of shapes {:?} and {:?} (the engine multiplies equal stacks of matrices)",
                 sa.full, sb.full
             ));
         }
-        let (m, k, n) = (sa.full[rank - 2], sa.full[rank - 1], sb.full[rank - 1]);
         let product = BatchedMatMul {
             batches: sa.len() / (m * k),
             m,
             k,
             n,
+            b_transposed,
         };
         let batch = sa.batch;
         self.push_batched(Kernel::MatMul(product), vec![a, b], out, false, batch)
@@ -1010,7 +1065,7 @@ impl<'g> Planner<'g> {
     fn index_tensor(&self, slot: usize, base: usize) -> Planned<Tensor> {
         let slot = &self.slots[slot];
         let len = slot.len();
-        let values: Vec<f64> = (0..PROBE * len)
+        let values: Vec<f64> = (0..self.probe * len)
             .map(|f| {
                 let (s, l) = slot.batch.split(&slot.full, f);
                 (base + s * len + storage_of_logical(&slot.dims, slot.channels_last, l) + 1) as f64
@@ -1020,7 +1075,11 @@ impl<'g> Planner<'g> {
     }
 
     /// The `(input, sample, element)` an index value encodes (`None`: zero padding).
-    fn source_of(v: f64, bases: &[(usize, usize)]) -> Planned<Option<(u32, usize, u32)>> {
+    fn source_of(
+        v: f64,
+        bases: &[(usize, usize)],
+        probe: usize,
+    ) -> Planned<Option<(u32, usize, u32)>> {
         if v == 0.0 {
             return Ok(None);
         }
@@ -1032,7 +1091,7 @@ impl<'g> Planner<'g> {
         let (input, &(base, input_len)) = bases
             .iter()
             .enumerate()
-            .find(|(_, (base, n))| code >= *base && code < base + PROBE * n)
+            .find(|(_, (base, n))| code >= *base && code < base + probe * n)
             .ok_or("the op computes new values, not only moves them")?;
         let offset = code - base;
         Ok(Some((
@@ -1044,22 +1103,28 @@ impl<'g> Planner<'g> {
 
     /// Where the samples lie in a traced output of probe shape `full`: the first
     /// axis (preferred) along which every element comes from its own sample.
-    fn infer_batch(values: &[f64], full: &[usize], bases: &[(usize, usize)]) -> Planned<Batch> {
+    fn infer_batch(
+        values: &[f64],
+        full: &[usize],
+        bases: &[(usize, usize)],
+        probe: usize,
+    ) -> Planned<Batch> {
         let sources: Vec<Option<(u32, usize, u32)>> = values
             .iter()
-            .map(|&v| Self::source_of(v, bases))
+            .map(|&v| Self::source_of(v, bases, probe))
             .collect::<Planned<_>>()?;
         for (axis, &size) in full.iter().enumerate() {
-            if size == 0 || !size.is_multiple_of(PROBE) {
+            if size == 0 || !size.is_multiple_of(probe) {
                 continue;
             }
-            let merged = size / PROBE;
+            let merged = size / probe;
             let factors = (1..=merged).filter(|inner| merged.is_multiple_of(*inner));
             for inner in factors.rev() {
                 let batch = Batch {
                     axis,
                     outer: merged / inner,
                     inner,
+                    probe,
                 };
                 let fits = sources
                     .iter()
@@ -1086,15 +1151,16 @@ impl<'g> Planner<'g> {
         bases: &[(usize, usize)],
     ) -> Planned<Vec<(u32, u32)>> {
         let len: usize = dims.iter().product();
-        if values.len() != PROBE * len || len >= u32::MAX as usize {
+        if values.len() != batch.probe * len || len >= u32::MAX as usize {
             return Err("unexpected traced size".into());
         }
         let mut sources = Vec::with_capacity(len);
         for q in 0..len {
             let l = logical_of_storage(dims, channels_last, q);
             let mut first = None;
-            for s in 0..PROBE {
-                let source = match Self::source_of(values[batch.full_index(full, s, l)], bases)? {
+            for s in 0..batch.probe {
+                let v = values[batch.full_index(full, s, l)];
+                let source = match Self::source_of(v, bases, batch.probe)? {
                     None => (ZERO, 0),
                     Some((_, sample, _)) if sample != s => {
                         return Err("samples of the batch are mixed".into())
@@ -1123,7 +1189,7 @@ impl<'g> Planner<'g> {
             if let Some(&slot) = self.slot_of.get(name) {
                 owned.push(Some(self.index_tensor(slot, base)?));
                 bases.push((base, self.slots[slot].len()));
-                base += PROBE * self.slots[slot].len();
+                base += self.probe * self.slots[slot].len();
                 data_slots.push(slot);
             } else {
                 owned.push(None);
@@ -1153,9 +1219,9 @@ impl<'g> Planner<'g> {
             }
             let full = self.full_shape(name)?;
             let values = eval::host(&traced).map_err(|e| e.to_string())?;
-            let batch = Self::infer_batch(&values, &full, &bases)?;
+            let batch = Self::infer_batch(&values, &full, &bases, self.probe)?;
             let dims = batch.per_sample(&full)?;
-            let layout = self.preferred_layout(name) && dims.len() == 3 && batch == Batch::FIRST;
+            let layout = self.preferred_layout(name) && dims.len() == 3 && batch.is_first();
             let sources = Self::decode(&values, &full, batch, &dims, layout, &bases)?;
             let movement = Movement::new(&sources, bases.iter().map(|b| b.1).collect());
             let first = &self.slots[data_slots[0]];
@@ -1222,11 +1288,8 @@ impl<'g> Planner<'g> {
         let mut expanded = Vec::with_capacity(out_len);
         for q in 0..out_len {
             let l = logical_of_storage(out_dims, out_cl, q);
-            let (first, second) = (
-                index[batch.full_index(full, 0, l)],
-                index[batch.full_index(full, 1, l)],
-            );
-            if first != second {
+            let first = index[batch.full_index(full, 0, l)];
+            if (1..batch.probe).any(|s| index[batch.full_index(full, s, l)] != first) {
                 return Err("a constant differs between samples".into());
             }
             expanded.push(values[first as usize]);
@@ -1275,10 +1338,10 @@ impl<'g> Planner<'g> {
             .filter_map(|n| self.slot_of.get(n))
             .map(|&s| &self.slots[s])
             .find(|s| s.full == full);
-        let batch = like.map_or(Batch::FIRST, |s| s.batch);
+        let batch = like.map_or(Batch::first(self.probe), |s| s.batch);
         let out_dims = batch.per_sample(&full)?;
         let out_cl = out_dims.len() == 3
-            && batch == Batch::FIRST
+            && batch.is_first()
             && like.map_or_else(|| self.preferred_layout(out), |s| s.channels_last);
         let operand = |i: usize| -> Planned<(Operand, Option<usize>)> {
             let name = node.inputs.get(i).ok_or("missing input")?;
@@ -1300,5 +1363,34 @@ fn as3(dims: &[usize]) -> Planned<[usize; 3]> {
         other => Err(format!(
             "expected a per-sample [C, H, W] value, got {other:?}"
         )),
+    }
+}
+
+/// Whether an einsum equation is a product of two equal stacks of matrices,
+/// `…ik,…kj->…ij` (`Some(false)`) or `…ik,…jk->…ij` (`Some(true)`).
+pub(super) fn einsum_as_matmul(equation: &str) -> Option<bool> {
+    let letters =
+        |part: &str| -> Vec<char> { part.chars().filter(|c| c.is_alphabetic()).collect() };
+    let (inputs, output) = equation.split_once("->")?;
+    let (a, b) = inputs.split_once(',')?;
+    let (a, b, out) = (letters(a), letters(b), letters(output));
+    let rank = a.len();
+    if rank < 2
+        || b.len() != rank
+        || out.len() != rank
+        || a[..rank - 2] != b[..rank - 2]
+        || a[..rank - 2] != out[..rank - 2]
+    {
+        return None;
+    }
+    let (i, k) = (a[rank - 2], a[rank - 1]);
+    let (oi, oj) = (out[rank - 2], out[rank - 1]);
+    if i == k || oi != i || oj == k || oj == i || a[..rank - 2].contains(&k) {
+        return None;
+    }
+    match (b[rank - 2], b[rank - 1]) {
+        (bk, bj) if bk == k && bj == oj => Some(false),
+        (bj, bk) if bk == k && bj == oj => Some(true),
+        _ => None,
     }
 }

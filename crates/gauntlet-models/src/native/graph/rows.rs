@@ -138,11 +138,22 @@ pub(crate) struct BatchedMatMul {
     pub m: usize,
     pub k: usize,
     pub n: usize,
+    /// `b` is stored `n × k` (an einsum's `…ik,…jk->…ij`).
+    pub b_transposed: bool,
 }
 
 impl BatchedMatMul {
     fn lens(&self) -> (usize, usize, usize) {
         (self.m * self.k, self.k * self.n, self.m * self.n)
+    }
+
+    /// `b` as the `k × n` right-hand side.
+    fn rhs<'a>(&self, b: &'a [f32]) -> Mat<'a> {
+        if self.b_transposed {
+            Mat::new(b, self.n, self.k).t()
+        } else {
+            Mat::new(b, self.k, self.n)
+        }
     }
 
     pub(crate) fn forward(&self, a: &[f32], b: &[f32], y: &mut [f32]) -> Result<()> {
@@ -153,7 +164,7 @@ impl BatchedMatMul {
                 kernels::matmul(
                     y,
                     Mat::new(a, self.m, self.k),
-                    Mat::new(b, self.k, self.n),
+                    self.rhs(b),
                     false,
                     Threads::One,
                 )
@@ -180,17 +191,28 @@ impl BatchedMatMul {
                 kernels::matmul(
                     da,
                     Mat::new(dy, self.m, self.n),
-                    Mat::new(b, self.k, self.n).t(),
+                    self.rhs(b).t(),
                     true,
                     Threads::One,
                 )?;
-                kernels::matmul(
-                    db,
-                    Mat::new(a, self.m, self.k).t(),
-                    Mat::new(dy, self.m, self.n),
-                    true,
-                    Threads::One,
-                )
+                if self.b_transposed {
+                    // b is n × k: its gradient is dyᵀ · a.
+                    kernels::matmul(
+                        db,
+                        Mat::new(dy, self.m, self.n).t(),
+                        Mat::new(a, self.m, self.k),
+                        true,
+                        Threads::One,
+                    )
+                } else {
+                    kernels::matmul(
+                        db,
+                        Mat::new(a, self.m, self.k).t(),
+                        Mat::new(dy, self.m, self.n),
+                        true,
+                        Threads::One,
+                    )
+                }
             })
     }
 }

@@ -374,18 +374,121 @@ fn results_do_not_depend_on_the_thread_count() {
 }
 
 #[test]
-fn unsupported_ops_are_named() {
+fn attention_blocks_match_the_reference() {
+    // Tokens from a patch convolution, moved to PyTorch attention's batch-second
+    // layout and back, a class token expanded to the batch from the data's
+    // shape, layer norm, q·kᵀ / softmax / ·v as MatMul and as Einsum.
+    let (tokens, width) = (4, 6);
     let mut b = Builder::new();
+    let patch = b.constant(&[width, 3, 2, 2]);
+    let y = b.op(conv(2, [0, 0, 0, 0], 1, 1), &["x", &patch]);
+    let i64s = |v: &[i64]| Tensor::new(v, &Device::Cpu).unwrap();
+    b.constants
+        .insert("to-tokens".into(), i64s(&[0, width as i64, -1]));
+    let y = b.op(Op::Reshape { allow_zero: false }, &[&y, "to-tokens"]);
+    let y = b.op(Op::Transpose(Some(vec![0, 2, 1])), &[&y]);
+    let shape = b.op(
+        Op::Shape {
+            start: 0,
+            end: Some(1),
+        },
+        &[&y],
+    );
+    b.constants.insert("one-one".into(), i64s(&[1, 1]));
+    let target = b.op(Op::Concat(0), &[&shape, "one-one"]);
+    let cls = b.constant(&[1, 1, width]);
+    let cls = b.op(Op::Expand, &[&cls, &target]);
+    let y = b.op(Op::Concat(1), &[&cls, &y]);
+    let gamma = b.constant(&[width]);
+    let beta = b.constant(&[width]);
     let y = b.op(
+        Op::LayerNorm {
+            axis: -1,
+            epsilon: 1e-5,
+        },
+        &[&y, &gamma, &beta],
+    );
+    let y = b.op(Op::Transpose(Some(vec![1, 0, 2])), &[&y]);
+    let wq = b.constant(&[width, width]);
+    let q = b.op(Op::MatMul, &[&y, &wq]);
+    let y = b.op(Op::Transpose(Some(vec![1, 0, 2])), &[&q]);
+    let kt = b.op(Op::Transpose(Some(vec![0, 2, 1])), &[&y]);
+    let scores = b.op(Op::MatMul, &[&y, &kt]);
+    let attention = b.op(
         Op::Softmax {
-            axis: 1,
+            axis: -1,
             legacy: false,
             log: false,
         },
-        &["x"],
+        &[&scores],
     );
+    let mixed = b.op(Op::MatMul, &[&attention, &y]);
+    let again = b.op(Op::Einsum("bij,bkj->bik".into()), &[&mixed, &y]);
+    let again = b.op(Op::Einsum("bik,bkj->bij".into()), &[&again, &mixed]);
+    let graph = b.finish(&again);
+    let native = check(&graph, [3, 4, 4], "attention");
+    assert!(
+        native.kernel_counts().contains(&("matmul", 4)),
+        "{:?}",
+        native.kernel_counts()
+    );
+    assert!(
+        native.kernel_counts().contains(&("constant", 1)),
+        "{:?}",
+        native.kernel_counts()
+    );
+    let _ = tokens;
+}
+
+#[test]
+fn einsum_equations_are_recognised_as_products_only_when_they_are() {
+    assert_eq!(super::plan::einsum_as_matmul("bhid,bhjd->bhij"), Some(true));
+    assert_eq!(
+        super::plan::einsum_as_matmul("B G H I J, B G H J D -> B G H I D"),
+        Some(false)
+    );
+    assert_eq!(super::plan::einsum_as_matmul("bij,bjk->bik"), Some(false));
+    assert_eq!(super::plan::einsum_as_matmul("bij,bjk->bki"), None);
+    assert_eq!(super::plan::einsum_as_matmul("ij,jk->ik"), Some(false));
+    assert_eq!(super::plan::einsum_as_matmul("bij,cjk->bik"), None);
+    assert_eq!(super::plan::einsum_as_matmul("bii,bij->bij"), None);
+}
+
+#[test]
+fn a_graph_planned_on_one_sample_runs_each_sample_alone() {
+    // A reshape that bakes batch 1 in: it only runs on single samples.
+    let mut b = Builder::new();
+    b.constants.insert(
+        "batch-one".into(),
+        Tensor::new(&[1i64, -1], &Device::Cpu).unwrap(),
+    );
+    let y = b.op(Op::Reshape { allow_zero: false }, &["x", "batch-one"]);
+    let w = b.constant(&[12, 5]);
+    let y = b.op(Op::MatMul, &[&y, &w]);
+    let y = b.op(Op::Unary(UnaryOp::Tanh), &[&y]);
+    let graph = b.finish(&y);
+    assert!(NativeGraph::plan(&graph, [3, 2, 2], &Normalization::default()).is_err());
+    let native = NativeGraph::plan_single(&graph, [3, 2, 2], &Normalization::default()).unwrap();
+    let x = seeded(3 * 12, 11, 1.0);
+    let (batched, _) = native.forward(&x, 3, false).unwrap();
+    for (i, sample) in x.chunks(12).enumerate() {
+        let reference = graph
+            .run(&tensor(sample.to_vec(), &[1, 3, 2, 2]), None)
+            .unwrap()
+            .output;
+        let reference = reference.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (a, r) in batched[i * 5..(i + 1) * 5].iter().zip(&reference) {
+            assert!((a - r).abs() < 1e-5, "sample {i}: {a} vs {r}");
+        }
+    }
+}
+
+#[test]
+fn unsupported_ops_are_named() {
+    let mut b = Builder::new();
+    let y = b.op(Op::Unary(UnaryOp::Round), &["x"]);
     let graph = b.finish(&y);
     let not = NativeGraph::plan(&graph, [3, 2, 2], &Normalization::default()).unwrap_err();
-    assert_eq!(not.op, "Softmax");
-    assert!(not.to_string().contains("Softmax node 'v0'"), "{not}");
+    assert_eq!(not.op, "Round");
+    assert!(not.to_string().contains("Round node 'v0'"), "{not}");
 }
