@@ -317,10 +317,12 @@ pub(crate) fn command_line() -> Vec<String> {
         .collect()
 }
 
-pub(crate) fn environment() -> Environment {
+/// Where the run executed, and which executor ran `model`.
+pub(crate) fn environment(model: &Model) -> Environment {
     Environment {
         device: "cpu".into(),
         threads: candle_core::utils::get_num_threads(),
+        engine: model.engine(),
     }
 }
 
@@ -766,7 +768,7 @@ fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
         kind: RunKind::Eval,
         command: command_line(),
         seed,
-        environment: environment(),
+        environment: environment(&model),
         model: model_record(&info, scan),
         dataset: dataset_record(&data),
         clean: Some(CleanRecord {
@@ -1151,7 +1153,7 @@ fn train(args: TrainArgs) -> Result<()> {
         kind: RunKind::Train,
         command: command_line(),
         seed: config.seed,
-        environment: environment(),
+        environment: environment(&model),
         model: model_record(&info, None),
         dataset: dataset_record(&test_set),
         clean: Some(CleanRecord {
@@ -1258,10 +1260,23 @@ fn info(args: InfoArgs) -> Result<()> {
             graph.nodes.len(),
             ops.join(", ")
         );
-        if let Some(size) = onnx.slice_size() {
-            println!(
-                "batching     runs {size} image(s) at a time (the graph does not batch correctly)"
-            );
+        match onnx.native() {
+            Some(native) => {
+                let kernels: Vec<String> = native
+                    .kernel_counts()
+                    .into_iter()
+                    .map(|(kernel, n)| format!("{kernel} {n}"))
+                    .collect();
+                println!("engine       native: {}", kernels.join(", "));
+            }
+            None => {
+                println!("engine       {}", model.engine());
+                if let Some(size) = onnx.slice_size() {
+                    println!(
+                        "batching     runs {size} image(s) at a time (the graph does not batch correctly)"
+                    );
+                }
+            }
         }
         if let Some(feature) = graph.default_feature_value() {
             println!("features     '{feature}' (poison detect's default --feature-layer)");

@@ -479,7 +479,7 @@ fn detect(args: DetectArgs) -> Result<()> {
         kind: RunKind::Poison,
         command: command_line(),
         seed: args.seed,
-        environment: environment(),
+        environment: environment(&model),
         model: model_record(&info, scan),
         dataset: dataset_record(&test),
         clean: None,
@@ -547,7 +547,7 @@ fn audit(args: AuditArgs) -> Result<()> {
         &args.out.join("manifest.json"),
         manifest_json(&outcome.manifest)?.as_bytes(),
     )?;
-    let (_, info) = load_model(&poisoned_path, &ModelOptions::default(), &Device::Cpu)
+    let (poisoned, info) = load_model(&poisoned_path, &ModelOptions::default(), &Device::Cpu)
         .with_context(|| format!("cannot reload {}", poisoned_path.display()))?;
     print_findings(&outcome.record);
     let record = RunRecord {
@@ -556,7 +556,7 @@ fn audit(args: AuditArgs) -> Result<()> {
         kind: RunKind::Poison,
         command: command_line(),
         seed,
-        environment: environment(),
+        environment: environment(&poisoned),
         model: model_record(&info, None),
         dataset: dataset_record(&test),
         clean: None,

@@ -2093,6 +2093,7 @@ fn every_command_runs_on_a_dynamo_exported_onnx_resnet() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let info = String::from_utf8_lossy(&o.stdout);
     assert!(info.contains("onnx") && info.contains("10"), "{info}");
+    assert!(info.contains("engine       native: "), "{info}");
 
     let attacked = dir.path().join("attack");
     let o = gauntlet(&[
@@ -2114,6 +2115,10 @@ fn every_command_runs_on_a_dynamo_exported_onnx_resnet() {
     let record = read_json(&record_path);
     assert_eq!(record["clean"]["accuracy"], 1.0, "{}", record["clean"]);
     assert_eq!(record["model"]["format"], "onnx");
+    assert_eq!(
+        record["environment"]["engine"], "native",
+        "the ResNet runs natively"
+    );
 
     let report = dir.path().join("report");
     let o = gauntlet(&[

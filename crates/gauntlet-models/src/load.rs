@@ -109,6 +109,19 @@ impl Model {
         })
     }
 
+    /// Which executor computes this model, for records: `native`, or
+    /// `reference: <why>` when it runs on candle's graph (one line).
+    pub fn engine(&self) -> String {
+        match self {
+            Model::Network(n) if n.native().is_some() => "native".into(),
+            Model::Network(_) => "reference: the native engine computes in f32 on the CPU".into(),
+            Model::Onnx(o) => match o.reference_reason() {
+                None => "native".into(),
+                Some(reason) => format!("reference: {reason}"),
+            },
+        }
+    }
+
     fn inner(&self) -> &dyn Classifier {
         match self {
             Model::Network(n) => n,

@@ -107,6 +107,10 @@ pub struct Environment {
     pub device: String,
     /// Worker threads used by the tensor backend.
     pub threads: usize,
+    /// Which executor ran the model: `native`, or `reference: <why>` when a
+    /// graph fell back to candle's (absent in records of older builds).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub engine: String,
 }
 
 /// The model, identified by content.
@@ -690,6 +694,7 @@ mod tests {
             environment: Environment {
                 device: "cpu".into(),
                 threads: 2,
+                engine: "native".into(),
             },
             model: ModelRecord {
                 path: "m.safetensors".into(),

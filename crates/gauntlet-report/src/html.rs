@@ -442,8 +442,13 @@ fn provenance(out: &mut String, input: &ReportInput) {
     row(
         "environment",
         escape(&format!(
-            "{}, {} threads",
-            r.environment.device, r.environment.threads
+            "{}, {} threads{}",
+            r.environment.device,
+            r.environment.threads,
+            match r.environment.engine.as_str() {
+                "" => String::new(),
+                engine => format!(", {engine} engine"),
+            }
         )),
     );
     row("wall time", escape(&format!("{:.1} s", r.wall_seconds)));
