@@ -12,6 +12,7 @@ mod compare;
 use compare::{manifest, max_abs, zoo_dir};
 use gauntlet_core::candle_core::{Device, Tensor};
 use gauntlet_core::{cross_entropy_sum, input_gradient, Classifier};
+use gauntlet_models::graph::Op;
 use gauntlet_models::{load_model, Model, ModelOptions};
 
 fn gradient(model: &dyn Classifier, x: &Tensor, labels: &Tensor) -> Tensor {
@@ -75,6 +76,34 @@ fn the_native_engine_matches_the_reference_executor_on_the_zoo() {
                 failures.push(format!(
                     "{family}/{exporter}: logits {logit_error:.2e}, gradient {grad_error:.2e}"
                 ));
+            }
+            // The poisoning detectors' features (the last fully connected layer's
+            // input, and every pooling output: NHWC in the engine) read back in
+            // the graph's order.
+            let graph = onnx.graph();
+            let pooled = graph
+                .nodes
+                .iter()
+                .filter(|n| matches!(n.op, Op::Pool(_) | Op::GlobalPool { .. }))
+                .map(|n| n.outputs[0].as_str());
+            for feature in graph.default_feature_value().into_iter().chain(pooled) {
+                let pixels = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let served = native.logits_and_value(&pixels, x.dim(0).unwrap(), feature);
+                if !matches!(served, Ok(Some(_))) {
+                    failures.push(format!(
+                        "{family}/{exporter}: the engine does not keep '{feature}'"
+                    ));
+                }
+                let (_, native_features) = onnx.logits_and_features(x, Some(feature)).unwrap();
+                let (_, reference_features) =
+                    reference.logits_and_features(x, Some(feature)).unwrap();
+                let error = max_abs(&(&native_features - &reference_features).unwrap())
+                    / max_abs(&reference_features).max(1.0);
+                if error.is_nan() || error > 1e-4 {
+                    failures.push(format!(
+                        "{family}/{exporter}: features '{feature}' differ by {error:.2e}"
+                    ));
+                }
             }
         }
     }

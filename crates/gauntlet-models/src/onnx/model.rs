@@ -281,6 +281,17 @@ impl OnnxModel {
                 )
             })?,
         };
+        if let Some(native) = self.native.as_ref().filter(|_| x.device().is_cpu()) {
+            let n = x.dim(0)?;
+            let pixels = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            if let Some((logits, features)) = native.logits_and_value(&pixels, n, name)? {
+                let width = features.len() / n.max(1);
+                return Ok((
+                    Tensor::from_vec(logits, (n, self.num_classes), x.device())?,
+                    Tensor::from_vec(features, (n, width), x.device())?,
+                ));
+            }
+        }
         let mut logits = Vec::new();
         let mut features = Vec::new();
         for part in self.batches(x)? {

@@ -101,6 +101,17 @@ pub struct NativeGraph {
     last_use: Vec<usize>,
     /// Activation and gradient buffers, reused from pass to pass.
     buffers: Arc<BufferPool>,
+    /// Graph values that are slots (the batch first), with the per-sample dims
+    /// and layout needed to read them back in the graph's order.
+    values: std::collections::HashMap<String, ValueSlot>,
+}
+
+/// Where a graph value lives in the plan.
+#[derive(Clone, Debug)]
+pub(crate) struct ValueSlot {
+    pub slot: usize,
+    pub dims: Vec<usize>,
+    pub channels_last: bool,
 }
 
 /// What a forward pass keeps for the backward pass: every slot's value and the
@@ -163,6 +174,32 @@ impl NativeGraph {
     /// Values stored per sample by a forward pass that keeps its tape.
     pub fn values_per_sample(&self) -> usize {
         self.slot_lens.iter().sum()
+    }
+
+    /// Logits and the value `name` (flattened per sample, in the graph's
+    /// row-major order) of `n` NCHW images; `None` when the plan does not keep
+    /// that value with the batch first (fused into a kernel, or batch moved).
+    pub fn logits_and_value(
+        &self,
+        images: &[f32],
+        count: usize,
+        name: &str,
+    ) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+        let Some(value) = self.values.get(name) else {
+            return Ok(None);
+        };
+        let (logits, tape) = self.forward(images, count, true)?;
+        let Some(tape) = tape else {
+            return Ok(None);
+        };
+        let stored = &tape.values[value.slot];
+        let features = match value.dims.as_slice() {
+            [c, h, w] if value.channels_last && c * h * w > 0 => {
+                crate::native::kernels::transpose_inner(stored, count, h * w, *c)
+            }
+            _ => stored.clone(),
+        };
+        Ok(Some((logits, features)))
     }
 
     /// Logits `(n × classes)` of `n` NCHW images in pixel space; with `keep`, also

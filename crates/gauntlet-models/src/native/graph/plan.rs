@@ -340,6 +340,20 @@ impl<'g> Planner<'g> {
             normalization: normalization.clone(),
             last_use,
             buffers: Default::default(),
+            values: self
+                .slot_of
+                .iter()
+                .filter(|(_, &slot)| self.slots[slot].batch.is_first())
+                .map(|(name, &slot)| {
+                    let s = &self.slots[slot];
+                    let value = super::ValueSlot {
+                        slot,
+                        dims: s.dims.clone(),
+                        channels_last: s.channels_last,
+                    };
+                    (name.clone(), value)
+                })
+                .collect(),
         })
     }
 
