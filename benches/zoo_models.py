@@ -92,6 +92,10 @@ def build(name):
     torch.manual_seed(0)
     make, side, _ = MODELS[name]
     model = make()
+    if isinstance(model, VisionTransformer):
+        # torchvision zero-initialises the head: every logit would be 0 and the
+        # input gradient exactly zero (Gauntlet refuses such a model).
+        nn.init.normal_(model.heads.head.weight, std=0.02)
     # Realistic BatchNorm statistics: a few training-mode passes on random images.
     model.train()
     with torch.no_grad():

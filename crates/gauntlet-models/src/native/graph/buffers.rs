@@ -5,8 +5,9 @@
 use std::cell::RefCell;
 use std::sync::Mutex;
 
-/// Most buffers kept between passes (a plan's slots and gradients).
-const KEEP: usize = 256;
+/// Most buffers kept between passes: enough for the slots and gradients of a
+/// large transformer (a pass never holds more than its own peak).
+const KEEP: usize = 4096;
 
 /// Free f32 buffers, handed out by size.
 #[derive(Debug, Default)]

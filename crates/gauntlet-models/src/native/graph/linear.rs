@@ -7,7 +7,7 @@ use crate::native::kernels::{self, Mat, Threads};
 use crate::Result;
 
 /// Rows per parallel task: fixed, so results do not depend on the thread count.
-const ROWS: usize = 64;
+const ROWS: usize = 256;
 
 /// `y (rows × outputs) = x (rows × inputs) · weight + bias`.
 #[derive(Clone, Debug)]

@@ -18,6 +18,7 @@
 mod buffers;
 mod conv;
 mod linear;
+mod math;
 mod movement;
 mod plan;
 mod pointwise;

@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::math::{erf, exp, sigmoid, tanh};
 use crate::graph::{BinaryOp, UnaryOp};
 
 /// Values per parallel task of an elementwise pass.
@@ -32,6 +33,107 @@ pub(crate) enum Unary {
     Abs,
 }
 
+/// Runs `$body` with `$value` and `$derivative` bound to closures for the
+/// variant of `$unary` built inside them, so the variant is a compile-time
+/// constant in each loop: the loop is compiled (and vectorised) per function
+/// instead of matching on the function for every element.
+macro_rules! unswitch {
+    ($unary:expr, $value:ident, $derivative:ident => $body:expr) => {
+        match $unary {
+            Unary::Relu => {
+                let $value = move |x: f32| Unary::Relu.value(x);
+                let $derivative = move |x: f32, y: f32| Unary::Relu.derivative(x, y);
+                $body
+            }
+            Unary::LeakyRelu(a) => {
+                let $value = move |x: f32| Unary::LeakyRelu(a).value(x);
+                let $derivative = move |x: f32, y: f32| Unary::LeakyRelu(a).derivative(x, y);
+                $body
+            }
+            Unary::Clip(lo, hi) => {
+                let $value = move |x: f32| Unary::Clip(lo, hi).value(x);
+                let $derivative = move |x: f32, y: f32| Unary::Clip(lo, hi).derivative(x, y);
+                $body
+            }
+            Unary::Sigmoid => {
+                let $value = move |x: f32| Unary::Sigmoid.value(x);
+                let $derivative = move |x: f32, y: f32| Unary::Sigmoid.derivative(x, y);
+                $body
+            }
+            Unary::Silu => {
+                let $value = move |x: f32| Unary::Silu.value(x);
+                let $derivative = move |x: f32, y: f32| Unary::Silu.derivative(x, y);
+                $body
+            }
+            Unary::Tanh => {
+                let $value = move |x: f32| Unary::Tanh.value(x);
+                let $derivative = move |x: f32, y: f32| Unary::Tanh.derivative(x, y);
+                $body
+            }
+            Unary::HardSigmoid(a, b) => {
+                let $value = move |x: f32| Unary::HardSigmoid(a, b).value(x);
+                let $derivative = move |x: f32, y: f32| Unary::HardSigmoid(a, b).derivative(x, y);
+                $body
+            }
+            Unary::HardSwish => {
+                let $value = move |x: f32| Unary::HardSwish.value(x);
+                let $derivative = move |x: f32, y: f32| Unary::HardSwish.derivative(x, y);
+                $body
+            }
+            Unary::Gelu => {
+                let $value = move |x: f32| Unary::Gelu.value(x);
+                let $derivative = move |x: f32, y: f32| Unary::Gelu.derivative(x, y);
+                $body
+            }
+            Unary::GeluTanh => {
+                let $value = move |x: f32| Unary::GeluTanh.value(x);
+                let $derivative = move |x: f32, y: f32| Unary::GeluTanh.derivative(x, y);
+                $body
+            }
+            Unary::Erf => {
+                let $value = move |x: f32| Unary::Erf.value(x);
+                let $derivative = move |x: f32, y: f32| Unary::Erf.derivative(x, y);
+                $body
+            }
+            Unary::Elu(a) => {
+                let $value = move |x: f32| Unary::Elu(a).value(x);
+                let $derivative = move |x: f32, y: f32| Unary::Elu(a).derivative(x, y);
+                $body
+            }
+            Unary::Softplus => {
+                let $value = move |x: f32| Unary::Softplus.value(x);
+                let $derivative = move |x: f32, y: f32| Unary::Softplus.derivative(x, y);
+                $body
+            }
+            Unary::Neg => {
+                let $value = move |x: f32| Unary::Neg.value(x);
+                let $derivative = move |x: f32, y: f32| Unary::Neg.derivative(x, y);
+                $body
+            }
+            Unary::Exp => {
+                let $value = move |x: f32| Unary::Exp.value(x);
+                let $derivative = move |x: f32, y: f32| Unary::Exp.derivative(x, y);
+                $body
+            }
+            Unary::Sqrt => {
+                let $value = move |x: f32| Unary::Sqrt.value(x);
+                let $derivative = move |x: f32, y: f32| Unary::Sqrt.derivative(x, y);
+                $body
+            }
+            Unary::Reciprocal => {
+                let $value = move |x: f32| Unary::Reciprocal.value(x);
+                let $derivative = move |x: f32, y: f32| Unary::Reciprocal.derivative(x, y);
+                $body
+            }
+            Unary::Abs => {
+                let $value = move |x: f32| Unary::Abs.value(x);
+                let $derivative = move |x: f32, y: f32| Unary::Abs.derivative(x, y);
+                $body
+            }
+        }
+    };
+}
+
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const TWO_OVER_SQRT_PI: f32 = std::f32::consts::FRAC_2_SQRT_PI;
 
@@ -59,7 +161,7 @@ impl Unary {
         })
     }
 
-    #[inline]
+    #[inline(always)]
     fn value(self, x: f32) -> f32 {
         match self {
             Unary::Relu => x.max(0.0),
@@ -73,14 +175,12 @@ impl Unary {
             Unary::Clip(lo, hi) => x.max(lo).min(hi),
             Unary::Sigmoid => sigmoid(x),
             Unary::Silu => x * sigmoid(x),
-            Unary::Tanh => x.tanh(),
+            Unary::Tanh => tanh(x),
             Unary::HardSigmoid(a, b) => (a * x + b).clamp(0.0, 1.0),
             Unary::HardSwish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
-            Unary::Gelu => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
-            Unary::GeluTanh => {
-                0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
-            }
-            Unary::Erf => libm::erff(x),
+            Unary::Gelu => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
+            Unary::GeluTanh => 0.5 * x * (1.0 + tanh(SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x))),
+            Unary::Erf => erf(x),
             Unary::Elu(a) => {
                 if x > 0.0 {
                     x
@@ -101,7 +201,7 @@ impl Unary {
     }
 
     /// `dy/dx` at input `x` with output `y`.
-    #[inline]
+    #[inline(always)]
     fn derivative(self, x: f32, y: f32) -> f32 {
         match self {
             Unary::Relu => f32::from(x > 0.0),
@@ -137,18 +237,18 @@ impl Unary {
                 }
             }
             Unary::Gelu => {
-                let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
-                let pdf = (-0.5 * x * x).exp()
-                    * (0.5 * TWO_OVER_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2);
+                let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                let pdf =
+                    exp(-0.5 * x * x) * (0.5 * TWO_OVER_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2);
                 cdf + x * pdf
             }
             Unary::GeluTanh => {
                 let inner = SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x);
-                let t = inner.tanh();
+                let t = tanh(inner);
                 0.5 * (1.0 + t)
                     + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044_715 * x * x)
             }
-            Unary::Erf => TWO_OVER_SQRT_PI * (-x * x).exp(),
+            Unary::Erf => TWO_OVER_SQRT_PI * exp(-x * x),
             Unary::Elu(a) => {
                 if x > 0.0 {
                     1.0
@@ -174,30 +274,29 @@ impl Unary {
     }
 
     pub(crate) fn forward(self, x: &[f32], y: &mut [f32]) {
-        y.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(y, x)| {
-                for (y, x) in y.iter_mut().zip(x) {
-                    *y = self.value(*x);
-                }
-            });
+        unswitch!(self, value, _derivative => {
+            y.par_chunks_mut(CHUNK)
+                .zip(x.par_chunks(CHUNK))
+                .for_each(|(y, x)| {
+                    for (y, x) in y.iter_mut().zip(x) {
+                        *y = value(*x);
+                    }
+                })
+        })
     }
 
     pub(crate) fn backward(self, x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32]) {
-        dx.par_chunks_mut(CHUNK)
-            .zip(dy.par_chunks(CHUNK))
-            .zip(x.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
-            .for_each(|((dx, dy), (x, y))| {
-                for (((d, g), x), y) in dx.iter_mut().zip(dy).zip(x).zip(y) {
-                    *d += g * self.derivative(*x, *y);
-                }
-            });
+        unswitch!(self, _value, derivative => {
+            dx.par_chunks_mut(CHUNK)
+                .zip(dy.par_chunks(CHUNK))
+                .zip(x.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
+                .for_each(|((dx, dy), (x, y))| {
+                    for (((d, g), x), y) in dx.iter_mut().zip(dy).zip(x).zip(y) {
+                        *d += g * derivative(*x, *y);
+                    }
+                })
+        })
     }
-}
-
-#[inline]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 /// `y = x · scale[c] + shift[c]` where `c` is the innermost index (the channel

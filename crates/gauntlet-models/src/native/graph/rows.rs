@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::math::exp;
 use crate::native::kernels::{self, Mat, Threads};
 use crate::Result;
 
@@ -89,7 +90,7 @@ impl Softmax {
                     let max = x.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
                     let mut sum = 0.0;
                     for (y, x) in y.iter_mut().zip(x) {
-                        *y = (x - max).exp();
+                        *y = exp(x - max);
                         sum += *y;
                     }
                     if log {
@@ -117,7 +118,7 @@ impl Softmax {
                     if log {
                         let sum: f32 = dy.iter().sum();
                         for ((dx, dy), y) in dx.iter_mut().zip(dy).zip(y) {
-                            *dx += dy - y.exp() * sum;
+                            *dx += dy - exp(*y) * sum;
                         }
                     } else {
                         let dot: f32 = dy.iter().zip(y).map(|(g, y)| g * y).sum();
