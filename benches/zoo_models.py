@@ -20,31 +20,15 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, ".models")
+# The pre-activation block as the zoo fixtures define it (one definition).
+sys.path.insert(0, os.path.join(HERE, "..", "crates", "gauntlet-models", "tests", "zoo"))
+from make_zoo import PreActBlock  # noqa: E402
 warnings.filterwarnings("ignore")
 
 
-class PreActBlock(nn.Module):
-    """Pre-activation block as CIFAR robustness code (and RobustBench) writes it."""
-
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.shortcut = None
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False)
-
-    def forward(self, x):
-        out = F.relu(self.bn1(x))
-        skip = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out)))
-        return out + skip
-
-
 class PreActNet(nn.Module):
+    """Pre-activation ResNet / WideResNet for CIFAR, normalisation left to the caller."""
+
     def __init__(self, widths, blocks_per_stage):
         super().__init__()
         self.conv = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)

@@ -332,7 +332,7 @@ impl Classifier for Network {
     fn logits(&self, x: &Tensor) -> gauntlet_core::Result<Tensor> {
         if let Some(native) = &self.native {
             if x.dtype() == DType::F32 && x.device().is_cpu() {
-                return Ok(crate::native::logits_op(native, x)?);
+                return Ok(crate::native::engine_logits(native, x)?);
             }
         }
         let x = self.normalization.apply(x)?;

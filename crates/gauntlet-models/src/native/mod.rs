@@ -24,9 +24,8 @@ use crate::network::Normalization;
 use crate::{Error, Result};
 use kernels::{ConvShape, Mat, Threads};
 
-pub(crate) use graph::graph_logits;
 pub use graph::{GraphTape, NativeGraph, NotPlanned};
-pub(crate) use op::logits_op;
+pub(crate) use op::engine_logits;
 
 /// Images per parallel task: small enough for two cores to share a batch of 50,
 /// fixed so that sums of weight gradients do not depend on the thread count.
@@ -181,7 +180,7 @@ impl NativeClassifier {
 
 impl Classifier for NativeClassifier {
     fn logits(&self, x: &Tensor) -> gauntlet_core::Result<Tensor> {
-        Ok(logits_op(&self.net, &x.to_dtype(DType::F32)?)?)
+        Ok(engine_logits(&self.net, &x.to_dtype(DType::F32)?)?)
     }
     fn bounds(&self) -> Bounds {
         self.bounds

@@ -1,31 +1,88 @@
-//! The native engine as one candle op, so attacks keep using candle's autograd
-//! for their losses while the network itself runs natively.
+//! A native engine as one candle op, so attacks keep using candle's autograd for
+//! their losses while the network itself runs natively.
 
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
-use super::{Activations, NativeNet};
+use super::{Activations, GraphTape, NativeGraph, NativeNet};
 use crate::Result;
+
+/// What candle needs from an engine: logits, and the input gradient of a pass
+/// that kept its tape.
+pub(crate) trait Engine: Send + Sync + 'static {
+    /// What a forward pass keeps for the backward pass.
+    type Tape: Send + Sync;
+    /// The op's name in candle's graph.
+    const NAME: &'static str;
+    fn classes(&self) -> usize;
+    fn logits(
+        &self,
+        images: &[f32],
+        count: usize,
+        keep: bool,
+    ) -> Result<(Vec<f32>, Option<Self::Tape>)>;
+    fn input_gradient(&self, tape: &Self::Tape, grad_logits: &[f32]) -> Result<Vec<f32>>;
+}
+
+impl Engine for NativeNet {
+    type Tape = Activations;
+    const NAME: &'static str = "gauntlet-native-network";
+    fn classes(&self) -> usize {
+        self.arch().num_classes()
+    }
+    fn logits(
+        &self,
+        images: &[f32],
+        count: usize,
+        keep: bool,
+    ) -> Result<(Vec<f32>, Option<Activations>)> {
+        self.forward(images, count, keep)
+    }
+    fn input_gradient(&self, tape: &Activations, grad_logits: &[f32]) -> Result<Vec<f32>> {
+        Ok(self
+            .backward(tape, grad_logits, true, None)?
+            .unwrap_or_default())
+    }
+}
+
+impl Engine for NativeGraph {
+    type Tape = GraphTape;
+    const NAME: &'static str = "gauntlet-native-graph";
+    fn classes(&self) -> usize {
+        self.num_classes()
+    }
+    fn logits(
+        &self,
+        images: &[f32],
+        count: usize,
+        keep: bool,
+    ) -> Result<(Vec<f32>, Option<GraphTape>)> {
+        self.forward(images, count, keep)
+    }
+    fn input_gradient(&self, tape: &GraphTape, grad_logits: &[f32]) -> Result<Vec<f32>> {
+        NativeGraph::input_gradient(self, tape, grad_logits)
+    }
+}
 
 /// Forward computed before the op is built; the op hands the logits to candle
 /// and runs the native backward pass when candle asks for the input gradient.
-struct NativeLogits {
-    net: Arc<NativeNet>,
+struct EngineLogits<E: Engine> {
+    engine: Arc<E>,
     logits: Vec<f32>,
     count: usize,
-    activations: Option<Activations>,
+    tape: Option<E::Tape>,
 }
 
-impl CustomOp1 for NativeLogits {
+impl<E: Engine> CustomOp1 for EngineLogits<E> {
     fn name(&self) -> &'static str {
-        "gauntlet-native-network"
+        E::NAME
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         Ok((
             CpuStorage::F32(self.logits.clone()),
-            Shape::from((self.count, self.net.arch.num_classes())),
+            Shape::from((self.count, self.engine.classes())),
         ))
     }
 
@@ -35,41 +92,40 @@ impl CustomOp1 for NativeLogits {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let Some(activations) = &self.activations else {
-            candle_core::bail!("internal: native network recorded no activations");
+        let Some(tape) = &self.tape else {
+            candle_core::bail!("internal: {} recorded no activations", E::NAME);
         };
         let grad = grad_res
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
         let input = self
-            .net
-            .backward(activations, &grad, true, None)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?
-            .unwrap_or_default();
+            .engine
+            .input_gradient(tape, &grad)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok(Some(Tensor::from_vec(input, arg.shape(), arg.device())?))
     }
 }
 
-/// Logits of `x` (f32, NCHW, on the CPU) through `net`, differentiable with
+/// Logits of `x` (f32, NCHW, on the CPU) through `engine`, differentiable with
 /// respect to `x` when `x` is tracked (a variable or computed from one).
-pub(crate) fn logits_op(net: &Arc<NativeNet>, x: &Tensor) -> Result<Tensor> {
+pub(crate) fn engine_logits<E: Engine>(engine: &Arc<E>, x: &Tensor) -> Result<Tensor> {
     let count = x.dim(0)?;
     let values = x.flatten_all()?.to_vec1::<f32>()?;
     let keep = x.track_op();
-    let (logits, activations) = net.forward(&values, count, keep)?;
+    let (logits, tape) = engine.logits(&values, count, keep)?;
     if !keep {
         return Ok(Tensor::from_vec(
             logits,
-            (count, net.arch.num_classes()),
+            (count, engine.classes()),
             x.device(),
         )?);
     }
-    let op = NativeLogits {
-        net: Arc::clone(net),
+    let op = EngineLogits {
+        engine: Arc::clone(engine),
         logits,
         count,
-        activations,
+        tape,
     };
     Ok(x.apply_op1(op)?)
 }

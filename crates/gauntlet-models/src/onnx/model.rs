@@ -11,7 +11,7 @@ use prost::Message;
 use super::ops::{self, NodeCtx};
 use super::proto::{self, data_type, TensorProto};
 use crate::graph::{passes, Graph, Node};
-use crate::native::{graph_logits, NativeGraph};
+use crate::native::{engine_logits, NativeGraph};
 use crate::network::Normalization;
 use crate::{Error, Result};
 
@@ -375,7 +375,7 @@ impl OnnxModel {
     fn run(&self, x: &Tensor) -> Result<Tensor> {
         if let Some(native) = &self.native {
             if x.device().is_cpu() {
-                return graph_logits(native, &x.to_dtype(DType::F32)?);
+                return engine_logits(native, &x.to_dtype(DType::F32)?);
             }
         }
         let outputs = self

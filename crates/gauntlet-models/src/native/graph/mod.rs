@@ -25,8 +25,6 @@ mod pointwise;
 mod pool;
 mod rows;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
-
 use crate::network::Normalization;
 use crate::{Error, Result};
 use buffers::BufferPool;
@@ -416,71 +414,6 @@ fn binary_inputs<'a>(
         &[]
     };
     (a, b)
-}
-
-/// The forward pass computed before the op is built; the op hands the logits to
-/// candle and runs the native backward pass when candle asks for the input gradient.
-struct GraphLogits {
-    graph: std::sync::Arc<NativeGraph>,
-    logits: Vec<f32>,
-    count: usize,
-    tape: Option<GraphTape>,
-}
-
-impl CustomOp1 for GraphLogits {
-    fn name(&self) -> &'static str {
-        "gauntlet-native-graph"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        Ok((
-            CpuStorage::F32(self.logits.clone()),
-            Shape::from((self.count, self.graph.classes)),
-        ))
-    }
-
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let Some(tape) = &self.tape else {
-            candle_core::bail!("internal: native graph recorded no activations");
-        };
-        let grad = grad_res
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let input = self
-            .graph
-            .input_gradient(tape, &grad)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        Ok(Some(Tensor::from_vec(input, arg.shape(), arg.device())?))
-    }
-}
-
-/// Logits of `x` (f32, NCHW, on the CPU) through `graph`, differentiable with
-/// respect to `x` when `x` is tracked.
-pub(crate) fn graph_logits(graph: &std::sync::Arc<NativeGraph>, x: &Tensor) -> Result<Tensor> {
-    let count = x.dim(0)?;
-    let values = x.flatten_all()?.to_vec1::<f32>()?;
-    let keep = x.track_op();
-    let (logits, tape) = graph.forward(&values, count, keep)?;
-    if !keep {
-        return Ok(Tensor::from_vec(
-            logits,
-            (count, graph.classes),
-            x.device(),
-        )?);
-    }
-    let op = GraphLogits {
-        graph: std::sync::Arc::clone(graph),
-        logits,
-        count,
-        tape,
-    };
-    Ok(x.apply_op1(op)?)
 }
 
 #[cfg(test)]
