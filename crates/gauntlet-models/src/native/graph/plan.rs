@@ -408,6 +408,12 @@ impl<'g> Planner<'g> {
     fn new_slot(&mut self, name: &str, channels_last: bool, batch: Batch) -> Planned<usize> {
         let full = self.full_shape(name)?;
         let dims = self.per_sample_as(name, batch)?;
+        // Every kernel splits its work into per-sample chunks: none may be empty.
+        if dims.contains(&0) {
+            return Err(format!(
+                "value '{name}' is empty (per-sample shape {dims:?})"
+            ));
+        }
         let channels_last = channels_last && dims.len() == 3 && batch.is_first();
         self.slots.push(Slot {
             dims,
@@ -861,6 +867,8 @@ impl<'g> Planner<'g> {
         let mut out = node.outputs.first().ok_or("no output")?.as_str();
         let [_, oh, ow] = as3(&self.per_sample(out)?)?;
         if groups == 0
+            || kh == 0
+            || kw == 0
             || cin_group * groups != cin
             || cout % groups != 0
             || stride == 0

@@ -484,6 +484,24 @@ fn a_graph_planned_on_one_sample_runs_each_sample_alone() {
 }
 
 #[test]
+fn empty_values_are_refused_not_planned() {
+    // A slice that keeps nothing: the reference runs it (an empty tensor), the
+    // engine refuses to plan it instead of splitting work into empty chunks.
+    let mut b = Builder::new();
+    let y = b.op(
+        Op::Slice {
+            starts: Some(vec![2]),
+            ends: Some(vec![2]),
+            axes: Some(vec![1]),
+        },
+        &["x"],
+    );
+    let graph = b.finish(&y);
+    let not = NativeGraph::plan(&graph, [3, 2, 2], &Normalization::default()).unwrap_err();
+    assert!(not.reason.contains("empty"), "{not}");
+}
+
+#[test]
 fn unsupported_ops_are_named() {
     let mut b = Builder::new();
     let y = b.op(Op::Unary(UnaryOp::Round), &["x"]);
