@@ -226,30 +226,29 @@ impl Conv {
 
     /// Adds the input gradient for output gradient `dy` to `dx`; `y` is the
     /// forward output (for the epilogue's mask).
-    pub(crate) fn backward(&self, y: &[f32], dy: &[f32], dx: &mut [f32]) -> Result<()> {
+    /// Adds the input gradient for output gradient `dy` to `dx`; `y` is the
+    /// forward output, whose epilogue mask is applied to `dy` in place.
+    pub(crate) fn backward(&self, y: &[f32], dy: &mut [f32], dx: &mut [f32]) -> Result<()> {
         let g = self.geom;
         let per_task = g.images_per_task();
         dx.par_chunks_mut(per_task * g.in_len())
-            .zip(dy.par_chunks(per_task * g.out_len()))
+            .zip(dy.par_chunks_mut(per_task * g.out_len()))
             .zip(y.par_chunks(per_task * g.out_len()))
             .try_for_each(|((dx, dy), y)| self.backward_task(y, dy, dx))
     }
 
-    fn backward_task(&self, y: &[f32], dy: &[f32], dx: &mut [f32]) -> Result<()> {
+    fn backward_task(&self, y: &[f32], dy: &mut [f32], dx: &mut [f32]) -> Result<()> {
         let g = self.geom;
         let images = dx.len() / g.in_len();
-        let masked;
-        let dy = if self.epilogue == Epilogue::None {
-            dy
-        } else {
+        if self.epilogue != Epilogue::None {
             let epilogue = self.epilogue;
-            masked = dy
-                .iter()
-                .zip(y)
-                .map(|(d, y)| if epilogue.passes(*y) { *d } else { 0.0 })
-                .collect::<Vec<f32>>();
-            &masked
-        };
+            for (d, y) in dy.iter_mut().zip(y) {
+                if !epilogue.passes(*y) {
+                    *d = 0.0;
+                }
+            }
+        }
+        let dy: &[f32] = dy;
         if g.pointwise() {
             return kernels::matmul(
                 dx,
@@ -361,14 +360,13 @@ fn col2im(g: &ConvGeom, group: usize, col: &[f32], dx: &mut [f32]) {
     }
 }
 
-/// Depthwise convolution of one NHWC image, channel-vectorised; `weight` is
-/// `(kh, kw, channels)`. Writes `y` without bias.
-fn depthwise_forward(g: &ConvGeom, weight: &[f32], x: &[f32], y: &mut [f32]) {
-    let c = g.cin;
+/// Calls `visit(output pixel, input pixel, tap)` for every kernel tap of a
+/// depthwise convolution that lands inside the image: the loop both passes of
+/// [`depthwise_forward`] and [`depthwise_backward`] walk.
+#[inline(always)]
+fn for_each_tap(g: &ConvGeom, mut visit: impl FnMut(usize, usize, usize)) {
     for oy in 0..g.oh {
         for ox in 0..g.ow {
-            let out = &mut y[(oy * g.ow + ox) * c..(oy * g.ow + ox + 1) * c];
-            out.fill(0.0);
             let (j0, j1) = valid_taps(g, ox, g.pad_left, g.w, g.kw);
             for i in 0..g.kh {
                 let Some(iy) = g.source(oy, i, g.pad_top, g.h) else {
@@ -376,37 +374,35 @@ fn depthwise_forward(g: &ConvGeom, weight: &[f32], x: &[f32], y: &mut [f32]) {
                 };
                 for j in j0..j1 {
                     let ix = ox * g.stride + j * g.dilation - g.pad_left;
-                    let src = &x[(iy * g.w + ix) * c..(iy * g.w + ix + 1) * c];
-                    let w = &weight[(i * g.kw + j) * c..(i * g.kw + j + 1) * c];
-                    for ((o, v), k) in out.iter_mut().zip(src).zip(w) {
-                        *o += v * k;
-                    }
+                    visit(oy * g.ow + ox, iy * g.w + ix, i * g.kw + j);
                 }
             }
         }
     }
 }
 
+/// Depthwise convolution of one NHWC image, channel-vectorised; `weight` is
+/// `(kh, kw, channels)`. Writes `y` without bias.
+fn depthwise_forward(g: &ConvGeom, weight: &[f32], x: &[f32], y: &mut [f32]) {
+    let c = g.cin;
+    y.fill(0.0);
+    for_each_tap(g, |out, pixel, tap| {
+        let src = &x[pixel * c..(pixel + 1) * c];
+        let w = &weight[tap * c..(tap + 1) * c];
+        for ((o, v), k) in y[out * c..(out + 1) * c].iter_mut().zip(src).zip(w) {
+            *o += v * k;
+        }
+    });
+}
+
 /// Adds the input gradient of [`depthwise_forward`] for `dy` to `dx`.
 fn depthwise_backward(g: &ConvGeom, weight: &[f32], dy: &[f32], dx: &mut [f32]) {
     let c = g.cin;
-    for oy in 0..g.oh {
-        for ox in 0..g.ow {
-            let grad = &dy[(oy * g.ow + ox) * c..(oy * g.ow + ox + 1) * c];
-            let (j0, j1) = valid_taps(g, ox, g.pad_left, g.w, g.kw);
-            for i in 0..g.kh {
-                let Some(iy) = g.source(oy, i, g.pad_top, g.h) else {
-                    continue;
-                };
-                for j in j0..j1 {
-                    let ix = ox * g.stride + j * g.dilation - g.pad_left;
-                    let dst = &mut dx[(iy * g.w + ix) * c..(iy * g.w + ix + 1) * c];
-                    let w = &weight[(i * g.kw + j) * c..(i * g.kw + j + 1) * c];
-                    for ((d, v), k) in dst.iter_mut().zip(grad).zip(w) {
-                        *d += v * k;
-                    }
-                }
-            }
+    for_each_tap(g, |out, pixel, tap| {
+        let grad = &dy[out * c..(out + 1) * c];
+        let w = &weight[tap * c..(tap + 1) * c];
+        for ((d, v), k) in dx[pixel * c..(pixel + 1) * c].iter_mut().zip(grad).zip(w) {
+            *d += v * k;
         }
-    }
+    });
 }

@@ -239,22 +239,15 @@ impl NativeGraph {
             let input = |k: usize| values[step.inputs[k]].as_slice();
             match &step.kernel {
                 Kernel::Conv(conv) => conv.forward(input(0), &mut out)?,
+                // Max-pooling remembers one winner per output; average pooling none.
                 Kernel::Pool(pool) => {
-                    let mut won = vec![
-                        0u32;
-                        if pool.config.kind == crate::layers::PoolKind::Max {
-                            out.len()
-                        } else {
-                            0
-                        }
-                    ];
-                    pool.forward(input(0), &mut out, &mut won);
-                    winners[index] = won;
+                    let max = pool.config.kind == crate::layers::PoolKind::Max;
+                    winners[index] = vec![0u32; if max { out.len() } else { 0 }];
+                    pool.forward(input(0), &mut out, &mut winners[index]);
                 }
                 Kernel::GlobalPool(pool) => {
-                    let mut won = vec![0u32; if pool.max { out.len() } else { 0 }];
-                    pool.forward(input(0), &mut out, &mut won);
-                    winners[index] = won;
+                    winners[index] = vec![0u32; if pool.max { out.len() } else { 0 }];
+                    pool.forward(input(0), &mut out, &mut winners[index]);
                 }
                 Kernel::Linear(linear) => linear.forward(input(0), &mut out)?,
                 Kernel::Unary(unary) => unary.forward(input(0), &mut out),
@@ -316,7 +309,7 @@ impl NativeGraph {
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; self.slot_lens.len()];
         grads[self.output] = Some(grad_logits.to_vec());
         for (index, step) in self.steps.iter().enumerate().rev() {
-            let Some(dy) = grads[step.output].take() else {
+            let Some(mut dy) = grads[step.output].take() else {
                 continue;
             };
             let mut input_grads: Vec<Vec<f32>> = step
@@ -327,7 +320,7 @@ impl NativeGraph {
             let input = |k: usize| values[step.inputs[k]].as_slice();
             let y = values[step.output].as_slice();
             match &step.kernel {
-                Kernel::Conv(conv) => conv.backward(y, &dy, &mut input_grads[0])?,
+                Kernel::Conv(conv) => conv.backward(y, &mut dy, &mut input_grads[0])?,
                 Kernel::Pool(pool) => pool.backward(&tape.winners[index], &dy, &mut input_grads[0]),
                 Kernel::GlobalPool(pool) => {
                     pool.backward(&tape.winners[index], &dy, &mut input_grads[0])
