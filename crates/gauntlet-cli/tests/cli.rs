@@ -1964,7 +1964,7 @@ fn work_larger_than_memory_is_refused_early_with_a_smaller_batch_suggested() {
             out.to_str().unwrap(),
         ],
         libc::RLIMIT_AS,
-        300 * MIB,
+        350 * MIB,
         false,
     );
     assert_clear_error(&refused, "use --batch-size");

@@ -6,8 +6,9 @@ use crate::{Error, Result};
 
 /// Bytes this process can still allocate: the least of the kernel's
 /// `MemAvailable`, the cgroup's limit less its usage (v2 and v1), and the
-/// address-space limit (`ulimit -v`) less what is mapped. `None` where none of
-/// these can be read (not Linux).
+/// address-space limit (`ulimit -v`) less what is mapped and what the worker
+/// threads yet to start will map. `None` where none of these can be read (not
+/// Linux).
 pub fn available_memory() -> Option<u64> {
     let mut bounds = Vec::new();
     if let Some(kib) = proc_field("/proc/meminfo", "MemAvailable:") {
@@ -16,7 +17,11 @@ pub fn available_memory() -> Option<u64> {
     bounds.extend(cgroup_headroom());
     if let Some(limit) = address_space_limit() {
         let mapped = proc_field("/proc/self/status", "VmSize:").map_or(0, |kib| kib * 1024);
-        bounds.push(limit.saturating_sub(mapped));
+        bounds.push(
+            limit
+                .saturating_sub(mapped)
+                .saturating_sub(unstarted_thread_reservation()),
+        );
     }
     bounds.into_iter().min()
 }
@@ -86,6 +91,29 @@ fn cgroup_headroom() -> Option<u64> {
         }
     }
     None
+}
+
+/// Address space the compute threads not yet started will reserve: glibc gives
+/// each thread that allocates its own malloc arena, a 64 MiB mapping, plus a
+/// 2 MiB stack. Only the address-space limit sees these reservations (they are
+/// not memory until touched), and a limit sized from `VmSize` before the thread
+/// pool starts would otherwise be short by that much per thread.
+fn unstarted_thread_reservation() -> u64 {
+    const PER_THREAD: u64 = (64 + 2) << 20;
+    let workers = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&n| n > 0)
+        .or_else(|| {
+            std::thread::available_parallelism()
+                .ok()
+                .map(|n| n.get() as u64)
+        })
+        .unwrap_or(1);
+    let running = std::fs::read_dir("/proc/self/task").map_or(1, |tasks| tasks.count() as u64);
+    // The main thread allocates from the main arena; every other running
+    // thread has its reservation in `VmSize` already.
+    workers.saturating_sub(running.saturating_sub(1)) * PER_THREAD
 }
 
 /// `ulimit -v`, from /proc/self/limits ("Max address space  soft  hard  bytes").
