@@ -9,16 +9,24 @@ use std::sync::Mutex;
 /// large transformer (a pass never holds more than its own peak).
 const KEEP: usize = 4096;
 
-/// Free f32 buffers, handed out by size.
-#[derive(Debug, Default)]
-pub(crate) struct BufferPool {
-    free: Mutex<Vec<Vec<f32>>>,
+/// Free buffers (activations in f32, max-pooling winners in u32), handed out by size.
+#[derive(Debug)]
+pub(crate) struct BufferPool<T = f32> {
+    free: Mutex<Vec<Vec<T>>>,
 }
 
-impl BufferPool {
+impl<T> Default for BufferPool<T> {
+    fn default() -> Self {
+        Self {
+            free: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<T: Copy + Default> BufferPool<T> {
     /// A buffer of `len` values whose contents are unspecified (every kernel
     /// writes all of its output).
-    pub(crate) fn take(&self, len: usize) -> Vec<f32> {
+    pub(crate) fn take(&self, len: usize) -> Vec<T> {
         let reused = self.free.lock().ok().and_then(|mut free| {
             // The smallest buffer that holds `len` without growing.
             let best = free
@@ -34,24 +42,24 @@ impl BufferPool {
                 buffer.truncate(len);
                 buffer
             }
-            None => vec![0.0; len],
+            None => vec![T::default(); len],
         }
     }
 
     /// A buffer of `len` zeros.
-    pub(crate) fn take_zeroed(&self, len: usize) -> Vec<f32> {
+    pub(crate) fn take_zeroed(&self, len: usize) -> Vec<T> {
         let mut buffer = self.take(len);
-        buffer.fill(0.0);
+        buffer.fill(T::default());
         buffer
     }
 
     /// Returns a buffer for reuse.
-    pub(crate) fn give(&self, mut buffer: Vec<f32>) {
+    pub(crate) fn give(&self, mut buffer: Vec<T>) {
         if buffer.capacity() == 0 {
             return;
         }
         // Keep the full length so the next `take` need not grow it.
-        buffer.resize(buffer.capacity(), 0.0);
+        buffer.resize(buffer.capacity(), T::default());
         if let Ok(mut free) = self.free.lock() {
             if free.len() < KEEP {
                 free.push(buffer);

@@ -97,22 +97,38 @@ pub(crate) enum Epilogue {
 }
 
 impl Epilogue {
-    #[inline]
-    fn apply(self, v: f32) -> f32 {
+    /// Zeroes the gradient `dy` where the epilogue blocked it (at output `y`).
+    /// One branch-free loop per kind, so each vectorises.
+    pub(crate) fn mask(self, y: &[f32], dy: &mut [f32]) {
+        let keep = |d: &mut f32, pass: bool| {
+            *d = f32::from_bits(d.to_bits() & u32::from(pass).wrapping_neg())
+        };
         match self {
-            Epilogue::None => v,
-            Epilogue::Relu => v.max(0.0),
-            Epilogue::Clip(lo, hi) => v.max(lo).min(hi),
+            Epilogue::None => {}
+            Epilogue::Relu => dy.iter_mut().zip(y).for_each(|(d, y)| keep(d, *y > 0.0)),
+            Epilogue::Clip(lo, hi) => dy
+                .iter_mut()
+                .zip(y)
+                .for_each(|(d, y)| keep(d, (*y > lo) & (*y < hi))),
         }
     }
-    /// Whether the gradient passes at output value `y` (decided from the output,
-    /// so the pre-activation need not be kept).
-    #[inline]
-    fn passes(self, y: f32) -> bool {
+
+    /// `row = epilogue(row + bias)` for every row of `values`, one loop per kind.
+    pub(crate) fn add_bias_and_apply(self, values: &mut [f32], bias: &[f32]) {
+        let width = bias.len().max(1);
+        let rows = values.chunks_exact_mut(width);
         match self {
-            Epilogue::None => true,
-            Epilogue::Relu => y > 0.0,
-            Epilogue::Clip(lo, hi) => y > lo && y < hi,
+            Epilogue::None => rows.for_each(|r| r.iter_mut().zip(bias).for_each(|(v, b)| *v += b)),
+            Epilogue::Relu => rows.for_each(|r| {
+                r.iter_mut()
+                    .zip(bias)
+                    .for_each(|(v, b)| *v = (*v + b).max(0.0))
+            }),
+            Epilogue::Clip(lo, hi) => rows.for_each(|r| {
+                r.iter_mut()
+                    .zip(bias)
+                    .for_each(|(v, b)| *v = (*v + b).max(lo).min(hi))
+            }),
         }
     }
 }
@@ -215,17 +231,10 @@ impl Conv {
                 Ok(())
             })?;
         }
-        let epilogue = self.epilogue;
-        for row in y.chunks_exact_mut(g.cout) {
-            for (v, b) in row.iter_mut().zip(&self.bias) {
-                *v = epilogue.apply(*v + b);
-            }
-        }
+        self.epilogue.add_bias_and_apply(y, &self.bias);
         Ok(())
     }
 
-    /// Adds the input gradient for output gradient `dy` to `dx`; `y` is the
-    /// forward output (for the epilogue's mask).
     /// Adds the input gradient for output gradient `dy` to `dx`; `y` is the
     /// forward output, whose epilogue mask is applied to `dy` in place.
     pub(crate) fn backward(&self, y: &[f32], dy: &mut [f32], dx: &mut [f32]) -> Result<()> {
@@ -240,14 +249,7 @@ impl Conv {
     fn backward_task(&self, y: &[f32], dy: &mut [f32], dx: &mut [f32]) -> Result<()> {
         let g = self.geom;
         let images = dx.len() / g.in_len();
-        if self.epilogue != Epilogue::None {
-            let epilogue = self.epilogue;
-            for (d, y) in dy.iter_mut().zip(y) {
-                if !epilogue.passes(*y) {
-                    *d = 0.0;
-                }
-            }
-        }
+        self.epilogue.mask(y, dy);
         let dy: &[f32] = dy;
         if g.pointwise() {
             return kernels::matmul(
@@ -337,6 +339,7 @@ fn im2col(g: &ConvGeom, group: usize, x: &[f32], col: &mut [f32]) {
 fn col2im(g: &ConvGeom, group: usize, col: &[f32], dx: &mut [f32]) {
     let (cg, patch) = (g.cin_group(), g.patch());
     let c0 = group * cg;
+    let contiguous = g.dilation == 1 && g.groups == 1;
     for (p, row) in col.chunks_exact(patch).enumerate() {
         let (oy, ox) = (p / g.ow, p % g.ow);
         let (j0, j1) = valid_taps(g, ox, g.pad_left, g.w, g.kw);
@@ -348,6 +351,15 @@ fn col2im(g: &ConvGeom, group: usize, col: &[f32], dx: &mut [f32]) {
                 continue;
             };
             let first_x = ox * g.stride + j0 * g.dilation - g.pad_left;
+            if contiguous {
+                // The kernel row's taps are adjacent pixels: one run (as in im2col).
+                let dst = (iy * g.w + first_x) * g.cin;
+                let src = &row[(i * g.kw + j0) * cg..(i * g.kw + j1) * cg];
+                for (d, v) in dx[dst..dst + src.len()].iter_mut().zip(src) {
+                    *d += v;
+                }
+                continue;
+            }
             for j in j0..j1 {
                 let ix = first_x + (j - j0) * g.dilation;
                 let dst = (iy * g.w + ix) * g.cin + c0;

@@ -1,15 +1,18 @@
 //! Fully connected layers (`Gemm`, `MatMul` by a constant): rows of the input
-//! times a constant `K × O` weight, plus a bias.
+//! times a constant `K × O` weight, plus a bias, then an optional ReLU/clip.
 
-use rayon::prelude::*;
-
+use super::conv::Epilogue;
 use crate::native::kernels::{self, Mat, Threads};
 use crate::Result;
 
-/// Rows per parallel task: fixed, so results do not depend on the thread count.
-const ROWS: usize = 256;
+/// Weights up to this many values are shared by per-thread row blocks; a larger
+/// one (a VGG or MNIST CNN classifier's, megabytes) is split by the `gemm` crate
+/// over its columns, so that each thread packs only its part and a small batch
+/// still keeps both cores busy. Either way each output element is one thread's
+/// dot product, so results do not depend on the thread count.
+const SHARED_WEIGHT_LIMIT: usize = 1 << 19;
 
-/// `y (rows × outputs) = x (rows × inputs) · weight + bias`.
+/// `y (rows × outputs) = epilogue(x (rows × inputs) · weight + bias)`.
 #[derive(Clone, Debug)]
 pub(crate) struct Linear {
     pub inputs: usize,
@@ -17,43 +20,37 @@ pub(crate) struct Linear {
     /// `inputs × outputs`, row-major.
     pub weight: Vec<f32>,
     pub bias: Vec<f32>,
+    pub epilogue: Epilogue,
 }
 
 impl Linear {
-    pub(crate) fn forward(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
-        let (k, o) = (self.inputs, self.outputs);
-        y.par_chunks_mut(ROWS * o)
-            .zip(x.par_chunks(ROWS * k))
-            .try_for_each(|(y, x)| {
-                let rows = x.len() / k;
-                kernels::matmul(
-                    y,
-                    Mat::new(x, rows, k),
-                    Mat::new(&self.weight, k, o),
-                    false,
-                    Threads::One,
-                )?;
-                for row in y.chunks_exact_mut(o) {
-                    row.iter_mut().zip(&self.bias).for_each(|(v, b)| *v += b);
-                }
-                Ok(())
-            })
+    fn product(&self, dst: &mut [f32], lhs: Mat<'_>, rhs: Mat<'_>, accumulate: bool) -> Result<()> {
+        if self.weight.len() <= SHARED_WEIGHT_LIMIT {
+            kernels::matmul_row_blocks(dst, lhs, rhs, accumulate)
+        } else {
+            kernels::matmul(dst, lhs, rhs, accumulate, Threads::All)
+        }
     }
 
-    /// Adds `dy · weightᵀ` to `dx`.
-    pub(crate) fn backward(&self, dy: &[f32], dx: &mut [f32]) -> Result<()> {
+    pub(crate) fn forward(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
         let (k, o) = (self.inputs, self.outputs);
-        dx.par_chunks_mut(ROWS * k)
-            .zip(dy.par_chunks(ROWS * o))
-            .try_for_each(|(dx, dy)| {
-                let rows = dy.len() / o;
-                kernels::matmul(
-                    dx,
-                    Mat::new(dy, rows, o),
-                    Mat::new(&self.weight, k, o).t(),
-                    true,
-                    Threads::One,
-                )
-            })
+        let rows = x.len() / k.max(1);
+        self.product(y, Mat::new(x, rows, k), Mat::new(&self.weight, k, o), false)?;
+        self.epilogue.add_bias_and_apply(y, &self.bias);
+        Ok(())
+    }
+
+    /// Adds `dy · weightᵀ` to `dx`; `y` is the forward output, whose epilogue
+    /// mask is applied to `dy` in place.
+    pub(crate) fn backward(&self, y: &[f32], dy: &mut [f32], dx: &mut [f32]) -> Result<()> {
+        let (k, o) = (self.inputs, self.outputs);
+        self.epilogue.mask(y, dy);
+        let rows = dy.len() / o.max(1);
+        self.product(
+            dx,
+            Mat::new(dy, rows, o),
+            Mat::new(&self.weight, k, o).t(),
+            true,
+        )
     }
 }

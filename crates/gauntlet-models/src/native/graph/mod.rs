@@ -100,6 +100,8 @@ pub struct NativeGraph {
     last_use: Vec<usize>,
     /// Activation and gradient buffers, reused from pass to pass.
     buffers: Arc<BufferPool>,
+    /// Max-pooling winners, likewise.
+    winner_buffers: Arc<BufferPool<u32>>,
     /// Graph values that are slots (the batch first), with the per-sample dims
     /// and layout needed to read them back in the graph's order.
     values: std::collections::HashMap<String, ValueSlot>,
@@ -111,6 +113,9 @@ pub(crate) struct ValueSlot {
     pub slot: usize,
     pub dims: Vec<usize>,
     pub channels_last: bool,
+    /// When the value itself is not computed (a reorder folded into the layer
+    /// that read it): for each of its elements, the element of `slot` it holds.
+    pub reorder: Option<Arc<[u32]>>,
 }
 
 /// What a forward pass keeps for the backward pass: every slot's value and the
@@ -120,12 +125,16 @@ pub struct GraphTape {
     values: Vec<Vec<f32>>,
     winners: Vec<Vec<u32>>,
     buffers: Arc<BufferPool>,
+    winner_buffers: Arc<BufferPool<u32>>,
 }
 
 impl Drop for GraphTape {
     fn drop(&mut self) {
         for buffer in self.values.drain(..) {
             self.buffers.give(buffer);
+        }
+        for buffer in self.winners.drain(..) {
+            self.winner_buffers.give(buffer);
         }
     }
 }
@@ -191,12 +200,19 @@ impl NativeGraph {
         let Some(tape) = tape else {
             return Ok(None);
         };
-        let stored = &tape.values[value.slot];
+        let mut stored = tape.values[value.slot].clone();
+        if let Some(order) = &value.reorder {
+            let source_len = stored.len() / count.max(1);
+            stored = stored
+                .chunks_exact(source_len.max(1))
+                .flat_map(|sample| order.iter().map(|&i| sample[i as usize]))
+                .collect();
+        }
         let features = match value.dims.as_slice() {
             [c, h, w] if value.channels_last && c * h * w > 0 => {
-                crate::native::kernels::transpose_inner(stored, count, h * w, *c)
+                crate::native::kernels::transpose_inner(&stored, count, h * w, *c)
             }
-            _ => stored.clone(),
+            _ => stored,
         };
         Ok(Some((logits, features)))
     }
@@ -242,11 +258,13 @@ impl NativeGraph {
                 // Max-pooling remembers one winner per output; average pooling none.
                 Kernel::Pool(pool) => {
                     let max = pool.config.kind == crate::layers::PoolKind::Max;
-                    winners[index] = vec![0u32; if max { out.len() } else { 0 }];
+                    winners[index] = self.winner_buffers.take(if max { out.len() } else { 0 });
                     pool.forward(input(0), &mut out, &mut winners[index]);
                 }
                 Kernel::GlobalPool(pool) => {
-                    winners[index] = vec![0u32; if pool.max { out.len() } else { 0 }];
+                    winners[index] = self
+                        .winner_buffers
+                        .take(if pool.max { out.len() } else { 0 });
                     pool.forward(input(0), &mut out, &mut winners[index]);
                 }
                 Kernel::Linear(linear) => linear.forward(input(0), &mut out)?,
@@ -286,6 +304,7 @@ impl NativeGraph {
             values,
             winners,
             buffers: Arc::clone(&self.buffers),
+            winner_buffers: Arc::clone(&self.winner_buffers),
         };
         // Without `keep` the tape goes straight back to the pool.
         Ok((logits, keep.then_some(tape)))
@@ -325,7 +344,7 @@ impl NativeGraph {
                 Kernel::GlobalPool(pool) => {
                     pool.backward(&tape.winners[index], &dy, &mut input_grads[0])
                 }
-                Kernel::Linear(linear) => linear.backward(&dy, &mut input_grads[0])?,
+                Kernel::Linear(linear) => linear.backward(y, &mut dy, &mut input_grads[0])?,
                 Kernel::Unary(unary) => unary.backward(input(0), y, &dy, &mut input_grads[0]),
                 Kernel::Affine(affine) => affine.backward(&dy, &mut input_grads[0]),
                 Kernel::Binary(binary) => {

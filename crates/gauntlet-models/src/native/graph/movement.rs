@@ -68,6 +68,30 @@ impl Movement {
             }
     }
 
+    /// For a movement that reorders its single input without dropping,
+    /// repeating or zero-filling anything (a flatten of NHWC images into the
+    /// graph's NCHW order), the input element each output element reads.
+    pub(crate) fn permutation(&self) -> Option<Vec<u32>> {
+        if self.input_lens != [self.out_len] {
+            return None;
+        }
+        let mut source = vec![u32::MAX; self.out_len];
+        let mut seen = vec![false; self.out_len];
+        for run in &self.runs {
+            if run.input != 0 {
+                return None;
+            }
+            for i in 0..run.len {
+                let src = (run.src + i) as usize;
+                if std::mem::replace(seen.get_mut(src)?, true) {
+                    return None;
+                }
+                source[(run.dst + i) as usize] = run.src + i;
+            }
+        }
+        seen.iter().all(|&s| s).then_some(source)
+    }
+
     pub(crate) fn forward(&self, inputs: &[&[f32]], y: &mut [f32]) {
         y.par_chunks_mut(self.out_len.max(1))
             .enumerate()

@@ -10,6 +10,8 @@ use std::collections::{HashMap, HashSet};
 
 use candle_core::{DType, Device, Tensor};
 
+use std::sync::Arc;
+
 use super::conv::{Conv, ConvGeom, Epilogue};
 use super::linear::Linear;
 use super::movement::{Movement, ZERO};
@@ -325,31 +327,41 @@ impl<'g> Planner<'g> {
                 "the output has per-sample shape {dims:?}, expected [classes]"
             ));
         }
+        let mut steps = self.steps;
+        let mut slot_lens: Vec<usize> = self.slots.iter().map(Slot::len).collect();
+        let folded = fold_reorders_into_linear(&mut steps, &mut slot_lens, output);
         let mut last_use = vec![0; self.slots.len()];
-        for (index, step) in self.steps.iter().enumerate() {
+        for (index, step) in steps.iter().enumerate() {
             for &slot in &step.inputs {
                 last_use[slot] = index;
             }
         }
         Ok(NativeGraph {
-            steps: self.steps,
-            slot_lens: self.slots.iter().map(Slot::len).collect(),
+            steps,
+            slot_lens,
             input_shape,
             output,
             classes,
             normalization: normalization.clone(),
             last_use,
             buffers: Default::default(),
+            winner_buffers: Default::default(),
             values: self
                 .slot_of
                 .iter()
                 .filter(|(_, &slot)| self.slots[slot].batch.is_first())
                 .map(|(name, &slot)| {
                     let s = &self.slots[slot];
+                    // A folded reorder is read back from the values it reordered.
+                    let (stored, reorder) = match folded.iter().find(|f| f.moved == slot) {
+                        Some(f) => (f.source, Some(Arc::clone(&f.order))),
+                        None => (slot, None),
+                    };
                     let value = super::ValueSlot {
-                        slot,
+                        slot: stored,
                         dims: s.dims.clone(),
                         channels_last: s.channels_last,
+                        reorder,
                     };
                     (name.clone(), value)
                 })
@@ -896,37 +908,30 @@ impl<'g> Planner<'g> {
         if bias.len() != cout {
             return Err("the bias does not have one value per output channel".into());
         }
-        // Fold a following per-channel affine (batch normalisation), then fuse a
+        // Fold following per-channel affines (batch normalisation), then fuse a
         // following ReLU or clip, when nothing else reads the intermediate values.
-        let mut epilogue = Epilogue::None;
         let per_output = weight.len() / cout;
         while let Some((index, next)) = self.sole_consumer(out) {
+            let Op::Affine { scale, shift } = &next.op else {
+                break;
+            };
             if next.inputs.first().map(String::as_str) != Some(out) {
                 break;
             }
-            match &next.op {
-                Op::Affine { scale, shift } if epilogue == Epilogue::None => {
-                    let (scale, shift) = (Self::values(scale)?, Self::values(shift)?);
-                    if scale.len() != cout || shift.len() != cout {
-                        break;
-                    }
-                    for o in 0..cout {
-                        weight[o * per_output..(o + 1) * per_output]
-                            .iter_mut()
-                            .for_each(|v| *v *= scale[o]);
-                        bias[o] = bias[o] * scale[o] + shift[o];
-                    }
-                }
-                Op::Unary(UnaryOp::Relu) if epilogue == Epilogue::None => epilogue = Epilogue::Relu,
-                Op::Clip { .. } if epilogue == Epilogue::None => {
-                    let (lo, hi) = self.clip_bounds(next)?;
-                    epilogue = Epilogue::Clip(lo, hi);
-                }
-                _ => break,
+            let (scale, shift) = (Self::values(scale)?, Self::values(shift)?);
+            if scale.len() != cout || shift.len() != cout {
+                break;
+            }
+            for o in 0..cout {
+                weight[o * per_output..(o + 1) * per_output]
+                    .iter_mut()
+                    .for_each(|v| *v *= scale[o]);
+                bias[o] = bias[o] * scale[o] + shift[o];
             }
             self.absorbed.insert(index);
             out = next.outputs.first().ok_or("no output")?.as_str();
         }
+        let (epilogue, out) = self.fused_activation(out)?;
         let geom = ConvGeom {
             cin,
             cout,
@@ -947,10 +952,31 @@ impl<'g> Planner<'g> {
         self.push(Kernel::Conv(conv), vec![x], out)
     }
 
+    /// A ReLU or clip that alone reads `out` (elementwise, so it fuses into the
+    /// producing kernel's epilogue), and the value it writes; else no epilogue.
+    fn fused_activation(&mut self, out: &'g str) -> Planned<(Epilogue, &'g str)> {
+        let Some((index, next)) = self.sole_consumer(out) else {
+            return Ok((Epilogue::None, out));
+        };
+        if next.inputs.first().map(String::as_str) != Some(out) {
+            return Ok((Epilogue::None, out));
+        }
+        let epilogue = match &next.op {
+            Op::Unary(UnaryOp::Relu) => Epilogue::Relu,
+            Op::Clip { .. } => {
+                let (lo, hi) = self.clip_bounds(next)?;
+                Epilogue::Clip(lo, hi)
+            }
+            _ => return Ok((Epilogue::None, out)),
+        };
+        self.absorbed.insert(index);
+        Ok((epilogue, next.outputs.first().ok_or("no output")?.as_str()))
+    }
+
     /// `Gemm` / `MatMul` with data on the left and a constant weight on the right.
-    fn linear(&mut self, node: &Node, alpha: f32, beta: f32, trans_b: bool) -> Planned<()> {
+    fn linear(&mut self, node: &'g Node, alpha: f32, beta: f32, trans_b: bool) -> Planned<()> {
         let x = self.data_as(node, 0, false)?;
-        let out = node.outputs.first().ok_or("no output")?;
+        let out = node.outputs.first().ok_or("no output")?.as_str();
         let dims = self.slots[x].dims.clone();
         let (full, batch) = (self.slots[x].full.clone(), self.slots[x].batch);
         if dims.is_empty() || batch.axis + 1 >= full.len() {
@@ -993,11 +1019,13 @@ impl<'g> Planner<'g> {
                 }
             }
         };
+        let (epilogue, out) = self.fused_activation(out)?;
         let linear = Linear {
             inputs: k,
             outputs: o,
             weight,
             bias,
+            epilogue,
         };
         let out_dims = self.per_sample_as(out, batch)?;
         let rows_per_sample = self.slots[x].len() / k.max(1);
@@ -1377,6 +1405,70 @@ impl<'g> Planner<'g> {
         let binary = Binary::new(op, a, b, out_dims.iter().product());
         self.push_batched(Kernel::Binary(binary), inputs, out, out_cl, batch)
     }
+}
+
+/// A reorder folded into the fully connected layer that read it.
+struct FoldedReorder {
+    moved: usize,
+    source: usize,
+    /// For each element of `moved`, the element of `source` it held.
+    order: Arc<[u32]>,
+}
+
+/// A fully connected layer that reads a whole sample reordered by a movement
+/// step (PyTorch's flatten of NCHW activations, which the engine keeps NHWC)
+/// reads the unmoved values instead, with its weight rows reordered to match:
+/// one copy per layer fewer. Returns the reorders folded (their slots are no
+/// longer computed; their lengths become 0).
+fn fold_reorders_into_linear(
+    steps: &mut Vec<Step>,
+    slot_lens: &mut [usize],
+    output: usize,
+) -> Vec<FoldedReorder> {
+    let mut folded = Vec::new();
+    let mut index = 0;
+    while index < steps.len() {
+        let Kernel::Linear(linear) = &steps[index].kernel else {
+            index += 1;
+            continue;
+        };
+        let moved = steps[index].inputs[0];
+        let producer = steps.iter().position(|s| s.output == moved);
+        let readers = steps.iter().filter(|s| s.inputs.contains(&moved)).count();
+        let reorder = producer.and_then(|p| match &steps[p].kernel {
+            Kernel::Move(movement) => movement.permutation().map(|order| (p, order)),
+            _ => None,
+        });
+        let Some((producer, order)) = reorder else {
+            index += 1;
+            continue;
+        };
+        if readers != 1 || moved == output || linear.inputs != slot_lens[moved] {
+            index += 1;
+            continue;
+        }
+        let o = linear.outputs;
+        let mut weight = vec![0.0; linear.weight.len()];
+        for (row, &source) in order.iter().enumerate() {
+            let source = source as usize;
+            weight[source * o..(source + 1) * o]
+                .copy_from_slice(&linear.weight[row * o..(row + 1) * o]);
+        }
+        let source_slot = steps[producer].inputs[0];
+        if let Kernel::Linear(linear) = &mut steps[index].kernel {
+            linear.weight = weight;
+        }
+        steps[index].inputs[0] = source_slot;
+        steps.remove(producer);
+        slot_lens[moved] = 0;
+        folded.push(FoldedReorder {
+            moved,
+            source: source_slot,
+            order: order.into(),
+        });
+        // The producer came before this step: the next step is now at `index`.
+    }
+    folded
 }
 
 fn as3(dims: &[usize]) -> Planned<[usize; 3]> {

@@ -71,13 +71,7 @@ impl Pool {
                         won.fill(0);
                         for &cell in &cells {
                             let src = &x[cell * c..(cell + 1) * c];
-                            for (k, v) in src.iter().enumerate() {
-                                // First maximum wins ties; NaN wins so it propagates.
-                                if *v > out[k] || v.is_nan() && !out[k].is_nan() {
-                                    out[k] = *v;
-                                    won[k] = (cell * c + k) as u32;
-                                }
-                            }
+                            max_into(out, won, src, (cell * c) as u32);
                         }
                     } else {
                         out.fill(0.0);
@@ -148,6 +142,20 @@ impl Pool {
     }
 }
 
+/// `out = max(out, src)` per channel, remembering in `won` the index (`base +
+/// channel`) of each new maximum. Branch-free, so the channel loop vectorises;
+/// the first maximum wins ties, and NaN wins so it propagates.
+#[inline(always)]
+fn max_into(out: &mut [f32], won: &mut [u32], src: &[f32], base: u32) {
+    for (k, ((o, w), v)) in out.iter_mut().zip(won.iter_mut()).zip(src).enumerate() {
+        let better = (*v > *o) | (v.is_nan() & !o.is_nan());
+        // All ones where `better`: a bitwise select (SSE2 has no blend).
+        let mask = u32::from(better).wrapping_neg();
+        *o = f32::from_bits((o.to_bits() & !mask) | (v.to_bits() & mask));
+        *w = (*w & !mask) | ((base + k as u32) & mask);
+    }
+}
+
 /// Global average or max pooling of NHWC images of `pixels × channels`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct GlobalPool {
@@ -167,13 +175,9 @@ impl GlobalPool {
             if self.max {
                 let won = &mut winners[image * c..(image + 1) * c];
                 out.fill(f32::NEG_INFINITY);
+                won.fill(0);
                 for (p, pixel) in x.chunks_exact(c).enumerate() {
-                    for (k, v) in pixel.iter().enumerate() {
-                        if *v > out[k] || v.is_nan() && !out[k].is_nan() {
-                            out[k] = *v;
-                            won[k] = (p * c + k) as u32;
-                        }
-                    }
+                    max_into(out, won, pixel, (p * c) as u32);
                 }
             } else {
                 out.fill(0.0);
