@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{conv2d, linear, pool2d, Pool2d};
+use crate::graph::{Graph, Node, Op, UnaryOp};
+use crate::layers::Pool2d;
 use crate::{Error, Result};
 
 /// A built-in network architecture.
@@ -73,22 +74,76 @@ impl Arch {
         }
     }
 
-    /// Values one sample produces in a forward pass (every layer's output,
-    /// pooling included): what the backward pass keeps per sample.
-    pub fn activations_per_sample(self) -> usize {
-        match self {
-            Arch::Mlp => 784 + 256 + 256 + 10,
-            Arch::Cnn => 784 + 32 * 28 * 28 + 32 * 14 * 14 + 64 * 14 * 14 + 64 * 7 * 7 + 1024 + 10,
-            Arch::CifarCnn => {
-                3 * 32 * 32
-                    + 2 * 32 * 32 * 32
-                    + 32 * 16 * 16
-                    + 2 * 64 * 16 * 16
-                    + 64 * 8 * 8
-                    + 256
-                    + 10
+    /// The layers, in order: the one description of each architecture, from
+    /// which its parameters, graph, memory estimate and native stages follow.
+    pub(crate) fn layers(self) -> &'static [Layer] {
+        const fn conv(name: &'static str, outputs: usize, kernel: usize) -> Layer {
+            Layer::ConvRelu {
+                name,
+                outputs,
+                kernel,
             }
         }
+        const fn dense(name: &'static str, outputs: usize, relu: bool) -> Layer {
+            Layer::Dense {
+                name,
+                outputs,
+                relu,
+            }
+        }
+        const MLP: &[Layer] = &[
+            dense("fc1", 256, true),
+            dense("fc2", 256, true),
+            dense("fc3", 10, false),
+        ];
+        const CNN: &[Layer] = &[
+            conv("conv1", 32, 5),
+            Layer::MaxPool2,
+            conv("conv2", 64, 5),
+            Layer::MaxPool2,
+            dense("fc1", 1024, true),
+            dense("fc2", 10, false),
+        ];
+        const CIFAR_CNN: &[Layer] = &[
+            conv("conv1", 32, 3),
+            conv("conv2", 32, 3),
+            Layer::MaxPool2,
+            conv("conv3", 64, 3),
+            conv("conv4", 64, 3),
+            Layer::MaxPool2,
+            dense("fc1", 256, true),
+            dense("fc2", 10, false),
+        ];
+        match self {
+            Arch::Mlp => MLP,
+            Arch::Cnn => CNN,
+            Arch::CifarCnn => CIFAR_CNN,
+        }
+    }
+
+    /// Each layer with the per-sample shape it reads (`[c, h, w]`, or `[n]`
+    /// once flattened).
+    pub(crate) fn layer_inputs(self) -> Vec<(Layer, Vec<usize>)> {
+        let mut shape = self.input_shape().to_vec();
+        let mut out = Vec::new();
+        for &layer in self.layers() {
+            out.push((layer, shape.clone()));
+            shape = layer.output_shape(&shape);
+        }
+        out
+    }
+
+    /// Values one sample produces in a forward pass (every layer's output, the
+    /// input and pooling included; ReLU is fused into its layer): what the
+    /// backward pass keeps per sample.
+    pub fn activations_per_sample(self) -> usize {
+        let input: usize = self.input_shape().iter().product();
+        input
+            + self
+                .layer_inputs()
+                .iter()
+                .map(|(layer, shape)| layer.output_shape(shape).iter().product::<usize>())
+                .sum::<usize>()
     }
 
     /// Memory one sample takes while attacked or trained on, in bytes: the
@@ -105,84 +160,143 @@ impl Arch {
         10
     }
 
-    /// The parameters, in a fixed order.
+    /// The parameters, in a fixed order (each layer's weight, then its bias).
     pub fn parameters(self) -> Vec<ParamSpec> {
         let mut specs = Vec::new();
-        let mut conv = |name: &str, out: usize, inp: usize, k: usize| {
-            specs.push(spec(
-                &format!("{name}.weight"),
-                &[out, inp, k, k],
-                inp * k * k,
-            ));
-            specs.push(spec(&format!("{name}.bias"), &[out], inp * k * k));
-        };
-        match self {
-            Arch::Mlp => {}
-            Arch::Cnn => {
-                conv("conv1", 32, 1, 5);
-                conv("conv2", 64, 32, 5);
-            }
-            Arch::CifarCnn => {
-                conv("conv1", 32, 3, 3);
-                conv("conv2", 32, 32, 3);
-                conv("conv3", 64, 32, 3);
-                conv("conv4", 64, 64, 3);
-            }
-        }
-        let dense: &[(&str, usize, usize)] = match self {
-            Arch::Mlp => &[("fc1", 256, 784), ("fc2", 256, 256), ("fc3", 10, 256)],
-            Arch::Cnn => &[("fc1", 1024, 3136), ("fc2", 10, 1024)],
-            Arch::CifarCnn => &[("fc1", 256, 4096), ("fc2", 10, 256)],
-        };
-        for &(name, out, inp) in dense {
-            specs.push(spec(&format!("{name}.weight"), &[out, inp], inp));
-            specs.push(spec(&format!("{name}.bias"), &[out], inp));
+        for (layer, shape) in self.layer_inputs() {
+            let (name, weight, fan_in, outputs) = match layer {
+                Layer::ConvRelu {
+                    name,
+                    outputs,
+                    kernel,
+                } => {
+                    let inputs = shape[0];
+                    (
+                        name,
+                        vec![outputs, inputs, kernel, kernel],
+                        inputs * kernel * kernel,
+                        outputs,
+                    )
+                }
+                Layer::Dense { name, outputs, .. } => {
+                    let inputs: usize = shape.iter().product();
+                    (name, vec![outputs, inputs], inputs, outputs)
+                }
+                Layer::MaxPool2 => continue,
+            };
+            specs.push(spec(&format!("{name}.weight"), &weight, fan_in));
+            specs.push(spec(&format!("{name}.bias"), &[outputs], fan_in));
         }
         specs
     }
 
-    /// Logits for normalised NCHW input.
-    pub(crate) fn forward(self, p: &Params, x: &Tensor) -> Result<Tensor> {
-        let conv = |x: &Tensor, name: &str, pad: usize| -> Result<Tensor> {
-            Ok(conv2d(
-                x,
-                p.get(&format!("{name}.weight"))?,
-                Some(p.get(&format!("{name}.bias"))?),
-                1,
-                [pad; 4],
-                1,
-                1,
-            )?
-            .relu()?)
+    /// The architecture as a graph in the IR, with `params` (PyTorch names and
+    /// layouts, as [`Arch::parameters`] lists them) as its constants; it reads
+    /// normalised NCHW input. The reference executor runs it, and the native
+    /// engine plans it like any imported graph.
+    pub(crate) fn graph(self, params: &Params) -> Result<Graph> {
+        let mut nodes = Vec::new();
+        let mut value = "input".to_string();
+        let mut push = |op: Op, inputs: Vec<String>, value: &mut String| {
+            let output = format!("{}{}", "v", nodes.len());
+            nodes.push(Node {
+                name: format!("node {}", nodes.len()),
+                op,
+                inputs,
+                outputs: vec![output.clone()],
+            });
+            *value = output;
         };
-        let dense = |x: &Tensor, name: &str| -> Result<Tensor> {
-            linear(
-                x,
-                p.get(&format!("{name}.weight"))?,
-                Some(p.get(&format!("{name}.bias"))?),
-            )
-        };
-        match self {
-            Arch::Mlp => {
-                let x = x.flatten_from(1)?;
-                let x = dense(&x, "fc1")?.relu()?;
-                let x = dense(&x, "fc2")?.relu()?;
-                dense(&x, "fc3")
+        for (layer, shape) in self.layer_inputs() {
+            match layer {
+                Layer::ConvRelu { name, kernel, .. } => {
+                    let pad = kernel / 2;
+                    let conv = Op::Conv {
+                        stride: 1,
+                        pads: [pad; 4],
+                        dilation: 1,
+                        groups: 1,
+                    };
+                    let inputs = vec![
+                        value.clone(),
+                        format!("{name}.weight"),
+                        format!("{name}.bias"),
+                    ];
+                    push(conv, inputs, &mut value);
+                    push(Op::Unary(UnaryOp::Relu), vec![value.clone()], &mut value);
+                }
+                Layer::MaxPool2 => push(Op::Pool(Pool2d::max(2)), vec![value.clone()], &mut value),
+                Layer::Dense { name, relu, .. } => {
+                    if shape.len() > 1 {
+                        // PyTorch's `x.flatten(1)`: NCHW order.
+                        push(Op::Flatten(1), vec![value.clone()], &mut value);
+                    }
+                    let gemm = Op::Gemm {
+                        alpha: 1.0,
+                        beta: 1.0,
+                        trans_a: false,
+                        trans_b: true,
+                    };
+                    let inputs = vec![
+                        value.clone(),
+                        format!("{name}.weight"),
+                        format!("{name}.bias"),
+                    ];
+                    push(gemm, inputs, &mut value);
+                    if relu {
+                        push(Op::Unary(UnaryOp::Relu), vec![value.clone()], &mut value);
+                    }
+                }
             }
-            Arch::Cnn => {
-                let x = pool2d(&conv(x, "conv1", 2)?, Pool2d::max(2))?;
-                let x = pool2d(&conv(&x, "conv2", 2)?, Pool2d::max(2))?;
-                let x = dense(&x.flatten_from(1)?, "fc1")?.relu()?;
-                dense(&x, "fc2")
-            }
-            Arch::CifarCnn => {
-                let x = conv(x, "conv1", 1)?;
-                let x = pool2d(&conv(&x, "conv2", 1)?, Pool2d::max(2))?;
-                let x = conv(&x, "conv3", 1)?;
-                let x = pool2d(&conv(&x, "conv4", 1)?, Pool2d::max(2))?;
-                let x = dense(&x.flatten_from(1)?, "fc1")?.relu()?;
-                dense(&x, "fc2")
-            }
+        }
+        let mut constants = HashMap::new();
+        for spec in self.parameters() {
+            constants.insert(spec.name.clone(), params.get(&spec.name)?.clone());
+        }
+        let float = constants
+            .values()
+            .next()
+            .map_or(candle_core::DType::F32, Tensor::dtype);
+        Ok(Graph {
+            nodes,
+            constants,
+            input: "input".into(),
+            output: value,
+            float,
+        })
+    }
+}
+
+/// One layer of a built-in architecture. Convolutions are stride 1 with "same"
+/// zero padding (`kernel / 2`) and a bias; dense layers read their input
+/// flattened in NCHW order, as PyTorch's `x.flatten(1)` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layer {
+    /// Convolution with bias, then ReLU.
+    ConvRelu {
+        name: &'static str,
+        outputs: usize,
+        kernel: usize,
+    },
+    /// 2×2 max-pooling with stride 2.
+    MaxPool2,
+    /// `x Wᵀ + b`, then ReLU if `relu`.
+    Dense {
+        name: &'static str,
+        outputs: usize,
+        relu: bool,
+    },
+}
+
+impl Layer {
+    /// Per-sample output shape for input `shape`.
+    pub(crate) fn output_shape(self, shape: &[usize]) -> Vec<usize> {
+        match (self, shape) {
+            (Layer::ConvRelu { outputs, .. }, &[_, h, w]) => vec![outputs, h, w],
+            (Layer::MaxPool2, &[c, h, w]) => vec![c, h / 2, w / 2],
+            (Layer::Dense { outputs, .. }, _) => vec![outputs],
+            // Not reachable from the architectures above (a test walks them all).
+            _ => shape.to_vec(),
         }
     }
 }

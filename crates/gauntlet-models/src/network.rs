@@ -8,6 +8,7 @@ use gauntlet_core::{Bounds, Classifier, SeedStream};
 use serde::{Deserialize, Serialize};
 
 use crate::arch::{Arch, Params};
+use crate::graph::Graph;
 use crate::native::NativeNet;
 use crate::{Error, Result};
 
@@ -76,6 +77,8 @@ impl Normalization {
 pub struct Network {
     arch: Arch,
     params: Params,
+    /// The architecture's graph over `params`: the reference forward pass.
+    graph: Graph,
     normalization: Normalization,
     bounds: Bounds,
     device: Device,
@@ -140,6 +143,7 @@ impl Network {
         let native = native_engine(arch, &params, &normalization, device)?;
         Ok(Self {
             arch,
+            graph: arch.graph(&params)?,
             params,
             normalization,
             bounds,
@@ -199,9 +203,11 @@ impl Network {
             params.insert(spec.name.clone(), var.as_tensor().clone());
             vars.push((spec.name, var));
         }
+        let params = Params(params);
         let net = Self {
             arch,
-            params: Params(params),
+            graph: arch.graph(&params)?,
+            params,
             normalization,
             bounds: Bounds::UNIT,
             device: device.clone(),
@@ -224,8 +230,14 @@ impl Network {
         let native = native_engine(self.arch, &params, &self.normalization, &self.device)
             .ok()
             .flatten();
+        // The same parameter names as `self`'s graph, so this cannot fail.
+        let graph = self
+            .arch
+            .graph(&params)
+            .unwrap_or_else(|_| self.graph.clone());
         Self {
             params,
+            graph,
             native,
             ..self.clone()
         }
@@ -244,10 +256,17 @@ impl Network {
             None
         };
         Ok(Self {
+            graph: self.arch.graph(&params)?,
             params,
             native,
             ..self.clone()
         })
+    }
+
+    /// The architecture's graph in the IR over these weights (the reference
+    /// forward pass; it reads normalised input).
+    pub fn graph(&self) -> &Graph {
+        &self.graph
     }
 
     /// The architecture.
@@ -336,7 +355,7 @@ impl Classifier for Network {
             }
         }
         let x = self.normalization.apply(x)?;
-        Ok(self.arch.forward(&self.params, &x)?)
+        Ok(self.graph.run(&x, None)?.output)
     }
     fn bounds(&self) -> Bounds {
         self.bounds

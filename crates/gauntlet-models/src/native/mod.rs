@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Tensor};
 use gauntlet_core::{Bounds, Classifier};
 use rayon::prelude::*;
 
-use crate::arch::Arch;
+use crate::arch::{Arch, Layer};
 use crate::network::Normalization;
 use crate::{Error, Result};
 use kernels::{ConvShape, Mat, Threads};
@@ -246,7 +246,7 @@ impl NativeNet {
         let specs = arch.parameters();
         let mut slots = Vec::with_capacity(specs.len());
         let mut params = Vec::new();
-        let stages = stages(arch);
+        let (names, stages): (Vec<_>, Vec<_>) = stages(arch)?.into_iter().unzip();
         for spec in specs {
             let permutation = permutation_of(arch, &spec.name, &spec.shape);
             let source = values(&spec.name)?;
@@ -277,12 +277,11 @@ impl NativeNet {
             params,
             normalization,
         };
-        net.bind_stages()?;
+        net.bind_stages(&names)?;
         Ok(net)
     }
 
-    fn bind_stages(&mut self) -> Result<()> {
-        let names = stage_names(self.arch);
+    fn bind_stages(&mut self, names: &[&str]) -> Result<()> {
         for (stage, name) in self.stages.iter_mut().zip(names) {
             let find = |suffix: &str| -> Result<std::ops::Range<usize>> {
                 let full = format!("{name}.{suffix}");
@@ -710,74 +709,96 @@ fn split_grads<'a>(grads: &'a mut [f32], stage: &Stage) -> Result<(&'a mut [f32]
     Ok((weight, bias))
 }
 
-fn conv(cin: usize, cout: usize, k: usize, pad: usize, size: usize, pool: bool) -> Stage {
-    Stage {
-        kind: StageKind::Conv {
-            shape: ConvShape {
-                cin,
-                cout,
-                k,
-                pad,
-                h: size,
-                w: size,
+/// The engine's stages for `arch`, from its layer list: a convolution absorbs
+/// the max-pooling after it; each stage is named after its layer's parameters.
+fn stages(arch: Arch) -> Result<Vec<(&'static str, Stage)>> {
+    let unsupported = || {
+        Error::Invalid(format!(
+            "internal: {arch} has a layer the fused engine lacks"
+        ))
+    };
+    let mut stages: Vec<(&'static str, Stage)> = Vec::new();
+    for (layer, shape) in arch.layer_inputs() {
+        let kind = match (layer, shape.as_slice()) {
+            (
+                Layer::ConvRelu {
+                    name,
+                    outputs,
+                    kernel,
+                },
+                &[cin, h, w],
+            ) => (
+                name,
+                StageKind::Conv {
+                    shape: ConvShape {
+                        cin,
+                        cout: outputs,
+                        k: kernel,
+                        pad: kernel / 2,
+                        h,
+                        w,
+                    },
+                    pool: false,
+                },
+            ),
+            (Layer::MaxPool2, _) => match stages.last_mut() {
+                Some((
+                    _,
+                    Stage {
+                        kind: StageKind::Conv { pool, .. },
+                        ..
+                    },
+                )) if !*pool => {
+                    *pool = true;
+                    continue;
+                }
+                _ => return Err(unsupported()),
             },
-            pool,
-        },
-        weight: 0..0,
-        bias: 0..0,
+            (
+                Layer::Dense {
+                    name,
+                    outputs,
+                    relu,
+                },
+                _,
+            ) => (
+                name,
+                StageKind::Dense {
+                    inputs: shape.iter().product(),
+                    outputs,
+                    relu,
+                },
+            ),
+            _ => return Err(unsupported()),
+        };
+        stages.push((
+            kind.0,
+            Stage {
+                kind: kind.1,
+                weight: 0..0,
+                bias: 0..0,
+            },
+        ));
     }
+    Ok(stages)
 }
 
-fn dense(inputs: usize, outputs: usize, relu: bool) -> Stage {
-    Stage {
-        kind: StageKind::Dense {
-            inputs,
-            outputs,
-            relu,
-        },
-        weight: 0..0,
-        bias: 0..0,
-    }
-}
-
-/// The layers of each architecture, as documented on [`Arch`].
-fn stages(arch: Arch) -> Vec<Stage> {
-    match arch {
-        Arch::Mlp => vec![
-            dense(784, 256, true),
-            dense(256, 256, true),
-            dense(256, 10, false),
-        ],
-        Arch::Cnn => vec![
-            conv(1, 32, 5, 2, 28, true),
-            conv(32, 64, 5, 2, 14, true),
-            dense(3136, 1024, true),
-            dense(1024, 10, false),
-        ],
-        Arch::CifarCnn => vec![
-            conv(3, 32, 3, 1, 32, false),
-            conv(32, 32, 3, 1, 32, true),
-            conv(32, 64, 3, 1, 16, false),
-            conv(64, 64, 3, 1, 16, true),
-            dense(4096, 256, true),
-            dense(256, 10, false),
-        ],
-    }
-}
-
-fn stage_names(arch: Arch) -> &'static [&'static str] {
-    match arch {
-        Arch::Mlp => &["fc1", "fc2", "fc3"],
-        Arch::Cnn => &["conv1", "conv2", "fc1", "fc2"],
-        Arch::CifarCnn => &["conv1", "conv2", "conv3", "conv4", "fc1", "fc2"],
-    }
-}
-
+/// How parameter `name` of `arch` is laid out in the engine: convolution
+/// kernels for the im2col GEMM, and a dense layer that reads flattened images
+/// with its columns in NHWC order (the engine's activations are NHWC).
 fn permutation_of(arch: Arch, name: &str, shape: &[usize]) -> Permutation {
-    match (arch, name, shape) {
-        (_, _, &[out, cin, k, _]) => Permutation::ConvKernel { out, cin, k },
-        (Arch::Cnn, "fc1.weight", _) => Permutation::ChannelsLast { c: 64, hw: 49 },
-        (Arch::CifarCnn, "fc1.weight", _) => Permutation::ChannelsLast { c: 64, hw: 64 },
+    if let &[out, cin, k, _] = shape {
+        return Permutation::ConvKernel { out, cin, k };
+    }
+    let reads_image = arch
+        .layer_inputs()
+        .into_iter()
+        .find_map(|(layer, input)| match layer {
+            Layer::Dense { name: layer, .. } if name == format!("{layer}.weight") => Some(input),
+            _ => None,
+        });
+    match reads_image.as_deref() {
+        Some(&[c, h, w]) => Permutation::ChannelsLast { c, hw: h * w },
         _ => Permutation::Identity,
     }
 }

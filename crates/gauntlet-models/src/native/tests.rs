@@ -202,3 +202,61 @@ fn untracked_inputs_and_other_dtypes_take_the_right_path() {
     let (empty, _) = native.forward(&[], 0, true).unwrap();
     assert!(empty.is_empty());
 }
+
+/// Every built-in architecture is one layer list: its graph in the IR plans on
+/// the general engine (NativeGraph) with nothing left to the reference, the plan
+/// keeps exactly the activations the memory estimate counts, its parameter list
+/// is the graph's constants, and both engines agree on logits and input gradients.
+#[test]
+fn built_in_graphs_plan_on_the_general_engine_and_agree_with_the_fused_one() {
+    for arch in Arch::ALL {
+        let normalization = match arch.input_shape()[0] {
+            1 => Normalization {
+                mean: vec![0.13],
+                std: vec![0.31],
+            },
+            _ => Normalization {
+                mean: vec![0.49, 0.48, 0.45],
+                std: vec![0.25, 0.24, 0.26],
+            },
+        };
+        let net = random_network(arch, 21, normalization.clone());
+        let graph = net.graph();
+        let mut names: Vec<&String> = graph.constants.keys().collect();
+        names.sort();
+        let mut specs: Vec<String> = arch.parameters().into_iter().map(|s| s.name).collect();
+        specs.sort();
+        assert_eq!(names, specs.iter().collect::<Vec<_>>(), "{arch}");
+        let general = NativeGraph::plan(graph, arch.input_shape(), &normalization)
+            .unwrap_or_else(|e| panic!("{arch}: {e}"));
+        assert_eq!(
+            general.values_per_sample(),
+            arch.activations_per_sample(),
+            "{arch}: memory estimate"
+        );
+        let fused = net.native().unwrap();
+        let count = 5;
+        let x = images(arch, count, 22);
+        let values = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (logits_fused, tape_fused) = fused.forward(&values, count, true).unwrap();
+        let (logits_general, tape_general) = general.forward(&values, count, true).unwrap();
+        let scale = logits_fused.iter().fold(1f32, |m, v| m.max(v.abs()));
+        for (a, b) in logits_fused.iter().zip(&logits_general) {
+            assert!((a - b).abs() <= 1e-4 * scale, "{arch}: logits {a} vs {b}");
+        }
+        let grad_logits: Vec<f32> = (0..logits_fused.len())
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0)
+            .collect();
+        let grad_fused = fused
+            .backward(&tape_fused.unwrap(), &grad_logits, true, None)
+            .unwrap()
+            .unwrap();
+        let grad_general = general
+            .input_gradient(&tape_general.unwrap(), &grad_logits)
+            .unwrap();
+        let scale = grad_fused.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        for (a, b) in grad_fused.iter().zip(&grad_general) {
+            assert!((a - b).abs() <= 1e-4 * scale, "{arch}: gradient {a} vs {b}");
+        }
+    }
+}
