@@ -143,7 +143,7 @@ mod poisoning {
         let model = gauntlet_train::train(&training, &poisoned.dataset, &test, &NoProgress)
             .unwrap()
             .last;
-        let net = native(&model).unwrap();
+        let net = &native(&model).unwrap();
         let data = &poisoned.dataset;
         let features = penultimate_features(net, data, 500, &NoProgress).unwrap();
         let detectors = TrainingSetDetectors::all(0);

@@ -396,13 +396,14 @@ fn detect(args: DetectArgs) -> Result<()> {
     check_out_dir(&args.out, args.force)?;
     let chosen = methods(&args.detectors, args.seed)?;
     let (model, info, scan) = load_model_checked(&args.model)?;
-    let onnx_net;
+    let (onnx_net, native_net);
     let net: &dyn DetectorModel = match &model {
         Model::Network(network) => {
             if args.feature_layer.is_some() {
                 bail!("--feature-layer names a value of an ONNX graph; built-in architectures use their penultimate layer");
             }
-            gauntlet_poison::native(network)?
+            native_net = gauntlet_poison::native(network)?;
+            &native_net
         }
         Model::Onnx(graph) => {
             onnx_net = OnnxDetectorModel::new(graph, args.feature_layer.clone())

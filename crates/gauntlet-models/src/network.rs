@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::arch::{Arch, Params};
 use crate::graph::Graph;
-use crate::native::NativeNet;
+use crate::native::NativeGraph;
 use crate::{Error, Result};
 
 /// Per-channel input normalisation `(x - mean) / std`, folded into the model so that
@@ -82,9 +82,9 @@ pub struct Network {
     normalization: Normalization,
     bounds: Bounds,
     device: Device,
-    /// The native engine for constant f32 weights on the CPU (see
-    /// [`crate::native`]); `None` runs candle's graph.
-    native: Option<Arc<NativeNet>>,
+    /// The native engine's plan of `graph` for constant f32 weights on the CPU
+    /// (see [`crate::native`]); `None` runs the reference executor.
+    native: Option<Arc<NativeGraph>>,
 }
 
 impl Network {
@@ -152,19 +152,19 @@ impl Network {
         })
     }
 
-    /// A network with the weights of a native engine (e.g. after native training).
-    pub fn from_native(net: &NativeNet, bounds: Bounds, device: &Device) -> Result<Self> {
+    /// A network of `arch` with the weights of a native engine (e.g. after
+    /// native training): the engine's parameters back in PyTorch's layout.
+    pub fn from_native(
+        arch: Arch,
+        net: &NativeGraph,
+        bounds: Bounds,
+        device: &Device,
+    ) -> Result<Self> {
         let mut tensors = HashMap::new();
         for (name, shape, values) in net.named_params() {
             tensors.insert(name, Tensor::from_vec(values, shape, device)?);
         }
-        Self::from_tensors(
-            net.arch(),
-            tensors,
-            net.normalization().clone(),
-            bounds,
-            device,
-        )
+        Self::from_tensors(arch, tensors, net.normalization().clone(), bounds, device)
     }
 
     /// The same network evaluated through candle's graph instead of the native
@@ -177,7 +177,7 @@ impl Network {
     }
 
     /// The native engine, when this network runs on it.
-    pub fn native(&self) -> Option<&NativeNet> {
+    pub fn native(&self) -> Option<&NativeGraph> {
         self.native.as_deref()
     }
 
@@ -320,13 +320,15 @@ impl Network {
     }
 }
 
-/// The native engine for constant f32 weights on the CPU, else `None`.
+/// The native engine's plan of `arch`'s graph for constant f32 weights on the
+/// CPU, else `None`. Every parameter must be trainable on the engine (training
+/// runs on it), which the built-in architectures' plain layers always are.
 fn native_engine(
     arch: Arch,
     params: &Params,
     normalization: &Normalization,
     device: &Device,
-) -> Result<Option<Arc<NativeNet>>> {
+) -> Result<Option<Arc<NativeGraph>>> {
     let constant_f32 = params
         .0
         .values()
@@ -334,13 +336,19 @@ fn native_engine(
     if !device.is_cpu() || !constant_f32 {
         return Ok(None);
     }
-    let values =
-        |name: &str| -> Result<Vec<f32>> { Ok(params.get(name)?.flatten_all()?.to_vec1::<f32>()?) };
-    Ok(Some(Arc::new(NativeNet::new(
-        arch,
-        &values,
-        normalization.clone(),
-    )?)))
+    let graph = arch.graph(params)?;
+    let engine = NativeGraph::plan(&graph, arch.input_shape(), normalization).map_err(|e| {
+        Error::Invalid(format!(
+            "internal: the native engine cannot plan {arch}: {e}"
+        ))
+    })?;
+    let names: Vec<String> = arch.parameters().into_iter().map(|p| p.name).collect();
+    if let Some(reason) = engine.untrainable(&names) {
+        return Err(Error::Invalid(format!(
+            "internal: {arch} on the native engine: {reason}"
+        )));
+    }
+    Ok(Some(Arc::new(engine)))
 }
 
 fn json<T: Serialize>(value: &T) -> String {

@@ -31,7 +31,7 @@ pub use inject::{
     Trigger, MANIFEST_VERSION,
 };
 pub use metrics::{auroc, detection_metrics, DetectionMetrics};
-pub use model::{DetectorModel, OnnxDetectorModel};
+pub use model::{DetectorModel, NativeDetectorModel, OnnxDetectorModel};
 pub use pipeline::{
     audit, backdoor_effect, injection_record, native, run_neural_cleanse, run_strip, AuditConfig,
     AuditOutcome, TrainingSetDetectors,

@@ -8,7 +8,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use gauntlet_core::Classifier;
 use gauntlet_models::onnx::OnnxModel;
-use gauntlet_models::NativeNet;
+use gauntlet_models::{NativeGraph, Network};
 
 use crate::error::{config, Result};
 
@@ -33,23 +33,48 @@ pub trait DetectorModel: Sync {
     ) -> Result<(Vec<f32>, Vec<f32>)>;
 }
 
-impl DetectorModel for NativeNet {
+/// A built-in network on the native engine, its features read at the graph
+/// value that feeds the last fully connected layer (the penultimate layer).
+pub struct NativeDetectorModel<'a> {
+    engine: &'a NativeGraph,
+    feature: String,
+}
+
+impl<'a> NativeDetectorModel<'a> {
+    /// The native engine of `network`, which every built-in network has with f32
+    /// weights on the CPU.
+    pub fn new(network: &'a Network) -> Result<Self> {
+        let engine = network.native().ok_or_else(|| {
+            config("poisoning detectors run on the built-in architectures' f32 engine; this network has none")
+        })?;
+        let feature = network
+            .graph()
+            .default_feature_value()
+            .ok_or_else(|| config("internal: the network has no fully connected layer"))?
+            .to_string();
+        Ok(Self { engine, feature })
+    }
+}
+
+impl DetectorModel for NativeDetectorModel<'_> {
     fn input_shape(&self) -> [usize; 3] {
-        self.arch().input_shape()
+        self.engine.input_shape()
     }
     fn num_classes(&self) -> usize {
-        self.arch().num_classes()
+        self.engine.num_classes()
     }
     fn logits(&self, images: &[f32], n: usize) -> Result<Vec<f32>> {
-        Ok(self.forward(images, n, false)?.0)
+        Ok(self.engine.forward(images, n, false)?.0)
     }
     fn logits_and_features(&self, images: &[f32], n: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (logits, kept) = self.forward(images, n, true)?;
-        let features = kept
-            .as_ref()
-            .map(|a| a.penultimate().to_vec())
-            .unwrap_or_default();
-        Ok((logits, features))
+        self.engine
+            .logits_and_value(images, n, &self.feature)?
+            .ok_or_else(|| {
+                config(format!(
+                    "internal: the native plan does not keep '{}'",
+                    self.feature
+                ))
+            })
     }
     fn logits_and_input_gradient(
         &self,
@@ -57,10 +82,10 @@ impl DetectorModel for NativeNet {
         n: usize,
         grad_of_logits: &mut dyn FnMut(&[f32]) -> Result<Vec<f32>>,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (logits, kept) = self.forward(images, n, true)?;
+        let (logits, kept) = self.engine.forward(images, n, true)?;
         let kept = kept.ok_or_else(|| config("internal: forward kept no activations"))?;
         let g = grad_of_logits(&logits)?;
-        let input_grad = self.backward(&kept, &g, true, None)?.unwrap_or_default();
+        let input_grad = self.engine.input_gradient(&kept, &g)?;
         Ok((logits, input_grad))
     }
 }

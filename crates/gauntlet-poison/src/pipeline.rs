@@ -5,7 +5,9 @@ use std::time::Instant;
 
 use gauntlet_core::Observer;
 use gauntlet_data::Dataset;
-use gauntlet_models::{NativeNet, Network};
+use gauntlet_models::Network;
+
+use crate::model::NativeDetectorModel;
 
 use crate::model::DetectorModel;
 use gauntlet_record::{
@@ -308,7 +310,7 @@ pub fn audit(
 
     let (before, poisoned_model) =
         train_and_measure(settings, &poisoned.dataset, test_data, backdoor, observer)?;
-    let net = native(&poisoned_model)?;
+    let net = &native(&poisoned_model)?;
     let detectors = settings.detectors.run(
         net,
         &poisoned.dataset,
@@ -384,7 +386,7 @@ fn train_and_measure(
     let started = Instant::now();
     let outcome = gauntlet_train::train(&settings.training, train_data, test_data, observer)?;
     let train_seconds = started.elapsed().as_secs_f64();
-    let net = native(&outcome.last)?;
+    let net = &native(&outcome.last)?;
     let (clean_accuracy, attack_success_rate) =
         backdoor_effect(net, test_data, backdoor, settings.batch_size)?;
     Ok((
@@ -399,8 +401,6 @@ fn train_and_measure(
 }
 
 /// The native engine of a built-in network (every detector runs on it).
-pub fn native(network: &Network) -> Result<&NativeNet> {
-    network.native().ok_or_else(|| {
-        config("poisoning detectors run on the built-in architectures' f32 engine; this network has none")
-    })
+pub fn native(network: &Network) -> Result<NativeDetectorModel<'_>> {
+    NativeDetectorModel::new(network)
 }

@@ -260,7 +260,7 @@ fn a_clean_training_set_is_hardly_flagged() {
     let Model::Network(network) = model else {
         panic!("the shipped model is a built-in network")
     };
-    let net = native(&network).unwrap();
+    let net = &native(&network).unwrap();
     let found = TrainingSetDetectors::all(0)
         .run(net, &train, None, 500, &NoProgress)
         .unwrap();

@@ -19,6 +19,12 @@ use crate::{EpochStats, Error, Result, TrainConfig};
 /// File name inside the checkpoint directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 
+/// The order of the flat parameter and moment vectors (the native engine's
+/// packing). Checkpoints written with another packing (before the built-in
+/// architectures ran on the graph engine) are refused rather than resumed
+/// with scrambled weights.
+const PARAMS_LAYOUT: &str = "native-graph-1";
+
 /// The state of a run after a finished epoch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Checkpoint {
@@ -72,6 +78,10 @@ pub fn save(dir: &Path, checkpoint: &Checkpoint) -> Result<()> {
     let metadata = BTreeMap::from([
         ("gauntlet.checkpoint".to_string(), state),
         ("gauntlet.optimizer".to_string(), optimizer),
+        (
+            "gauntlet.params_layout".to_string(),
+            PARAMS_LAYOUT.to_string(),
+        ),
     ]);
     let mut tensors = BTreeMap::new();
     let vector = |v: &[f32]| (vec![v.len()], v.to_vec());
@@ -122,6 +132,14 @@ pub fn load(dir: &Path) -> Result<Option<Checkpoint>> {
             .get(key)
             .ok_or_else(|| bad(format!("no {key} metadata")))
     };
+    let layout = metadata
+        .get("gauntlet.params_layout")
+        .map_or("none", String::as_str);
+    if layout != PARAMS_LAYOUT {
+        return Err(bad(format!(
+            "its parameters are packed as '{layout}', this version packs them as '{PARAMS_LAYOUT}'; start the run again in a new checkpoint directory"
+        )));
+    }
     let state: CheckpointState =
         serde_json::from_str(field("gauntlet.checkpoint")?).map_err(|e| bad(e.to_string()))?;
     let settings: crate::optim::OptimizerSettings =

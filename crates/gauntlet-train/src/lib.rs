@@ -15,7 +15,7 @@ use std::time::Instant;
 use candle_core::Device;
 use gauntlet_core::{Classifier, NoProgress, Norm, Observer, SeedStream};
 use gauntlet_data::Dataset;
-use gauntlet_models::{Arch, NativeNet, Network, Normalization};
+use gauntlet_models::{Arch, NativeGraph, Network, Normalization};
 use serde::{Deserialize, Serialize};
 
 pub use optim::{Adam, Optimizer, OptimizerKind, OptimizerSettings, Sgd};
@@ -561,14 +561,14 @@ pub fn train_with(
             .params_mut()
             .copy_from_slice(&saved.params);
         optimizer = saved.optimizer;
-        outcome.last = Network::from_native(&engine, bounds, &device)?;
+        outcome.last = Network::from_native(config.arch, &engine, bounds, &device)?;
         if let (Some((epoch, robust_accuracy)), Some(params)) =
             (saved.state.best, &saved.best_params)
         {
             outcome.best = Some(BestCheckpoint {
                 epoch,
                 robust_accuracy,
-                network: network_with(&engine, params, bounds)?,
+                network: network_with(config.arch, &engine, params, bounds)?,
             });
         }
         best_params = saved.best_params;
@@ -644,7 +644,7 @@ pub fn train_with(
                 ),
             );
         }
-        let network = Network::from_native(&engine, bounds, &device)?;
+        let network = Network::from_native(config.arch, &engine, bounds, &device)?;
         let evaluation = gauntlet_eval::evaluate_clean(
             &network,
             test_data,
@@ -738,9 +738,10 @@ pub fn train_with(
     Ok(outcome)
 }
 
-/// A network with `params` (engine layout) in the architecture of `engine`.
+/// A network of `arch` with `params` (engine layout) on the plan of `engine`.
 fn network_with(
-    engine: &NativeNet,
+    arch: Arch,
+    engine: &NativeGraph,
     params: &[f32],
     bounds: gauntlet_core::Bounds,
 ) -> Result<Network> {
@@ -753,7 +754,7 @@ fn network_with(
         )));
     }
     copy.params_mut().copy_from_slice(params);
-    Ok(Network::from_native(&copy, bounds, &Device::Cpu)?)
+    Ok(Network::from_native(arch, &copy, bounds, &Device::Cpu)?)
 }
 
 /// Refuses to resume a checkpoint of a different run.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 use gauntlet_core::{Bounds, SeedStream};
-use gauntlet_models::{NativeClassifier, NativeNet};
+use gauntlet_models::{NativeClassifier, NativeGraph};
 
 use crate::{softmax_cross_entropy, AdversarialMethod, AdversarialTraining, Error, Result};
 
@@ -28,7 +28,7 @@ pub(crate) struct Threat<'a> {
 
 /// Writes the gradient of the batch's objective into `param_grads`.
 pub(crate) fn batch_gradient(
-    engine: &Arc<NativeNet>,
+    engine: &Arc<NativeGraph>,
     bounds: Bounds,
     images: &Tensor,
     labels: &[u32],
@@ -37,7 +37,7 @@ pub(crate) fn batch_gradient(
 ) -> Result<BatchResult> {
     param_grads.fill(0.0);
     let count = labels.len();
-    let classes = engine.arch().num_classes();
+    let classes = engine.num_classes();
     let Some(threat) = threat else {
         let clean = images.flatten_all()?.to_vec1::<f32>()?;
         return weighted_cross_entropy(engine, &clean, labels, 1.0, param_grads);
@@ -94,14 +94,14 @@ pub(crate) fn batch_gradient(
 
 /// Adds `weight ·` the gradient of the mean cross-entropy on `images`.
 fn weighted_cross_entropy(
-    engine: &NativeNet,
+    engine: &NativeGraph,
     images: &[f32],
     labels: &[u32],
     weight: f64,
     param_grads: &mut [f32],
 ) -> Result<BatchResult> {
     let (logits, activations) = engine.forward(images, labels.len(), true)?;
-    let mut batch = softmax_cross_entropy(&logits, labels, engine.arch().num_classes())?;
+    let mut batch = softmax_cross_entropy(&logits, labels, engine.num_classes())?;
     if weight != 1.0 {
         batch
             .grad_logits
@@ -135,7 +135,7 @@ fn softmax_rows(logits: &[f32], classes: usize) -> Vec<f64> {
 /// `x + 0.001·N(0, I)` (the paper's start).
 #[allow(clippy::too_many_arguments)]
 fn trades(
-    engine: &NativeNet,
+    engine: &NativeGraph,
     bounds: Bounds,
     clean: &[f32],
     labels: &[u32],

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
-use super::{Activations, GraphTape, NativeGraph, NativeNet};
+use super::{GraphTape, NativeGraph};
 use crate::Result;
 
 /// What candle needs from an engine: logits, and the input gradient of a pass
@@ -23,27 +23,6 @@ pub(crate) trait Engine: Send + Sync + 'static {
         keep: bool,
     ) -> Result<(Vec<f32>, Option<Self::Tape>)>;
     fn input_gradient(&self, tape: &Self::Tape, grad_logits: &[f32]) -> Result<Vec<f32>>;
-}
-
-impl Engine for NativeNet {
-    type Tape = Activations;
-    const NAME: &'static str = "gauntlet-native-network";
-    fn classes(&self) -> usize {
-        self.arch().num_classes()
-    }
-    fn logits(
-        &self,
-        images: &[f32],
-        count: usize,
-        keep: bool,
-    ) -> Result<(Vec<f32>, Option<Activations>)> {
-        self.forward(images, count, keep)
-    }
-    fn input_gradient(&self, tape: &Activations, grad_logits: &[f32]) -> Result<Vec<f32>> {
-        Ok(self
-            .backward(tape, grad_logits, true, None)?
-            .unwrap_or_default())
-    }
 }
 
 impl Engine for NativeGraph {

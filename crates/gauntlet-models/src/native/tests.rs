@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor, Var};
 use gauntlet_core::{Bounds, Classifier, SeedStream};
 
-use super::*;
-use crate::network::Network;
+use crate::arch::Arch;
+use crate::network::{Network, Normalization};
 
 fn random_network(arch: Arch, seed: u64, normalization: Normalization) -> Network {
     let (net, _) =
@@ -175,7 +175,7 @@ fn native_parameter_gradients_match_candle_graph() {
 fn parameters_round_trip_through_the_engine_layout() {
     let net = random_network(Arch::CifarCnn, 3, Normalization::default());
     let native = net.native().unwrap();
-    let back = Network::from_native(native, Bounds::UNIT, &Device::Cpu).unwrap();
+    let back = Network::from_native(Arch::CifarCnn, native, Bounds::UNIT, &Device::Cpu).unwrap();
     for (name, tensor) in net.tensors() {
         let other = &back.tensors()[name];
         assert_eq!(max_abs_diff(tensor, other), 0.0, "{name}");
@@ -203,60 +203,29 @@ fn untracked_inputs_and_other_dtypes_take_the_right_path() {
     assert!(empty.is_empty());
 }
 
-/// Every built-in architecture is one layer list: its graph in the IR plans on
-/// the general engine (NativeGraph) with nothing left to the reference, the plan
-/// keeps exactly the activations the memory estimate counts, its parameter list
-/// is the graph's constants, and both engines agree on logits and input gradients.
+/// Every built-in architecture is one layer list: its graph in the IR holds
+/// exactly the listed parameters, and its native plan keeps exactly the
+/// activations the memory estimate counts (the tests above compare the plan's
+/// values and gradients with the reference executor).
 #[test]
-fn built_in_graphs_plan_on_the_general_engine_and_agree_with_the_fused_one() {
+fn built_in_graphs_hold_their_parameters_and_keep_the_estimated_activations() {
     for arch in Arch::ALL {
-        let normalization = match arch.input_shape()[0] {
-            1 => Normalization {
-                mean: vec![0.13],
-                std: vec![0.31],
-            },
-            _ => Normalization {
-                mean: vec![0.49, 0.48, 0.45],
-                std: vec![0.25, 0.24, 0.26],
-            },
-        };
-        let net = random_network(arch, 21, normalization.clone());
-        let graph = net.graph();
-        let mut names: Vec<&String> = graph.constants.keys().collect();
+        let net = random_network(arch, 21, Normalization::default());
+        let mut names: Vec<&String> = net.graph().constants.keys().collect();
         names.sort();
         let mut specs: Vec<String> = arch.parameters().into_iter().map(|s| s.name).collect();
         specs.sort();
         assert_eq!(names, specs.iter().collect::<Vec<_>>(), "{arch}");
-        let general = NativeGraph::plan(graph, arch.input_shape(), &normalization)
-            .unwrap_or_else(|e| panic!("{arch}: {e}"));
+        let native = net.native().unwrap();
         assert_eq!(
-            general.values_per_sample(),
+            native.values_per_sample(),
             arch.activations_per_sample(),
             "{arch}: memory estimate"
         );
-        let fused = net.native().unwrap();
-        let count = 5;
-        let x = images(arch, count, 22);
-        let values = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let (logits_fused, tape_fused) = fused.forward(&values, count, true).unwrap();
-        let (logits_general, tape_general) = general.forward(&values, count, true).unwrap();
-        let scale = logits_fused.iter().fold(1f32, |m, v| m.max(v.abs()));
-        for (a, b) in logits_fused.iter().zip(&logits_general) {
-            assert!((a - b).abs() <= 1e-4 * scale, "{arch}: logits {a} vs {b}");
-        }
-        let grad_logits: Vec<f32> = (0..logits_fused.len())
-            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0)
-            .collect();
-        let grad_fused = fused
-            .backward(&tape_fused.unwrap(), &grad_logits, true, None)
-            .unwrap()
-            .unwrap();
-        let grad_general = general
-            .input_gradient(&tape_general.unwrap(), &grad_logits)
-            .unwrap();
-        let scale = grad_fused.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-        for (a, b) in grad_fused.iter().zip(&grad_general) {
-            assert!((a - b).abs() <= 1e-4 * scale, "{arch}: gradient {a} vs {b}");
-        }
+        assert_eq!(
+            native.named_params().len(),
+            specs.len(),
+            "{arch}: every parameter trains"
+        );
     }
 }

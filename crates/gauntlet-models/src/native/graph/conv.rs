@@ -4,9 +4,11 @@
 //! most of their time there, and im2col would turn each into `channels` tiny
 //! GEMMs).
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
-use super::buffers::with_scratch;
+use super::buffers::{with_scratch, BufferPool};
 use crate::native::kernels::{self, Mat, Threads};
 use crate::Result;
 
@@ -66,6 +68,20 @@ impl ConvGeom {
         self.positions() * self.cout * self.patch()
     }
 
+    /// Where element `i` of a PyTorch weight `[cout, cin/groups, kh, kw]` goes
+    /// in the engine's packing (see [`Conv::weight`]).
+    pub(crate) fn packed_index(&self, i: usize) -> usize {
+        let (cg, og) = (self.cin_group(), self.cout_group());
+        let (o, rest) = (i / (cg * self.kh * self.kw), i % (cg * self.kh * self.kw));
+        let (c, tap) = (rest / (self.kh * self.kw), rest % (self.kh * self.kw));
+        if self.depthwise() {
+            tap * self.cout + o
+        } else {
+            let (group, local) = (o / og, o % og);
+            group * self.patch() * og + (tap * cg + c) * og + local
+        }
+    }
+
     /// Input coordinate of kernel tap `tap` at output coordinate `out`, if inside.
     #[inline]
     fn source(&self, out: usize, tap: usize, pad: usize, len: usize) -> Option<usize> {
@@ -84,6 +100,13 @@ impl ConvGeom {
         let by_memory = COL_VALUES / (self.positions() * self.patch()).max(1);
         by_rows.min(by_memory).max(1)
     }
+}
+
+/// The gradients a layer's backward pass adds to, each when asked for: its
+/// input's, and its weight's and bias's (in the parameters' layout).
+pub(crate) struct Gradients<'a> {
+    pub input: Option<&'a mut [f32]>,
+    pub params: Option<&'a mut [f32]>,
 }
 
 /// What follows the convolution in the same pass.
@@ -133,74 +156,64 @@ impl Epilogue {
     }
 }
 
-/// A convolution with its weights packed for the engine.
+/// A convolution whose packed weight and bias live in the plan's parameters.
 #[derive(Clone, Debug)]
 pub(crate) struct Conv {
     pub geom: ConvGeom,
     /// Group by group, `(kh, kw, cin/groups) × cout/groups` row-major; for
     /// depthwise convolutions `(kh, kw, channels)`.
-    weight: Vec<f32>,
-    bias: Vec<f32>,
+    pub weight: Range<usize>,
+    pub bias: Range<usize>,
     pub epilogue: Epilogue,
 }
 
 impl Conv {
-    /// From an ONNX/PyTorch weight `[cout, cin/groups, kh, kw]` and bias.
-    pub(crate) fn new(geom: ConvGeom, weight: &[f32], bias: Vec<f32>) -> Self {
-        let g = geom;
-        let (cg, og) = (g.cin_group(), g.cout_group());
-        let mut packed = vec![0.0; weight.len()];
-        for o in 0..g.cout {
-            let (group, local) = (o / og, o % og);
-            for c in 0..cg {
-                for i in 0..g.kh {
-                    for j in 0..g.kw {
-                        let src = ((o * cg + c) * g.kh + i) * g.kw + j;
-                        let dst = if g.depthwise() {
-                            (i * g.kw + j) * g.cout + o
-                        } else {
-                            group * g.patch() * og + ((i * g.kw + j) * cg + c) * og + local
-                        };
-                        packed[dst] = weight[src];
-                    }
-                }
-            }
+    /// Packs an ONNX/PyTorch weight `[cout, cin/groups, kh, kw]` and appends it
+    /// and the bias to `params`.
+    pub(crate) fn new(geom: ConvGeom, weight: &[f32], bias: &[f32], params: &mut Vec<f32>) -> Self {
+        let start = params.len();
+        params.resize(start + weight.len(), 0.0);
+        for (i, v) in weight.iter().enumerate() {
+            params[start + geom.packed_index(i)] = *v;
         }
+        let weight_end = params.len();
+        params.extend_from_slice(bias);
         Self {
             geom,
-            weight: packed,
-            bias,
+            weight: start..weight_end,
+            bias: weight_end..params.len(),
             epilogue: Epilogue::None,
         }
     }
 
-    fn group_weight(&self, group: usize) -> Mat<'_> {
+    fn group_weight<'p>(&self, params: &'p [f32], group: usize) -> Mat<'p> {
         let g = &self.geom;
         let len = g.patch() * g.cout_group();
+        let weight = &params[self.weight.clone()];
         Mat::new(
-            &self.weight[group * len..(group + 1) * len],
+            &weight[group * len..(group + 1) * len],
             g.patch(),
             g.cout_group(),
         )
     }
 
     /// `y = epilogue(conv(x) + bias)` for `x.len() / in_len` NHWC images.
-    pub(crate) fn forward(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
+    pub(crate) fn forward(&self, params: &[f32], x: &[f32], y: &mut [f32]) -> Result<()> {
         let g = self.geom;
         let per_task = g.images_per_task();
         y.par_chunks_mut(per_task * g.out_len())
             .zip(x.par_chunks(per_task * g.in_len()))
-            .try_for_each(|(y, x)| self.forward_task(x, y))
+            .try_for_each(|(y, x)| self.forward_task(params, x, y))
     }
 
-    fn forward_task(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
+    fn forward_task(&self, params: &[f32], x: &[f32], y: &mut [f32]) -> Result<()> {
         let g = self.geom;
         let images = x.len() / g.in_len();
         if g.pointwise() {
             kernels::matmul(
                 y,
                 Mat::new(x, images * g.positions(), g.cin),
-                self.group_weight(0),
+                self.group_weight(params, 0),
                 false,
                 Threads::One,
             )?;
@@ -209,21 +222,18 @@ impl Conv {
                 .chunks_exact(g.in_len())
                 .zip(y.chunks_exact_mut(g.out_len()))
             {
-                depthwise_forward(&g, &self.weight, x, y);
+                depthwise_forward(&g, &params[self.weight.clone()], x, y);
             }
         } else {
             let rows = images * g.positions();
             with_scratch(rows * g.patch(), |col| -> Result<()> {
                 for group in 0..g.groups {
-                    for (image, x) in x.chunks_exact(g.in_len()).enumerate() {
-                        let block = g.positions() * g.patch();
-                        im2col(&g, group, x, &mut col[image * block..(image + 1) * block]);
-                    }
+                    im2col_images(&g, group, x, col);
                     kernels::matmul_strided(
                         &mut y[group * g.cout_group()..],
                         g.cout,
                         Mat::new(col, rows, g.patch()),
-                        self.group_weight(group),
+                        self.group_weight(params, group),
                         false,
                         Threads::One,
                     )?;
@@ -231,31 +241,68 @@ impl Conv {
                 Ok(())
             })?;
         }
-        self.epilogue.add_bias_and_apply(y, &self.bias);
+        self.epilogue
+            .add_bias_and_apply(y, &params[self.bias.clone()]);
         Ok(())
     }
 
-    /// Adds the input gradient for output gradient `dy` to `dx`; `y` is the
-    /// forward output, whose epilogue mask is applied to `dy` in place.
-    pub(crate) fn backward(&self, y: &[f32], dy: &mut [f32], dx: &mut [f32]) -> Result<()> {
+    /// The backward pass for output gradient `dy` (`y` is the forward output,
+    /// whose epilogue mask is applied to `dy` in place; `x` the input): adds the
+    /// input gradient to `dx` and the weight and bias gradients (packed, like
+    /// the parameters) to `grads`, each when asked for.
+    pub(crate) fn backward(
+        &self,
+        params: &[f32],
+        x: &[f32],
+        y: &[f32],
+        dy: &mut [f32],
+        wanted: Gradients<'_>,
+        buffers: &BufferPool,
+    ) -> Result<()> {
+        let Gradients {
+            input: dx,
+            params: grads,
+        } = wanted;
         let g = self.geom;
         let per_task = g.images_per_task();
-        dx.par_chunks_mut(per_task * g.in_len())
-            .zip(dy.par_chunks_mut(per_task * g.out_len()))
-            .zip(y.par_chunks(per_task * g.out_len()))
-            .try_for_each(|((dx, dy), y)| self.backward_task(y, dy, dx))
+        let (in_chunk, out_chunk) = (per_task * g.in_len(), per_task * g.out_len());
+        dy.par_chunks_mut(out_chunk)
+            .zip(y.par_chunks(out_chunk))
+            .for_each(|(dy, y)| self.epilogue.mask(y, dy));
+        let dy: &[f32] = dy;
+        if let Some(dx) = dx {
+            dx.par_chunks_mut(in_chunk)
+                .zip(dy.par_chunks(out_chunk))
+                .try_for_each(|(dx, dy)| self.input_gradient_task(params, dy, dx))?;
+        }
+        if let Some(grads) = grads {
+            // One partial sum per task, added in task order: the same sums
+            // whatever the thread count.
+            let partials: Vec<Vec<f32>> = x
+                .par_chunks(in_chunk)
+                .zip(dy.par_chunks(out_chunk))
+                .map(|(x, dy)| {
+                    let mut partial = buffers.take_zeroed(self.weight.len() + self.bias.len());
+                    self.parameter_gradient_task(x, dy, &mut partial)?;
+                    Ok(partial)
+                })
+                .collect::<Result<_>>()?;
+            for partial in partials {
+                grads.iter_mut().zip(&partial).for_each(|(a, b)| *a += b);
+                buffers.give(partial);
+            }
+        }
+        Ok(())
     }
 
-    fn backward_task(&self, y: &[f32], dy: &mut [f32], dx: &mut [f32]) -> Result<()> {
+    fn input_gradient_task(&self, params: &[f32], dy: &[f32], dx: &mut [f32]) -> Result<()> {
         let g = self.geom;
         let images = dx.len() / g.in_len();
-        self.epilogue.mask(y, dy);
-        let dy: &[f32] = dy;
         if g.pointwise() {
             return kernels::matmul(
                 dx,
                 Mat::new(dy, images * g.positions(), g.cout),
-                self.group_weight(0).t(),
+                self.group_weight(params, 0).t(),
                 true,
                 Threads::One,
             );
@@ -265,7 +312,7 @@ impl Conv {
                 .chunks_exact(g.out_len())
                 .zip(dx.chunks_exact_mut(g.in_len()))
             {
-                depthwise_backward(&g, &self.weight, dy, dx);
+                depthwise_backward(&g, &params[self.weight.clone()], dy, dx);
             }
             return Ok(());
         }
@@ -275,7 +322,7 @@ impl Conv {
                 kernels::matmul(
                     col,
                     Mat::strided(&dy[group * g.cout_group()..], rows, g.cout_group(), g.cout),
-                    self.group_weight(group).t(),
+                    self.group_weight(params, group).t(),
                     false,
                     Threads::One,
                 )?;
@@ -286,6 +333,64 @@ impl Conv {
             }
             Ok(())
         })
+    }
+
+    /// Adds one task's weight and bias gradients to `partial` (zeroed; the
+    /// weight packed, then the bias).
+    fn parameter_gradient_task(&self, x: &[f32], dy: &[f32], partial: &mut [f32]) -> Result<()> {
+        let g = self.geom;
+        let images = x.len() / g.in_len();
+        let rows = images * g.positions();
+        let (weight, bias) = partial.split_at_mut(self.weight.len());
+        crate::native::kernels::add_column_sums(dy, bias);
+        if g.pointwise() {
+            kernels::matmul(
+                weight,
+                Mat::new(x, rows, g.cin).t(),
+                Mat::new(dy, rows, g.cout),
+                false,
+                Threads::One,
+            )?;
+        } else if g.depthwise() {
+            let c = g.cin;
+            for (x, dy) in x.chunks_exact(g.in_len()).zip(dy.chunks_exact(g.out_len())) {
+                for_each_tap(&g, |out, pixel, tap| {
+                    let grad = &dy[out * c..(out + 1) * c];
+                    let source = &x[pixel * c..(pixel + 1) * c];
+                    for ((w, v), d) in weight[tap * c..(tap + 1) * c]
+                        .iter_mut()
+                        .zip(source)
+                        .zip(grad)
+                    {
+                        *w += v * d;
+                    }
+                });
+            }
+        } else {
+            let len = g.patch() * g.cout_group();
+            with_scratch(rows * g.patch(), |col| -> Result<()> {
+                for group in 0..g.groups {
+                    im2col_images(&g, group, x, col);
+                    kernels::matmul(
+                        &mut weight[group * len..(group + 1) * len],
+                        Mat::new(col, rows, g.patch()).t(),
+                        Mat::strided(&dy[group * g.cout_group()..], rows, g.cout_group(), g.cout),
+                        false,
+                        Threads::One,
+                    )?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// `col (images · positions × patch)` for one group of consecutive NHWC images.
+fn im2col_images(g: &ConvGeom, group: usize, x: &[f32], col: &mut [f32]) {
+    let block = g.positions() * g.patch();
+    for (image, x) in x.chunks_exact(g.in_len()).enumerate() {
+        im2col(g, group, x, &mut col[image * block..(image + 1) * block]);
     }
 }
 

@@ -28,7 +28,7 @@ mod rows;
 use crate::network::Normalization;
 use crate::{Error, Result};
 use buffers::BufferPool;
-use conv::Conv;
+use conv::{Conv, ConvGeom, Gradients};
 use linear::Linear;
 use movement::Movement;
 use pointwise::{Affine, Binary, Unary};
@@ -85,10 +85,63 @@ struct Step {
     output: usize,
 }
 
+/// How a graph constant's elements (row-major, in the graph's layout) map to
+/// the engine's packed parameters.
+#[derive(Clone, Debug)]
+pub(crate) enum ParamLayout {
+    /// Stored as is (biases).
+    Identity,
+    /// A convolution kernel, packed for the GEMM.
+    Conv(ConvGeom),
+    /// A fully connected weight, stored `inputs × outputs`: transposed when the
+    /// graph holds it `outputs × inputs` (PyTorch's Linear), and its rows
+    /// reordered by `order` when a reorder was folded into it.
+    Linear {
+        transposed: bool,
+        outputs: usize,
+        order: Option<Arc<[u32]>>,
+    },
+}
+
+impl ParamLayout {
+    /// Engine index of element `i` of a constant whose rows are `cols` long.
+    pub(crate) fn native_index(&self, i: usize, cols: usize) -> usize {
+        match self {
+            ParamLayout::Identity => i,
+            ParamLayout::Conv(geom) => geom.packed_index(i),
+            ParamLayout::Linear {
+                transposed,
+                outputs,
+                order,
+            } => {
+                let (r, c) = (i / cols, i % cols);
+                let (row, column) = if *transposed { (c, r) } else { (r, c) };
+                let row = order.as_ref().map_or(row, |order| order[row] as usize);
+                row * outputs + column
+            }
+        }
+    }
+}
+
+/// A graph constant held unchanged in the engine's parameters.
+#[derive(Clone, Debug)]
+pub(crate) struct ParamSlot {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub range: std::ops::Range<usize>,
+    pub layout: ParamLayout,
+    /// Read by more than one layer (each has its own copy).
+    pub shared: bool,
+}
+
 /// A graph planned for the native engine.
 #[derive(Clone, Debug)]
 pub struct NativeGraph {
     steps: Vec<Step>,
+    /// Every convolution and fully connected layer's packed weight and bias.
+    params: Vec<f32>,
+    /// The graph constants among `params`, for training and saving.
+    param_slots: Vec<ParamSlot>,
     /// Values per sample of every slot; slot 0 is the (normalised, NHWC) input.
     slot_lens: Vec<usize>,
     input_shape: [usize; 3],
@@ -153,6 +206,11 @@ impl NativeGraph {
     /// Number of classes (the output's length per sample).
     pub fn num_classes(&self) -> usize {
         self.classes
+    }
+
+    /// Shape of one input, `[channels, height, width]`.
+    pub fn input_shape(&self) -> [usize; 3] {
+        self.input_shape
     }
 
     /// How many steps of each kernel the plan runs, for descriptions.
@@ -254,7 +312,7 @@ impl NativeGraph {
             let mut out = self.buffers.take(count * self.slot_lens[step.output]);
             let input = |k: usize| values[step.inputs[k]].as_slice();
             match &step.kernel {
-                Kernel::Conv(conv) => conv.forward(input(0), &mut out)?,
+                Kernel::Conv(conv) => conv.forward(&self.params, input(0), &mut out)?,
                 // Max-pooling remembers one winner per output; average pooling none.
                 Kernel::Pool(pool) => {
                     let max = pool.config.kind == crate::layers::PoolKind::Max;
@@ -267,7 +325,7 @@ impl NativeGraph {
                         .take(if pool.max { out.len() } else { 0 });
                     pool.forward(input(0), &mut out, &mut winners[index]);
                 }
-                Kernel::Linear(linear) => linear.forward(input(0), &mut out)?,
+                Kernel::Linear(linear) => linear.forward(&self.params, input(0), &mut out)?,
                 Kernel::Unary(unary) => unary.forward(input(0), &mut out),
                 Kernel::Affine(affine) => affine.forward(input(0), &mut out),
                 Kernel::Binary(binary) => {
@@ -313,10 +371,41 @@ impl NativeGraph {
     /// The gradient with respect to the NCHW pixel input of `Σ grad_logits ·
     /// logits`, for the pass that recorded `tape`.
     pub fn input_gradient(&self, tape: &GraphTape, grad_logits: &[f32]) -> Result<Vec<f32>> {
-        crate::native::on_pool(|| self.input_gradient_on_pool(tape, grad_logits))
+        let gradient = self.backward(tape, grad_logits, true, None)?;
+        gradient.ok_or_else(|| Error::Invalid("internal: no input gradient".into()))
     }
 
-    fn input_gradient_on_pool(&self, tape: &GraphTape, grad_logits: &[f32]) -> Result<Vec<f32>> {
+    /// The backward pass of `Σ grad_logits · logits` for the pass that recorded
+    /// `tape`: adds the gradient of every parameter to `param_grads` (the
+    /// layout of [`NativeGraph::params`]) when given, and returns the gradient
+    /// with respect to the NCHW pixel input when `want_input`.
+    pub fn backward(
+        &self,
+        tape: &GraphTape,
+        grad_logits: &[f32],
+        want_input: bool,
+        param_grads: Option<&mut [f32]>,
+    ) -> Result<Option<Vec<f32>>> {
+        if param_grads
+            .as_ref()
+            .is_some_and(|g| g.len() != self.params.len())
+        {
+            return Err(Error::Invalid(format!(
+                "internal: {} parameter gradients for {} parameters",
+                param_grads.map_or(0, |g| g.len()),
+                self.params.len()
+            )));
+        }
+        crate::native::on_pool(|| self.backward_on_pool(tape, grad_logits, want_input, param_grads))
+    }
+
+    fn backward_on_pool(
+        &self,
+        tape: &GraphTape,
+        grad_logits: &[f32],
+        want_input: bool,
+        mut param_grads: Option<&mut [f32]>,
+    ) -> Result<Option<Vec<f32>>> {
         let count = tape.count;
         if grad_logits.len() != count * self.classes || tape.values.len() != self.slot_lens.len() {
             return Err(Error::Invalid(format!(
@@ -331,20 +420,47 @@ impl NativeGraph {
             let Some(mut dy) = grads[step.output].take() else {
                 continue;
             };
+            // The input's gradient is skipped when not asked for (by the
+            // layers that can skip it: the first layer is nearly always one).
+            let skips = matches!(step.kernel, Kernel::Conv(_) | Kernel::Linear(_));
             let mut input_grads: Vec<Vec<f32>> = step
                 .inputs
                 .iter()
-                .map(|&s| self.buffers.take_zeroed(count * self.slot_lens[s]))
+                .map(|&s| match s != 0 || want_input || !skips {
+                    true => self.buffers.take_zeroed(count * self.slot_lens[s]),
+                    false => Vec::new(),
+                })
                 .collect();
+            fn wanted(grad: &mut [f32]) -> Option<&mut [f32]> {
+                (!grad.is_empty()).then_some(grad)
+            }
             let input = |k: usize| values[step.inputs[k]].as_slice();
             let y = values[step.output].as_slice();
             match &step.kernel {
-                Kernel::Conv(conv) => conv.backward(y, &mut dy, &mut input_grads[0])?,
+                Kernel::Conv(conv) => {
+                    let grads = param_grads
+                        .as_deref_mut()
+                        .map(|g| &mut g[conv.weight.start..conv.bias.end]);
+                    let wanted = Gradients {
+                        input: wanted(&mut input_grads[0]),
+                        params: grads,
+                    };
+                    conv.backward(&self.params, input(0), y, &mut dy, wanted, &self.buffers)?;
+                }
                 Kernel::Pool(pool) => pool.backward(&tape.winners[index], &dy, &mut input_grads[0]),
                 Kernel::GlobalPool(pool) => {
                     pool.backward(&tape.winners[index], &dy, &mut input_grads[0])
                 }
-                Kernel::Linear(linear) => linear.backward(y, &mut dy, &mut input_grads[0])?,
+                Kernel::Linear(linear) => {
+                    let grads = param_grads
+                        .as_deref_mut()
+                        .map(|g| &mut g[linear.weight.start..linear.bias.end]);
+                    let wanted = Gradients {
+                        input: wanted(&mut input_grads[0]),
+                        params: grads,
+                    };
+                    linear.backward(&self.params, input(0), y, &mut dy, wanted)?;
+                }
                 Kernel::Unary(unary) => unary.backward(input(0), y, &dy, &mut input_grads[0]),
                 Kernel::Affine(affine) => affine.backward(&dy, &mut input_grads[0]),
                 Kernel::Binary(binary) => {
@@ -384,6 +500,9 @@ impl NativeGraph {
             }
             self.buffers.give(dy);
             for (&slot, grad) in step.inputs.iter().zip(input_grads) {
+                if grad.capacity() == 0 {
+                    continue;
+                }
                 match &mut grads[slot] {
                     Some(existing) => {
                         existing.iter_mut().zip(&grad).for_each(|(a, b)| *a += b);
@@ -392,6 +511,9 @@ impl NativeGraph {
                     empty => *empty = Some(grad),
                 }
             }
+        }
+        if !want_input {
+            return Ok(None);
         }
         let [c, h, w] = self.input_shape;
         let grad = grads[0]
@@ -404,7 +526,75 @@ impl NativeGraph {
             &self.normalization,
         );
         self.buffers.give(grad);
-        Ok(pixels)
+        Ok(Some(pixels))
+    }
+
+    /// Every convolution and fully connected layer's weight and bias as one
+    /// flat vector in the engine's layout. Elementwise optimisers (SGD, Adam)
+    /// update it directly alongside [`NativeGraph::backward`]'s parameter
+    /// gradient, which has the same layout.
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
+
+    /// Mutable access to [`NativeGraph::params`].
+    pub fn params_mut(&mut self) -> &mut [f32] {
+        &mut self.params
+    }
+
+    /// The input normalisation applied before the first layer.
+    pub fn normalization(&self) -> &Normalization {
+        &self.normalization
+    }
+
+    /// The graph constants the parameters hold, back in the graph's layout:
+    /// `(name, shape, values)`.
+    pub fn named_params(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        self.named(&self.params)
+    }
+
+    /// [`NativeGraph::named_params`] of any vector in the parameters' layout
+    /// (a gradient from [`NativeGraph::backward`]).
+    pub fn named(&self, flat: &[f32]) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        self.param_slots
+            .iter()
+            .map(|slot| {
+                let native = &flat[slot.range.clone()];
+                let cols = slot.shape.last().copied().unwrap_or(1).max(1);
+                let values = (0..native.len())
+                    .map(|i| native[slot.layout.native_index(i, cols)])
+                    .collect();
+                (slot.name.clone(), slot.shape.clone(), values)
+            })
+            .collect()
+    }
+
+    /// Why the engine cannot train every one of `names` (graph constants), if
+    /// it cannot: a parameter folded with another (batch normalisation), scaled,
+    /// read by two layers, or not a convolution's or fully connected layer's.
+    pub fn untrainable(&self, names: &[String]) -> Option<String> {
+        for name in names {
+            match self.param_slots.iter().find(|p| &p.name == name) {
+                None => {
+                    return Some(format!(
+                        "parameter '{name}' is folded into another or not a layer weight"
+                    ))
+                }
+                Some(slot) if slot.shared => {
+                    return Some(format!("parameter '{name}' is read by more than one layer"))
+                }
+                Some(_) => {}
+            }
+        }
+        // Every layer weight in `params` must be one of them, or it would not train.
+        let covered: usize = self
+            .param_slots
+            .iter()
+            .filter(|p| names.contains(&p.name))
+            .map(|p| p.range.len())
+            .sum();
+        (covered != self.params.len())
+            .then(|| "some layer weights are not among the parameters".to_string())
     }
 }
 

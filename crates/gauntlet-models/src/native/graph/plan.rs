@@ -19,6 +19,7 @@ use super::pointwise::{Affine, Binary, Map, Operand, Unary};
 use super::pool::{GlobalPool, Pool};
 use super::rows::{BatchedMatMul, LayerNorm, Softmax};
 use super::{Kernel, NativeGraph, Step};
+use super::{ParamLayout, ParamSlot};
 use crate::graph::{eval, BinaryOp, Graph, Node, Op, ReduceOp, ResizeMode, UnaryOp};
 use crate::network::Normalization;
 
@@ -177,6 +178,11 @@ struct Planner<'g> {
     relayouts: HashMap<usize, usize>,
     /// Samples in the probe batch.
     probe: usize,
+    /// Every convolution and fully connected layer's weight and bias, packed.
+    params: Vec<f32>,
+    /// The graph constants `params` holds as they are (not folded with
+    /// anything), so gradients can be mapped back to them.
+    param_slots: Vec<ParamSlot>,
 }
 
 impl NativeGraph {
@@ -255,6 +261,8 @@ impl NativeGraph {
             known: HashMap::new(),
             relayouts: HashMap::new(),
             probe: probe_samples,
+            params: Vec::new(),
+            param_slots: Vec::new(),
         };
         for (index, node) in graph.nodes.iter().enumerate() {
             if planner.absorbed.contains(&index) {
@@ -329,7 +337,14 @@ impl<'g> Planner<'g> {
         }
         let mut steps = self.steps;
         let mut slot_lens: Vec<usize> = self.slots.iter().map(Slot::len).collect();
-        let folded = fold_reorders_into_linear(&mut steps, &mut slot_lens, output);
+        let (mut params, mut param_slots) = (self.params, self.param_slots);
+        let folded = fold_reorders_into_linear(
+            &mut steps,
+            &mut slot_lens,
+            output,
+            &mut params,
+            &mut param_slots,
+        );
         let mut last_use = vec![0; self.slots.len()];
         for (index, step) in steps.iter().enumerate() {
             for &slot in &step.inputs {
@@ -338,6 +353,8 @@ impl<'g> Planner<'g> {
         }
         Ok(NativeGraph {
             steps,
+            params,
+            param_slots,
             slot_lens,
             input_shape,
             output,
@@ -870,7 +887,8 @@ impl<'g> Planner<'g> {
             .and_then(|n| self.constant(n))
             .ok_or("the weight is computed from the data")?;
         let [cin, h, w] = as3(&self.slots[x].dims)?;
-        let &[cout, cin_group, kh, kw] = weight_tensor.dims() else {
+        let weight_dims = weight_tensor.dims().to_vec();
+        let &[cout, cin_group, kh, kw] = weight_dims.as_slice() else {
             return Err(format!(
                 "weight shape {:?} is not 2-D convolution's",
                 weight_tensor.dims()
@@ -911,6 +929,7 @@ impl<'g> Planner<'g> {
         // Fold following per-channel affines (batch normalisation), then fuse a
         // following ReLU or clip, when nothing else reads the intermediate values.
         let per_output = weight.len() / cout;
+        let mut folded = false;
         while let Some((index, next)) = self.sole_consumer(out) {
             let Op::Affine { scale, shift } = &next.op else {
                 break;
@@ -928,6 +947,7 @@ impl<'g> Planner<'g> {
                     .for_each(|v| *v *= scale[o]);
                 bias[o] = bias[o] * scale[o] + shift[o];
             }
+            folded = true;
             self.absorbed.insert(index);
             out = next.outputs.first().ok_or("no output")?.as_str();
         }
@@ -947,9 +967,43 @@ impl<'g> Planner<'g> {
             oh,
             ow,
         };
-        let mut conv = Conv::new(geom, &weight, bias);
+        let mut conv = Conv::new(geom, &weight, &bias, &mut self.params);
         conv.epilogue = epilogue;
+        if !folded {
+            self.param_slot(
+                &node.inputs[1],
+                &weight_dims,
+                conv.weight.clone(),
+                ParamLayout::Conv(geom),
+            );
+            if let Some(name) = node.inputs.get(2).filter(|n| !n.is_empty()) {
+                self.param_slot(name, &[cout], conv.bias.clone(), ParamLayout::Identity);
+            }
+        }
         self.push(Kernel::Conv(conv), vec![x], out)
+    }
+
+    /// Records that graph constant `name` lies unchanged at `range` of the
+    /// parameters (a constant read by two layers is recorded for neither: its
+    /// gradient would be split between two copies).
+    fn param_slot(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        range: std::ops::Range<usize>,
+        layout: ParamLayout,
+    ) {
+        if let Some(existing) = self.param_slots.iter_mut().find(|p| p.name == name) {
+            existing.shared = true;
+            return;
+        }
+        self.param_slots.push(ParamSlot {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            range,
+            layout,
+            shared: false,
+        });
     }
 
     /// A ReLU or clip that alone reads `out` (elementwise, so it fuses into the
@@ -998,12 +1052,14 @@ impl<'g> Planner<'g> {
         if k != inputs {
             return Err(format!("weight {:?} for rows of {inputs}", b.dims()));
         }
+        let layout = ParamLayout::Linear {
+            transposed: trans_b,
+            outputs: o,
+            order: None,
+        };
         let mut weight = vec![0.0; k * o];
-        for r in 0..rows {
-            for c in 0..cols {
-                let (i, j) = if trans_b { (c, r) } else { (r, c) };
-                weight[i * o + j] = alpha * values[r * cols + c];
-            }
+        for (i, v) in values.iter().enumerate() {
+            weight[layout.native_index(i, cols)] = alpha * v;
         }
         let bias = match node.inputs.get(2).filter(|n| !n.is_empty()) {
             None => vec![0.0; o],
@@ -1020,13 +1076,17 @@ impl<'g> Planner<'g> {
             }
         };
         let (epilogue, out) = self.fused_activation(out)?;
-        let linear = Linear {
-            inputs: k,
-            outputs: o,
-            weight,
-            bias,
-            epilogue,
-        };
+        let mut linear = Linear::new(k, o, &weight, &bias, &mut self.params);
+        linear.epilogue = epilogue;
+        if alpha == 1.0 {
+            self.param_slot(&node.inputs[1], b.dims(), linear.weight.clone(), layout);
+        }
+        match node.inputs.get(2).filter(|n| !n.is_empty()) {
+            Some(name) if beta == 1.0 && self.constant(name).map(Tensor::elem_count) == Some(o) => {
+                self.param_slot(name, &[o], linear.bias.clone(), ParamLayout::Identity);
+            }
+            _ => {}
+        }
         let out_dims = self.per_sample_as(out, batch)?;
         let rows_per_sample = self.slots[x].len() / k.max(1);
         if out_dims.iter().product::<usize>() != rows_per_sample * o {
@@ -1424,6 +1484,8 @@ fn fold_reorders_into_linear(
     steps: &mut Vec<Step>,
     slot_lens: &mut [usize],
     output: usize,
+    params: &mut [f32],
+    param_slots: &mut [ParamSlot],
 ) -> Vec<FoldedReorder> {
     let mut folded = Vec::new();
     let mut index = 0;
@@ -1448,23 +1510,27 @@ fn fold_reorders_into_linear(
             continue;
         }
         let o = linear.outputs;
-        let mut weight = vec![0.0; linear.weight.len()];
+        let range = linear.weight.clone();
+        let unfolded = params[range.clone()].to_vec();
         for (row, &source) in order.iter().enumerate() {
             let source = source as usize;
-            weight[source * o..(source + 1) * o]
-                .copy_from_slice(&linear.weight[row * o..(row + 1) * o]);
+            params[range.start + source * o..range.start + (source + 1) * o]
+                .copy_from_slice(&unfolded[row * o..(row + 1) * o]);
+        }
+        let order: Arc<[u32]> = order.into();
+        for slot in param_slots.iter_mut().filter(|p| p.range == range) {
+            if let ParamLayout::Linear { order: rows, .. } = &mut slot.layout {
+                *rows = Some(Arc::clone(&order));
+            }
         }
         let source_slot = steps[producer].inputs[0];
-        if let Kernel::Linear(linear) = &mut steps[index].kernel {
-            linear.weight = weight;
-        }
         steps[index].inputs[0] = source_slot;
         steps.remove(producer);
         slot_lens[moved] = 0;
         folded.push(FoldedReorder {
             moved,
             source: source_slot,
-            order: order.into(),
+            order,
         });
         // The producer came before this step: the next step is now at `index`.
     }

@@ -85,19 +85,22 @@ fn check(graph: &Graph, shape: [usize; 3], what: &str) -> NativeGraph {
     let n = 3;
     let x = seeded(n * c * h * w, 99, 1.0);
     let var = Var::from_tensor(&tensor(x.clone(), &[n, c, h, w])).unwrap();
-    let reference = graph.run(var.as_tensor(), None).unwrap().output;
+    // Every constant a variable, so the reference also gives weight gradients.
+    let mut variables = graph.clone();
+    for value in variables.constants.values_mut() {
+        if value.dtype() == DType::F32 {
+            *value = Var::from_tensor(value).unwrap().as_tensor().clone();
+        }
+    }
+    let reference = variables.run(var.as_tensor(), None).unwrap().output;
     let classes = reference.dim(1).unwrap();
     let weights = seeded(n * classes, 7, 1.0);
     let loss = (&reference * tensor(weights.clone(), &[n, classes]))
         .unwrap()
         .sum_all()
         .unwrap();
-    let grad_reference = loss
-        .backward()
-        .unwrap()
-        .get(var.as_tensor())
-        .unwrap()
-        .clone();
+    let gradients = loss.backward().unwrap();
+    let grad_reference = gradients.get(var.as_tensor()).unwrap().clone();
     let grad_reference = grad_reference
         .flatten_all()
         .unwrap()
@@ -106,7 +109,11 @@ fn check(graph: &Graph, shape: [usize; 3], what: &str) -> NativeGraph {
     let reference = reference.flatten_all().unwrap().to_vec1::<f32>().unwrap();
 
     let (logits, tape) = native.forward(&x, n, true).unwrap();
-    let grad = native.input_gradient(&tape.unwrap(), &weights).unwrap();
+    let mut param_grads = vec![0.0; native.params().len()];
+    let grad = native
+        .backward(&tape.unwrap(), &weights, true, Some(&mut param_grads))
+        .unwrap()
+        .unwrap();
     let close = |a: &[f32], b: &[f32], label: &str| {
         assert_eq!(a.len(), b.len(), "{what}: {label} length");
         let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
@@ -119,6 +126,16 @@ fn check(graph: &Graph, shape: [usize; 3], what: &str) -> NativeGraph {
     };
     close(&logits, &reference, "logits");
     close(&grad, &grad_reference, "input gradient");
+    for (name, _, native_grad) in native.named(&param_grads) {
+        let reference = gradients
+            .get(&variables.constants[&name])
+            .unwrap_or_else(|| panic!("{what}: no reference gradient for {name}"))
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        close(&native_grad, &reference, &format!("gradient of {name}"));
+    }
     native
 }
 
