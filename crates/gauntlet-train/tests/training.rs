@@ -359,6 +359,25 @@ fn an_interrupted_and_resumed_run_ends_with_exactly_the_same_weights() {
         err.contains("different configuration") && err.contains("learning_rate"),
         "{err}"
     );
+    // A checkpoint whose parameters are packed another way (an older engine's)
+    // would resume with scrambled weights: refused, naming both packings.
+    let file = dir.path().join("checkpoint.safetensors");
+    let valid = std::fs::read(&file).unwrap();
+    let tag = b"native-graph-1";
+    let at = valid
+        .windows(tag.len())
+        .position(|w| w == tag)
+        .expect("the checkpoint names its packing");
+    let mut other_packing = valid.clone();
+    other_packing[at + tag.len() - 1] = b'0';
+    std::fs::write(&file, &other_packing).unwrap();
+    let err = train_with(&config, &train_set, &test_set, &NoProgress, control)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("packed as 'native-graph-0'") && err.contains("new checkpoint directory"),
+        "{err}"
+    );
     std::fs::write(dir.path().join("checkpoint.safetensors"), b"garbage").unwrap();
     let err = train_with(&config, &train_set, &test_set, &NoProgress, control)
         .unwrap_err()
