@@ -80,7 +80,9 @@ fn main() {
             let start = Instant::now();
             for _ in 0..iters {
                 let (_, acts) = engine.forward(&x, batch, true).unwrap();
-                engine.backward(&acts.unwrap(), &grad, true, None).unwrap();
+                engine
+                    .backward(&mut acts.unwrap(), &grad, true, None)
+                    .unwrap();
             }
             let seconds = start.elapsed().as_secs_f64() / iters as f64;
             println!("{{\"workload\": \"native\", \"seconds_per_step\": {seconds}, \"images_per_second\": {}}}", batch as f64 / seconds);

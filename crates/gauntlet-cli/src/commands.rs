@@ -395,20 +395,24 @@ pub(crate) fn load_model_checked(
 
 /// Refuse a `--batch-size` whose working memory cannot fit, before any compute:
 /// a clear error instead of the out-of-memory killer part-way through a run.
+/// `fixed` is what the work needs whatever the batch (training's weights,
+/// gradients and optimiser state).
 pub(crate) fn ensure_batch_fits(
     flag: &str,
     bytes_per_sample: u64,
+    fixed: u64,
     batch_size: usize,
     samples: usize,
 ) -> Result<()> {
     let batch = batch_size.min(samples).max(1) as u64;
-    let needed = bytes_per_sample.saturating_mul(batch);
+    let needed = bytes_per_sample.saturating_mul(batch).saturating_add(fixed);
     let Some(available) = gauntlet_core::available_memory() else {
         return Ok(());
     };
     if needed > available {
-        // Half of what would just fit leaves room for everything else.
-        let fits = available / bytes_per_sample.max(1) / 2;
+        // A third of what would just fit leaves room for everything else
+        // (allocator overhead, the data, buffers of other sizes).
+        let fits = available.saturating_sub(fixed) / bytes_per_sample.max(1) / 3;
         let suggestion = if fits >= 1 {
             format!("use {flag} {fits} or less")
         } else {
@@ -577,6 +581,7 @@ fn plan(
     ensure_batch_fits(
         "--batch-size",
         loaded.bytes_per_sample(),
+        0,
         run.batch_size,
         dataset.len(),
     )?;
@@ -1066,12 +1071,14 @@ fn train(args: TrainArgs) -> Result<()> {
     ensure_batch_fits(
         "--batch-size",
         arch.bytes_per_sample(),
+        arch.training_fixed_bytes(),
         config.batch_size,
         train_set.len(),
     )?;
     ensure_batch_fits(
         "--eval-batch-size",
         arch.bytes_per_sample(),
+        arch.training_fixed_bytes(),
         config.eval_batch_size,
         test_set.len(),
     )?;

@@ -416,6 +416,7 @@ fn detect(args: DetectArgs) -> Result<()> {
     crate::commands::ensure_batch_fits(
         "--batch-size",
         model.bytes_per_sample(),
+        0,
         args.detectors.batch_size,
         train.len(),
     )?;
@@ -523,6 +524,7 @@ fn audit(args: AuditArgs) -> Result<()> {
     crate::commands::ensure_batch_fits(
         "--batch-size",
         training.arch.bytes_per_sample(),
+        training.arch.training_fixed_bytes(),
         args.detectors.batch_size,
         train.len(),
     )?;

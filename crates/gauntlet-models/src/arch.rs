@@ -147,12 +147,26 @@ impl Arch {
     }
 
     /// Memory one sample takes while attacked or trained on, in bytes: the
-    /// activations the backward pass keeps plus ~8 input-sized buffers (x, x_adv,
-    /// δ, gradient, best so far, ...). Measured peak memory grows ~120 KB per
-    /// sample for `cnn` under PGD; this says ~220 KB.
+    /// activations the backward pass keeps and as much again for their
+    /// gradients (the engine keeps both kinds of buffer from pass to pass), plus
+    /// ~8 input-sized buffers (x, x_adv, δ, gradient, best so far, ...). For
+    /// `cnn` this says ~410 KB; training it at batch 591 peaked at ~420 KB per
+    /// sample above a fixed ~100 MB (weights and optimiser state).
     pub fn bytes_per_sample(self) -> u64 {
         let input: usize = self.input_shape().iter().product();
-        ((self.activations_per_sample() + 8 * input) * std::mem::size_of::<f32>()) as u64
+        ((2 * self.activations_per_sample() + 8 * input) * std::mem::size_of::<f32>()) as u64
+    }
+
+    /// Memory training needs whatever the batch, in bytes: the weights, their
+    /// gradients and two optimiser moments, and a copy of the weights for the
+    /// per-epoch evaluation.
+    pub fn training_fixed_bytes(self) -> u64 {
+        let params: usize = self
+            .parameters()
+            .iter()
+            .map(|p| p.shape.iter().product::<usize>())
+            .sum();
+        (5 * params * std::mem::size_of::<f32>()) as u64
     }
 
     /// Number of output classes.

@@ -644,6 +644,9 @@ pub fn train_with(
                 ),
             );
         }
+        // The training batch's buffers would otherwise stay held while the
+        // evaluation allocates its own.
+        engine.release_buffers();
         let network = Network::from_native(config.arch, &engine, bounds, &device)?;
         let evaluation = gauntlet_eval::evaluate_clean(
             &network,

@@ -108,8 +108,13 @@ fn weighted_cross_entropy(
             .iter_mut()
             .for_each(|g| *g *= weight as f32);
     }
-    if let Some(activations) = activations {
-        engine.backward(&activations, &batch.grad_logits, false, Some(param_grads))?;
+    if let Some(mut activations) = activations {
+        engine.backward(
+            &mut activations,
+            &batch.grad_logits,
+            false,
+            Some(param_grads),
+        )?;
     }
     Ok(BatchResult {
         mean_loss: weight * batch.mean_loss,
@@ -163,11 +168,11 @@ fn trades(
         let q = softmax_rows(&logits, classes);
         // d/dz' of Σ KL(p ‖ softmax(z')) is q − p.
         let grad_logits: Vec<f32> = q.iter().zip(&p).map(|(q, p)| (q - p) as f32).collect();
-        let Some(activations) = activations else {
+        let Some(mut activations) = activations else {
             break;
         };
         let grad = engine
-            .backward(&activations, &grad_logits, true, None)?
+            .backward(&mut activations, &grad_logits, true, None)?
             .unwrap_or_default();
         for ((a, x), g) in adversarial.iter_mut().zip(clean).zip(&grad) {
             let moved = *a + step * g.signum() * f32::from(*g != 0.0);
@@ -204,14 +209,19 @@ fn trades(
             grad_adversarial[i] = (beta / n * (qj - pj)) as f32;
         }
     }
-    let (Some(clean_activations), Some(adversarial_activations)) =
+    let (Some(mut clean_activations), Some(mut adversarial_activations)) =
         (clean_activations, adversarial_activations)
     else {
         return Err(Error::Config("internal: no activations recorded".into()));
     };
-    engine.backward(&clean_activations, &grad_clean, false, Some(param_grads))?;
     engine.backward(
-        &adversarial_activations,
+        &mut clean_activations,
+        &grad_clean,
+        false,
+        Some(param_grads),
+    )?;
+    engine.backward(
+        &mut adversarial_activations,
         &grad_adversarial,
         false,
         Some(param_grads),

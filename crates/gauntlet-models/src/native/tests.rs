@@ -133,7 +133,7 @@ fn native_parameter_gradients_match_candle_graph() {
         let detached = net.detached();
         let native = detached.native().unwrap();
         let values = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let (logits, activations) = native.forward(&values, count, true).unwrap();
+        let (logits, mut activations) = native.forward(&values, count, true).unwrap();
         let logits = Tensor::from_vec(logits, (count, arch.num_classes()), &Device::Cpu).unwrap();
         let logits_var = Var::from_tensor(&logits).unwrap();
         let grad_logits = weighted_sum(logits_var.as_tensor())
@@ -148,7 +148,7 @@ fn native_parameter_gradients_match_candle_graph() {
         let mut param_grads = vec![0.0; native.params().len()];
         let input = native
             .backward(
-                activations.as_ref().unwrap(),
+                activations.as_mut().unwrap(),
                 &grad_logits,
                 false,
                 Some(&mut param_grads),

@@ -53,6 +53,14 @@ impl<T: Copy + Default> BufferPool<T> {
         buffer
     }
 
+    /// Frees every kept buffer (before other work that needs the memory).
+    pub(crate) fn clear(&self) {
+        if let Ok(mut free) = self.free.lock() {
+            free.clear();
+            free.shrink_to_fit();
+        }
+    }
+
     /// Returns a buffer for reuse.
     pub(crate) fn give(&self, mut buffer: Vec<T>) {
         if buffer.capacity() == 0 {

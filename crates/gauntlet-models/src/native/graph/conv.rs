@@ -277,19 +277,24 @@ impl Conv {
         }
         if let Some(grads) = grads {
             // One partial sum per task, added in task order: the same sums
-            // whatever the thread count.
-            let partials: Vec<Vec<f32>> = x
-                .par_chunks(in_chunk)
-                .zip(dy.par_chunks(out_chunk))
-                .map(|(x, dy)| {
-                    let mut partial = buffers.take_zeroed(self.weight.len() + self.bias.len());
-                    self.parameter_gradient_task(x, dy, &mut partial)?;
-                    Ok(partial)
-                })
-                .collect::<Result<_>>()?;
-            for partial in partials {
-                grads.iter_mut().zip(&partial).for_each(|(a, b)| *a += b);
-                buffers.give(partial);
+            // whatever the thread count. A window of tasks at a time, so the
+            // partials of a large batch need not all exist at once.
+            const WINDOW: usize = 16;
+            let tasks: Vec<(&[f32], &[f32])> =
+                x.chunks(in_chunk).zip(dy.chunks(out_chunk)).collect();
+            for window in tasks.chunks(WINDOW) {
+                let partials: Vec<Vec<f32>> = window
+                    .par_iter()
+                    .map(|&(x, dy)| {
+                        let mut partial = buffers.take_zeroed(self.weight.len() + self.bias.len());
+                        self.parameter_gradient_task(x, dy, &mut partial)?;
+                        Ok(partial)
+                    })
+                    .collect::<Result<_>>()?;
+                for partial in partials {
+                    grads.iter_mut().zip(&partial).for_each(|(a, b)| *a += b);
+                    buffers.give(partial);
+                }
             }
         }
         Ok(())

@@ -371,17 +371,20 @@ impl NativeGraph {
     /// The gradient with respect to the NCHW pixel input of `Σ grad_logits ·
     /// logits`, for the pass that recorded `tape`.
     pub fn input_gradient(&self, tape: &GraphTape, grad_logits: &[f32]) -> Result<Vec<f32>> {
-        let gradient = self.backward(tape, grad_logits, true, None)?;
+        let gradient =
+            crate::native::on_pool(|| self.backward_on_pool(tape, None, grad_logits, true, None))?;
         gradient.ok_or_else(|| Error::Invalid("internal: no input gradient".into()))
     }
 
     /// The backward pass of `Σ grad_logits · logits` for the pass that recorded
     /// `tape`: adds the gradient of every parameter to `param_grads` (the
     /// layout of [`NativeGraph::params`]) when given, and returns the gradient
-    /// with respect to the NCHW pixel input when `want_input`.
+    /// with respect to the NCHW pixel input when `want_input`. The tape's
+    /// values go back to the buffer pool as the pass no longer needs them (so
+    /// the activations' gradients reuse their memory); it cannot be reused.
     pub fn backward(
         &self,
-        tape: &GraphTape,
+        tape: &mut GraphTape,
         grad_logits: &[f32],
         want_input: bool,
         param_grads: Option<&mut [f32]>,
@@ -396,28 +399,40 @@ impl NativeGraph {
                 self.params.len()
             )));
         }
-        crate::native::on_pool(|| self.backward_on_pool(tape, grad_logits, want_input, param_grads))
+        let values = std::mem::take(&mut tape.values);
+        let tape: &GraphTape = tape;
+        crate::native::on_pool(|| {
+            self.backward_on_pool(tape, Some(values), grad_logits, want_input, param_grads)
+        })
     }
 
+    /// The backward pass reading the tape's values, or `owned` (taken from the
+    /// tape), which it then frees step by step.
     fn backward_on_pool(
         &self,
         tape: &GraphTape,
+        mut owned: Option<Vec<Vec<f32>>>,
         grad_logits: &[f32],
         want_input: bool,
         mut param_grads: Option<&mut [f32]>,
     ) -> Result<Option<Vec<f32>>> {
         let count = tape.count;
-        if grad_logits.len() != count * self.classes || tape.values.len() != self.slot_lens.len() {
+        let slots = owned.as_ref().map_or(tape.values.len(), Vec::len);
+        if grad_logits.len() != count * self.classes || slots != self.slot_lens.len() {
             return Err(Error::Invalid(format!(
                 "internal: backward of {} gradient values for {count} images",
                 grad_logits.len()
             )));
         }
-        let values = &tape.values;
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; self.slot_lens.len()];
         grads[self.output] = Some(grad_logits.to_vec());
         for (index, step) in self.steps.iter().enumerate().rev() {
-            let Some(mut dy) = grads[step.output].take() else {
+            let dy = grads[step.output].take();
+            let values: &[Vec<f32>] = owned.as_deref().unwrap_or(&tape.values);
+            let Some(mut dy) = dy else {
+                if let Some(values) = owned.as_mut() {
+                    self.buffers.give(std::mem::take(&mut values[step.output]));
+                }
                 continue;
             };
             // The input's gradient is skipped when not asked for (by the
@@ -499,6 +514,10 @@ impl NativeGraph {
                 Kernel::Constant(_) => {}
             }
             self.buffers.give(dy);
+            // Every reader of this step's output came later: it is dead now.
+            if let Some(values) = owned.as_mut() {
+                self.buffers.give(std::mem::take(&mut values[step.output]));
+            }
             for (&slot, grad) in step.inputs.iter().zip(input_grads) {
                 if grad.capacity() == 0 {
                     continue;
@@ -511,6 +530,9 @@ impl NativeGraph {
                     empty => *empty = Some(grad),
                 }
             }
+        }
+        for buffer in owned.into_iter().flatten() {
+            self.buffers.give(buffer);
         }
         if !want_input {
             return Ok(None);
@@ -527,6 +549,14 @@ impl NativeGraph {
         );
         self.buffers.give(grad);
         Ok(Some(pixels))
+    }
+
+    /// Frees the activation and gradient buffers kept for the next pass (they
+    /// are as large as the largest batch run so far): for a caller about to
+    /// do other memory-heavy work, such as training's evaluation after an epoch.
+    pub fn release_buffers(&self) {
+        self.buffers.clear();
+        self.winner_buffers.clear();
     }
 
     /// Every convolution and fully connected layer's weight and bias as one

@@ -111,7 +111,7 @@ fn check(graph: &Graph, shape: [usize; 3], what: &str) -> NativeGraph {
     let (logits, tape) = native.forward(&x, n, true).unwrap();
     let mut param_grads = vec![0.0; native.params().len()];
     let grad = native
-        .backward(&tape.unwrap(), &weights, true, Some(&mut param_grads))
+        .backward(&mut tape.unwrap(), &weights, true, Some(&mut param_grads))
         .unwrap()
         .unwrap();
     let close = |a: &[f32], b: &[f32], label: &str| {
