@@ -259,10 +259,6 @@ impl Conv {
         wanted: Gradients<'_>,
         buffers: &BufferPool,
     ) -> Result<()> {
-        let Gradients {
-            input: dx,
-            params: grads,
-        } = wanted;
         let g = self.geom;
         let per_task = g.images_per_task();
         let (in_chunk, out_chunk) = (per_task * g.in_len(), per_task * g.out_len());
@@ -270,12 +266,12 @@ impl Conv {
             .zip(y.par_chunks(out_chunk))
             .for_each(|(dy, y)| self.epilogue.mask(y, dy));
         let dy: &[f32] = dy;
-        if let Some(dx) = dx {
+        if let Some(dx) = wanted.input {
             dx.par_chunks_mut(in_chunk)
                 .zip(dy.par_chunks(out_chunk))
                 .try_for_each(|(dx, dy)| self.input_gradient_task(params, dy, dx))?;
         }
-        if let Some(grads) = grads {
+        if let Some(grads) = wanted.params {
             // One partial sum per task, added in task order: the same sums
             // whatever the thread count. A window of tasks at a time, so the
             // partials of a large batch need not all exist at once.

@@ -76,14 +76,10 @@ impl Linear {
         dy: &mut [f32],
         wanted: Gradients<'_>,
     ) -> Result<()> {
-        let Gradients {
-            input: dx,
-            params: grads,
-        } = wanted;
         let (k, o) = (self.inputs, self.outputs);
         self.epilogue.mask(y, dy);
         let rows = dy.len() / o.max(1);
-        if let Some(grads) = grads {
+        if let Some(grads) = wanted.params {
             let (weight, bias) = grads.split_at_mut(self.weight.len());
             // Row blocks of xᵀ·dy, one per thread: each element is one
             // thread's sum over the batch, whatever the thread count.
@@ -95,7 +91,7 @@ impl Linear {
             )?;
             kernels::add_column_sums(dy, bias);
         }
-        match dx {
+        match wanted.input {
             Some(dx) => {
                 let weight = Mat::new(&params[self.weight.clone()], k, o);
                 self.product(dx, Mat::new(dy, rows, o), weight.t(), true)

@@ -446,20 +446,15 @@ impl NativeGraph {
                     false => Vec::new(),
                 })
                 .collect();
-            fn wanted(grad: &mut [f32]) -> Option<&mut [f32]> {
-                (!grad.is_empty()).then_some(grad)
-            }
             let input = |k: usize| values[step.inputs[k]].as_slice();
             let y = values[step.output].as_slice();
             match &step.kernel {
                 Kernel::Conv(conv) => {
-                    let grads = param_grads
-                        .as_deref_mut()
-                        .map(|g| &mut g[conv.weight.start..conv.bias.end]);
-                    let wanted = Gradients {
-                        input: wanted(&mut input_grads[0]),
-                        params: grads,
-                    };
+                    let wanted = layer_gradients(
+                        &mut input_grads[0],
+                        param_grads.as_deref_mut(),
+                        conv.weight.start..conv.bias.end,
+                    );
                     conv.backward(&self.params, input(0), y, &mut dy, wanted, &self.buffers)?;
                 }
                 Kernel::Pool(pool) => pool.backward(&tape.winners[index], &dy, &mut input_grads[0]),
@@ -467,13 +462,11 @@ impl NativeGraph {
                     pool.backward(&tape.winners[index], &dy, &mut input_grads[0])
                 }
                 Kernel::Linear(linear) => {
-                    let grads = param_grads
-                        .as_deref_mut()
-                        .map(|g| &mut g[linear.weight.start..linear.bias.end]);
-                    let wanted = Gradients {
-                        input: wanted(&mut input_grads[0]),
-                        params: grads,
-                    };
+                    let wanted = layer_gradients(
+                        &mut input_grads[0],
+                        param_grads.as_deref_mut(),
+                        linear.weight.start..linear.bias.end,
+                    );
                     linear.backward(&self.params, input(0), y, &mut dy, wanted)?;
                 }
                 Kernel::Unary(unary) => unary.backward(input(0), y, &dy, &mut input_grads[0]),
@@ -625,6 +618,19 @@ impl NativeGraph {
             .sum();
         (covered != self.params.len())
             .then(|| "some layer weights are not among the parameters".to_string())
+    }
+}
+
+/// What a layer's backward pass adds to: its input's gradient unless skipped
+/// (left empty), and its `range` of the parameter gradients when training.
+fn layer_gradients<'a>(
+    input: &'a mut [f32],
+    params: Option<&'a mut [f32]>,
+    range: std::ops::Range<usize>,
+) -> Gradients<'a> {
+    Gradients {
+        input: (!input.is_empty()).then_some(input),
+        params: params.map(|g| &mut g[range]),
     }
 }
 
