@@ -79,7 +79,8 @@ pub(crate) enum Threads {
 }
 
 /// `dst (m × n, row-major) = [dst +] lhs · rhs`, through the `gemm` crate's
-/// AVX-512 micro-kernels. Every extent is checked before the unsafe call.
+/// SIMD micro-kernels (AVX2/FMA or AVX-512, picked at run time). Every extent
+/// is checked before the unsafe call.
 pub(crate) fn matmul(
     dst: &mut [f32],
     lhs: Mat<'_>,

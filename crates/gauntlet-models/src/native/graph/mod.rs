@@ -12,8 +12,10 @@
 //! the reference executor and says why. Every plan is checked against the
 //! reference executor on a probe batch before it is used.
 //!
-//! The backward pass computes the input gradient only (weights are constants
-//! during attacks and detection).
+//! The backward pass has two modes: the input gradient only (attacks and
+//! detection: weights are constants, no weight-gradient work) and weight
+//! gradients too (training; the input's is then skipped). Weights live in one
+//! flat vector in the engine's packing, which optimisers update in place.
 
 mod buffers;
 mod conv;
