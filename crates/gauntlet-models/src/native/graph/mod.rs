@@ -136,6 +136,9 @@ pub(crate) struct ParamSlot {
     pub shared: bool,
 }
 
+/// A graph constant's `(name, shape, values)`, in the graph's layout.
+pub type NamedValues = (String, Vec<usize>, Vec<f32>);
+
 /// A graph planned for the native engine.
 #[derive(Clone, Debug)]
 pub struct NativeGraph {
@@ -260,19 +263,20 @@ impl NativeGraph {
         let Some(tape) = tape else {
             return Ok(None);
         };
-        let mut stored = tape.values[value.slot].clone();
-        if let Some(order) = &value.reorder {
-            let source_len = stored.len() / count.max(1);
-            stored = stored
-                .chunks_exact(source_len.max(1))
+        let kept = tape.values[value.slot].as_slice();
+        // A folded reorder is undone from the values it reordered.
+        let stored: std::borrow::Cow<'_, [f32]> = match &value.reorder {
+            Some(order) => kept
+                .chunks_exact((kept.len() / count.max(1)).max(1))
                 .flat_map(|sample| order.iter().map(|&i| sample[i as usize]))
-                .collect();
-        }
+                .collect(),
+            None => kept.into(),
+        };
         let features = match value.dims.as_slice() {
             [c, h, w] if value.channels_last && c * h * w > 0 => {
                 crate::native::kernels::transpose_inner(&stored, count, h * w, *c)
             }
-            _ => stored,
+            _ => stored.into_owned(),
         };
         Ok(Some((logits, features)))
     }
@@ -574,13 +578,24 @@ impl NativeGraph {
 
     /// The graph constants the parameters hold, back in the graph's layout:
     /// `(name, shape, values)`.
-    pub fn named_params(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-        self.named(&self.params)
+    pub fn named_params(&self) -> Vec<NamedValues> {
+        self.named_unchecked(&self.params)
     }
 
     /// [`NativeGraph::named_params`] of any vector in the parameters' layout
-    /// (a gradient from [`NativeGraph::backward`]).
-    pub fn named(&self, flat: &[f32]) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    /// (a gradient from [`NativeGraph::backward`]); its length must be theirs.
+    pub fn named(&self, flat: &[f32]) -> Result<Vec<NamedValues>> {
+        if flat.len() != self.params.len() {
+            return Err(Error::Invalid(format!(
+                "{} values for {} parameters",
+                flat.len(),
+                self.params.len()
+            )));
+        }
+        Ok(self.named_unchecked(flat))
+    }
+
+    fn named_unchecked(&self, flat: &[f32]) -> Vec<NamedValues> {
         self.param_slots
             .iter()
             .map(|slot| {

@@ -7,10 +7,9 @@
 //! `[C, H, W]` is stored NHWC (channels innermost), everything else row-major.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-
-use std::sync::Arc;
 
 use super::conv::{Conv, ConvGeom, Epilogue};
 use super::linear::Linear;
@@ -984,8 +983,8 @@ impl<'g> Planner<'g> {
     }
 
     /// Records that graph constant `name` lies unchanged at `range` of the
-    /// parameters (a constant read by two layers is recorded for neither: its
-    /// gradient would be split between two copies).
+    /// parameters. A constant read by two layers is marked shared (each layer
+    /// holds its own copy, so its gradient would be split: not trainable).
     fn param_slot(
         &mut self,
         name: &str,
