@@ -11,6 +11,7 @@
 //! cargo run --release -p gauntlet-benches --example timing -- gemm 1536
 //! cargo run --release -p gauntlet-benches --example timing -- onnx-grad MODEL.onnx 64 5
 //! cargo run --release -p gauntlet-benches --example timing -- onnx-pgd MODEL.onnx 0.0314 40 64 256
+//! cargo run --release -p gauntlet-benches --example timing -- gemm-shape 2080 256 768 t
 //! ```
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
@@ -35,6 +36,14 @@ fn main() {
     gauntlet_core::configure_threads(None);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    if arg(0) == "gemm-shape" {
+        return gemm_shape(
+            arg(1).parse().unwrap(),
+            arg(2).parse().unwrap(),
+            arg(3).parse().unwrap(),
+            arg(4) == "t",
+        );
+    }
     if arg(0) == "gemm" {
         return gemm_ceiling(arg(1).parse().unwrap());
     }
@@ -363,4 +372,51 @@ fn peak_rss_mib() -> f64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// `gemm-shape M K N TRANSPOSED_RHS`: single-thread GFLOP/s of one GEMM shape.
+fn gemm_shape(m: usize, k: usize, n: usize, transposed: bool) {
+    let a = vec![1.0f32; m * k];
+    let b = vec![0.5f32; k * n];
+    let mut c = vec![0.0f32; m * n];
+    // rhs k×n: row stride n, col stride 1; transposed: stored n×k, so row stride 1, col stride k.
+    let (rcs, rrs) = if transposed {
+        (k as isize, 1)
+    } else {
+        (1, n as isize)
+    };
+    let run = |c: &mut [f32]| unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            rcs,
+            rrs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    };
+    run(&mut c);
+    let iters = 10;
+    let start = Instant::now();
+    for _ in 0..iters {
+        run(&mut c);
+    }
+    let seconds = start.elapsed().as_secs_f64() / iters as f64;
+    println!(
+        "{m}x{k}x{n} t={transposed}: {:.1} GFLOP/s",
+        2.0 * (m * k * n) as f64 / seconds / 1e9
+    );
 }

@@ -31,6 +31,71 @@ pub(crate) fn exp(x: f32) -> f32 {
     p * scale(half) * scale(n - half)
 }
 
+/// Independent partial results per reduction, so the loops vectorise (a
+/// single float accumulator is a serial chain the compiler may not reorder).
+const LANES: usize = 8;
+
+/// `Σ f(v)` over `values`, in eight interleaved partial sums added at the end:
+/// a fixed order, so the same input gives the same sum.
+#[inline(always)]
+pub(crate) fn sum_map(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(v);
+        }
+    }
+    let mut total = tail.iter().map(|&v| f(v)).sum::<f32>();
+    for lane in lanes {
+        total += lane;
+    }
+    total
+}
+
+/// `Σ f(a, b)` over pairs, likewise in eight lanes.
+#[inline(always)]
+pub(crate) fn sum_zip(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let whole = n - n % LANES;
+    for (ca, cb) in a[..whole]
+        .chunks_exact(LANES)
+        .zip(b[..whole].chunks_exact(LANES))
+    {
+        for ((lane, &x), &y) in lanes.iter_mut().zip(ca).zip(cb) {
+            *lane += f(x, y);
+        }
+    }
+    let mut total: f32 = a[whole..]
+        .iter()
+        .zip(&b[whole..])
+        .map(|(&x, &y)| f(x, y))
+        .sum();
+    for lane in lanes {
+        total += lane;
+    }
+    total
+}
+
+/// The largest of `values` (−∞ for none), likewise in eight lanes.
+#[inline(always)]
+pub(crate) fn max(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = if v > *lane { v } else { *lane };
+        }
+    }
+    tail.iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
 /// The error function, Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7).
 #[inline(always)]
 pub(crate) fn erf(x: f32) -> f32 {
@@ -58,6 +123,30 @@ pub(crate) fn sigmoid(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lane_reductions_equal_plain_ones() {
+        for len in [0, 1, 7, 8, 9, 65, 256] {
+            let values: Vec<f32> = (0..len)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                .collect();
+            let plain: f64 = values.iter().map(|&v| f64::from(v * v)).sum();
+            let lanes = sum_map(&values, |v| v * v);
+            assert!(
+                (f64::from(lanes) - plain).abs() <= 1e-5 * plain.max(1.0),
+                "{len}: {lanes} vs {plain}"
+            );
+            let largest = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max(&values), largest, "{len}");
+            let ones = vec![1.0; len];
+            let plain_dot: f64 = values.iter().map(|&v| f64::from(v)).sum();
+            let lanes_dot = sum_zip(&values, &ones, |a, b| a * b);
+            assert!(
+                (f64::from(lanes_dot) - plain_dot).abs() <= 1e-4,
+                "{len}: {lanes_dot} vs {plain_dot}"
+            );
+        }
+    }
 
     #[test]
     fn approximations_agree_with_libm() {

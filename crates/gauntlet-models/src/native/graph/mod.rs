@@ -443,12 +443,17 @@ impl NativeGraph {
             };
             // The input's gradient is skipped when not asked for (by the
             // layers that can skip it: the first layer is nearly always one).
+            // Every kernel adds its input gradients, so a slot that already
+            // has one (read by several steps) is passed as it is: no zeroed
+            // buffer to add in afterwards.
             let skips = matches!(step.kernel, Kernel::Conv(_) | Kernel::Linear(_));
             let mut input_grads: Vec<Vec<f32>> = step
                 .inputs
                 .iter()
                 .map(|&s| match s != 0 || want_input || !skips {
-                    true => self.buffers.take_zeroed(count * self.slot_lens[s]),
+                    true => grads[s]
+                        .take()
+                        .unwrap_or_else(|| self.buffers.take_zeroed(count * self.slot_lens[s])),
                     false => Vec::new(),
                 })
                 .collect();

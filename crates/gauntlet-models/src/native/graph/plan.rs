@@ -337,6 +337,22 @@ impl<'g> Planner<'g> {
         let mut steps = self.steps;
         let mut slot_lens: Vec<usize> = self.slots.iter().map(Slot::len).collect();
         let (mut params, mut param_slots) = (self.params, self.param_slots);
+        // Slots no longer computed, or holding other values than their graph
+        // value's, after the passes below; and the slots that now stand for others.
+        let aliases = alias_identity_movements(&mut steps, &mut slot_lens, output);
+        let mut dropped = fold_constant_adds_into_linear(
+            &mut steps,
+            &mut slot_lens,
+            output,
+            &mut params,
+            &param_slots,
+        );
+        dropped.extend(commute_scalar_ops_past_movements(
+            &mut steps,
+            &mut slot_lens,
+            output,
+        ));
+        dropped.extend(compose_movement_chains(&mut steps, &mut slot_lens, output));
         let folded = fold_reorders_into_linear(
             &mut steps,
             &mut slot_lens,
@@ -365,9 +381,13 @@ impl<'g> Planner<'g> {
             values: self
                 .slot_of
                 .iter()
-                .filter(|(_, &slot)| self.slots[slot].batch.is_first())
+                .filter(|(_, &slot)| {
+                    let kept = |slot| !dropped.contains(&slot);
+                    self.slots[slot].batch.is_first() && kept(slot) && kept(resolve(&aliases, slot))
+                })
                 .map(|(name, &slot)| {
                     let s = &self.slots[slot];
+                    let slot = resolve(&aliases, slot);
                     // A folded reorder is read back from the values it reordered.
                     let (stored, reorder) = match folded.iter().find(|f| f.moved == slot) {
                         Some(f) => (f.source, Some(Arc::clone(&f.order))),
@@ -1472,6 +1492,242 @@ struct FoldedReorder {
     source: usize,
     /// For each element of `moved`, the element of `source` it held.
     order: Arc<[u32]>,
+}
+
+/// `x·W + c` exported as a product and a separate add (a `MatMul` then an
+/// `Add`, as PyTorch's attention projections are) becomes one fully connected
+/// layer whose bias is `c`: one pass over the output fewer. Only where the
+/// layer has no bias of its own (so no trainable parameter changes meaning)
+/// and no fused activation. Returns the slots no longer computed.
+fn fold_constant_adds_into_linear(
+    steps: &mut Vec<Step>,
+    slot_lens: &mut [usize],
+    output: usize,
+    params: &mut [f32],
+    param_slots: &[ParamSlot],
+) -> Vec<usize> {
+    let mut removed = Vec::new();
+    let mut index = 0;
+    while index < steps.len() {
+        let step = &steps[index];
+        let summed = match (&step.kernel, step.inputs.as_slice()) {
+            (Kernel::Binary(add), &[x]) if add.op == BinaryOp::Add => Some((add, x)),
+            _ => None,
+        };
+        let fold = summed.and_then(|(add, x)| {
+            let producer = steps.iter().position(|s| s.output == x)?;
+            let Kernel::Linear(linear) = &steps[producer].kernel else {
+                return None;
+            };
+            let readers = steps.iter().filter(|s| s.inputs.contains(&x)).count();
+            let own_bias = param_slots.iter().any(|p| p.range == linear.bias);
+            let (data, constant) = match (&add.a.constant, &add.b.constant) {
+                (None, Some(c)) => (&add.a, c),
+                (Some(c), None) => (&add.b, c),
+                _ => return None,
+            };
+            let constant_map = if add.a.constant.is_some() {
+                &add.a.map
+            } else {
+                &add.b.map
+            };
+            if matches!(constant_map, Map::Table(_)) {
+                return None;
+            }
+            let o = linear.outputs;
+            let per_output = o > 0
+                && constant.len().is_multiple_of(o)
+                && constant
+                    .iter()
+                    .enumerate()
+                    .all(|(j, &v)| v == constant[j % o]);
+            let usable = readers == 1
+                && x != output
+                && !own_bias
+                && matches!(linear.epilogue, Epilogue::None)
+                && matches!(data.map, Map::Full)
+                && per_output;
+            usable.then(|| (producer, x, linear.bias.clone(), constant[..o].to_vec()))
+        });
+        let Some((producer, x, bias, constant)) = fold else {
+            index += 1;
+            continue;
+        };
+        params[bias]
+            .iter_mut()
+            .zip(&constant)
+            .for_each(|(b, c)| *b += c);
+        steps[producer].output = steps[index].output;
+        steps.remove(index);
+        slot_lens[x] = 0;
+        removed.push(x);
+    }
+    removed
+}
+
+/// A movement that copies a sample unchanged (a reshape to another logical
+/// shape, or a transpose of the batch axis: samples are stored one after
+/// another whatever the graph's layout) is dropped; its readers read its input.
+/// Returns the dropped slot → the slot holding the same values.
+fn alias_identity_movements(
+    steps: &mut Vec<Step>,
+    slot_lens: &mut [usize],
+    output: usize,
+) -> HashMap<usize, usize> {
+    let mut aliases = HashMap::new();
+    steps.retain(|step| match &step.kernel {
+        Kernel::Move(m) if m.is_identity() && step.output != output => {
+            aliases.insert(step.output, step.inputs[0]);
+            false
+        }
+        _ => true,
+    });
+    for step in steps.iter_mut() {
+        for slot in step.inputs.iter_mut() {
+            *slot = resolve(&aliases, *slot);
+        }
+    }
+    for &slot in aliases.keys() {
+        slot_lens[slot] = 0;
+    }
+    aliases
+}
+
+/// The slot `slot` stands for after aliasing (following chains of aliases).
+fn resolve(aliases: &HashMap<usize, usize>, slot: usize) -> usize {
+    let mut target = slot;
+    while let Some(&next) = aliases.get(&target) {
+        target = next;
+    }
+    target
+}
+
+/// `move(x ∘ c)` = `move(x) ∘ c` for a scalar constant `c` and a movement that
+/// fills no zeros: the scalar op goes after the movement, so the movement can
+/// join the chain of movements before it (attention scales q and k between two
+/// transposes). Returns the slots whose values changed meaning.
+fn commute_scalar_ops_past_movements(
+    steps: &mut Vec<Step>,
+    slot_lens: &mut [usize],
+    output: usize,
+) -> Vec<usize> {
+    let mut changed = Vec::new();
+    let mut index = 0;
+    while index < steps.len() {
+        let (op_step, scaled) = (&steps[index], steps[index].output);
+        let readers: Vec<usize> = (0..steps.len())
+            .filter(|&r| steps[r].inputs.contains(&scaled))
+            .collect();
+        let mover = match (&op_step.kernel, readers.as_slice()) {
+            (Kernel::Binary(binary), &[r]) if scaled != output && op_step.inputs.len() == 1 => {
+                match &steps[r].kernel {
+                    Kernel::Move(m) if steps[r].inputs == [scaled] && !m.fills_zeros() => {
+                        scalar_op(binary).map(|rebuild| (r, rebuild(m.out_len)))
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let Some((r, moved_op)) = mover else {
+            index += 1;
+            continue;
+        };
+        // The movement now reads the op's input into the op's slot, and the op
+        // writes the movement's slot.
+        let mut movement = steps.remove(r);
+        let source = steps[index].inputs[0];
+        movement.inputs = vec![source];
+        let moved_out = std::mem::replace(&mut movement.output, scaled);
+        slot_lens[scaled] = slot_lens[moved_out];
+        steps[index] = Step {
+            kernel: Kernel::Binary(moved_op),
+            inputs: vec![scaled],
+            output: moved_out,
+        };
+        steps.insert(index, movement);
+        changed.push(scaled);
+        // Look at the op again in its new place (another movement may follow).
+        index += 1;
+    }
+    changed
+}
+
+/// For a binary op of one data operand (read whole) and a constant whose
+/// values are all equal: how to build the same op for another length.
+fn scalar_op(binary: &Binary) -> Option<impl Fn(usize) -> Binary + '_> {
+    let (data, constant) = match (&binary.a.constant, &binary.b.constant) {
+        (None, Some(c)) => (&binary.a, c),
+        (Some(c), None) => (&binary.b, c),
+        _ => return None,
+    };
+    let value = *constant.first()?;
+    let uniform = constant.iter().all(|&v| v.to_bits() == value.to_bits());
+    if !uniform || !matches!(data.map, Map::Full) {
+        return None;
+    }
+    Some(move |len: usize| {
+        let data = Operand {
+            map: Map::Full,
+            len,
+            constant: None,
+        };
+        let scalar = Operand {
+            map: Map::Inner,
+            len: 1,
+            constant: Some(vec![value]),
+        };
+        match binary.a.constant {
+            None => Binary::new(binary.op, data, scalar, len),
+            Some(_) => Binary::new(binary.op, scalar, data, len),
+        }
+    })
+}
+
+/// A movement whose output only other movements read is composed into each of
+/// them (a reshape → transpose → slice chain, as attention exports are, copies
+/// once instead of three times). Returns the slots no longer computed (their
+/// lengths become 0).
+fn compose_movement_chains(
+    steps: &mut Vec<Step>,
+    slot_lens: &mut [usize],
+    output: usize,
+) -> Vec<usize> {
+    let mut removed = Vec::new();
+    let mut index = 0;
+    while index < steps.len() {
+        let mid = steps[index].output;
+        let Kernel::Move(inner) = &steps[index].kernel else {
+            index += 1;
+            continue;
+        };
+        let readers: Vec<usize> = (0..steps.len())
+            .filter(|&r| steps[r].inputs.contains(&mid))
+            .collect();
+        let composable = |r: &usize| {
+            matches!(steps[*r].kernel, Kernel::Move(_))
+                && steps[*r].inputs.iter().filter(|&&s| s == mid).count() == 1
+        };
+        if mid == output || readers.is_empty() || !readers.iter().all(composable) {
+            index += 1;
+            continue;
+        }
+        let (inner, inner_inputs) = (inner.clone(), steps[index].inputs.clone());
+        for r in readers {
+            let through = steps[r].inputs.iter().position(|&s| s == mid).unwrap_or(0);
+            if let Kernel::Move(outer) = &mut steps[r].kernel {
+                *outer = outer.compose(through, &inner);
+            }
+            let inputs = &mut steps[r].inputs;
+            inputs.remove(through);
+            inputs.extend(&inner_inputs);
+        }
+        steps.remove(index);
+        slot_lens[mid] = 0;
+        removed.push(mid);
+        // The readers came later; the step now at `index` is next.
+    }
+    removed
 }
 
 /// A fully connected layer that reads a whole sample reordered by a movement

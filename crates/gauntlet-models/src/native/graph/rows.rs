@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::math::exp;
+use super::math::{self, exp};
 use crate::native::kernels::{self, Mat, Threads};
 use crate::Result;
 
@@ -24,8 +24,8 @@ impl LayerNorm {
     /// Mean and reciprocal standard deviation of one row (biased variance, as PyTorch).
     fn moments(&self, row: &[f32]) -> (f32, f32) {
         let n = row.len() as f32;
-        let mean = row.iter().sum::<f32>() / n;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        let mean = math::sum_map(row, |v| v) / n;
+        let var = math::sum_map(row, |v| (v - mean) * (v - mean)) / n;
         (mean, 1.0 / (var + self.epsilon).sqrt())
     }
 
@@ -57,12 +57,11 @@ impl LayerNorm {
                     .zip(x.chunks_exact(w))
                 {
                     let (mean, rstd) = self.moments(x);
-                    let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
-                    for (((g, dy), s), x) in g.iter_mut().zip(dy).zip(&self.scale).zip(x) {
+                    for ((g, dy), s) in g.iter_mut().zip(dy).zip(&self.scale) {
                         *g = dy * s;
-                        sum_g += *g;
-                        sum_gx += *g * (x - mean) * rstd;
                     }
+                    let sum_g = math::sum_map(&g, |v| v);
+                    let sum_gx = math::sum_zip(&g, x, |g, x| g * (x - mean) * rstd);
                     let (mean_g, mean_gx) = (sum_g / w as f32, sum_gx / w as f32);
                     for ((dx, g), x) in dx.iter_mut().zip(&g).zip(x) {
                         *dx += rstd * (g - mean_g - (x - mean) * rstd * mean_gx);
@@ -87,17 +86,17 @@ impl Softmax {
             .zip(x.par_chunks(ROWS * w))
             .for_each(|(y, x)| {
                 for (y, x) in y.chunks_exact_mut(w).zip(x.chunks_exact(w)) {
-                    let max = x.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-                    let mut sum = 0.0;
+                    let max = math::max(x);
                     for (y, x) in y.iter_mut().zip(x) {
                         *y = exp(x - max);
-                        sum += *y;
                     }
+                    let sum = math::sum_map(y, |v| v);
                     if log {
                         let shift = max + sum.ln();
                         y.iter_mut().zip(x).for_each(|(y, x)| *y = x - shift);
                     } else {
-                        y.iter_mut().for_each(|y| *y /= sum);
+                        let scale = 1.0 / sum;
+                        y.iter_mut().for_each(|y| *y *= scale);
                     }
                 }
             });
@@ -116,12 +115,12 @@ impl Softmax {
                     .zip(y.chunks_exact(w))
                 {
                     if log {
-                        let sum: f32 = dy.iter().sum();
+                        let sum = math::sum_map(dy, |g| g);
                         for ((dx, dy), y) in dx.iter_mut().zip(dy).zip(y) {
                             *dx += dy - exp(*y) * sum;
                         }
                     } else {
-                        let dot: f32 = dy.iter().zip(y).map(|(g, y)| g * y).sum();
+                        let dot = math::sum_zip(dy, y, |g, y| g * y);
                         for ((dx, dy), y) in dx.iter_mut().zip(dy).zip(y) {
                             *dx += y * (dy - dot);
                         }

@@ -533,3 +533,94 @@ fn unsupported_ops_are_named() {
     assert_eq!(not.op, "Round");
     assert!(not.to_string().contains("Round node 'v0'"), "{not}");
 }
+
+#[test]
+fn attention_exports_lose_their_copies_and_separate_bias_adds() {
+    // The shape of PyTorch's legacy attention export: tokens moved batch-second,
+    // a projection as MatMul + Add, heads split by reshape/transpose/slice, k
+    // scaled between two movements, the output projection's bias a uniform
+    // constant, and the result moved back batch-first.
+    let width = 6;
+    let mut b = Builder::new();
+    let i64s = |v: &[i64]| Tensor::new(v, &Device::Cpu).unwrap();
+    let patch = b.constant(&[width, 3, 2, 2]);
+    let y = b.op(conv(2, [0, 0, 0, 0], 1, 1), &["x", &patch]);
+    b.constants
+        .insert("to-tokens".into(), i64s(&[0, width as i64, -1]));
+    let y = b.op(Op::Reshape { allow_zero: false }, &[&y, "to-tokens"]);
+    let tokens = b.op(Op::Transpose(Some(vec![0, 2, 1])), &[&y]);
+    let seq_first = b.op(Op::Transpose(Some(vec![1, 0, 2])), &[&tokens]);
+    let w_in = b.constant(&[width, 3 * width]);
+    let projected = b.op(Op::MatMul, &[&seq_first, &w_in]);
+    let bias_in = b.constant(&[3 * width]);
+    let projected = b.op(Op::Binary(BinaryOp::Add), &[&projected, &bias_in]);
+    b.constants
+        .insert("split-qkv".into(), i64s(&[0, 0, 3, width as i64]));
+    let split = b.op(Op::Reshape { allow_zero: false }, &[&projected, "split-qkv"]);
+    let split = b.op(Op::Transpose(Some(vec![2, 1, 0, 3])), &[&split]);
+    b.constants
+        .insert("per-sample".into(), i64s(&[-1, 4, width as i64]));
+    let mut heads = Vec::new();
+    for part in 0..3 {
+        let sliced = b.op(
+            Op::Slice {
+                starts: Some(vec![part]),
+                ends: Some(vec![part + 1]),
+                axes: Some(vec![0]),
+            },
+            &[&split],
+        );
+        heads.push(b.op(Op::Reshape { allow_zero: false }, &[&sliced, "per-sample"]));
+    }
+    let scale = b.constant_values(vec![0.5], &[]);
+    let k = b.op(Op::Binary(BinaryOp::Mul), &[&heads[1], &scale]);
+    let kt = b.op(Op::Transpose(Some(vec![0, 2, 1])), &[&k]);
+    let scores = b.op(Op::MatMul, &[&heads[0], &kt]);
+    let attention = b.op(
+        Op::Softmax {
+            axis: -1,
+            legacy: false,
+            log: false,
+        },
+        &[&scores],
+    );
+    let mixed = b.op(Op::MatMul, &[&attention, &heads[2]]);
+    let mixed = b.op(Op::Transpose(Some(vec![1, 0, 2])), &[&mixed]);
+    let w_out = b.constant(&[width, 5]);
+    let out = b.op(Op::MatMul, &[&mixed, &w_out]);
+    let bias_out = b.constant_values(vec![0.25; 5], &[5]);
+    let out = b.op(Op::Binary(BinaryOp::Add), &[&bias_out, &out]);
+    let out = b.op(Op::Transpose(Some(vec![1, 0, 2])), &[&out]);
+    let graph = b.finish(&out);
+    let native = check(&graph, [3, 4, 4], "attention export");
+    let counts: HashMap<&str, usize> = native.kernel_counts().into_iter().collect();
+    // Both adds became biases; the scale stays (moved after its transpose).
+    assert_eq!(counts.get("binary"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("linear"), Some(&2), "{counts:?}");
+    // q, k and v gathered once each from the projection; the output moved
+    // back batch-first once. (Each transpose, reshape and slice was a copy.)
+    assert!(counts.get("move").is_some_and(|&m| m <= 5), "{counts:?}");
+
+    // Every value the plan still offers reads back as the reference computes it.
+    let n = 2;
+    let x = seeded(n * 3 * 4 * 4, 3, 1.0);
+    let input = tensor(x.clone(), &[n, 3, 4, 4]);
+    let mut offered = 0;
+    for node in &graph.nodes {
+        let name = &node.outputs[0];
+        if *name == graph.output {
+            continue;
+        }
+        let Some((_, value)) = native.logits_and_value(&x, n, name).unwrap() else {
+            continue;
+        };
+        offered += 1;
+        let reference = graph.run(&input, Some(name)).unwrap().captured.unwrap();
+        let reference = reference.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(value.len(), reference.len(), "{name}");
+        for (a, r) in value.iter().zip(&reference) {
+            assert!((a - r).abs() <= 1e-4 * (1.0 + r.abs()), "{name}: {a} vs {r}");
+        }
+    }
+    assert!(offered >= 3, "only {offered} values offered");
+}
