@@ -9,6 +9,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::buffers::{with_scratch, BufferPool};
+use super::winograd;
 use crate::native::kernels::{self, Mat, Threads};
 use crate::Result;
 
@@ -198,8 +199,21 @@ impl Conv {
     }
 
     /// `y = epilogue(conv(x) + bias)` for `x.len() / in_len` NHWC images.
-    pub(crate) fn forward(&self, params: &[f32], x: &[f32], y: &mut [f32]) -> Result<()> {
+    pub(crate) fn forward(
+        &self,
+        params: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+        buffers: &BufferPool,
+    ) -> Result<()> {
         let g = self.geom;
+        if winograd::applies(&g) {
+            winograd::forward(&g, &params[self.weight.clone()], x, y, buffers)?;
+            let bias = &params[self.bias.clone()];
+            y.par_chunks_mut(g.out_len().max(1))
+                .for_each(|y| self.epilogue.add_bias_and_apply(y, bias));
+            return Ok(());
+        }
         let per_task = g.images_per_task();
         y.par_chunks_mut(per_task * g.out_len())
             .zip(x.par_chunks(per_task * g.in_len()))
@@ -266,10 +280,15 @@ impl Conv {
             .zip(y.par_chunks(out_chunk))
             .for_each(|(dy, y)| self.epilogue.mask(y, dy));
         let dy: &[f32] = dy;
-        if let Some(dx) = wanted.input {
-            dx.par_chunks_mut(in_chunk)
+        match wanted.input {
+            Some(dx) if winograd::applies(&g) => {
+                winograd::input_gradient(&g, &params[self.weight.clone()], dy, dx, buffers)?
+            }
+            Some(dx) => dx
+                .par_chunks_mut(in_chunk)
                 .zip(dy.par_chunks(out_chunk))
-                .try_for_each(|(dx, dy)| self.input_gradient_task(params, dy, dx))?;
+                .try_for_each(|(dx, dy)| self.input_gradient_task(params, dy, dx))?,
+            None => {}
         }
         if let Some(grads) = wanted.params {
             // One partial sum per task, added in task order: the same sums

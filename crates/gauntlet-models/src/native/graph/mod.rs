@@ -26,6 +26,7 @@ mod plan;
 mod pointwise;
 mod pool;
 mod rows;
+mod winograd;
 
 use crate::network::Normalization;
 use crate::{Error, Result};
@@ -318,7 +319,9 @@ impl NativeGraph {
             let mut out = self.buffers.take(count * self.slot_lens[step.output]);
             let input = |k: usize| values[step.inputs[k]].as_slice();
             match &step.kernel {
-                Kernel::Conv(conv) => conv.forward(&self.params, input(0), &mut out)?,
+                Kernel::Conv(conv) => {
+                    conv.forward(&self.params, input(0), &mut out, &self.buffers)?
+                }
                 // Max-pooling remembers one winner per output; average pooling none.
                 Kernel::Pool(pool) => {
                     let max = pool.config.kind == crate::layers::PoolKind::Max;

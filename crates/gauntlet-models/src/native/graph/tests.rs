@@ -362,17 +362,20 @@ fn data_movement_matches_the_reference() {
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
     let mut b = Builder::new();
-    let w1 = b.constant(&[8, 3, 3, 3]);
+    let w1 = b.constant(&[16, 3, 3, 3]);
     let y = b.op(conv(1, [1, 1, 1, 1], 1, 1), &["x", &w1]);
     let y = b.op(Op::Unary(UnaryOp::Relu), &[&y]);
-    let w2 = b.constant(&[8, 1, 3, 3]);
-    let y = b.op(conv(2, [1, 1, 1, 1], 1, 8), &[&y, &w2]);
+    // 16 → 16 channels, 3×3, stride 1: Winograd's transform.
+    let w_mid = b.constant(&[16, 16, 3, 3]);
+    let y = b.op(conv(1, [1, 1, 1, 1], 1, 1), &[&y, &w_mid]);
+    let w2 = b.constant(&[16, 1, 3, 3]);
+    let y = b.op(conv(2, [1, 1, 1, 1], 1, 16), &[&y, &w2]);
     let y = b.op(Op::GlobalPool { max: false }, &[&y]);
     let graph = b.finish(&y);
-    let native = NativeGraph::plan(&graph, [3, 16, 16], &Normalization::default()).unwrap();
+    let native = check(&graph, [3, 16, 16], "thread counts");
     let n = 9;
     let x = seeded(n * 3 * 16 * 16, 5, 1.0);
-    let grad_out = seeded(n * 8, 6, 1.0);
+    let grad_out = seeded(n * 16, 6, 1.0);
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -556,7 +559,10 @@ fn attention_exports_lose_their_copies_and_separate_bias_adds() {
     let projected = b.op(Op::Binary(BinaryOp::Add), &[&projected, &bias_in]);
     b.constants
         .insert("split-qkv".into(), i64s(&[0, 0, 3, width as i64]));
-    let split = b.op(Op::Reshape { allow_zero: false }, &[&projected, "split-qkv"]);
+    let split = b.op(
+        Op::Reshape { allow_zero: false },
+        &[&projected, "split-qkv"],
+    );
     let split = b.op(Op::Transpose(Some(vec![2, 1, 0, 3])), &[&split]);
     b.constants
         .insert("per-sample".into(), i64s(&[-1, 4, width as i64]));
@@ -619,7 +625,10 @@ fn attention_exports_lose_their_copies_and_separate_bias_adds() {
         let reference = reference.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(value.len(), reference.len(), "{name}");
         for (a, r) in value.iter().zip(&reference) {
-            assert!((a - r).abs() <= 1e-4 * (1.0 + r.abs()), "{name}: {a} vs {r}");
+            assert!(
+                (a - r).abs() <= 1e-4 * (1.0 + r.abs()),
+                "{name}: {a} vs {r}"
+            );
         }
     }
     assert!(offered >= 3, "only {offered} values offered");
