@@ -316,76 +316,33 @@ fn onnx_workload(workload: &str, args: &[String]) {
 /// The GEMM kernel's own ceiling on this CPU: large square products,
 /// single-threaded and on every rayon thread.
 fn gemm_ceiling(size: usize) {
-    let a = vec![1.0f32; size * size];
-    let b = vec![0.5f32; size * size];
-    let mut c = vec![0.0f32; size * size];
-    let mut rates = Vec::new();
-    for threads in [1, rayon::current_num_threads()] {
-        let parallelism = if threads == 1 {
-            gemm::Parallelism::None
-        } else {
-            gemm::Parallelism::Rayon(threads)
-        };
-        let run = |c: &mut [f32]| unsafe {
-            gemm::gemm(
-                size,
-                size,
-                size,
-                c.as_mut_ptr(),
-                1,
-                size as isize,
-                false,
-                a.as_ptr(),
-                1,
-                size as isize,
-                b.as_ptr(),
-                1,
-                size as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            )
-        };
-        run(&mut c);
-        let iters = 10;
-        let start = Instant::now();
-        for _ in 0..iters {
-            run(&mut c);
-        }
-        let seconds = start.elapsed().as_secs_f64() / iters as f64;
-        rates.push(2.0 * (size as f64).powi(3) / seconds / 1e9);
-    }
+    let rates: Vec<f64> = [1, rayon::current_num_threads()]
+        .into_iter()
+        .map(|threads| gemm_gflops(size, size, size, false, threads))
+        .collect();
     println!(
         "{{\"workload\": \"gemm\", \"gflops_one_thread\": {}, \"gflops_all_threads\": {}}}",
         rates[0], rates[1]
     );
 }
 
-/// The process's peak resident memory (VmHWM) in MiB, 0 where /proc is missing.
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
-/// `gemm-shape M K N TRANSPOSED_RHS`: single-thread GFLOP/s of one GEMM shape.
-fn gemm_shape(m: usize, k: usize, n: usize, transposed: bool) {
+/// GFLOP/s of `C (m×n) += A (m×k) · B (k×n)` on `threads` threads, over 10
+/// calls after a warm-up; `transposed`: B stored `n×k` and read transposed.
+fn gemm_gflops(m: usize, k: usize, n: usize, transposed: bool, threads: usize) -> f64 {
     let a = vec![1.0f32; m * k];
     let b = vec![0.5f32; k * n];
     let mut c = vec![0.0f32; m * n];
-    // rhs k×n: row stride n, col stride 1; transposed: stored n×k, so row stride 1, col stride k.
-    let (rcs, rrs) = if transposed {
+    let (rhs_col_stride, rhs_row_stride) = if transposed {
         (k as isize, 1)
     } else {
         (1, n as isize)
     };
-    let run = |c: &mut [f32]| unsafe {
+    let parallelism = if threads == 1 {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(threads)
+    };
+    let mut run = || unsafe {
         gemm::gemm(
             m,
             n,
@@ -398,25 +355,39 @@ fn gemm_shape(m: usize, k: usize, n: usize, transposed: bool) {
             1,
             k as isize,
             b.as_ptr(),
-            rcs,
-            rrs,
+            rhs_col_stride,
+            rhs_row_stride,
             1.0,
             1.0,
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         )
     };
-    run(&mut c);
+    run();
     let iters = 10;
     let start = Instant::now();
     for _ in 0..iters {
-        run(&mut c);
+        run();
     }
     let seconds = start.elapsed().as_secs_f64() / iters as f64;
-    println!(
-        "{m}x{k}x{n} t={transposed}: {:.1} GFLOP/s",
-        2.0 * (m * k * n) as f64 / seconds / 1e9
-    );
+    2.0 * (m * k * n) as f64 / seconds / 1e9
+}
+
+/// The process's peak resident memory (VmHWM) in MiB, 0 where /proc is missing.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// `gemm-shape M K N [t]`: single-thread GFLOP/s of one GEMM shape (`t`: the
+/// right-hand side read transposed, as an input gradient reads a weight).
+fn gemm_shape(m: usize, k: usize, n: usize, transposed: bool) {
+    let gflops = gemm_gflops(m, k, n, transposed, 1);
+    println!("{m}x{k}x{n} t={transposed}: {gflops:.1} GFLOP/s");
 }

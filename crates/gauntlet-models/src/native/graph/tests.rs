@@ -65,6 +65,16 @@ impl Builder {
         name
     }
 
+    /// Softmax over the last axis.
+    fn softmax(&mut self, x: &str) -> String {
+        let op = Op::Softmax {
+            axis: -1,
+            legacy: false,
+            log: false,
+        };
+        self.op(op, &[x])
+    }
+
     fn finish(mut self, last: &str) -> Graph {
         let output = self.op(Op::Flatten(1), &[last]);
         Graph {
@@ -440,14 +450,7 @@ fn attention_blocks_match_the_reference() {
     let y = b.op(Op::Transpose(Some(vec![1, 0, 2])), &[&q]);
     let kt = b.op(Op::Transpose(Some(vec![0, 2, 1])), &[&y]);
     let scores = b.op(Op::MatMul, &[&y, &kt]);
-    let attention = b.op(
-        Op::Softmax {
-            axis: -1,
-            legacy: false,
-            log: false,
-        },
-        &[&scores],
-    );
+    let attention = b.softmax(&scores);
     let mixed = b.op(Op::MatMul, &[&attention, &y]);
     let again = b.op(Op::Einsum("bij,bkj->bik".into()), &[&mixed, &y]);
     let again = b.op(Op::Einsum("bik,bkj->bij".into()), &[&again, &mixed]);
@@ -582,14 +585,7 @@ fn attention_exports_lose_their_copies_and_separate_bias_adds() {
     let k = b.op(Op::Binary(BinaryOp::Mul), &[&heads[1], &scale]);
     let kt = b.op(Op::Transpose(Some(vec![0, 2, 1])), &[&k]);
     let scores = b.op(Op::MatMul, &[&heads[0], &kt]);
-    let attention = b.op(
-        Op::Softmax {
-            axis: -1,
-            legacy: false,
-            log: false,
-        },
-        &[&scores],
-    );
+    let attention = b.softmax(&scores);
     let mixed = b.op(Op::MatMul, &[&attention, &heads[2]]);
     let mixed = b.op(Op::Transpose(Some(vec![1, 0, 2])), &[&mixed]);
     let w_out = b.constant(&[width, 5]);
