@@ -401,6 +401,13 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
             "pickle"
         }
         .into();
+    } else if got == 9 && head[8] == b'{' {
+        // A safetensors header whose length runs past the end of the file.
+        report.format = "safetensors".into();
+        let header_len = header_len.unwrap_or(u64::MAX);
+        report
+            .findings
+            .push(safetensors::header_past_end(header_len, size));
     } else {
         return Err(Error::UnknownFormat {
             path: shown,

@@ -9,14 +9,49 @@ use crate::{Finding, Severity};
 /// Headers larger than this are refused (the format's own readers use 100 MB).
 const MAX_HEADER: u64 = 100_000_000;
 
-fn dtype_size(dtype: &str) -> Option<u64> {
-    Some(match dtype {
-        "BOOL" | "U8" | "I8" | "F8_E4M3" | "F8_E5M2" => 1,
-        "U16" | "I16" | "F16" | "BF16" => 2,
-        "U32" | "I32" | "F32" => 4,
-        "U64" | "I64" | "F64" => 8,
-        _ => return None,
-    })
+/// Every dtype the format defines (safetensors 0.6) and its width in bits; a
+/// tensor of a sub-byte type must fill whole bytes.
+const DTYPE_BITS: &[(&str, u64)] = &[
+    ("BOOL", 8),
+    ("F4", 4),
+    ("F6_E2M3", 6),
+    ("F6_E3M2", 6),
+    ("U8", 8),
+    ("I8", 8),
+    ("F8_E5M2", 8),
+    ("F8_E4M3", 8),
+    ("F8_E8M0", 8),
+    ("I16", 16),
+    ("U16", 16),
+    ("F16", 16),
+    ("BF16", 16),
+    ("I32", 32),
+    ("U32", 32),
+    ("F32", 32),
+    ("C64", 64),
+    ("F64", 64),
+    ("I64", 64),
+    ("U64", 64),
+];
+
+fn dtype_bits(dtype: &str) -> Option<u64> {
+    DTYPE_BITS
+        .iter()
+        .find(|(name, _)| *name == dtype)
+        .map(|&(_, bits)| bits)
+}
+
+/// The finding for a header length that runs past the end of a file whose
+/// first header byte is there (`{` after the 8-byte length): a safetensors
+/// file cut short, or one that lies about its header.
+pub(crate) fn header_past_end(header_len: u64, size: u64) -> Finding {
+    Finding {
+        severity: Severity::High,
+        location: "header".into(),
+        message: format!(
+            "header length {header_len} runs past the end of the file ({size} bytes): truncated or not what it claims"
+        ),
+    }
 }
 
 /// Check the header of the safetensors file at `path` (`size` bytes long).
@@ -64,8 +99,15 @@ pub(crate) fn check(path: &Path, size: u64, findings: &mut Vec<Finding>) -> std:
             continue;
         }
         let dtype = entry.get("dtype").and_then(|d| d.as_str()).unwrap_or("");
-        let Some(element) = dtype_size(dtype) else {
-            bad(format!("tensor '{name}': unknown dtype '{dtype}'"));
+        let Some(element_bits) = dtype_bits(dtype) else {
+            bad(format!(
+                "tensor '{name}': unknown dtype '{dtype}', expected one of {}",
+                DTYPE_BITS
+                    .iter()
+                    .map(|d| d.0)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
             continue;
         };
         let shape: Option<Vec<u64>> = entry
@@ -97,7 +139,16 @@ pub(crate) fn check(path: &Path, size: u64, findings: &mut Vec<Finding>) -> std:
             ));
             continue;
         }
-        let bytes = shape.iter().try_fold(element, |acc, &d| acc.checked_mul(d));
+        let bits = shape
+            .iter()
+            .try_fold(element_bits, |acc, &d| acc.checked_mul(d));
+        if bits.is_some_and(|b| b % 8 != 0) {
+            bad(format!(
+                "tensor '{name}': shape {shape:?} of {dtype} is not a whole number of bytes"
+            ));
+            continue;
+        }
+        let bytes = bits.map(|b| b / 8);
         if bytes != Some(end - start) {
             bad(format!(
                 "tensor '{name}': shape {shape:?} of {dtype} needs {} bytes, its offsets span {}",

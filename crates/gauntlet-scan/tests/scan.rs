@@ -110,6 +110,63 @@ fn safetensors(header: &str, data: usize) -> Vec<u8> {
 }
 
 #[test]
+fn every_safetensors_dtype_is_accepted_and_sub_byte_tensors_must_fill_bytes() {
+    let temp = tempfile_dir();
+    // Every dtype of the format (safetensors 0.6) and its bits: 8 elements of
+    // each, sub-byte types packed.
+    let dtypes: [(&str, u64); 20] = [
+        ("BOOL", 8),
+        ("F4", 4),
+        ("F6_E2M3", 6),
+        ("F6_E3M2", 6),
+        ("U8", 8),
+        ("I8", 8),
+        ("F8_E5M2", 8),
+        ("F8_E4M3", 8),
+        ("F8_E8M0", 8),
+        ("I16", 16),
+        ("U16", 16),
+        ("F16", 16),
+        ("BF16", 16),
+        ("I32", 32),
+        ("U32", 32),
+        ("F32", 32),
+        ("C64", 64),
+        ("F64", 64),
+        ("I64", 64),
+        ("U64", 64),
+    ];
+    let mut entries = Vec::new();
+    let mut offset = 0;
+    for (dtype, bits) in dtypes {
+        let bytes = 8 * bits / 8;
+        entries.push(format!(
+            r#""t_{dtype}":{{"dtype":"{dtype}","shape":[2,4],"data_offsets":[{offset},{}]}}"#,
+            offset + bytes
+        ));
+        offset += bytes;
+    }
+    let header = format!("{{{}}}", entries.join(","));
+    let path = temp.path().join("all.safetensors");
+    std::fs::write(&path, safetensors(&header, offset as usize)).unwrap();
+    let report = scan_file(&path).unwrap();
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    // Three 4-bit values are a byte and a half: no valid file holds them.
+    let header = r#"{"odd":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}"#;
+    let path = temp.path().join("odd.safetensors");
+    std::fs::write(&path, safetensors(header, 2)).unwrap();
+    let report = scan_file(&path).unwrap();
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.message.contains("whole number of bytes")),
+        "{:?}",
+        report.findings
+    );
+}
+
+#[test]
 fn lying_safetensors_headers_are_found() {
     let temp = tempfile_dir();
     let dir = temp.path();
@@ -177,12 +234,20 @@ fn lying_safetensors_headers_are_found() {
     let path = dir.join("trailing.safetensors");
     std::fs::write(&path, safetensors(good, 64)).unwrap();
     assert!(scan_file(&path).unwrap().is_dangerous());
-    // A header length far beyond the file is not a safetensors file at all.
-    let path = dir.join("huge.bin");
-    let mut bytes = u64::MAX.to_le_bytes().to_vec();
-    bytes.extend(b"{}");
-    std::fs::write(&path, bytes).unwrap();
-    assert!(scan_file(&path).is_err());
+    // A header length past the end of the file is a finding, not an error.
+    for (name, header_len) in [("huge.bin", u64::MAX), ("cut.safetensors", 1 << 40)] {
+        let path = dir.join(name);
+        let mut bytes = header_len.to_le_bytes().to_vec();
+        bytes.extend(b"{}");
+        std::fs::write(&path, bytes).unwrap();
+        let report = scan_file(&path).unwrap();
+        assert_eq!(report.format, "safetensors", "{name}");
+        assert!(
+            report.is_dangerous() && report.findings[0].message.contains("runs past the end"),
+            "{name}: {:?}",
+            report.findings
+        );
+    }
     // Unknown formats and missing files are errors, not findings.
     std::fs::write(dir.join("text.txt"), "hello").unwrap();
     assert!(scan_file(&dir.join("text.txt"))
