@@ -38,7 +38,7 @@ fn main() -> ExitCode {
 /// The error and its causes on one line, each said once: library errors carry the
 /// operating system's reason in their message and as their source, and a context
 /// may repeat the message it wraps.
-fn one_line(err: &anyhow::Error) -> String {
+pub(crate) fn one_line(err: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in err.chain() {
         let mut text = cause.to_string().replace('\n', " ");

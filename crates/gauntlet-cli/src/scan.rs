@@ -32,17 +32,40 @@ pub(crate) fn scan_record(report: &ScanReport) -> ModelScanRecord {
     }
 }
 
+/// Every file is scanned and reported, even when another cannot be read: a
+/// file that cannot be scanned is an `error` line on stderr (and, with
+/// `--json`, an entry `{"path", "error"}`). Exit 2 when any file could not be
+/// scanned, else 1 when any has findings, else 0.
 pub(crate) fn scan(args: ScanArgs) -> Result<ExitCode> {
-    let reports = args
+    let outcomes: Vec<(String, Result<ScanReport>)> = args
         .files
         .iter()
         .map(|f| {
-            gauntlet_scan::scan_file(f).with_context(|| format!("cannot scan {}", f.display()))
+            let scanned =
+                gauntlet_scan::scan_file(f).with_context(|| format!("cannot scan {}", f.display()));
+            (f.display().to_string(), scanned)
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect();
+    for (_, outcome) in &outcomes {
+        if let Err(err) = outcome {
+            eprintln!("error: {}", crate::one_line(err));
+        }
+    }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
-    } else {
+        let entries: Vec<serde_json::Value> = outcomes
+            .iter()
+            .map(|(path, outcome)| match outcome {
+                Ok(report) => serde_json::to_value(report),
+                Err(err) => Ok(serde_json::json!({"path": path, "error": crate::one_line(err)})),
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+    }
+    let reports: Vec<&ScanReport> = outcomes
+        .iter()
+        .filter_map(|(_, o)| o.as_ref().ok())
+        .collect();
+    if !args.json {
         for report in &reports {
             match report.worst() {
                 None => println!(
@@ -66,7 +89,9 @@ pub(crate) fn scan(args: ScanArgs) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if reports.iter().all(|r| r.findings.is_empty()) {
+    Ok(if reports.len() < outcomes.len() {
+        ExitCode::from(2)
+    } else if reports.iter().all(|r| r.findings.is_empty()) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -1546,6 +1546,40 @@ fn scan_flags_code_execution_and_loads_refuse_it() {
     let reports: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(reports[0]["findings"][0]["severity"], "critical");
     assert_clear_error(&gauntlet(&["scan", "missing.pt"]), "missing.pt");
+    // One unreadable file does not hide the others' reports.
+    let text_file = dir.path().join("notes.txt");
+    std::fs::write(&text_file, "hello").unwrap();
+    let mixed = [
+        "examples/models/mnist-mlp.safetensors",
+        "missing.pt",
+        evil.to_str().unwrap(),
+        text_file.to_str().unwrap(),
+    ];
+    let json = gauntlet(&[&["scan", "--json"][..], &mixed[..]].concat());
+    assert_eq!(json.status.code(), Some(2), "{}", stderr(&json));
+    let reports: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let reports = reports.as_array().unwrap();
+    assert_eq!(reports.len(), 4, "{reports:?}");
+    assert_eq!(reports[0]["format"], "safetensors");
+    assert!(reports[1]["error"].as_str().unwrap().contains("missing.pt"));
+    assert_eq!(reports[2]["findings"][0]["severity"], "critical");
+    assert!(reports[3]["error"]
+        .as_str()
+        .unwrap()
+        .contains("not a PyTorch checkpoint"));
+    let errors = stderr(&json);
+    assert_eq!(
+        errors.lines().filter(|l| l.starts_with("error: ")).count(),
+        2,
+        "{errors}"
+    );
+    let text = gauntlet(&[&["scan"][..], &mixed[..]].concat());
+    assert_eq!(text.status.code(), Some(2));
+    let shown = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        shown.contains("mnist-mlp.safetensors: clean") && shown.contains("posix.system"),
+        "{shown}"
+    );
 
     let out = dir.path().join("eval");
     let base = |extra: &[&str]| {
