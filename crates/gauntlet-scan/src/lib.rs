@@ -401,6 +401,16 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
             "pickle"
         }
         .into();
+    } else if let Some(bytes) = (size <= MAX_PICKLE_BYTES)
+        .then(|| std::fs::read(path))
+        .transpose()
+        .map_err(io)?
+        .filter(|bytes| onnx::is_model(bytes))
+    {
+        // ONNX whose first field is not ir_version (protobuf allows any order).
+        report.format = "onnx".into();
+        let dir = path.parent().unwrap_or(Path::new("."));
+        onnx::check(&bytes, dir, &mut report.findings);
     } else if got == 9 && head[8] == b'{' {
         // A safetensors header whose length runs past the end of the file.
         report.format = "safetensors".into();

@@ -1,6 +1,8 @@
 //! ONNX: walk the protobuf wire format (no schema compiler needed) to every tensor
-//! — initializers, sparse initializers, constant attributes, subgraphs — and check
-//! external-data locations and declared sizes.
+//! — initializers, sparse initializers, constant and sparse attributes, subgraphs,
+//! model-local functions (their nodes and default attributes) and training
+//! graphs — and check external-data locations and declared sizes. Fields are read
+//! in whatever order the file holds them.
 
 use std::path::Path;
 
@@ -120,15 +122,7 @@ impl Scan<'_> {
             match item {
                 Err(()) => return self.malformed("graph"),
                 Ok((5, Field::Bytes(t))) => self.tensor(t, "initializer"),
-                Ok((15, Field::Bytes(sparse))) => {
-                    for inner in fields(sparse) {
-                        match inner {
-                            Ok((1 | 2, Field::Bytes(t))) => self.tensor(t, "sparse initializer"),
-                            Err(()) => return self.malformed("sparse initializer"),
-                            _ => {}
-                        }
-                    }
-                }
+                Ok((15, Field::Bytes(sparse))) => self.sparse(sparse, "sparse initializer"),
                 Ok((1, Field::Bytes(node))) => self.node(node, depth),
                 _ => {}
             }
@@ -139,16 +133,56 @@ impl Scan<'_> {
         for item in fields(bytes) {
             match item {
                 Err(()) => return self.malformed("node"),
-                Ok((5, Field::Bytes(attribute))) => {
-                    for inner in fields(attribute) {
-                        match inner {
-                            Err(()) => return self.malformed("node attribute"),
-                            Ok((5 | 10, Field::Bytes(t))) => self.tensor(t, "constant"),
-                            Ok((6 | 11, Field::Bytes(g))) => self.graph(g, depth + 1),
-                            _ => {}
-                        }
-                    }
-                }
+                Ok((5, Field::Bytes(attribute))) => self.attribute(attribute, depth),
+                _ => {}
+            }
+        }
+    }
+
+    /// An AttributeProto: tensors (`t`, `tensors`), sparse tensors
+    /// (`sparse_tensor`, `sparse_tensors`) and graphs (`g`, `graphs`).
+    fn attribute(&mut self, bytes: &[u8], depth: usize) {
+        for inner in fields(bytes) {
+            match inner {
+                Err(()) => return self.malformed("node attribute"),
+                Ok((5 | 10, Field::Bytes(t))) => self.tensor(t, "constant"),
+                Ok((6 | 11, Field::Bytes(g))) => self.graph(g, depth + 1),
+                Ok((22 | 23, Field::Bytes(sparse))) => self.sparse(sparse, "sparse constant"),
+                _ => {}
+            }
+        }
+    }
+
+    /// A SparseTensorProto: its values and indices are tensors.
+    fn sparse(&mut self, bytes: &[u8], kind: &str) {
+        for inner in fields(bytes) {
+            match inner {
+                Ok((1 | 2, Field::Bytes(t))) => self.tensor(t, kind),
+                Err(()) => return self.malformed(kind),
+                _ => {}
+            }
+        }
+    }
+
+    /// A FunctionProto (a model-local function): its nodes and the default
+    /// values of its attributes.
+    fn function(&mut self, bytes: &[u8]) {
+        for item in fields(bytes) {
+            match item {
+                Err(()) => return self.malformed("function"),
+                Ok((7, Field::Bytes(node))) => self.node(node, 1),
+                Ok((11, Field::Bytes(attribute))) => self.attribute(attribute, 1),
+                _ => {}
+            }
+        }
+    }
+
+    /// A TrainingInfoProto: its initialization and algorithm graphs.
+    fn training(&mut self, bytes: &[u8]) {
+        for item in fields(bytes) {
+            match item {
+                Err(()) => return self.malformed("training info"),
+                Ok((1 | 2, Field::Bytes(graph))) => self.graph(graph, 1),
                 _ => {}
             }
         }
@@ -283,6 +317,8 @@ pub(crate) fn check(bytes: &[u8], dir: &Path, findings: &mut Vec<Finding>) {
                 graphs += 1;
                 scan.graph(graph, 0);
             }
+            Ok((20, Field::Bytes(training))) => scan.training(training),
+            Ok((25, Field::Bytes(function))) => scan.function(function),
             _ => {}
         }
     }
@@ -294,4 +330,18 @@ pub(crate) fn check(bytes: &[u8], dir: &Path, findings: &mut Vec<Finding>) {
         );
     }
     findings.extend(scan.findings);
+}
+
+/// Whether `bytes` read as a ModelProto: every top-level field well formed, and
+/// a graph among them (whatever order the writer put the fields in).
+pub(crate) fn is_model(bytes: &[u8]) -> bool {
+    let mut graph = false;
+    for item in fields(bytes) {
+        match item {
+            Err(()) => return false,
+            Ok((7, Field::Bytes(_))) => graph = true,
+            Ok(_) => {}
+        }
+    }
+    graph
 }

@@ -359,6 +359,64 @@ fn onnx_external_data_escapes_and_absurd_sizes_are_found() {
             ),
         }
     }
+    // Tensors live in more places than initializers: a model-local function's
+    // nodes and default attributes, training graphs, sparse attributes; and a
+    // writer may put the graph before ir_version.
+    let escaping = external("../../etc/passwd");
+    let constant_node = field_bytes(5, &field_bytes(5, &escaping));
+    let with_graph = |extra: Vec<u8>| {
+        let mut model = field_varint(1, 8);
+        model.extend(field_bytes(7, &field_bytes(2, b"main")));
+        model.extend(extra);
+        model
+    };
+    let hidden: [(&str, Vec<u8>); 5] = [
+        (
+            "function-node",
+            with_graph(field_bytes(25, &field_bytes(7, &constant_node))),
+        ),
+        (
+            "function-default-attribute",
+            with_graph(field_bytes(
+                25,
+                &field_bytes(11, &field_bytes(5, &escaping)),
+            )),
+        ),
+        (
+            "training-graph",
+            with_graph(field_bytes(20, &field_bytes(2, &field_bytes(5, &escaping)))),
+        ),
+        (
+            "sparse-attribute",
+            with_graph(field_bytes(
+                7,
+                &field_bytes(
+                    1,
+                    &field_bytes(5, &field_bytes(22, &field_bytes(1, &escaping))),
+                ),
+            )),
+        ),
+        ("graph-before-ir-version", {
+            let mut model = field_bytes(7, &field_bytes(5, &escaping));
+            model.extend(field_varint(1, 8));
+            model
+        }),
+    ];
+    for (name, bytes) in hidden {
+        let path = dir.join(format!("{name}.onnx"));
+        std::fs::write(&path, bytes).unwrap();
+        let report = scan_file(&path).unwrap();
+        assert_eq!(report.format, "onnx", "{name}");
+        assert!(
+            report.worst() == Some(Severity::Critical)
+                && report
+                    .findings
+                    .iter()
+                    .any(|f| f.message.contains("escapes")),
+            "{name}: {:?}",
+            report.findings
+        );
+    }
     // Subgraphs nested 100 deep (If/Loop bodies) stop at a limit instead of the stack.
     let mut graph = Vec::new();
     for _ in 0..100 {
