@@ -14,6 +14,7 @@
 mod onnx;
 mod pickle;
 mod safetensors;
+mod zipdir;
 
 use std::io::Read;
 use std::path::Path;
@@ -346,6 +347,8 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
                     report.imports.extend(imports_of(&walk));
                     scanned += 1;
                 }
+                let mut raw = std::fs::File::open(path).map_err(io)?;
+                scanned += duplicated_and_escaping_members(&mut raw, size, &mut report);
                 if scanned == 0 {
                     report.findings.push(Finding {
                         severity: Severity::Low,
@@ -427,6 +430,63 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
     report.imports.sort();
     report.imports.dedup();
     Ok(report)
+}
+
+/// Findings from the archive's own central directory (the `zip` crate shows one
+/// member per name): names that escape the extraction directory, and names held
+/// by more than one member — every copy of such a pickle is scanned, since the
+/// loaders disagree on which copy they read. Returns the pickles scanned.
+fn duplicated_and_escaping_members(
+    file: &mut std::fs::File,
+    size: u64,
+    report: &mut ScanReport,
+) -> usize {
+    let Some(entries) = zipdir::entries(file, size) else {
+        return 0;
+    };
+    let mut scanned = 0;
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for entry in &entries {
+        *seen.entry(entry.name.as_str()).or_default() += 1;
+        if zipdir::escapes(&entry.name) {
+            report.findings.push(Finding {
+                severity: Severity::High,
+                location: entry.name.clone(),
+                message: "member name escapes the archive's directory (absolute or '..')".into(),
+            });
+        }
+    }
+    let mut duplicated: Vec<(&str, usize)> = seen.into_iter().filter(|&(_, n)| n > 1).collect();
+    duplicated.sort();
+    for (name, copies) in duplicated {
+        report.findings.push(Finding {
+            severity: Severity::High,
+            location: name.into(),
+            message: format!(
+                "{copies} members share this name: loaders differ on which one they read"
+            ),
+        });
+        if !name.ends_with(".pkl") {
+            continue;
+        }
+        for (copy, entry) in entries.iter().filter(|e| e.name == name).enumerate() {
+            let location = format!("{name} (copy {})", copy + 1);
+            match zipdir::read(file, entry, MAX_PICKLE_BYTES) {
+                Some(bytes) => {
+                    let walk = pickle::walk(&bytes);
+                    pickle_findings(&location, &walk, &mut report.findings);
+                    report.imports.extend(imports_of(&walk));
+                    scanned += 1;
+                }
+                None => report.findings.push(Finding {
+                    severity: Severity::High,
+                    location,
+                    message: "unreadable copy of a duplicated pickle member".into(),
+                }),
+            }
+        }
+    }
+    scanned
 }
 
 fn imports_of(walk: &Walk) -> Vec<String> {

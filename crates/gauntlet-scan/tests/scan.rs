@@ -505,3 +505,102 @@ fn mutated_model_files_never_panic_the_scanner() {
         let _ = scan_file(&path);
     }
 }
+
+/// A torch.save-style zip whose members are `(name, bytes)`, stored or
+/// deflated; then every occurrence of `rename.0` in the archive's bytes (local
+/// headers and central directory) replaced by `rename.1` (same length), which
+/// the `zip` crate's writer would refuse to produce.
+fn zip_with(members: &[(&str, &[u8])], deflate: bool, rename: (&str, &str)) -> Vec<u8> {
+    use std::io::Write;
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut zip = zip::ZipWriter::new(&mut buf);
+        let method = if deflate {
+            zip::CompressionMethod::Deflated
+        } else {
+            zip::CompressionMethod::Stored
+        };
+        let options = zip::write::SimpleFileOptions::default().compression_method(method);
+        for (name, bytes) in members {
+            zip.start_file(*name, options).unwrap();
+            zip.write_all(bytes).unwrap();
+        }
+        zip.finish().unwrap();
+    }
+    let mut bytes = buf.into_inner();
+    let (from, to) = (rename.0.as_bytes(), rename.1.as_bytes());
+    assert_eq!(from.len(), to.len());
+    let mut i = 0;
+    while i + from.len() <= bytes.len() {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + from.len()].copy_from_slice(to);
+        }
+        i += 1;
+    }
+    bytes
+}
+
+#[test]
+fn a_pickle_hidden_behind_a_duplicated_member_name_is_found() {
+    let temp = tempfile_dir();
+    let benign: &[u8] = b"\x80\x02}q\x00.";
+    let evil = os_system_pickle();
+    for deflate in [false, true] {
+        // The second `archive/data.pkl` (Python's zipfile reads the last one)
+        // carries os.system; the zip crate alone would show only one of them.
+        let bytes = zip_with(
+            &[("archive/data.pkl", benign), ("archive/data.pkx", &evil)],
+            deflate,
+            ("archive/data.pkx", "archive/data.pkl"),
+        );
+        let path = temp.path().join(format!("twice-{deflate}.pt"));
+        std::fs::write(&path, bytes).unwrap();
+        let report = scan_file(&path).unwrap();
+        assert_eq!(
+            report.worst(),
+            Some(Severity::Critical),
+            "{:?}",
+            report.findings
+        );
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|f| f.message.contains("2 members share this name")),
+            "{:?}",
+            report.findings
+        );
+        assert!(
+            report.imports.iter().any(|i| i == "posix.system"),
+            "{:?}",
+            report.imports
+        );
+    }
+    // A member name that climbs out of the extraction directory.
+    let bytes = zip_with(
+        &[("archive/data.pkl", benign), ("xx/evil.txt", b"x")],
+        false,
+        ("xx/evil.txt", "../evil.txt"),
+    );
+    let path = temp.path().join("climb.pt");
+    std::fs::write(&path, bytes).unwrap();
+    let report = scan_file(&path).unwrap();
+    assert!(
+        report.is_dangerous()
+            && report
+                .findings
+                .iter()
+                .any(|f| f.message.contains("escapes the archive")),
+        "{:?}",
+        report.findings
+    );
+    // An ordinary checkpoint has neither.
+    let bytes = zip_with(
+        &[("archive/data.pkl", benign), ("archive/data/0", b"abcd")],
+        true,
+        ("", ""),
+    );
+    let path = temp.path().join("plain.pt");
+    std::fs::write(&path, bytes).unwrap();
+    assert!(scan_file(&path).unwrap().findings.is_empty());
+}
