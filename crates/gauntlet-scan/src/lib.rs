@@ -458,6 +458,9 @@ fn duplicated_and_escaping_members(
     }
     let mut duplicated: Vec<(&str, usize)> = seen.into_iter().filter(|&(_, n)| n > 1).collect();
     duplicated.sort();
+    // All copies together are read within one member's budget: thousands of
+    // copies of a compressed bomb must not multiply the work.
+    let mut budget = MAX_PICKLE_BYTES;
     for (name, copies) in duplicated {
         report.findings.push(Finding {
             severity: Severity::High,
@@ -471,8 +474,20 @@ fn duplicated_and_escaping_members(
         }
         for (copy, entry) in entries.iter().filter(|e| e.name == name).enumerate() {
             let location = format!("{name} (copy {})", copy + 1);
-            match zipdir::read(file, entry, MAX_PICKLE_BYTES) {
+            if budget == 0 {
+                report.findings.push(Finding {
+                    severity: Severity::High,
+                    location,
+                    message: format!(
+                        "duplicated pickle members exceed {} MiB together: the rest were not scanned",
+                        MAX_PICKLE_BYTES >> 20
+                    ),
+                });
+                break;
+            }
+            match zipdir::read(file, entry, budget) {
                 Some(bytes) => {
+                    budget = budget.saturating_sub((bytes.len() as u64).max(1));
                     let walk = pickle::walk(&bytes);
                     pickle_findings(&location, &walk, &mut report.findings);
                     report.imports.extend(imports_of(&walk));
