@@ -448,7 +448,7 @@ fn duplicated_and_escaping_members(
     let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for entry in &entries {
         *seen.entry(entry.name.as_str()).or_default() += 1;
-        if zipdir::escapes(&entry.name) {
+        if escapes_directory(&entry.name) {
             report.findings.push(Finding {
                 severity: Severity::High,
                 location: entry.name.clone(),
@@ -502,6 +502,16 @@ fn duplicated_and_escaping_members(
         }
     }
     scanned
+}
+
+/// Whether a relative path from a model file (an archive member's name, an ONNX
+/// external-data location) would reach outside the directory it is resolved
+/// against: absolute on any platform, a drive letter, or a `..` component.
+fn escapes_directory(name: &str) -> bool {
+    Path::new(name).is_absolute()
+        || name.starts_with(['/', '\\'])
+        || name.as_bytes().get(1) == Some(&b':')
+        || name.split(['/', '\\']).any(|part| part == "..")
 }
 
 fn imports_of(walk: &Walk) -> Vec<String> {

@@ -269,13 +269,7 @@ impl Scan<'_> {
     /// External data must stay in the model's directory: no absolute paths, no `..`.
     fn external_location(&mut self, location: &str, value: &str) {
         let path = Path::new(value);
-        let absolute =
-            path.is_absolute() || value.starts_with('\\') || value.as_bytes().get(1) == Some(&b':');
-        let escapes = path
-            .components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
-            || value.split(['/', '\\']).any(|part| part == "..");
-        if absolute || escapes {
+        if crate::escapes_directory(value) {
             self.flag(
                 Severity::Critical,
                 location,

@@ -93,6 +93,8 @@ pub(crate) fn read(file: &mut std::fs::File, entry: &Entry, limit: u64) -> Optio
     let skip = u64::from(u16_at(&header, 26)?) + u64::from(u16_at(&header, 28)?);
     file.seek(SeekFrom::Current(i64::try_from(skip).ok()?))
         .ok()?;
+    // Compressed bytes read are bounded too: a pickle deflates by far less
+    // than 64:1, so a longer stream is a bomb and is cut (then malformed).
     let raw = file.take(entry.compressed.min(limit.saturating_mul(64)));
     let mut bytes = Vec::new();
     match entry.method {
@@ -104,12 +106,4 @@ pub(crate) fn read(file: &mut std::fs::File, entry: &Entry, limit: u64) -> Optio
         _ => return None,
     };
     Some(bytes)
-}
-
-/// Whether a member name would land outside the directory it is extracted to
-/// (absolute, a drive, or a `..` component).
-pub(crate) fn escapes(name: &str) -> bool {
-    name.starts_with(['/', '\\'])
-        || name.as_bytes().get(1) == Some(&b':')
-        || name.split(['/', '\\']).any(|part| part == "..")
 }
