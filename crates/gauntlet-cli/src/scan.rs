@@ -76,11 +76,16 @@ pub(crate) fn scan(args: ScanArgs) -> Result<ExitCode> {
                 ),
                 Some(worst) => {
                     println!(
-                        "{}: {} finding(s), worst {} ({})",
+                        "{}: {} finding(s), worst {} ({}){}",
                         report.path,
                         report.findings.len(),
                         worst.as_str(),
-                        report.format
+                        report.format,
+                        if report.refuse {
+                            "; refused by eval/attack/info (imports outside the allow-list or a high finding)"
+                        } else {
+                            ""
+                        }
                     );
                     for f in &report.findings {
                         println!("  {:<8} {}: {}", f.severity.as_str(), f.location, f.message);

@@ -58,7 +58,8 @@ pub enum Severity {
     /// Worth knowing; loading is safe.
     Low,
     /// Not on the allow-list of tensor-rebuild functions: loading it in Python
-    /// would import code the scanner cannot vouch for.
+    /// would import code the scanner cannot vouch for. (Given to such imports
+    /// only; loaders refuse the file, see [`ScanReport::refuse`].)
     Medium,
     /// The file is malformed or hides its imports; do not trust it.
     High,
@@ -100,6 +101,10 @@ pub struct ScanReport {
     pub imports: Vec<String>,
     /// What is wrong; empty for a clean file.
     pub findings: Vec<Finding>,
+    /// The load decision: deny by default. True when any pickle imports
+    /// something outside the allow-list of tensor-rebuild callables (whatever
+    /// severity a person would give it) or any finding is high or critical.
+    pub refuse: bool,
 }
 
 impl ScanReport {
@@ -108,9 +113,10 @@ impl ScanReport {
         self.findings.iter().map(|f| f.severity).max()
     }
 
-    /// Whether a loader should refuse the file unless told otherwise.
+    /// Whether a loader should refuse the file unless told otherwise (see
+    /// [`ScanReport::refuse`]).
     pub fn is_dangerous(&self) -> bool {
-        self.worst().is_some_and(|s| s >= Severity::High)
+        self.refuse
     }
 }
 
@@ -138,6 +144,8 @@ const ALLOWED: &[&str] = &[
     "torch.int32",
     "torch.uint8",
     "torch.bool",
+    // `torch.load`s its argument: allowed only because every byte and string
+    // payload of a pickle that imports it is scanned as a checkpoint in turn.
     "torch.storage._load_from_bytes",
     "numpy.core.multiarray._reconstruct",
     "numpy._core.multiarray._reconstruct",
@@ -215,6 +223,11 @@ const CRITICAL_BUILTINS: &[&str] = &[
     "file",
 ];
 
+/// The allow-list, as `module.name` (besides it, `torch.*Storage` classes).
+pub fn allow_list() -> &'static [&'static str] {
+    ALLOWED
+}
+
 fn is_torch_storage(module: &str, name: &str) -> bool {
     module == "torch" && name.ends_with("Storage")
 }
@@ -256,6 +269,16 @@ fn pickle_findings(location: &str, walk: &Walk, findings: &mut Vec<Finding>) {
             });
         }
     }
+    if walk.extension_codes > 0 {
+        findings.push(Finding {
+            severity: Severity::High,
+            location: location.into(),
+            message: format!(
+                "{} EXT opcode import(s): the callable comes from copyreg's extension registry at load time",
+                walk.extension_codes
+            ),
+        });
+    }
     if walk.dynamic_globals > 0 {
         findings.push(Finding {
             severity: Severity::High,
@@ -279,6 +302,15 @@ fn pickle_findings(location: &str, walk: &Walk, findings: &mut Vec<Finding>) {
 /// bounds memory on zip bombs.
 const MAX_PICKLE_BYTES: u64 = 256 << 20;
 
+/// How many checkpoints deep embedded payloads are followed (a payload handed
+/// to `torch.storage._load_from_bytes` is itself a checkpoint).
+const MAX_DEPTH: usize = 3;
+
+/// Pickles `torch.load` reads from a legacy (non-zip) checkpoint: magic number,
+/// protocol, system info, the object, the storage keys; raw storage bytes
+/// follow. `pickle.load` reads only the first.
+const LEGACY_PICKLES: usize = 5;
+
 /// Scan one file: the format is recognised from its content, not its name.
 pub fn scan_file(path: &Path) -> Result<ScanReport> {
     let shown = path.display().to_string();
@@ -288,7 +320,7 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
     };
     let mut file = std::fs::File::open(path).map_err(io)?;
     let size = file.metadata().map_err(io)?.len();
-    let mut head = [0u8; 9];
+    let mut head = [0u8; 10];
     let got = file.read(&mut head).map_err(io)?;
     let head = &head[..got];
     let header_len = head
@@ -300,65 +332,20 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
         format: String::new(),
         imports: Vec::new(),
         findings: Vec::new(),
+        refuse: false,
     };
     // safetensors: an 8-byte header length, then the JSON header's '{'. Checked
     // first: its first byte can look like a pickle opcode.
-    if got == 9 && head[8] == b'{' && header_len.is_some_and(|n| n <= size - 8) {
+    if got >= 9 && head[8] == b'{' && header_len.is_some_and(|n| n <= size - 8) {
         report.format = "safetensors".into();
         safetensors::check(path, size, &mut report.findings).map_err(io)?;
     } else if head.starts_with(b"PK\x03\x04") {
         report.format = "pytorch-zip".into();
-        let file = std::fs::File::open(path).map_err(io)?;
-        match zip::ZipArchive::new(file) {
-            Err(e) => report.findings.push(Finding {
-                severity: Severity::High,
-                location: "archive".into(),
-                message: format!("not a readable zip archive: {e}"),
-            }),
-            Ok(mut archive) => {
-                let mut scanned = 0;
-                for k in 0..archive.len() {
-                    let Ok(mut member) = archive.by_index(k) else {
-                        report.findings.push(Finding {
-                            severity: Severity::High,
-                            location: format!("archive member {k}"),
-                            message: "unreadable archive member".into(),
-                        });
-                        continue;
-                    };
-                    let name = member.name().to_string();
-                    if !name.ends_with(".pkl") {
-                        continue;
-                    }
-                    let mut bytes = Vec::new();
-                    let read = (&mut member)
-                        .take(MAX_PICKLE_BYTES + 1)
-                        .read_to_end(&mut bytes);
-                    if read.is_err() || bytes.len() as u64 > MAX_PICKLE_BYTES {
-                        report.findings.push(Finding {
-                            severity: Severity::High,
-                            location: name.clone(),
-                            message: "pickle member is unreadable or larger than 256 MiB".into(),
-                        });
-                        continue;
-                    }
-                    let walk = pickle::walk(&bytes);
-                    pickle_findings(&name, &walk, &mut report.findings);
-                    report.imports.extend(imports_of(&walk));
-                    scanned += 1;
-                }
-                let mut raw = std::fs::File::open(path).map_err(io)?;
-                scanned += duplicated_and_escaping_members(&mut raw, size, &mut report);
-                if scanned == 0 {
-                    report.findings.push(Finding {
-                        severity: Severity::Low,
-                        location: "archive".into(),
-                        message: "zip archive without a .pkl member: not a PyTorch checkpoint"
-                            .into(),
-                    });
-                }
-            }
-        }
+        scan_zip(|| std::fs::File::open(path), size, "", 0, &mut report).map_err(io)?;
+    } else if head.starts_with(NPY_MAGIC) {
+        report.format = "npy".into();
+        let bytes = read_bounded(path, size).map_err(io)?;
+        scan_npy("array", &bytes, 0, &mut report);
     } else if head.first() == Some(&0x08) {
         // ONNX: a ModelProto starts with ir_version (field 1, varint).
         report.format = "onnx".into();
@@ -376,28 +363,7 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
     } else if head.first() == Some(&0x80) || matches!(head.first(), Some(b'(' | b'c' | b'}' | b']'))
     {
         let bytes = read_bounded(path, size).map_err(io)?;
-        // The legacy torch.save format is several pickles in a row (magic number,
-        // protocol, system info, the object), then raw storage bytes.
-        let mut offset = 0;
-        let mut pickles = 0;
-        while offset < bytes.len() && pickles < 5 {
-            let walk = pickle::walk(&bytes[offset..]);
-            let location = format!("pickle {} at byte {offset}", pickles + 1);
-            let failed = walk.malformed.is_some();
-            if !(failed && pickles > 0) {
-                pickle_findings(&location, &walk, &mut report.findings);
-                report.imports.extend(imports_of(&walk));
-            }
-            pickles += 1;
-            if failed || walk.consumed == 0 {
-                break;
-            }
-            offset += walk.consumed;
-            // Storage bytes follow the object pickle: stop at the first non-pickle byte.
-            if bytes.get(offset) != Some(&0x80) {
-                break;
-            }
-        }
+        let pickles = scan_pickle_stream("", &bytes, 0, &mut report);
         report.format = if pickles > 1 {
             "pytorch-legacy"
         } else {
@@ -414,7 +380,7 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
         report.format = "onnx".into();
         let dir = path.parent().unwrap_or(Path::new("."));
         onnx::check(&bytes, dir, &mut report.findings);
-    } else if got == 9 && head[8] == b'{' {
+    } else if got >= 9 && head[8] == b'{' {
         // A safetensors header whose length runs past the end of the file.
         report.format = "safetensors".into();
         let header_len = header_len.unwrap_or(u64::MAX);
@@ -424,21 +390,263 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
     } else {
         return Err(Error::UnknownFormat {
             path: shown,
-            head: head.iter().map(|b| format!("{b:02x}")).collect(),
+            head: head.iter().take(9).map(|b| format!("{b:02x}")).collect(),
         });
     }
     report.imports.sort();
     report.imports.dedup();
+    // Medium is given to imports outside the allow-list and to nothing else.
+    report.refuse = report.worst() >= Some(Severity::Medium);
     Ok(report)
+}
+
+/// A zip archive as `torch.load` (`.pkl` members are pickles) and `numpy.load`
+/// (`.npy` members may hold pickled object arrays) read it; `open` gives a
+/// fresh reader over the same bytes. `prefix` names where an embedded archive
+/// sits.
+fn scan_zip<R: Read + std::io::Seek>(
+    open: impl Fn() -> std::io::Result<R>,
+    size: u64,
+    prefix: &str,
+    depth: usize,
+    report: &mut ScanReport,
+) -> std::io::Result<()> {
+    let mut archive = match zip::ZipArchive::new(open()?) {
+        Ok(archive) => archive,
+        Err(e) => {
+            report.findings.push(Finding {
+                severity: Severity::High,
+                location: format!("{prefix}archive"),
+                message: format!("not a readable zip archive: {e}"),
+            });
+            return Ok(());
+        }
+    };
+    let mut scanned = 0;
+    for k in 0..archive.len() {
+        let Ok(mut member) = archive.by_index(k) else {
+            report.findings.push(Finding {
+                severity: Severity::High,
+                location: format!("{prefix}archive member {k}"),
+                message: "unreadable archive member".into(),
+            });
+            continue;
+        };
+        let name = member.name().to_string();
+        let npy = name.ends_with(".npy");
+        if !name.ends_with(".pkl") && !npy {
+            continue;
+        }
+        let location = format!("{prefix}{name}");
+        let mut bytes = Vec::new();
+        let read = (&mut member)
+            .take(MAX_PICKLE_BYTES + 1)
+            .read_to_end(&mut bytes);
+        if read.is_err() || bytes.len() as u64 > MAX_PICKLE_BYTES {
+            report.findings.push(Finding {
+                severity: Severity::High,
+                location,
+                message: "pickle member is unreadable or larger than 256 MiB".into(),
+            });
+            continue;
+        }
+        if npy {
+            scan_npy(&location, &bytes, depth, report);
+        } else {
+            scan_pickle(&location, &bytes, depth, report);
+        }
+        scanned += 1;
+    }
+    scanned += duplicated_and_escaping_members(&mut open()?, size, prefix, depth, report);
+    if scanned == 0 && depth == 0 {
+        report.findings.push(Finding {
+            severity: Severity::Low,
+            location: "archive".into(),
+            message: "zip archive without a .pkl member: not a PyTorch checkpoint".into(),
+        });
+    }
+    Ok(())
+}
+
+/// A legacy stream as `torch.load` reads it: up to [`LEGACY_PICKLES`] pickles
+/// back to back, whatever opcode each starts with (protocol 0 has no header).
+/// Every one is scanned, a malformed one included: the opcodes before the
+/// point where loading fails have already run. Returns the pickles read.
+fn scan_pickle_stream(prefix: &str, bytes: &[u8], depth: usize, report: &mut ScanReport) -> usize {
+    let mut offset = 0;
+    let mut pickles = 0;
+    while offset < bytes.len() && pickles < LEGACY_PICKLES {
+        let location = format!("{prefix}pickle {} at byte {offset}", pickles + 1);
+        let walk = scan_pickle_walk(&location, &bytes[offset..], depth, report, pickles == 0);
+        pickles += 1;
+        if walk.malformed.is_some() || walk.consumed == 0 {
+            break;
+        }
+        offset += walk.consumed;
+    }
+    pickles
+}
+
+/// One pickle: its imports, findings, and the payloads it would deserialise.
+fn scan_pickle(location: &str, bytes: &[u8], depth: usize, report: &mut ScanReport) {
+    scan_pickle_walk(location, bytes, depth, report, true);
+}
+
+/// [`scan_pickle`], returning the walk. A malformed pickle that is not the
+/// first of a stream is where loading stops with an error (raw storage bytes
+/// after a legacy checkpoint's pickles, say): its imports count, its
+/// malformation alone is low.
+fn scan_pickle_walk(
+    location: &str,
+    bytes: &[u8],
+    depth: usize,
+    report: &mut ScanReport,
+    first: bool,
+) -> Walk {
+    let walk = pickle::walk(bytes);
+    let before = report.findings.len();
+    pickle_findings(location, &walk, &mut report.findings);
+    if !first {
+        for finding in &mut report.findings[before..] {
+            if finding.message.starts_with("malformed pickle") {
+                finding.severity = Severity::Low;
+            }
+        }
+    }
+    report.imports.extend(imports_of(&walk));
+    let deserialises = walk
+        .imports
+        .iter()
+        .any(|i| i.module == "torch.storage" && i.name == "_load_from_bytes");
+    if deserialises {
+        for (k, payload) in walk.payloads.iter().enumerate() {
+            let Some(raw) = bytes.get(payload.range.clone()) else {
+                continue;
+            };
+            let embedded: std::borrow::Cow<[u8]> = if payload.text {
+                // Latin-1 back to bytes; a string with wider characters cannot
+                // be such a payload.
+                let text = String::from_utf8_lossy(raw);
+                match text
+                    .chars()
+                    .map(|c| u8::try_from(u32::from(c)).ok())
+                    .collect()
+                {
+                    Some(bytes) => std::borrow::Cow::Owned(bytes),
+                    None => continue,
+                }
+            } else {
+                std::borrow::Cow::Borrowed(raw)
+            };
+            scan_embedded(
+                &format!("{location} payload {}: ", k + 1),
+                &embedded,
+                depth + 1,
+                report,
+            );
+        }
+    }
+    walk
+}
+
+/// Bytes that `torch.load` would be handed: a zip checkpoint or a legacy
+/// stream. Short payloads (names, dtypes) are skipped: no pickle that imports
+/// anything is under 8 bytes.
+fn scan_embedded(prefix: &str, bytes: &[u8], depth: usize, report: &mut ScanReport) {
+    if bytes.len() < 8 {
+        return;
+    }
+    if depth > MAX_DEPTH {
+        report.findings.push(Finding {
+            severity: Severity::High,
+            location: prefix.trim_end_matches(": ").into(),
+            message: format!("checkpoints nested more than {MAX_DEPTH} deep"),
+        });
+        return;
+    }
+    if bytes.starts_with(b"PK\x03\x04") {
+        let open = || Ok::<_, std::io::Error>(std::io::Cursor::new(bytes));
+        // Reading from memory cannot fail.
+        let _ = scan_zip(open, bytes.len() as u64, prefix, depth, report);
+    } else {
+        scan_pickle_stream(prefix, bytes, depth, report);
+    }
+}
+
+/// `.npy` magic.
+const NPY_MAGIC: &[u8] = b"\x93NUMPY";
+
+/// A `.npy` array: with an object dtype its data is a pickle (what
+/// `numpy.load(..., allow_pickle=True)` unpickles).
+fn scan_npy(location: &str, bytes: &[u8], depth: usize, report: &mut ScanReport) {
+    let header = (|| {
+        let major = *bytes.get(6)?;
+        let (len, start): (usize, usize) = if major == 1 {
+            (
+                usize::from(u16::from_le_bytes(bytes.get(8..10)?.try_into().ok()?)),
+                10,
+            )
+        } else {
+            let len = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?);
+            (usize::try_from(len).ok()?, 12)
+        };
+        let end = start.checked_add(len)?;
+        Some((bytes.get(start..end)?, end))
+    })();
+    let Some((header, data_start)) = header else {
+        report.findings.push(Finding {
+            severity: Severity::High,
+            location: location.into(),
+            message: "malformed .npy header".into(),
+        });
+        return;
+    };
+    if npy_has_objects(&String::from_utf8_lossy(header)) {
+        scan_pickle(
+            &format!("{location} (object array)"),
+            &bytes[data_start..],
+            depth,
+            report,
+        );
+    }
+}
+
+/// Whether a `.npy` header's `descr` holds an object type (`O`, `|O`, `<O8`,
+/// or such a field of a structured dtype): the quoted type codes are checked,
+/// not field names.
+fn npy_has_objects(header: &str) -> bool {
+    let Some(descr) = header.split("'descr':").nth(1) else {
+        return true;
+    };
+    let descr = descr.split("'fortran_order'").next().unwrap_or(descr);
+    let descr = descr.split("'shape'").next().unwrap_or(descr);
+    // Quoted strings alternate with what lies between them; a quoted string
+    // right after `(` is a field name, any other one a type code.
+    let parts: Vec<&str> = descr.split(['\'', '"']).collect();
+    parts
+        .iter()
+        .enumerate()
+        .skip(1)
+        .step_by(2)
+        .any(|(k, quoted)| {
+            let name = parts[k - 1].trim_end().ends_with('(');
+            let code = quoted.trim_start_matches(['<', '>', '|', '=']);
+            !name
+                && code
+                    .strip_prefix('O')
+                    .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_digit()))
+        })
 }
 
 /// Findings from the archive's own central directory (the `zip` crate shows one
 /// member per name): names that escape the extraction directory, and names held
 /// by more than one member — every copy of such a pickle is scanned, since the
 /// loaders disagree on which copy they read. Returns the pickles scanned.
-fn duplicated_and_escaping_members(
-    file: &mut std::fs::File,
+fn duplicated_and_escaping_members<R: Read + std::io::Seek>(
+    file: &mut R,
     size: u64,
+    prefix: &str,
+    depth: usize,
     report: &mut ScanReport,
 ) -> usize {
     let Some(entries) = zipdir::entries(file, size) else {
@@ -451,7 +659,7 @@ fn duplicated_and_escaping_members(
         if escapes_directory(&entry.name) {
             report.findings.push(Finding {
                 severity: Severity::High,
-                location: entry.name.clone(),
+                location: format!("{prefix}{}", entry.name),
                 message: "member name escapes the archive's directory (absolute or '..')".into(),
             });
         }
@@ -464,7 +672,7 @@ fn duplicated_and_escaping_members(
     for (name, copies) in duplicated {
         report.findings.push(Finding {
             severity: Severity::High,
-            location: name.into(),
+            location: format!("{prefix}{name}"),
             message: format!(
                 "{copies} members share this name: loaders differ on which one they read"
             ),
@@ -473,7 +681,7 @@ fn duplicated_and_escaping_members(
             continue;
         }
         for (copy, entry) in entries.iter().filter(|e| e.name == name).enumerate() {
-            let location = format!("{name} (copy {})", copy + 1);
+            let location = format!("{prefix}{name} (copy {})", copy + 1);
             if budget == 0 {
                 report.findings.push(Finding {
                     severity: Severity::High,
@@ -488,9 +696,7 @@ fn duplicated_and_escaping_members(
             match zipdir::read(file, entry, budget) {
                 Some(bytes) => {
                     budget = budget.saturating_sub((bytes.len() as u64).max(1));
-                    let walk = pickle::walk(&bytes);
-                    pickle_findings(&location, &walk, &mut report.findings);
-                    report.imports.extend(imports_of(&walk));
+                    scan_pickle(&location, &bytes, depth, report);
                     scanned += 1;
                 }
                 None => report.findings.push(Finding {

@@ -22,6 +22,22 @@ pub struct Walk {
     pub malformed: Option<String>,
     /// Bytes consumed (the pickle ends at its `STOP`).
     pub consumed: usize,
+    /// `EXT1`/`EXT2`/`EXT4` opcodes: imports named by a number that
+    /// `copyreg`'s extension registry resolves at load time.
+    pub extension_codes: usize,
+    /// Where the pickle's byte and string payloads lie (what a deserialising
+    /// callable such as `torch.storage._load_from_bytes` would be handed).
+    pub payloads: Vec<Payload>,
+}
+
+/// A byte or string argument inside a pickle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Payload {
+    /// Its bytes in the pickle.
+    pub range: std::ops::Range<usize>,
+    /// A string (UTF-8 in the pickle; Python 2 era checkpoints hand bytes
+    /// over as Latin-1 text through `_codecs.encode`) rather than bytes.
+    pub text: bool,
 }
 
 /// Values the walk tracks: enough to resolve `STACK_GLOBAL` operands.
@@ -65,6 +81,17 @@ impl<'a> Reader<'a> {
     fn sized(&mut self, width: usize) -> Option<&'a [u8]> {
         let len = usize::try_from(self.uint(width)?).ok()?;
         self.take(len)
+    }
+    /// [`Reader::sized`], its place recorded as a payload.
+    fn payload(&mut self, width: usize, text: bool, out: &mut Walk) -> Option<&'a [u8]> {
+        let len = usize::try_from(self.uint(width)?).ok()?;
+        let start = self.at;
+        let bytes = self.take(len)?;
+        out.payloads.push(Payload {
+            range: start..start + len,
+            text,
+        });
+        Some(bytes)
     }
 }
 
@@ -150,8 +177,9 @@ pub fn walk(bytes: &[u8]) -> Walk {
                     stack.push(Value::Other);
                 }
                 b'N' | b'\x88' | b'\x89' | b')' | b']' | b'}' | b'\x8f' => stack.push(Value::Other),
+                // BINSTRING/SHORT_BINSTRING are Python 2 byte strings.
                 b'T' | b'X' => {
-                    let s = reader.sized(4)?;
+                    let s = reader.payload(4, op == b'X', &mut out)?;
                     stack.push(if op == b'X' {
                         Value::Text(text(s))
                     } else {
@@ -159,7 +187,7 @@ pub fn walk(bytes: &[u8]) -> Walk {
                     });
                 }
                 b'U' | b'\x8c' => {
-                    let s = reader.sized(1)?;
+                    let s = reader.payload(1, op == b'\x8c', &mut out)?;
                     stack.push(if op == b'\x8c' {
                         Value::Text(text(s))
                     } else {
@@ -167,10 +195,14 @@ pub fn walk(bytes: &[u8]) -> Walk {
                     });
                 }
                 b'B' => {
-                    reader.sized(4)?;
+                    reader.payload(4, false, &mut out)?;
                     stack.push(Value::Other);
                 }
-                b'C' | b'\x8a' => {
+                b'C' => {
+                    reader.payload(1, false, &mut out)?;
+                    stack.push(Value::Other);
+                }
+                b'\x8a' => {
                     reader.sized(1)?;
                     stack.push(Value::Other);
                 }
@@ -179,11 +211,11 @@ pub fn walk(bytes: &[u8]) -> Walk {
                     stack.push(Value::Other);
                 }
                 b'\x8d' => {
-                    let s = reader.sized(8)?;
+                    let s = reader.payload(8, true, &mut out)?;
                     stack.push(Value::Text(text(s)));
                 }
                 b'\x8e' | b'\x96' => {
-                    reader.sized(8)?;
+                    reader.payload(8, false, &mut out)?;
                     stack.push(Value::Other);
                 }
                 b'\x95' => {
@@ -192,16 +224,14 @@ pub fn walk(bytes: &[u8]) -> Walk {
                 b'\x80' => {
                     reader.take(1)?;
                 }
-                b'\x82' => {
-                    reader.take(1)?;
-                    stack.push(Value::Other);
-                }
-                b'\x83' => {
-                    reader.take(2)?;
-                    stack.push(Value::Other);
-                }
-                b'\x84' => {
-                    reader.take(4)?;
+                // EXT1/2/4: a global named by its extension code.
+                b'\x82' | b'\x83' | b'\x84' => {
+                    reader.take(match op {
+                        b'\x82' => 1,
+                        b'\x83' => 2,
+                        _ => 4,
+                    })?;
+                    out.extension_codes += 1;
                     stack.push(Value::Other);
                 }
                 // Memo.

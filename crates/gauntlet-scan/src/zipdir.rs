@@ -35,7 +35,7 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 /// Every entry of the central directory, in order; `None` when the archive
 /// has no end record, uses zip64 fields, or its directory is malformed (the
 /// `zip` crate's reading stands alone then).
-pub(crate) fn entries(file: &mut std::fs::File, size: u64) -> Option<Vec<Entry>> {
+pub(crate) fn entries<R: Read + Seek>(file: &mut R, size: u64) -> Option<Vec<Entry>> {
     let tail_len = size.min(TAIL);
     let mut tail = vec![0u8; tail_len as usize];
     file.seek(SeekFrom::Start(size - tail_len)).ok()?;
@@ -83,7 +83,7 @@ pub(crate) fn entries(file: &mut std::fs::File, size: u64) -> Option<Vec<Entry>>
 
 /// The member's bytes, decompressed, at most `limit` of them; `None` when its
 /// local header is missing or its method is neither stored nor deflate.
-pub(crate) fn read(file: &mut std::fs::File, entry: &Entry, limit: u64) -> Option<Vec<u8>> {
+pub(crate) fn read<R: Read + Seek>(file: &mut R, entry: &Entry, limit: u64) -> Option<Vec<u8>> {
     let mut header = [0u8; 30];
     file.seek(SeekFrom::Start(entry.local_offset)).ok()?;
     file.read_exact(&mut header).ok()?;

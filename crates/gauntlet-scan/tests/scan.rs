@@ -95,7 +95,17 @@ fn code_execution_in_a_raw_pickle_and_in_a_checkpoint_is_critical() {
     .unwrap();
     let report = scan_file(&dir.join("model.pkl")).unwrap();
     assert_eq!(report.worst(), Some(Severity::Medium));
-    assert!(!report.is_dangerous());
+    // Deny by default: the load decision is allow-list membership, whatever
+    // severity the report gives a person.
+    assert!(report.refuse && report.is_dangerous());
+    // Only allow-listed rebuild callables: loaded.
+    std::fs::write(
+        dir.join("dict.pkl"),
+        b"\x80\x02ccollections\nOrderedDict\nq\x00)Rq\x01.",
+    )
+    .unwrap();
+    let report = scan_file(&dir.join("dict.pkl")).unwrap();
+    assert!(!report.refuse, "{:?}", report.findings);
 }
 
 fn tempfile_dir() -> tempfile::TempDir {
@@ -603,4 +613,204 @@ fn a_pickle_hidden_behind_a_duplicated_member_name_is_found() {
     let path = temp.path().join("plain.pt");
     std::fs::write(&path, bytes).unwrap();
     assert!(scan_file(&path).unwrap().findings.is_empty());
+}
+
+/// `pickle.dumps((os.system, ("id",)))`-style payload in protocol 0: no
+/// header byte, so a reader that expects 0x80 stops before it.
+const OS_SYSTEM_PROTOCOL_0: &[u8] = b"cposix\nsystem\np0\n(Vid\np1\ntp2\nRp3\n.";
+
+fn scan_bytes(name: &str, bytes: &[u8]) -> gauntlet_scan::ScanReport {
+    let temp = tempfile_dir();
+    let path = temp.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    scan_file(&path).unwrap()
+}
+
+#[test]
+fn every_pickle_of_a_legacy_stream_is_scanned_as_torch_load_reads_them() {
+    // Magic-number pickle (protocol 2), then a protocol-0 pickle that runs
+    // os.system: torch.load's legacy reader unpickles both.
+    let mut stream = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.".to_vec();
+    stream.extend_from_slice(OS_SYSTEM_PROTOCOL_0);
+    let report = scan_bytes("legacy.pt", &stream);
+    assert_eq!(
+        report.worst(),
+        Some(Severity::Critical),
+        "{:?}",
+        report.findings
+    );
+    assert!(report.imports.iter().any(|i| i == "posix.system"));
+    // A malformed second pickle: loading fails there, but its GLOBAL and
+    // REDUCE before the bad byte have already run.
+    let mut broken = b"\x80\x02K\x01.".to_vec();
+    broken.extend_from_slice(b"cposix\nsystem\n(Vid\ntR\xff");
+    let report = scan_bytes("broken.pt", &broken);
+    assert_eq!(
+        report.worst(),
+        Some(Severity::Critical),
+        "{:?}",
+        report.findings
+    );
+    // Raw storage bytes after five clean pickles are not pickles: not read.
+    let mut legacy = Vec::new();
+    for _ in 0..5 {
+        legacy.extend_from_slice(b"\x80\x02K\x01.");
+    }
+    legacy.extend_from_slice(OS_SYSTEM_PROTOCOL_0);
+    let report = scan_bytes("storages.pt", &legacy);
+    assert_eq!(report.format, "pytorch-legacy");
+    assert!(
+        report.findings.is_empty() && !report.refuse,
+        "{:?}",
+        report.findings
+    );
+}
+
+/// A protocol-2 pickle calling `torch.storage._load_from_bytes(payload)`,
+/// the payload as BINBYTES or (Python 2 style) BINUNICODE text.
+fn load_from_bytes(payload: &[u8], as_text: bool) -> Vec<u8> {
+    let mut bytes = b"\x80\x02ctorch.storage\n_load_from_bytes\nq\x00".to_vec();
+    if as_text {
+        let text: String = payload.iter().map(|&b| char::from(b)).collect();
+        bytes.push(b'X');
+        bytes.extend((text.len() as u32).to_le_bytes());
+        bytes.extend(text.as_bytes());
+    } else {
+        bytes.push(b'B');
+        bytes.extend((payload.len() as u32).to_le_bytes());
+        bytes.extend(payload);
+    }
+    bytes.extend(b"\x85R.");
+    bytes
+}
+
+#[test]
+fn checkpoints_embedded_in_a_deserialising_callable_are_scanned_in_turn() {
+    // Not a reason to refuse by itself: a clean embedded checkpoint.
+    let clean = load_from_bytes(b"\x80\x02}q\x00(X\x01\x00\x00\x00aK\x01u.", false);
+    let report = scan_bytes("clean.pt", &clean);
+    assert!(!report.refuse, "{:?}", report.findings);
+    assert!(report
+        .imports
+        .iter()
+        .any(|i| i == "torch.storage._load_from_bytes"));
+    for as_text in [false, true] {
+        let report = scan_bytes("nested.pt", &load_from_bytes(&os_system_pickle(), as_text));
+        assert_eq!(
+            report.worst(),
+            Some(Severity::Critical),
+            "{as_text}: {:?}",
+            report.findings
+        );
+        assert!(report
+            .findings
+            .iter()
+            .any(|f| f.location.contains("payload 1")));
+    }
+    // A zip checkpoint as the payload, its data.pkl malicious.
+    let zip = zip_with(&[("archive/data.pkl", &os_system_pickle())], true, ("", ""));
+    let report = scan_bytes("nested-zip.pt", &load_from_bytes(&zip, false));
+    assert_eq!(
+        report.worst(),
+        Some(Severity::Critical),
+        "{:?}",
+        report.findings
+    );
+    assert!(report
+        .findings
+        .iter()
+        .any(|f| f.location.ends_with("archive/data.pkl")));
+    // Nested beyond the depth followed: refused rather than followed forever.
+    let mut deep = os_system_pickle();
+    for _ in 0..6 {
+        deep = load_from_bytes(&deep, false);
+    }
+    let report = scan_bytes("deep.pt", &deep);
+    assert!(report.refuse, "{:?}", report.findings);
+    assert!(report
+        .findings
+        .iter()
+        .any(|f| f.message.contains("nested more than")));
+}
+
+#[test]
+fn extension_code_imports_are_refused() {
+    // EXT1 code 1: copyreg's registry, not the file, names the callable.
+    let report = scan_bytes("ext.pkl", b"\x80\x02\x82\x01)R.");
+    assert_eq!(
+        report.worst(),
+        Some(Severity::High),
+        "{:?}",
+        report.findings
+    );
+    assert!(report.refuse);
+}
+
+/// A version-1 `.npy` file with this dtype descriptor and data.
+fn npy(descr: &str, data: &[u8]) -> Vec<u8> {
+    let mut header = format!("{{'descr': {descr}, 'fortran_order': False, 'shape': (1,), }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend(data);
+    bytes
+}
+
+#[test]
+fn object_arrays_in_npy_and_npz_files_are_pickles_and_are_scanned() {
+    let evil = npy("'|O'", &os_system_pickle());
+    let report = scan_bytes("evil.npy", &evil);
+    assert_eq!(report.format, "npy");
+    assert_eq!(
+        report.worst(),
+        Some(Severity::Critical),
+        "{:?}",
+        report.findings
+    );
+    // A structured dtype with an object field; a field merely named "O".
+    let structured = npy("[('O', '<f4'), ('b', '|O')]", &os_system_pickle());
+    assert_eq!(
+        scan_bytes("s.npy", &structured).worst(),
+        Some(Severity::Critical)
+    );
+    let named = npy("[('O', '<f4')]", &[0u8; 4]);
+    assert!(scan_bytes("n.npy", &named).findings.is_empty());
+    let floats = npy("'<f4'", &1.5f32.to_le_bytes());
+    let report = scan_bytes("floats.npy", &floats);
+    assert!(
+        report.findings.is_empty() && !report.refuse,
+        "{:?}",
+        report.findings
+    );
+    // The same inside an .npz (a zip of .npy members).
+    let npz = zip_with(&[("x.npy", &floats), ("y.npy", &evil)], true, ("", ""));
+    let report = scan_bytes("arrays.npz", &npz);
+    assert_eq!(
+        report.worst(),
+        Some(Severity::Critical),
+        "{:?}",
+        report.findings
+    );
+    assert!(report
+        .findings
+        .iter()
+        .any(|f| f.location.starts_with("y.npy")));
+}
+
+#[test]
+fn the_documented_allow_list_is_the_code_s() {
+    let doc = std::fs::read_to_string(repo("docs/scan.md")).unwrap();
+    let listed: Vec<&str> = doc
+        .split("<!-- allow-list -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- /allow-list -->").next())
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.strip_prefix("- `")?.strip_suffix('`'))
+        .collect();
+    assert_eq!(listed, gauntlet_scan::allow_list());
 }
