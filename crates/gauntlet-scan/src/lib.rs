@@ -269,6 +269,15 @@ fn pickle_findings(location: &str, walk: &Walk, findings: &mut Vec<Finding>) {
             });
         }
     }
+    if let Some(why) = &walk.frame_violation {
+        findings.push(Finding {
+            severity: Severity::High,
+            location: location.into(),
+            message: format!(
+                "inconsistent pickle framing ({why}): Python's unpickler reads it differently from any scanner"
+            ),
+        });
+    }
     if walk.extension_codes > 0 {
         findings.push(Finding {
             severity: Severity::High,
@@ -380,6 +389,18 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
         report.format = "onnx".into();
         let dir = path.parent().unwrap_or(Path::new("."));
         onnx::check(&bytes, dir, &mut report.findings);
+    } else if let Some(bytes) =
+        Some(read_bounded(path, size).map_err(io)?).filter(|bytes| walks_as_pickle(bytes))
+    {
+        // A pickle may start with any opcode (`S`, `V`, `I`, ...): whatever
+        // walks as one — it reaches STOP or imports something — is one.
+        let pickles = scan_pickle_stream("", &bytes, 0, &mut report);
+        report.format = if pickles > 1 {
+            "pytorch-legacy"
+        } else {
+            "pickle"
+        }
+        .into();
     } else if got >= 9 && head[8] == b'{' {
         // A safetensors header whose length runs past the end of the file.
         report.format = "safetensors".into();
@@ -398,6 +419,16 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
     // Medium is given to imports outside the allow-list and to nothing else.
     report.refuse = report.worst() >= Some(Severity::Medium);
     Ok(report)
+}
+
+/// Whether bytes that no other format claims are a pickle: the walk reaches
+/// `STOP`, or imports something before it fails.
+fn walks_as_pickle(bytes: &[u8]) -> bool {
+    let walk = pickle::walk(bytes);
+    (walk.malformed.is_none() && walk.consumed > 1)
+        || !walk.imports.is_empty()
+        || walk.dynamic_globals > 0
+        || walk.extension_codes > 0
 }
 
 /// A zip archive as `torch.load` (`.pkl` members are pickles) and `numpy.load`

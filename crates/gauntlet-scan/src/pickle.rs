@@ -22,6 +22,12 @@ pub struct Walk {
     pub malformed: Option<String>,
     /// Bytes consumed (the pickle ends at its `STOP`).
     pub consumed: usize,
+    /// An opcode that straddles the end of its `FRAME`, or a `FRAME` opened
+    /// inside another: CPython's pickler writes neither, and CPython's file
+    /// unpickler then reads the bytes differently from a sequential reader
+    /// (it can run opcodes hidden in what looks like a byte string; CPython
+    /// issue 154848). No static reading can be trusted.
+    pub frame_violation: Option<String>,
     /// `EXT1`/`EXT2`/`EXT4` opcodes: imports named by a number that
     /// `copyreg`'s extension registry resolves at load time.
     pub extension_codes: usize,
@@ -119,8 +125,14 @@ pub fn walk(bytes: &[u8]) -> Walk {
             }
         }
     }
+    // Where the current FRAME ends (None outside frames: large objects are
+    // legitimately written between frames).
+    let mut frame_end: Option<usize> = None;
     loop {
         let start = reader.at;
+        if frame_end.is_some_and(|end| start >= end) {
+            frame_end = None;
+        }
         let Some(op) = reader.byte() else {
             out.malformed = Some(format!("truncated: no STOP opcode by byte {start}"));
             break;
@@ -219,7 +231,17 @@ pub fn walk(bytes: &[u8]) -> Walk {
                     stack.push(Value::Other);
                 }
                 b'\x95' => {
-                    reader.take(8)?;
+                    let len = reader.uint(8)?;
+                    if let Some(end) = frame_end {
+                        out.frame_violation.get_or_insert(format!(
+                            "a FRAME opens at byte {start}, inside the frame ending at byte {end}"
+                        ));
+                    }
+                    frame_end = Some(
+                        reader
+                            .at
+                            .saturating_add(usize::try_from(len).unwrap_or(usize::MAX)),
+                    );
                 }
                 b'\x80' => {
                     reader.take(1)?;
@@ -320,6 +342,11 @@ pub fn walk(bytes: &[u8]) -> Walk {
             ));
             break;
         }
+        if let Some(end) = frame_end.filter(|&end| op != b'\x95' && reader.at > end) {
+            out.frame_violation.get_or_insert(format!(
+                "opcode 0x{op:02x} at byte {start} runs past the end of its FRAME at byte {end}"
+            ));
+        }
         if op == b'.' {
             break;
         }
@@ -378,5 +405,33 @@ mod tests {
             "a length past the end"
         );
         assert!(walk(b"").malformed.is_some());
+    }
+
+    #[test]
+    fn opcodes_straddling_their_frame_are_violations_and_unframed_data_is_not() {
+        let frame = |len: u64| {
+            let mut bytes = vec![0x80, 4, 0x95];
+            bytes.extend(len.to_le_bytes());
+            bytes
+        };
+        // The frame holds exactly its opcodes; then a payload written outside
+        // any frame (as CPython does for large objects).
+        let mut fine = frame(1);
+        fine.push(b'N');
+        fine.extend([b'B', 3, 0, 0, 0]);
+        fine.extend(b"abc");
+        fine.extend([b'0', b'0', b'.']);
+        let fine = walk(&fine);
+        assert!(fine.frame_violation.is_none() && fine.malformed.is_none(), "{fine:?}");
+        // BININT1's argument lies past the frame's end.
+        let mut straddle = frame(1);
+        straddle.extend([b'K', 5, b'.']);
+        assert!(walk(&straddle).frame_violation.is_some());
+        // A frame opened inside another.
+        let mut nested = frame(20);
+        nested.push(b'N');
+        nested.extend(&frame(1)[2..]);
+        nested.extend([b'N', b'.']);
+        assert!(walk(&nested).frame_violation.is_some());
     }
 }
