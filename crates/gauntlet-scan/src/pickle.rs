@@ -422,7 +422,10 @@ mod tests {
         fine.extend(b"abc");
         fine.extend([b'0', b'0', b'.']);
         let fine = walk(&fine);
-        assert!(fine.frame_violation.is_none() && fine.malformed.is_none(), "{fine:?}");
+        assert!(
+            fine.frame_violation.is_none() && fine.malformed.is_none(),
+            "{fine:?}"
+        );
         // BININT1's argument lies past the frame's end.
         let mut straddle = frame(1);
         straddle.extend([b'K', 5, b'.']);
