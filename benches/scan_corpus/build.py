@@ -147,6 +147,18 @@ def npy(descr, data):
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + data
 
 
+def tar_bytes(members):
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 def own_tricks(dest):
     """Generators for the evasions issue #18 lists; each file is small."""
     magic = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
@@ -167,6 +179,10 @@ def own_tricks(dest):
         "clean_state_dict_p2.pkl": pickle.dumps({"w": [1.0, 2.0]}, protocol=2),
         "clean_ordereddict_p4.pkl": pickle.dumps(__import__("collections").OrderedDict(a=1), protocol=4),
     }
+    clean = pickle.dumps(0, protocol=2)
+    files["tar_legacy_malicious_pickle.pt"] = tar_bytes([("storages", clean), ("tensors", clean), ("pickle", OS_SYSTEM_P2)])
+    files["tar_legacy_clean.pt"] = tar_bytes([("storages", clean), ("tensors", clean), ("pickle", clean)])
+    files["tar_legacy_malicious_storages.pt"] = tar_bytes([("storages", OS_SYSTEM_P0), ("tensors", clean), ("pickle", clean)])
     # A zip whose second member of the same name (the one zipfile reads) is malicious.
     dup = zip_bytes([("archive/data.pkl", pickle.dumps({}, protocol=2)), ("archive/data.pkx", OS_SYSTEM_P2)], deflate=False)
     files["zip_duplicate_name_last_malicious.pt"] = dup.replace(b"archive/data.pkx", b"archive/data.pkl")

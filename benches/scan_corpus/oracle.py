@@ -200,10 +200,34 @@ def read_zip(data, imports, depth):
     return ok
 
 
+def read_tar(data, imports, depth):
+    """`torch.load`'s oldest format: members `storages`, `tensors`, `pickle`
+    unpickled (their leading pickles; raw storage bytes follow in the first
+    two). None when `data` is not a tar archive."""
+    import tarfile
+
+    try:
+        archive = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
+        members = archive.getmembers()
+    except tarfile.TarError:
+        return None
+    ok = False
+    for member in members:
+        if member.name not in ("storages", "tensors", "pickle") or not member.isfile():
+            continue
+        body = archive.extractfile(member).read()
+        ok |= read_pickles(body, imports, depth, LEGACY_PICKLES) and member.name == "pickle"
+    return ok
+
+
 def read_torch(data, imports, depth):
-    """`torch.load`: zip by magic, else the legacy stream of pickles."""
+    """`torch.load`: zip by magic, else a tar archive, else the legacy stream
+    of pickles."""
     if data.startswith(b"PK\x03\x04"):
         return read_zip(data, imports, depth)
+    tar = read_tar(data, imports, depth)
+    if tar is not None:
+        return tar
     return read_pickles(data, imports, depth, LEGACY_PICKLES)
 
 

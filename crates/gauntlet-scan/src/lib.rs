@@ -14,6 +14,7 @@
 mod onnx;
 mod pickle;
 mod safetensors;
+mod tar;
 mod zipdir;
 
 use std::io::Read;
@@ -329,9 +330,11 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
     };
     let mut file = std::fs::File::open(path).map_err(io)?;
     let size = file.metadata().map_err(io)?.len();
-    let mut head = [0u8; 10];
-    let got = file.read(&mut head).map_err(io)?;
-    let head = &head[..got];
+    // A tar header's magic sits at byte 257.
+    let mut head = Vec::with_capacity(512);
+    (&mut file).take(512).read_to_end(&mut head).map_err(io)?;
+    let got = head.len();
+    let head = head.as_slice();
     let header_len = head
         .get(..8)
         .and_then(|b| b.try_into().ok())
@@ -351,6 +354,9 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
     } else if head.starts_with(b"PK\x03\x04") {
         report.format = "pytorch-zip".into();
         scan_zip(|| std::fs::File::open(path), size, "", 0, &mut report).map_err(io)?;
+    } else if tar::is_tar(head) {
+        report.format = "pytorch-tar".into();
+        scan_tar(&mut file, size, &mut report);
     } else if head.starts_with(NPY_MAGIC) {
         report.format = "npy".into();
         let bytes = read_bounded(path, size).map_err(io)?;
@@ -413,6 +419,10 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
             path: shown,
             head: head.iter().take(9).map(|b| format!("{b:02x}")).collect(),
         });
+    }
+    if report.format != "pytorch-zip" {
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        scan_zip_view(&mut file, size, &mut report);
     }
     report.imports.sort();
     report.imports.dedup();
@@ -499,20 +509,112 @@ fn scan_zip<R: Read + std::io::Seek>(
     Ok(())
 }
 
+/// A file of another format that is also a zip archive: Python's `zipfile`
+/// finds an archive by its end record, so data in front of it (a pickle, a
+/// safetensors file) does not stop `zipfile`-based loaders from opening it.
+/// Its pickle and `.npy` members are scanned too. Only an end record whose
+/// directory lists members with valid local headers counts (tensor bytes may
+/// contain the 4-byte signature by chance).
+fn scan_zip_view<R: Read + std::io::Seek>(file: &mut R, size: u64, report: &mut ScanReport) {
+    let Some(entries) = zipdir::entries(file, size) else {
+        return;
+    };
+    if entries.is_empty() || entries.iter().any(|e| zipdir::extent(file, e).is_none()) {
+        return;
+    }
+    report.findings.push(Finding {
+        severity: Severity::Low,
+        location: "zip view".into(),
+        message: format!(
+            "also a zip archive of {} member(s) (Python's zipfile opens it): scanned as one too",
+            entries.len()
+        ),
+    });
+    let mut budget = MAX_PICKLE_BYTES;
+    for entry in &entries {
+        let npy = entry.name.ends_with(".npy");
+        if !(npy || entry.name.ends_with(".pkl")) || budget == 0 {
+            continue;
+        }
+        let location = format!("zip view: {}", entry.name);
+        match zipdir::read(file, entry, budget) {
+            Some(bytes) => {
+                budget = budget.saturating_sub((bytes.len() as u64).max(1));
+                if npy {
+                    scan_npy(&location, &bytes, 0, report);
+                } else {
+                    scan_pickle(&location, &bytes, 0, report);
+                }
+            }
+            None => report.findings.push(Finding {
+                severity: Severity::High,
+                location,
+                message: "unreadable member of the zip view".into(),
+            }),
+        }
+    }
+}
+
+/// A legacy tar checkpoint: its `storages`, `tensors` and `pickle` members
+/// (every copy of a repeated name) as pickle streams. The first two hold raw
+/// storage bytes after their leading pickles; pickles after those bytes are
+/// not reached.
+fn scan_tar(file: &mut std::fs::File, size: u64, report: &mut ScanReport) {
+    let Some(members) = tar::members(file, size) else {
+        report.findings.push(Finding {
+            severity: Severity::High,
+            location: "archive".into(),
+            message: "malformed tar header".into(),
+        });
+        return;
+    };
+    let mut budget = MAX_PICKLE_BYTES;
+    for member in members
+        .iter()
+        .filter(|m| tar::PICKLED.contains(&m.name.trim_start_matches("./")))
+    {
+        match tar::read(file, member, budget) {
+            Some(bytes) if budget > 0 => {
+                budget = budget.saturating_sub((bytes.len() as u64).max(1));
+                scan_pickle_stream(&format!("{}: ", member.name), &bytes, 0, report);
+            }
+            _ => report.findings.push(Finding {
+                severity: Severity::High,
+                location: member.name.clone(),
+                message: format!(
+                    "unreadable, or past the {} MiB read for pickles",
+                    MAX_PICKLE_BYTES >> 20
+                ),
+            }),
+        }
+    }
+    if !members
+        .iter()
+        .any(|m| m.name.trim_start_matches("./") == "pickle")
+    {
+        report.findings.push(Finding {
+            severity: Severity::Low,
+            location: "archive".into(),
+            message: "tar archive without a 'pickle' member: not a PyTorch checkpoint".into(),
+        });
+    }
+}
+
 /// A legacy stream as `torch.load` reads it: up to [`LEGACY_PICKLES`] pickles
 /// back to back, whatever opcode each starts with (protocol 0 has no header).
 /// Every one is scanned, a malformed one included: the opcodes before the
-/// point where loading fails have already run. Returns the pickles read.
+/// point where loading fails have already run. Returns the whole pickles read.
 fn scan_pickle_stream(prefix: &str, bytes: &[u8], depth: usize, report: &mut ScanReport) -> usize {
     let mut offset = 0;
-    let mut pickles = 0;
-    while offset < bytes.len() && pickles < LEGACY_PICKLES {
-        let location = format!("{prefix}pickle {} at byte {offset}", pickles + 1);
-        let walk = scan_pickle_walk(&location, &bytes[offset..], depth, report, pickles == 0);
-        pickles += 1;
+    let (mut read, mut pickles) = (0, 0);
+    while offset < bytes.len() && read < LEGACY_PICKLES {
+        let location = format!("{prefix}pickle {} at byte {offset}", read + 1);
+        let walk = scan_pickle_walk(&location, &bytes[offset..], depth, report, read == 0);
+        read += 1;
         if walk.malformed.is_some() || walk.consumed == 0 {
             break;
         }
+        pickles += 1;
         offset += walk.consumed;
     }
     pickles
@@ -735,6 +837,65 @@ fn duplicated_and_escaping_members<R: Read + std::io::Seek>(
                     location,
                     message: "unreadable copy of a duplicated pickle member".into(),
                 }),
+            }
+        }
+    }
+    scanned += overlapping_and_hidden_members(file, size, &entries, prefix, depth, budget, report);
+    scanned
+}
+
+/// Members whose bytes overlap another's (a reader trusting one header sees
+/// other data than one trusting the next; overlapping members are also how
+/// zip bombs multiply their output), and members that only a streaming reader
+/// finds: local headers walked from the start of the file that the central
+/// directory does not list. Both are high; hidden pickles are scanned within
+/// what is left of `budget`. Returns the pickles scanned.
+fn overlapping_and_hidden_members<R: Read + std::io::Seek>(
+    file: &mut R,
+    size: u64,
+    entries: &[zipdir::Entry],
+    prefix: &str,
+    depth: usize,
+    mut budget: u64,
+    report: &mut ScanReport,
+) -> usize {
+    let mut extents: Vec<(u64, u64, &str)> = entries
+        .iter()
+        .filter_map(|e| Some((e.offset(), zipdir::extent(file, e)?, e.name.as_str())))
+        .collect();
+    extents.sort_unstable();
+    let overlaps: Vec<(&str, &str)> = extents
+        .windows(2)
+        .filter(|pair| pair[1].0 < pair[0].1)
+        .map(|pair| (pair[0].2, pair[1].2))
+        .collect();
+    if let Some(&(first, second)) = overlaps.first() {
+        report.findings.push(Finding {
+            severity: Severity::High,
+            location: format!("{prefix}{second}"),
+            message: format!(
+                "member's bytes overlap those of {first} ({} overlapping pair(s) in the archive)",
+                overlaps.len()
+            ),
+        });
+    }
+    let listed: std::collections::HashSet<u64> = entries.iter().map(|e| e.offset()).collect();
+    let mut scanned = 0;
+    for entry in zipdir::local_entries(file, size) {
+        if listed.contains(&entry.offset()) {
+            continue;
+        }
+        let location = format!("{prefix}{} (at byte {})", entry.name, entry.offset());
+        report.findings.push(Finding {
+            severity: Severity::High,
+            location: location.clone(),
+            message: "member missing from the central directory: streaming readers see it, zipfile and torch.load do not".into(),
+        });
+        if entry.name.ends_with(".pkl") && budget > 0 {
+            if let Some(bytes) = zipdir::read(file, &entry, budget) {
+                budget = budget.saturating_sub((bytes.len() as u64).max(1));
+                scan_pickle(&location, &bytes, depth, report);
+                scanned += 1;
             }
         }
     }

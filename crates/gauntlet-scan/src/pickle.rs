@@ -2,7 +2,7 @@
 //! global the pickle would import — what `pickle.load` would call.
 
 /// A global the pickle imports (`GLOBAL`, `INST` or `STACK_GLOBAL`).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Import {
     /// Module, e.g. `torch._utils`.
     pub module: String,
@@ -49,7 +49,9 @@ pub struct Payload {
 /// Values the walk tracks: enough to resolve `STACK_GLOBAL` operands.
 #[derive(Clone, Debug, PartialEq)]
 enum Value {
-    Text(String),
+    /// Shared, so `DUP` and memo reads of a long string copy a pointer, not
+    /// the string (a pickle of a few MB could otherwise ask for gigabytes).
+    Text(std::rc::Rc<str>),
     Mark,
     Other,
 }
@@ -101,7 +103,11 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn text(bytes: &[u8]) -> String {
+fn text(bytes: &[u8]) -> std::rc::Rc<str> {
+    std::rc::Rc::from(String::from_utf8_lossy(bytes).as_ref())
+}
+
+fn owned(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
@@ -111,9 +117,12 @@ pub fn walk(bytes: &[u8]) -> Walk {
     let mut reader = Reader { bytes, at: 0 };
     let mut stack: Vec<Value> = Vec::new();
     let mut memo: std::collections::HashMap<u64, Value> = std::collections::HashMap::new();
-    let add = |out: &mut Walk, module: String, name: String| {
+    // Imports seen, so that a pickle of a million GLOBALs is checked in
+    // linear time.
+    let mut seen = std::collections::HashSet::new();
+    let mut add = |out: &mut Walk, module: String, name: String| {
         let import = Import { module, name };
-        if !out.imports.contains(&import) {
+        if seen.insert(import.clone()) {
             out.imports.push(import);
         }
     };
@@ -164,8 +173,8 @@ pub fn walk(bytes: &[u8]) -> Walk {
                     stack.push(Value::Text(text(trimmed)));
                 }
                 b'c' | b'i' => {
-                    let module = text(reader.line()?);
-                    let name = text(reader.line()?);
+                    let module = owned(reader.line()?);
+                    let name = owned(reader.line()?);
                     if op == b'i' {
                         pop_mark(&mut stack);
                     }
@@ -258,7 +267,7 @@ pub fn walk(bytes: &[u8]) -> Walk {
                 }
                 // Memo.
                 b'p' => {
-                    let key = text(reader.line()?).trim().parse::<u64>().ok()?;
+                    let key = owned(reader.line()?).trim().parse::<u64>().ok()?;
                     memo.insert(key, stack.last().cloned().unwrap_or(Value::Other));
                 }
                 b'q' | b'r' => {
@@ -270,7 +279,7 @@ pub fn walk(bytes: &[u8]) -> Walk {
                     memo.insert(key, stack.last().cloned().unwrap_or(Value::Other));
                 }
                 b'g' => {
-                    let key = text(reader.line()?).trim().parse::<u64>().ok()?;
+                    let key = owned(reader.line()?).trim().parse::<u64>().ok()?;
                     stack.push(memo.get(&key).cloned().unwrap_or(Value::Other));
                 }
                 b'h' | b'j' => {
@@ -282,7 +291,7 @@ pub fn walk(bytes: &[u8]) -> Walk {
                     let module = stack.pop();
                     match (module, name) {
                         (Some(Value::Text(module)), Some(Value::Text(name))) => {
-                            add(&mut out, module, name)
+                            add(&mut out, module.to_string(), name.to_string())
                         }
                         _ => out.dynamic_globals += 1,
                     }

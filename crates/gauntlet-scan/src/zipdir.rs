@@ -107,3 +107,71 @@ pub(crate) fn read<R: Read + Seek>(file: &mut R, entry: &Entry, limit: u64) -> O
     };
     Some(bytes)
 }
+
+/// The entries a streaming reader finds walking local headers from the start
+/// of the file (Java's `ZipInputStream`, `unzip` reading a pipe): it never
+/// looks at the central directory, so an archive can show it members the
+/// directory does not list. The walk stops at the first byte that is not a
+/// local header, or at an entry whose size only a trailing data descriptor
+/// gives; at most `MAX_LOCAL_ENTRIES`.
+pub(crate) fn local_entries<R: Read + Seek>(file: &mut R, size: u64) -> Vec<Entry> {
+    const MAX_LOCAL_ENTRIES: usize = 1 << 20;
+    let mut entries = Vec::new();
+    let mut at = 0u64;
+    while entries.len() < MAX_LOCAL_ENTRIES && at.saturating_add(30) <= size {
+        let mut header = [0u8; 30];
+        if file.seek(SeekFrom::Start(at)).is_err() || file.read_exact(&mut header).is_err() {
+            break;
+        }
+        let (
+            Some(LOCAL),
+            Some(flags),
+            Some(method),
+            Some(compressed),
+            Some(name_len),
+            Some(extra_len),
+        ) = (
+            u32_at(&header, 0),
+            u16_at(&header, 6),
+            u16_at(&header, 8),
+            u32_at(&header, 18),
+            u16_at(&header, 26),
+            u16_at(&header, 28),
+        )
+        else {
+            break;
+        };
+        if flags & 0x8 != 0 && compressed == 0 {
+            break;
+        }
+        let mut name = vec![0u8; usize::from(name_len)];
+        if file.read_exact(&mut name).is_err() {
+            break;
+        }
+        entries.push(Entry {
+            name: String::from_utf8_lossy(&name).into_owned(),
+            method,
+            compressed: u64::from(compressed),
+            local_offset: at,
+        });
+        at = at + 30 + u64::from(name_len) + u64::from(extra_len) + u64::from(compressed);
+    }
+    entries
+}
+
+/// Where the member's bytes end (its local header, name, extra field and
+/// compressed data); `None` when the local header is unreadable.
+pub(crate) fn extent<R: Read + Seek>(file: &mut R, entry: &Entry) -> Option<u64> {
+    let mut header = [0u8; 30];
+    file.seek(SeekFrom::Start(entry.local_offset)).ok()?;
+    file.read_exact(&mut header).ok()?;
+    let skip = u64::from(u16_at(&header, 26)?) + u64::from(u16_at(&header, 28)?);
+    Some(entry.local_offset + 30 + skip + entry.compressed)
+}
+
+impl Entry {
+    /// Where its local header starts.
+    pub(crate) fn offset(&self) -> u64 {
+        self.local_offset
+    }
+}

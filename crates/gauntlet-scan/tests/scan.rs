@@ -814,3 +814,206 @@ fn the_documented_allow_list_is_the_code_s() {
         .collect();
     assert_eq!(listed, gauntlet_scan::allow_list());
 }
+
+/// A tar archive of `(name, bytes)` members, ustar headers; a name over 100
+/// bytes goes in a PAX `path` record as Python's tarfile writes it.
+fn tar_with(members: &[(&str, &[u8])]) -> Vec<u8> {
+    fn header(name: &str, size: usize, kind: u8) -> Vec<u8> {
+        let mut block = vec![0u8; 512];
+        let n = name.len().min(100);
+        block[..n].copy_from_slice(&name.as_bytes()[..n]);
+        block[100..107].copy_from_slice(b"0000644");
+        block[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+        block[156] = kind;
+        block[257..263].copy_from_slice(b"ustar\0");
+        block[263..265].copy_from_slice(b"00");
+        block[148..156].copy_from_slice(b"        ");
+        let sum: u32 = block.iter().map(|&b| u32::from(b)).sum();
+        block[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        block
+    }
+    fn padded(out: &mut Vec<u8>, data: &[u8]) {
+        out.extend(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    let mut out = Vec::new();
+    for (name, data) in members {
+        if name.len() > 100 {
+            let record = format!(" path={name}\n");
+            let record = format!("{}{record}", record.len() + 3);
+            out.extend(header("././@PaxHeader", record.len(), b'x'));
+            padded(&mut out, record.as_bytes());
+        }
+        out.extend(header(name, data.len(), b'0'));
+        padded(&mut out, data);
+    }
+    out.extend(vec![0u8; 1024]);
+    out
+}
+
+#[test]
+fn legacy_tar_checkpoints_have_their_pickled_members_scanned() {
+    let clean: &[u8] = b"\x80\x02K\x00.";
+    let evil = os_system_pickle();
+    let report = scan_bytes(
+        "old.pt",
+        &tar_with(&[("storages", clean), ("tensors", clean), ("pickle", &evil)]),
+    );
+    assert_eq!(report.format, "pytorch-tar");
+    assert_eq!(
+        report.worst(),
+        Some(Severity::Critical),
+        "{:?}",
+        report.findings
+    );
+    assert!(report
+        .findings
+        .iter()
+        .any(|f| f.location.starts_with("pickle")));
+    let report = scan_bytes(
+        "clean-old.pt",
+        &tar_with(&[("storages", clean), ("tensors", clean), ("pickle", clean)]),
+    );
+    assert!(
+        report.findings.is_empty() && !report.refuse,
+        "{:?}",
+        report.findings
+    );
+    // Members torch.load does not unpickle are not read; a long (PAX) name
+    // still names a member.
+    let long = format!("{}/pickle", "d".repeat(120));
+    let report = scan_bytes(
+        "other.pt",
+        &tar_with(&[("notes", &evil), ("pickle", clean), (&long, clean)]),
+    );
+    assert!(!report.refuse, "{:?}", report.findings);
+}
+
+#[test]
+fn overlapping_members_and_members_only_a_streaming_reader_sees_are_found() {
+    let benign: &[u8] = b"\x80\x02}q\x00.";
+    let evil = os_system_pickle();
+    // A local header and pickle in front of the archive proper: the central
+    // directory's offsets are shifted past it, so zipfile never sees it.
+    let archive = zip_with(&[("archive/data.pkl", benign)], false, ("", ""));
+    let mut hidden = zip_with(&[("archive/evil.pkl", &evil)], false, ("", ""));
+    let u16_at = |b: &[u8], at: usize| usize::from(u16::from_le_bytes([b[at], b[at + 1]]));
+    let local_end = 30 + u16_at(&hidden, 26) + u16_at(&hidden, 28) + evil.len();
+    hidden.truncate(local_end);
+    let shift = hidden.len() as u32;
+    let mut bytes = hidden;
+    let mut rest = archive.clone();
+    // Central directory entry offsets (at +42) and the end record's directory
+    // offset (at +16) move by the prepended bytes.
+    let end = rest.len() - 22;
+    let dir = u32::from_le_bytes(rest[end + 16..end + 20].try_into().unwrap()) as usize;
+    let local = u32::from_le_bytes(rest[dir + 42..dir + 46].try_into().unwrap());
+    rest[dir + 42..dir + 46].copy_from_slice(&(local + shift).to_le_bytes());
+    rest[end + 16..end + 20].copy_from_slice(&(dir as u32 + shift).to_le_bytes());
+    bytes.extend(rest);
+    let report = scan_bytes("hidden.pt", &bytes);
+    assert!(report.refuse, "{:?}", report.findings);
+    assert!(report
+        .findings
+        .iter()
+        .any(|f| f.message.contains("missing from the central directory")));
+    assert!(
+        report.imports.iter().any(|i| i == "posix.system"),
+        "{:?}",
+        report.imports
+    );
+    // Two directory entries pointing into the same bytes.
+    let two = zip_with(
+        &[("archive/data.pkl", benign), ("archive/b.pkl", benign)],
+        false,
+        ("", ""),
+    );
+    let mut overlapped = two.clone();
+    let end = overlapped.len() - 22;
+    let dir = u32::from_le_bytes(overlapped[end + 16..end + 20].try_into().unwrap()) as usize;
+    let first_len = 46
+        + u16_at(&overlapped, dir + 28)
+        + u16_at(&overlapped, dir + 30)
+        + u16_at(&overlapped, dir + 32);
+    // The second entry's local offset moved 4 bytes into the first member.
+    overlapped[dir + first_len + 42..dir + first_len + 46].copy_from_slice(&4u32.to_le_bytes());
+    let report = scan_bytes("overlap.pt", &overlapped);
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.message.contains("overlap")),
+        "{:?}",
+        report.findings
+    );
+    // The unmodified archive has neither.
+    let report = scan_bytes("plain.pt", &two);
+    assert!(!report.refuse, "{:?}", report.findings);
+}
+
+#[test]
+fn walking_a_pickle_is_linear_whatever_its_opcodes_ask_for() {
+    // A 1 MB string duplicated 100 000 times (copied each time, 100 GB) and
+    // 50 000 distinct imports (each checked against all before, 1.25e9
+    // comparisons): both must stay cheap.
+    let mut bytes = vec![0x80, 4, 0x8d];
+    bytes.extend((1u64 << 20).to_le_bytes());
+    bytes.extend(vec![b'a'; 1 << 20]);
+    bytes.extend(vec![b'2'; 100_000]);
+    for k in 0..50_000 {
+        bytes.extend(format!("cmodule{k}\nname\n0").as_bytes());
+    }
+    bytes.push(b'.');
+    let walk = gauntlet_scan::walk(&bytes);
+    assert!(walk.malformed.is_none(), "{:?}", walk.malformed);
+    assert_eq!(walk.imports.len(), 50_000);
+}
+
+#[test]
+fn a_file_valid_in_two_formats_is_scanned_as_both() {
+    // A clean pickle with a zip appended: torch.load and pickle.load read the
+    // pickle, Python's zipfile finds the archive by its end record.
+    let zip = zip_with(
+        &[("archive/data.pkl", &os_system_pickle())],
+        false,
+        ("", ""),
+    );
+    let mut polyglot = b"\x80\x02}q\x00.".to_vec();
+    let shift = polyglot.len() as u32;
+    let mut rest = zip.clone();
+    let end = rest.len() - 22;
+    let dir = u32::from_le_bytes(rest[end + 16..end + 20].try_into().unwrap()) as usize;
+    let local = u32::from_le_bytes(rest[dir + 42..dir + 46].try_into().unwrap());
+    rest[dir + 42..dir + 46].copy_from_slice(&(local + shift).to_le_bytes());
+    rest[end + 16..end + 20].copy_from_slice(&(dir as u32 + shift).to_le_bytes());
+    polyglot.extend(rest);
+    let report = scan_bytes("polyglot.pkl", &polyglot);
+    assert_eq!(report.format, "pickle");
+    assert_eq!(
+        report.worst(),
+        Some(Severity::Critical),
+        "{:?}",
+        report.findings
+    );
+    assert!(report
+        .findings
+        .iter()
+        .any(|f| f.location.starts_with("zip view")));
+    // Behind a safetensors file, likewise.
+    let mut tensors = safetensors(
+        r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+        4,
+    );
+    let shift = tensors.len() as u32;
+    let mut rest = zip;
+    let end = rest.len() - 22;
+    let dir = u32::from_le_bytes(rest[end + 16..end + 20].try_into().unwrap()) as usize;
+    let local = u32::from_le_bytes(rest[dir + 42..dir + 46].try_into().unwrap());
+    rest[dir + 42..dir + 46].copy_from_slice(&(local + shift).to_le_bytes());
+    rest[end + 16..end + 20].copy_from_slice(&(dir as u32 + shift).to_le_bytes());
+    tensors.extend(rest);
+    let report = scan_bytes("model.safetensors", &tensors);
+    assert_eq!(report.format, "safetensors");
+    assert!(report.refuse, "{:?}", report.findings);
+    assert!(report.imports.iter().any(|i| i == "posix.system"));
+}

@@ -463,14 +463,18 @@ fn every_method_trains_reproducibly_and_trades_buys_robustness() {
 #[test]
 fn catastrophic_overfitting_of_fgsm_training_is_caught_and_the_good_model_kept() {
     // A constructed case: FGSM-RS at ε = 0.3 with a step of 2ε (Wong et al. use
-    // 1.25ε) and a high learning rate. PGD robustness builds up, then collapses
-    // while training accuracy against the single step keeps rising.
+    // 1.25ε; from 2ε on the random start no longer matters) and a high learning
+    // rate. PGD robustness builds up, then collapses while training accuracy
+    // against the single step keeps rising. Where the collapse happens depends
+    // on the trajectory: after the engine's 5×5 convolutions moved to Winograd
+    // (rounding differs in the last bits) it no longer came within 8 epochs at
+    // a learning rate of 0.003 (robustness hovered at 15–25%); at 0.002 it does.
     let (train_set, test_set) = (data(Split::Train, 4000), data(Split::Test, 200));
     let config = TrainConfig {
         arch: Arch::Cnn,
         epochs: 8,
         batch_size: 50,
-        learning_rate: 0.003,
+        learning_rate: 0.002,
         adversarial: Some(AdversarialTraining {
             relative_step_size: 2.0,
             ..AdversarialTraining::fgsm_rs(0.3)
