@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter, defaultdict
 
@@ -38,7 +39,9 @@ def labels():
 
 
 def exit_verdict(cmd):
-    code = subprocess.run(cmd, capture_output=True).returncode
+    # fickling writes safety_results.json into its working directory.
+    with tempfile.TemporaryDirectory() as scratch:
+        code = subprocess.run(cmd, capture_output=True, cwd=scratch).returncode
     return {0: "allow", 1: "refuse"}.get(code, "error")
 
 

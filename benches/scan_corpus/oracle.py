@@ -14,47 +14,20 @@ label(path) -> (label, imports):
 """
 
 import io
+import os
 import pickle
 import struct
 
-# The scanner's allow-list (crates/gauntlet-scan/src/lib.rs, docs/scan.md).
-SAFE = {
-    "collections.OrderedDict",
-    "torch._utils._rebuild_tensor",
-    "torch._utils._rebuild_tensor_v2",
-    "torch._utils._rebuild_tensor_v3",
-    "torch._utils._rebuild_parameter",
-    "torch._utils._rebuild_parameter_with_state",
-    "torch._utils._rebuild_device_tensor_from_numpy",
-    "torch._utils._rebuild_qtensor",
-    "torch._utils._rebuild_sparse_tensor",
-    "torch._tensor._rebuild_from_type_v2",
-    "torch.Size",
-    "torch.device",
-    "torch.dtype",
-    "torch.float32",
-    "torch.float16",
-    "torch.bfloat16",
-    "torch.float64",
-    "torch.int64",
-    "torch.int32",
-    "torch.uint8",
-    "torch.bool",
-    "torch.storage._load_from_bytes",
-    "numpy.core.multiarray._reconstruct",
-    "numpy._core.multiarray._reconstruct",
-    "numpy.core.multiarray.scalar",
-    "numpy._core.multiarray.scalar",
-    "numpy.ndarray",
-    "numpy.dtype",
-    "builtins.set",
-    "builtins.frozenset",
-    "builtins.slice",
-    "builtins.complex",
-    "builtins.bytearray",
-    "__builtin__.set",
-    "_codecs.encode",
-}
+# The scanner's allow-list, read from docs/scan.md (a cargo test ties that
+# list to the code in crates/gauntlet-scan/src/lib.rs).
+def documented_allow_list():
+    docs = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "scan.md")
+    text = open(docs, encoding="utf-8").read()
+    listed = text.split("<!-- allow-list -->")[1].split("<!-- /allow-list -->")[0]
+    return {line.strip()[3:-1] for line in listed.splitlines() if line.startswith("- `")}
+
+
+SAFE = documented_allow_list()
 
 LEGACY_PICKLES = 5
 MAX_DEPTH = 3

@@ -275,7 +275,16 @@ fn pickle_findings(location: &str, walk: &Walk, findings: &mut Vec<Finding>) {
             severity: Severity::High,
             location: location.into(),
             message: format!(
-                "inconsistent pickle framing ({why}): Python's unpickler reads it differently from any scanner"
+                "inconsistent pickle framing ({why}): Python's unpicklers read it in ways no scanner can follow"
+            ),
+        });
+    } else if walk.readings > 1 {
+        findings.push(Finding {
+            severity: Severity::Low,
+            location: location.into(),
+            message: format!(
+                "reads straddle FRAME ends (no pickler writes that): CPython's unpicklers read it {} ways, and the imports of all of them are checked",
+                walk.readings
             ),
         });
     }
@@ -378,13 +387,7 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
     } else if head.first() == Some(&0x80) || matches!(head.first(), Some(b'(' | b'c' | b'}' | b']'))
     {
         let bytes = read_bounded(path, size).map_err(io)?;
-        let pickles = scan_pickle_stream("", &bytes, 0, &mut report);
-        report.format = if pickles > 1 {
-            "pytorch-legacy"
-        } else {
-            "pickle"
-        }
-        .into();
+        scan_pickle_file(&bytes, &mut report);
     } else if let Some(bytes) = (size <= MAX_PICKLE_BYTES)
         .then(|| std::fs::read(path))
         .transpose()
@@ -400,13 +403,7 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
     {
         // A pickle may start with any opcode (`S`, `V`, `I`, ...): whatever
         // walks as one — it reaches STOP or imports something — is one.
-        let pickles = scan_pickle_stream("", &bytes, 0, &mut report);
-        report.format = if pickles > 1 {
-            "pytorch-legacy"
-        } else {
-            "pickle"
-        }
-        .into();
+        scan_pickle_file(&bytes, &mut report);
     } else if got >= 9 && head[8] == b'{' {
         // A safetensors header whose length runs past the end of the file.
         report.format = "safetensors".into();
@@ -429,6 +426,17 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
     // Medium is given to imports outside the allow-list and to nothing else.
     report.refuse = report.worst() >= Some(Severity::Medium);
     Ok(report)
+}
+
+/// A whole file of pickles: one (`pickle`) or a legacy `torch.save` stream.
+fn scan_pickle_file(bytes: &[u8], report: &mut ScanReport) {
+    let pickles = scan_pickle_stream("", bytes, 0, report);
+    report.format = if pickles > 1 {
+        "pytorch-legacy"
+    } else {
+        "pickle"
+    }
+    .into();
 }
 
 /// Whether bytes that no other format claims are a pickle: the walk reaches

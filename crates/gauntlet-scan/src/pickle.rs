@@ -22,12 +22,16 @@ pub struct Walk {
     pub malformed: Option<String>,
     /// Bytes consumed (the pickle ends at its `STOP`).
     pub consumed: usize,
-    /// An opcode that straddles the end of its `FRAME`, or a `FRAME` opened
-    /// inside another: CPython's pickler writes neither, and CPython's file
-    /// unpickler then reads the bytes differently from a sequential reader
-    /// (it can run opcodes hidden in what looks like a byte string; CPython
-    /// issue 154848). No static reading can be trusted.
+    /// Why this pickle's readings could not all be checked, if they could
+    /// not: CPython's unpicklers disagree on a read that straddles the end of
+    /// its `FRAME` (see [`walk`]); when a pickle has more such reads than
+    /// [`MAX_READINGS`] allows to follow, or its readings end at different
+    /// bytes, no static reading can be trusted.
     pub frame_violation: Option<String>,
+    /// How many readings of the pickle were walked: 1 for every pickle a
+    /// pickler writes; more when reads straddle frame ends (all of them are
+    /// in `imports`).
+    pub readings: usize,
     /// `EXT1`/`EXT2`/`EXT4` opcodes: imports named by a number that
     /// `copyreg`'s extension registry resolves at load time.
     pub extension_codes: usize,
@@ -56,16 +60,72 @@ enum Value {
     Other,
 }
 
+/// The most readings [`walk`] follows before giving up on a pickle whose
+/// frames are inconsistent (each straddling read doubles them).
+pub const MAX_READINGS: usize = 32;
+
+/// A cursor over the pickle that reads as CPython's C unpickler does at frame
+/// boundaries. Inside a `FRAME` the unpickler holds the frame in a buffer.
+/// A read that runs past the buffer's end goes back to the file, and what it
+/// gets depends on the source: `pickle.loads` and a file whose buffer happens
+/// to hold more bytes read on as if there were no frame ("flat"); a file
+/// without `peek` (the `io.BytesIO` that `torch.load` hands each zip member
+/// to) drops the rest of the frame and reads from the frame's end
+/// ("discard"). Counted byte payloads (`BINBYTES`, `BYTEARRAY8`) always read
+/// flat (`readinto`). The pure-Python unpickler raises instead, which is a
+/// prefix of either. Each straddling read is a choice, taken from `choices`
+/// (flat when absent) and counted in `straddles`.
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// Where the current frame's buffer ends.
+    frame_end: Option<usize>,
+    /// `true` at index k: the k-th straddling read discards.
+    choices: &'a [bool],
+    straddles: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+    /// At a read that straddles the frame end: the next choice, and the
+    /// frame is over either way.
+    fn straddle(&mut self, reaches: usize) -> bool {
+        let Some(end) = self.frame_end else {
+            return false;
+        };
+        if self.at >= end || reaches <= end {
+            return false;
+        }
+        let discard = self.choices.get(self.straddles).copied().unwrap_or(false);
+        self.straddles += 1;
+        self.frame_end = None;
+        if discard {
+            self.at = end;
+        }
+        discard
+    }
+    fn leave_finished_frame(&mut self) {
+        if self.frame_end.is_some_and(|end| self.at >= end) {
+            self.frame_end = None;
+        }
+    }
+    /// Take `n` bytes without a frame check.
+    fn raw(&mut self, n: usize) -> Option<&'a [u8]> {
         let end = self.at.checked_add(n)?;
         let slice = self.bytes.get(self.at..end)?;
         self.at = end;
+        Some(slice)
+    }
+    /// A fixed-size read (CPython's `_Unpickler_Read`).
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        self.straddle(self.at.saturating_add(n));
+        let slice = self.raw(n)?;
+        self.leave_finished_frame();
+        Some(slice)
+    }
+    /// A counted byte payload (CPython's `_Unpickler_ReadInto`): always flat.
+    fn take_into(&mut self, n: usize) -> Option<&'a [u8]> {
+        let slice = self.raw(n)?;
+        self.leave_finished_frame();
         Some(slice)
     }
     fn byte(&mut self) -> Option<u8> {
@@ -81,25 +141,63 @@ impl<'a> Reader<'a> {
     }
     fn line(&mut self) -> Option<&'a [u8]> {
         let rest = self.bytes.get(self.at..)?;
-        let end = rest.iter().position(|&b| b == b'\n')?;
-        self.at += end + 1;
-        Some(&rest[..end])
+        let newline = rest.iter().position(|&b| b == b'\n');
+        // A line whose newline is not in the frame's buffer straddles it
+        // (a missing newline reads up to the end of the data).
+        let reaches = newline.map_or(usize::MAX, |n| self.at + n + 1);
+        let newline = if self.straddle(reaches) {
+            self.bytes.get(self.at..)?.iter().position(|&b| b == b'\n')
+        } else {
+            newline
+        };
+        let start = self.at;
+        let end = start + newline?;
+        self.at = end + 1;
+        self.leave_finished_frame();
+        Some(&self.bytes[start..end])
     }
-    /// A length-prefixed payload whose length must fit in what is left.
+    /// A length-prefixed string or integer (read with `_Unpickler_Read`).
     fn sized(&mut self, width: usize) -> Option<&'a [u8]> {
         let len = usize::try_from(self.uint(width)?).ok()?;
         self.take(len)
     }
-    /// [`Reader::sized`], its place recorded as a payload.
-    fn payload(&mut self, width: usize, text: bool, out: &mut Walk) -> Option<&'a [u8]> {
+    /// A length-prefixed argument, its place recorded as a payload; `into`
+    /// for the counted byte opcodes CPython reads with `readinto`.
+    fn payload(
+        &mut self,
+        width: usize,
+        text: bool,
+        into: bool,
+        out: &mut Walk,
+    ) -> Option<&'a [u8]> {
         let len = usize::try_from(self.uint(width)?).ok()?;
-        let start = self.at;
-        let bytes = self.take(len)?;
+        let bytes = if into {
+            self.take_into(len)?
+        } else {
+            self.take(len)?
+        };
+        let start = self.at - len;
         out.payloads.push(Payload {
             range: start..start + len,
             text,
         });
         Some(bytes)
+    }
+    /// A `FRAME` of `len` bytes: one nested in a buffer that still holds it
+    /// changes nothing; one that does not fit straddles.
+    fn frame(&mut self, len: u64) -> Option<()> {
+        let len = usize::try_from(len).ok()?;
+        match self.frame_end {
+            Some(outer) if self.at < outer && self.at.checked_add(len)? <= outer => {}
+            _ => {
+                self.straddle(self.at.checked_add(len)?);
+                let end = self.at.checked_add(len)?;
+                // The unpickler reads the whole frame before running it.
+                self.bytes.get(self.at..end)?;
+                self.frame_end = Some(end);
+            }
+        }
+        Some(())
     }
 }
 
@@ -111,10 +209,68 @@ fn owned(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Walk one pickle starting at the beginning of `bytes`.
+/// Walk one pickle starting at the beginning of `bytes`, every way CPython's
+/// unpicklers can read it: a pickle whose reads straddle its frame ends is
+/// read once per combination of choices at those reads (up to
+/// [`MAX_READINGS`]), and the imports of every reading are reported.
 pub fn walk(bytes: &[u8]) -> Walk {
+    let (mut merged, straddles) = walk_reading(bytes, &[]);
+    // Each further reading discards at one straddle more than a reading
+    // already walked, after that reading's own choices.
+    let mut pending: Vec<(Vec<bool>, usize)> = vec![(Vec::new(), straddles)];
+    let mut seen = merged
+        .imports
+        .iter()
+        .cloned()
+        .collect::<std::collections::HashSet<_>>();
+    merged.readings = 1;
+    while let Some((choices, straddles)) = pending.pop() {
+        for k in choices.len()..straddles {
+            if merged.readings == MAX_READINGS {
+                merged
+                    .frame_violation
+                    .get_or_insert(format!("more than {MAX_READINGS} ways to read its frames"));
+                return merged;
+            }
+            let mut next = choices.clone();
+            next.resize(k, false);
+            next.push(true);
+            let (reading, straddles) = walk_reading(bytes, &next);
+            merged.readings += 1;
+            if reading.consumed != merged.consumed {
+                merged.frame_violation.get_or_insert(format!(
+                    "it ends at byte {} or at byte {} depending on how its frames are read",
+                    merged.consumed, reading.consumed
+                ));
+            }
+            for import in reading.imports {
+                if seen.insert(import.clone()) {
+                    merged.imports.push(import);
+                }
+            }
+            merged.dynamic_globals = merged.dynamic_globals.max(reading.dynamic_globals);
+            merged.extension_codes = merged.extension_codes.max(reading.extension_codes);
+            for payload in reading.payloads {
+                if !merged.payloads.contains(&payload) {
+                    merged.payloads.push(payload);
+                }
+            }
+            pending.push((next, straddles));
+        }
+    }
+    merged
+}
+
+/// One reading of the pickle: the walk, and how many straddling reads it met.
+fn walk_reading(bytes: &[u8], choices: &[bool]) -> (Walk, usize) {
     let mut out = Walk::default();
-    let mut reader = Reader { bytes, at: 0 };
+    let mut reader = Reader {
+        bytes,
+        at: 0,
+        frame_end: None,
+        choices,
+        straddles: 0,
+    };
     let mut stack: Vec<Value> = Vec::new();
     let mut memo: std::collections::HashMap<u64, Value> = std::collections::HashMap::new();
     // Imports seen, so that a pickle of a million GLOBALs is checked in
@@ -134,14 +290,8 @@ pub fn walk(bytes: &[u8]) -> Walk {
             }
         }
     }
-    // Where the current FRAME ends (None outside frames: large objects are
-    // legitimately written between frames).
-    let mut frame_end: Option<usize> = None;
     loop {
         let start = reader.at;
-        if frame_end.is_some_and(|end| start >= end) {
-            frame_end = None;
-        }
         let Some(op) = reader.byte() else {
             out.malformed = Some(format!("truncated: no STOP opcode by byte {start}"));
             break;
@@ -200,7 +350,7 @@ pub fn walk(bytes: &[u8]) -> Walk {
                 b'N' | b'\x88' | b'\x89' | b')' | b']' | b'}' | b'\x8f' => stack.push(Value::Other),
                 // BINSTRING/SHORT_BINSTRING are Python 2 byte strings.
                 b'T' | b'X' => {
-                    let s = reader.payload(4, op == b'X', &mut out)?;
+                    let s = reader.payload(4, op == b'X', false, &mut out)?;
                     stack.push(if op == b'X' {
                         Value::Text(text(s))
                     } else {
@@ -208,7 +358,7 @@ pub fn walk(bytes: &[u8]) -> Walk {
                     });
                 }
                 b'U' | b'\x8c' => {
-                    let s = reader.payload(1, op == b'\x8c', &mut out)?;
+                    let s = reader.payload(1, op == b'\x8c', false, &mut out)?;
                     stack.push(if op == b'\x8c' {
                         Value::Text(text(s))
                     } else {
@@ -216,11 +366,11 @@ pub fn walk(bytes: &[u8]) -> Walk {
                     });
                 }
                 b'B' => {
-                    reader.payload(4, false, &mut out)?;
+                    reader.payload(4, false, true, &mut out)?;
                     stack.push(Value::Other);
                 }
                 b'C' => {
-                    reader.payload(1, false, &mut out)?;
+                    reader.payload(1, false, true, &mut out)?;
                     stack.push(Value::Other);
                 }
                 b'\x8a' => {
@@ -232,25 +382,16 @@ pub fn walk(bytes: &[u8]) -> Walk {
                     stack.push(Value::Other);
                 }
                 b'\x8d' => {
-                    let s = reader.payload(8, true, &mut out)?;
+                    let s = reader.payload(8, true, false, &mut out)?;
                     stack.push(Value::Text(text(s)));
                 }
                 b'\x8e' | b'\x96' => {
-                    reader.payload(8, false, &mut out)?;
+                    reader.payload(8, false, true, &mut out)?;
                     stack.push(Value::Other);
                 }
                 b'\x95' => {
                     let len = reader.uint(8)?;
-                    if let Some(end) = frame_end {
-                        out.frame_violation.get_or_insert(format!(
-                            "a FRAME opens at byte {start}, inside the frame ending at byte {end}"
-                        ));
-                    }
-                    frame_end = Some(
-                        reader
-                            .at
-                            .saturating_add(usize::try_from(len).unwrap_or(usize::MAX)),
-                    );
+                    reader.frame(len)?;
                 }
                 b'\x80' => {
                     reader.take(1)?;
@@ -351,17 +492,12 @@ pub fn walk(bytes: &[u8]) -> Walk {
             ));
             break;
         }
-        if let Some(end) = frame_end.filter(|&end| op != b'\x95' && reader.at > end) {
-            out.frame_violation.get_or_insert(format!(
-                "opcode 0x{op:02x} at byte {start} runs past the end of its FRAME at byte {end}"
-            ));
-        }
         if op == b'.' {
             break;
         }
     }
     out.consumed = reader.at;
-    out
+    (out, reader.straddles)
 }
 
 #[cfg(test)]
@@ -416,34 +552,72 @@ mod tests {
         assert!(walk(b"").malformed.is_some());
     }
 
+    fn framed(len: u64, rest: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![0x80, 4, 0x95];
+        bytes.extend(len.to_le_bytes());
+        bytes.extend(rest);
+        bytes
+    }
+
     #[test]
-    fn opcodes_straddling_their_frame_are_violations_and_unframed_data_is_not() {
-        let frame = |len: u64| {
-            let mut bytes = vec![0x80, 4, 0x95];
-            bytes.extend(len.to_le_bytes());
-            bytes
-        };
+    fn consistent_frames_and_unframed_data_have_one_reading() {
         // The frame holds exactly its opcodes; then a payload written outside
         // any frame (as CPython does for large objects).
-        let mut fine = frame(1);
-        fine.push(b'N');
-        fine.extend([b'B', 3, 0, 0, 0]);
-        fine.extend(b"abc");
-        fine.extend([b'0', b'0', b'.']);
-        let fine = walk(&fine);
+        let fine = walk(&framed(1, b"NB\x03\x00\x00\x00abc00."));
         assert!(
             fine.frame_violation.is_none() && fine.malformed.is_none(),
             "{fine:?}"
         );
-        // BININT1's argument lies past the frame's end.
-        let mut straddle = frame(1);
-        straddle.extend([b'K', 5, b'.']);
-        assert!(walk(&straddle).frame_violation.is_some());
-        // A frame opened inside another.
-        let mut nested = frame(20);
-        nested.push(b'N');
-        nested.extend(&frame(1)[2..]);
-        nested.extend([b'N', b'.']);
-        assert!(walk(&nested).frame_violation.is_some());
+        assert_eq!(fine.readings, 1);
+        // An argument that starts where its frame ends is read from the
+        // file by every unpickler: no straddle.
+        assert_eq!(walk(&framed(1, b"K\x05.")).readings, 1);
+        // A frame nested in a buffer that still holds it.
+        let mut nested = framed(12, b"N");
+        nested.extend(&framed(1, b"N0.")[2..]);
+        let nested = walk(&nested);
+        assert_eq!((nested.readings, nested.malformed), (1, None));
+    }
+
+    #[test]
+    fn a_read_straddling_its_frame_is_read_both_ways() {
+        // CPython's io.BytesIO reading drops "mac" and imports os.system;
+        // pickle.loads imports macos.system (fickling's straddle variant).
+        let line = walk(&framed(4, b"cmacos\nsystem\n."));
+        assert_eq!(line.readings, 2);
+        assert_eq!(imports(&line), ["macos.system", "os.system"]);
+        // A BINBYTES length split by the frame end: read flat, the bytes
+        // swallow a GLOBAL; read as BytesIO does, the length is 1 and the
+        // GLOBAL runs (fickling's frame-boundary divergence).
+        let mut swallowed = b"B\x07\x01\x00\x00\x00xcos\nsystem\n0".to_vec();
+        swallowed.extend([b'N'; 249]);
+        swallowed.push(b'.');
+        let hidden = walk(&framed(2, &swallowed));
+        assert_eq!(imports(&hidden), ["os.system"]);
+        assert_eq!((hidden.readings, hidden.frame_violation), (2, None));
+        // The byte payload itself reads flat (readinto): no choice there.
+        assert_eq!(
+            walk(&framed(5, b"B\x14\x00\x00\x00AAAAAAAAAAAAAAAAAAAA.")).readings,
+            1
+        );
+    }
+
+    #[test]
+    fn too_many_straddles_or_diverging_ends_cannot_be_trusted() {
+        // Six straddling lines: 64 readings.
+        let mut many = vec![0x80, 4];
+        for _ in 0..6 {
+            many.push(0x95);
+            many.extend(2u64.to_le_bytes());
+            many.extend(b"Vab\n0");
+        }
+        many.push(b'.');
+        let many = walk(&many);
+        assert_eq!(many.readings, MAX_READINGS);
+        assert!(many.frame_violation.is_some());
+        // Readings that end at different bytes (a stream's next pickle would
+        // start at either).
+        let diverging = walk(&framed(2, b"B\x07\x01\x00\x00\x00x."));
+        assert!(diverging.frame_violation.is_some(), "{diverging:?}");
     }
 }

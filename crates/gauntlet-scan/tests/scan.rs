@@ -889,6 +889,24 @@ fn legacy_tar_checkpoints_have_their_pickled_members_scanned() {
     assert!(!report.refuse, "{:?}", report.findings);
 }
 
+/// `prefix` followed by a single-member `zip` whose central directory and end
+/// record point past the prefix, as zipfile expects of an archive behind
+/// other data.
+fn behind(prefix: Vec<u8>, zip: &[u8]) -> Vec<u8> {
+    let shift = prefix.len() as u32;
+    let mut rest = zip.to_vec();
+    // The directory entry's local offset (at +42) and the end record's
+    // directory offset (at +16) move by the prepended bytes.
+    let end = rest.len() - 22;
+    let dir = u32::from_le_bytes(rest[end + 16..end + 20].try_into().unwrap()) as usize;
+    let local = u32::from_le_bytes(rest[dir + 42..dir + 46].try_into().unwrap());
+    rest[dir + 42..dir + 46].copy_from_slice(&(local + shift).to_le_bytes());
+    rest[end + 16..end + 20].copy_from_slice(&(dir as u32 + shift).to_le_bytes());
+    let mut bytes = prefix;
+    bytes.extend(rest);
+    bytes
+}
+
 #[test]
 fn overlapping_members_and_members_only_a_streaming_reader_sees_are_found() {
     let benign: &[u8] = b"\x80\x02}q\x00.";
@@ -900,17 +918,7 @@ fn overlapping_members_and_members_only_a_streaming_reader_sees_are_found() {
     let u16_at = |b: &[u8], at: usize| usize::from(u16::from_le_bytes([b[at], b[at + 1]]));
     let local_end = 30 + u16_at(&hidden, 26) + u16_at(&hidden, 28) + evil.len();
     hidden.truncate(local_end);
-    let shift = hidden.len() as u32;
-    let mut bytes = hidden;
-    let mut rest = archive.clone();
-    // Central directory entry offsets (at +42) and the end record's directory
-    // offset (at +16) move by the prepended bytes.
-    let end = rest.len() - 22;
-    let dir = u32::from_le_bytes(rest[end + 16..end + 20].try_into().unwrap()) as usize;
-    let local = u32::from_le_bytes(rest[dir + 42..dir + 46].try_into().unwrap());
-    rest[dir + 42..dir + 46].copy_from_slice(&(local + shift).to_le_bytes());
-    rest[end + 16..end + 20].copy_from_slice(&(dir as u32 + shift).to_le_bytes());
-    bytes.extend(rest);
+    let bytes = behind(hidden, &archive);
     let report = scan_bytes("hidden.pt", &bytes);
     assert!(report.refuse, "{:?}", report.findings);
     assert!(report
@@ -978,15 +986,7 @@ fn a_file_valid_in_two_formats_is_scanned_as_both() {
         false,
         ("", ""),
     );
-    let mut polyglot = b"\x80\x02}q\x00.".to_vec();
-    let shift = polyglot.len() as u32;
-    let mut rest = zip.clone();
-    let end = rest.len() - 22;
-    let dir = u32::from_le_bytes(rest[end + 16..end + 20].try_into().unwrap()) as usize;
-    let local = u32::from_le_bytes(rest[dir + 42..dir + 46].try_into().unwrap());
-    rest[dir + 42..dir + 46].copy_from_slice(&(local + shift).to_le_bytes());
-    rest[end + 16..end + 20].copy_from_slice(&(dir as u32 + shift).to_le_bytes());
-    polyglot.extend(rest);
+    let polyglot = behind(b"\x80\x02}q\x00.".to_vec(), &zip);
     let report = scan_bytes("polyglot.pkl", &polyglot);
     assert_eq!(report.format, "pickle");
     assert_eq!(
@@ -1000,18 +1000,13 @@ fn a_file_valid_in_two_formats_is_scanned_as_both() {
         .iter()
         .any(|f| f.location.starts_with("zip view")));
     // Behind a safetensors file, likewise.
-    let mut tensors = safetensors(
-        r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
-        4,
+    let tensors = behind(
+        safetensors(
+            r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+            4,
+        ),
+        &zip,
     );
-    let shift = tensors.len() as u32;
-    let mut rest = zip;
-    let end = rest.len() - 22;
-    let dir = u32::from_le_bytes(rest[end + 16..end + 20].try_into().unwrap()) as usize;
-    let local = u32::from_le_bytes(rest[dir + 42..dir + 46].try_into().unwrap());
-    rest[dir + 42..dir + 46].copy_from_slice(&(local + shift).to_le_bytes());
-    rest[end + 16..end + 20].copy_from_slice(&(dir as u32 + shift).to_le_bytes());
-    tensors.extend(rest);
     let report = scan_bytes("model.safetensors", &tensors);
     assert_eq!(report.format, "safetensors");
     assert!(report.refuse, "{:?}", report.findings);
