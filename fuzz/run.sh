@@ -44,11 +44,33 @@ if [ ! -f "$results" ]; then
         echo "|---|---|---|---|---|---|---|---|"
     } > "$results"
 fi
+# The scanner's test corpus (crates/gauntlet-scan/tests/corpus) seeds the
+# scanner targets: scan_model's inputs start with the byte that picks the file
+# extension (MODEL_EXTENSIONS in crates/gauntlet-fuzz: pt, pth, pkl, bin,
+# safetensors, onnx), pickle_walk takes the pickles as they are.
+seed_from_scanner_corpus() {
+    local target="$1" file name pick
+    case "$target" in scan_model | pickle_walk) ;; *) return 0 ;; esac
+    while IFS= read -r file; do
+        name="$(echo "$file" | tr '/' '_')"
+        if [ "$target" = pickle_walk ]; then
+            case "$file" in *.pkl | *.pickle) cp -n "crates/gauntlet-scan/tests/corpus/$file" "fuzz/corpus/$target/corpus_$name" ;; esac
+            continue
+        fi
+        case "$file" in
+            *.pth) pick='\001' ;; *.pkl | *.pickle | *.npy | *.npz) pick='\002' ;; *.bin) pick='\003' ;;
+            *.safetensors) pick='\004' ;; *.onnx) pick='\005' ;; *) pick='\000' ;;
+        esac
+        { printf "$pick"; cat "crates/gauntlet-scan/tests/corpus/$file"; } > "fuzz/corpus/$target/corpus_$name"
+    done < <(cd crates/gauntlet-scan/tests/corpus && find . -type f ! -name '*.md' ! -name '*.tsv' | sed 's|^\./||')
+}
+
 commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 status=0
 for target in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$target" "fuzz/artifacts/$target"
     cp -n fuzz/seeds/"$target"/* "fuzz/corpus/$target/" 2>/dev/null || true
+    seed_from_scanner_corpus "$target"
     log="fuzz/logs/$target.log"
     echo "== $target for ${seconds}s"
     started="$(date +%s)"
