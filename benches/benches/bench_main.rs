@@ -27,6 +27,7 @@ fn mnist(split: Split) -> Dataset {
             split,
             limit: None,
             num_classes: None,
+            ..LoadOptions::default()
         },
     )
     .unwrap()

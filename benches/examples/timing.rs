@@ -59,6 +59,7 @@ fn main() {
             split: Split::Test,
             limit: None,
             num_classes: None,
+            ..LoadOptions::default()
         },
     )
     .unwrap();
@@ -170,6 +171,7 @@ fn main() {
                     split: Split::Train,
                     limit: None,
                     num_classes: None,
+                    ..LoadOptions::default()
                 },
             )
             .unwrap();

@@ -35,6 +35,7 @@ fn correct_batch(model: &Model, n: usize) -> (Tensor, Vec<u32>) {
             split: Split::Test,
             limit: Some(4 * n),
             num_classes: None,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -12,8 +12,8 @@ use gauntlet_data::{Dataset, LoadOptions, Split};
 use gauntlet_eval::{RobustConfig, Suite, TargetSpec};
 use gauntlet_models::{load_model, Arch, Model, ModelInfo, ModelOptions, Normalization};
 use gauntlet_record::{
-    CleanRecord, DatasetRecord, Environment, ModelRecord, ModelScanRecord, RobustnessRecord,
-    RunKind, RunRecord, SuiteRecord, TrainingRecord, GALLERY_SIZE, SCHEMA_VERSION,
+    CleanRecord, Environment, ModelRecord, ModelScanRecord, RobustnessRecord, RunKind, RunRecord,
+    SuiteRecord, TrainingRecord, GALLERY_SIZE, SCHEMA_VERSION,
 };
 use gauntlet_train::{
     AdversarialMethod, AdversarialTraining, LrSchedule, OptimizerKind, TrainConfig,
@@ -104,6 +104,36 @@ pub(crate) struct DataArgs {
     /// Number of classes, when the labels do not show it (default: 10 for IDX/CIFAR).
     #[arg(long)]
     pub(crate) num_classes: Option<usize>,
+    /// Image folders: resize the shorter side to N pixels (bilinear with
+    /// antialiasing, as torchvision's Resize(N) on PIL images).
+    #[arg(long, value_name = "N")]
+    pub(crate) resize: Option<usize>,
+    /// Image folders: crop the centre to H×W (torchvision's CenterCrop); one
+    /// number for a square.
+    #[arg(long, value_name = "H[,W]", value_parser = parse_crop)]
+    pub(crate) center_crop: Option<[usize; 2]>,
+    /// Image folders: a CSV of `path,label` rows (paths relative to --data;
+    /// labels class indices or names) for a flat folder of images.
+    #[arg(long, value_name = "CSV")]
+    pub(crate) labels: Option<PathBuf>,
+    /// Image folders: class names one per line, pinning the class order
+    /// (default: sub-folder names sorted, as torchvision's ImageFolder).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) classes: Option<PathBuf>,
+}
+
+/// `--center-crop H[,W]`.
+fn parse_crop(text: &str) -> std::result::Result<[usize; 2], String> {
+    let parse = |t: &str| match t.trim().parse::<usize>() {
+        Ok(v) if v > 0 => Ok(v),
+        _ => Err(format!(
+            "expected H or H,W with positive integers, found '{text}'"
+        )),
+    };
+    match text.split_once(',') {
+        None => parse(text).map(|v| [v, v]),
+        Some((h, w)) => Ok([parse(h)?, parse(w)?]),
+    }
 }
 
 /// Settings shared by every evaluating command.
@@ -433,19 +463,50 @@ pub(crate) fn ensure_batch_fits(
     Ok(())
 }
 
-pub(crate) fn load_data(args: &DataArgs, split: Split) -> Result<Dataset> {
+/// Read `--data`; `channels` is the model's input channel count where a
+/// model is known (image files are converted to it).
+pub(crate) fn load_data(args: &DataArgs, split: Split, channels: Option<usize>) -> Result<Dataset> {
+    if args.resize == Some(0) {
+        bail!("--resize must be at least 1");
+    }
     let options = LoadOptions {
         split,
         limit: args.limit,
         num_classes: args.num_classes,
+        preprocess: gauntlet_data::Preprocess {
+            resize: args.resize,
+            center_crop: args.center_crop,
+        },
+        channels,
+        folder: gauntlet_data::image_folder::FolderOptions {
+            labels_csv: args.labels.clone(),
+            classes_file: args.classes.clone(),
+            max_pixels: None,
+        },
     };
-    gauntlet_data::load(&args.data, &options).with_context(|| {
+    let dataset = gauntlet_data::load(&args.data, &options).with_context(|| {
         format!(
             "cannot load the {} split of {}",
             split.as_str(),
             args.data.display()
         )
-    })
+    })?;
+    let folder_flags = [
+        ("--resize", args.resize.is_some()),
+        ("--center-crop", args.center_crop.is_some()),
+        ("--labels", args.labels.is_some()),
+        ("--classes", args.classes.is_some()),
+    ];
+    if dataset.format() != gauntlet_data::DataFormat::ImageFolder {
+        if let Some((flag, _)) = folder_flags.iter().find(|(_, given)| *given) {
+            bail!(
+                "{flag} applies to image folders, but {} is {} data",
+                args.data.display(),
+                dataset.format().as_str()
+            );
+        }
+    }
+    Ok(dataset)
 }
 
 /// The record's model section; `scan` is what the scan before loading found
@@ -460,16 +521,6 @@ pub(crate) fn model_record(info: &ModelInfo, scan: Option<ModelScanRecord>) -> M
         input_shape: info.input_shape,
         bounds: [info.bounds.min, info.bounds.max],
         scan,
-    }
-}
-
-pub(crate) fn dataset_record(data: &Dataset) -> DatasetRecord {
-    DatasetRecord {
-        path: data.path().display().to_string(),
-        sha256: data.sha256().into(),
-        format: data.format().as_str().into(),
-        split: data.split().as_str().into(),
-        num_samples: data.len(),
     }
 }
 
@@ -552,7 +603,7 @@ fn plan(
     check_out_dir(&out, run.force || resume)?;
     let shard = run.shard.as_deref().map(parse_shard).transpose()?;
     let (loaded, info, scan) = load_model_checked(model)?;
-    let mut dataset = load_data(data, split)?;
+    let mut dataset = load_data(data, split, Some(info.input_shape[0]))?;
     let shard = match shard {
         None => None,
         Some((k, n)) => {
@@ -775,7 +826,7 @@ fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
         seed,
         environment: environment(&model),
         model: model_record(&info, scan),
-        dataset: dataset_record(&data),
+        dataset: data.record(),
         clean: Some(CleanRecord {
             accuracy: clean.accuracy,
             correct: clean.correct.clone(),
@@ -1059,13 +1110,13 @@ fn train(args: TrainArgs) -> Result<()> {
             args.out.display()
         );
     }
-    let train_set = load_data(&args.data, Split::Train)?;
+    let train_set = load_data(&args.data, Split::Train, None)?;
     // The evaluation split is always used whole: --limit restricts training data only.
     let eval_args = DataArgs {
         limit: None,
         ..args.data.clone()
     };
-    let test_set = load_data(&eval_args, Split::Test)?;
+    let test_set = load_data(&eval_args, Split::Test, None)?;
     // Training keeps a batch and its gradients; the per-epoch evaluation attacks
     // batches of the test split.
     ensure_batch_fits(
@@ -1162,7 +1213,7 @@ fn train(args: TrainArgs) -> Result<()> {
         seed: config.seed,
         environment: environment(&model),
         model: model_record(&info, None),
-        dataset: dataset_record(&test_set),
+        dataset: test_set.record(),
         clean: Some(CleanRecord {
             accuracy: clean.accuracy,
             correct: clean.correct,
@@ -1170,7 +1221,7 @@ fn train(args: TrainArgs) -> Result<()> {
             labels: test_set.labels().to_vec(),
         }),
         training: Some(TrainingRecord {
-            train_dataset: dataset_record(&train_set),
+            train_dataset: train_set.record(),
             arch: arch.name().into(),
             epochs: config.epochs,
             batch_size: config.batch_size,

@@ -18,8 +18,8 @@ use gauntlet_record::{PoisoningRecord, RunKind, RunRecord, SCHEMA_VERSION};
 use gauntlet_train::TrainConfig;
 
 use crate::commands::{
-    check_out_dir, command_line, dataset_record, environment, load_data, load_model_checked,
-    model_record, write_record, DataArgs, ModelArgs,
+    check_out_dir, command_line, environment, load_data, load_model_checked, model_record,
+    write_record, DataArgs, ModelArgs,
 };
 use crate::progress::CliProgress;
 
@@ -245,12 +245,12 @@ fn fresh_out_dir(out: &Path) -> Result<()> {
 fn inject(args: InjectArgs) -> Result<()> {
     fresh_out_dir(&args.out)?;
     let settings = injection_config(&args.injection)?;
-    let train = load_data(&args.data, Split::Train)?;
+    let train = load_data(&args.data, Split::Train, None)?;
     let test_args = DataArgs {
         limit: None,
         ..args.data.clone()
     };
-    let test = load_data(&test_args, Split::Test)?;
+    let test = load_data(&test_args, Split::Test, None)?;
     let poisoned = gauntlet_poison::inject(&train, &settings)?;
     // Write into a temporary sibling directory and rename it into place: the output
     // appears whole or not at all.
@@ -280,6 +280,7 @@ fn inject(args: InjectArgs) -> Result<()> {
             split: Split::Train,
             limit: None,
             num_classes: Some(train.num_classes()),
+            ..Default::default()
         },
     )?;
     let mut manifest = poisoned.manifest;
@@ -411,7 +412,7 @@ fn detect(args: DetectArgs) -> Result<()> {
             &onnx_net
         }
     };
-    let train = load_data(&args.data, Split::Train)?;
+    let train = load_data(&args.data, Split::Train, None)?;
     gauntlet_eval::check_compatible(&model, &train)?;
     crate::commands::ensure_batch_fits(
         "--batch-size",
@@ -424,7 +425,7 @@ fn detect(args: DetectArgs) -> Result<()> {
         limit: None,
         ..args.data.clone()
     };
-    let test = load_data(&test_args, Split::Test)?;
+    let test = load_data(&test_args, Split::Test, None)?;
     let manifest = args
         .ground_truth
         .as_deref()
@@ -465,7 +466,7 @@ fn detect(args: DetectArgs) -> Result<()> {
         })
         .transpose()?;
     let poisoning = PoisoningRecord {
-        train_dataset: dataset_record(&train),
+        train_dataset: train.record(),
         injection: manifest.as_ref().map(gauntlet_poison::injection_record),
         detectors,
         strip,
@@ -483,7 +484,7 @@ fn detect(args: DetectArgs) -> Result<()> {
         seed: args.seed,
         environment: environment(&model),
         model: model_record(&info, scan),
-        dataset: dataset_record(&test),
+        dataset: test.record(),
         clean: None,
         training: None,
         robustness: None,
@@ -513,12 +514,12 @@ fn audit(args: AuditArgs) -> Result<()> {
         ..TrainConfig::default()
     };
     training.validate()?;
-    let train = load_data(&args.data, Split::Train)?;
+    let train = load_data(&args.data, Split::Train, None)?;
     let test_args = DataArgs {
         limit: None,
         ..args.data.clone()
     };
-    let test = load_data(&test_args, Split::Test)?;
+    let test = load_data(&test_args, Split::Test, None)?;
     injection.validate(&train)?;
     // Training uses its default batch of 50: a few MB per batch.
     crate::commands::ensure_batch_fits(
@@ -561,7 +562,7 @@ fn audit(args: AuditArgs) -> Result<()> {
         seed,
         environment: environment(&poisoned),
         model: model_record(&info, None),
-        dataset: dataset_record(&test),
+        dataset: test.record(),
         clean: None,
         training: None,
         robustness: None,

@@ -2201,3 +2201,87 @@ fn every_command_runs_on_a_dynamo_exported_onnx_resnet() {
     ]);
     assert_clear_error(&o, "--feature-layer");
 }
+
+#[test]
+fn an_image_folder_of_the_shipped_mnist_gives_the_idx_files_per_sample_results() {
+    let n = 120;
+    let idx = gauntlet_data::load(
+        &repo("datasets/mnist-5k"),
+        &gauntlet_data::LoadOptions {
+            limit: Some(n),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("mnist-png");
+    let pixels = idx.images_f32(0..n).unwrap();
+    for (i, image) in pixels.chunks(784).enumerate() {
+        let path = folder.join(format!("{}/{i:05}.png", idx.labels()[i]));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let bytes: Vec<u8> = image.iter().map(|v| (v * 255.0).round() as u8).collect();
+        image::save_buffer(&path, &bytes, 28, 28, image::ColorType::L8).unwrap();
+    }
+    let run = |data: &str, out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "attack",
+            "--model",
+            "examples/models/mnist-cnn.safetensors",
+            "--data",
+            data,
+            "--attack",
+            "fgsm",
+            "--eps",
+            "0.1",
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        let o = gauntlet(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        read_json(&out.join("results.json"))
+    };
+    let from_idx = run(
+        "datasets/mnist-5k",
+        &dir.path().join("idx"),
+        &["--limit", "120"],
+    );
+    let from_png = run(folder.to_str().unwrap(), &dir.path().join("png"), &[]);
+    assert_eq!(from_png["dataset"]["format"], "image-folder");
+    assert_eq!(from_png["dataset"]["preprocess"], "none, grey (L)");
+    let report = std::fs::read_to_string(dir.path().join("png/report.html")).unwrap();
+    assert!(report.contains("preprocessed: none, grey (L)"));
+    // The folder holds the samples grouped by class, file order within.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| (idx.labels()[i], i));
+    for (key, field) in [("clean", "predictions"), ("clean", "correct")] {
+        let a = from_idx[key][field].as_array().unwrap();
+        let b = from_png[key][field].as_array().unwrap();
+        for (k, &i) in order.iter().enumerate() {
+            assert_eq!(b[k], a[i], "{key}.{field} of sample {i}");
+        }
+    }
+    let a = from_idx["robustness"]["attacks"][0]["robust"]
+        .as_array()
+        .unwrap();
+    let b = from_png["robustness"]["attacks"][0]["robust"]
+        .as_array()
+        .unwrap();
+    for (k, &i) in order.iter().enumerate() {
+        assert_eq!(b[k], a[i], "FGSM verdict of sample {i}");
+    }
+    // Folder flags on other formats are a clear error.
+    let o = gauntlet(&[
+        "eval",
+        "--model",
+        "examples/models/mnist-cnn.safetensors",
+        "--data",
+        "datasets/mnist-5k",
+        "--resize",
+        "32",
+        "--out",
+        dir.path().join("bad").to_str().unwrap(),
+    ]);
+    assert_clear_error(&o, "--resize applies to image folders");
+}

@@ -12,6 +12,9 @@
 
 mod error;
 mod idx;
+pub mod image_folder;
+pub mod preprocess;
+pub use preprocess::Preprocess;
 mod npy;
 pub use npy::encode_npy;
 mod reader;
@@ -23,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use gauntlet_core::Sha256Hasher;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use error::{format_err, io_err};
@@ -73,6 +77,8 @@ pub enum DataFormat {
     Npz,
     /// A directory of NumPy `.npy` files.
     Npy,
+    /// A folder of image files (torchvision's `ImageFolder`, or a labels CSV).
+    ImageFolder,
 }
 
 impl DataFormat {
@@ -83,6 +89,7 @@ impl DataFormat {
             DataFormat::Cifar10Binary => "cifar10-binary",
             DataFormat::Npz => "npz",
             DataFormat::Npy => "npy",
+            DataFormat::ImageFolder => "image-folder",
         }
     }
 }
@@ -97,6 +104,15 @@ pub struct LoadOptions {
     /// Number of classes; labels must lie in `0..num_classes`. Default: 10 for IDX
     /// and CIFAR-10, `max label + 1` for NumPy data.
     pub num_classes: Option<usize>,
+    /// Image folders: resizing and cropping, as torchvision's transforms.
+    pub preprocess: Preprocess,
+    /// Image folders: channels to convert every image to (1 as Pillow's
+    /// `convert("L")`, 3 as `convert("RGB")`; default 3). Other formats keep
+    /// their own.
+    pub channels: Option<usize>,
+    /// Image folders: a `path,label` CSV for a flat folder, and a file pinning
+    /// the class order.
+    pub folder: image_folder::FolderOptions,
 }
 
 impl Default for LoadOptions {
@@ -105,6 +121,9 @@ impl Default for LoadOptions {
             split: Split::Test,
             limit: None,
             num_classes: None,
+            preprocess: Preprocess::default(),
+            channels: None,
+            folder: image_folder::FolderOptions::default(),
         }
     }
 }
@@ -138,6 +157,8 @@ pub struct Dataset {
     num_classes: usize,
     pixels: Pixels,
     labels: Vec<u32>,
+    /// How image files were preprocessed (image folders only).
+    preprocess: Option<Preprocess>,
 }
 
 impl Dataset {
@@ -162,6 +183,7 @@ impl Dataset {
             num_classes,
             pixels: Pixels::F32(pixels),
             labels,
+            preprocess: None,
         };
         dataset.check(&path)?;
         Ok(dataset)
@@ -213,6 +235,28 @@ impl Dataset {
     /// The detected format.
     pub fn format(&self) -> DataFormat {
         self.format
+    }
+    /// How image files were resized and cropped (image folders only).
+    pub fn preprocess(&self) -> Option<Preprocess> {
+        self.preprocess
+    }
+    /// The record's dataset section: what was read, identified by content.
+    pub fn record(&self) -> gauntlet_record::DatasetRecord {
+        gauntlet_record::DatasetRecord {
+            path: self.path.display().to_string(),
+            sha256: self.sha256.clone(),
+            format: self.format.as_str().into(),
+            split: self.split.as_str().into(),
+            num_samples: self.len(),
+            preprocess: self.preprocess.map(|p| {
+                let mode = if self.shape[0] == 1 {
+                    "grey (L)"
+                } else {
+                    "RGB"
+                };
+                format!("{}, {mode}", p.describe())
+            }),
+        }
     }
     /// The split read.
     pub fn split(&self) -> Split {
@@ -405,6 +449,7 @@ impl Dataset {
             num_classes: self.num_classes,
             pixels: Pixels::U8(Vec::new()),
             labels: Vec::new(),
+            preprocess: self.preprocess,
         }
     }
 
@@ -513,10 +558,13 @@ fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Dataset> {
             return load_npy_dir(dir, &dir.join(x), &dir.join(y), options);
         }
     }
+    if let Some(folder) = image_folder_for_split(dir, options) {
+        return load_image_folder(&folder, options);
+    }
     Err(Error::UnknownFormat {
         path: dir.to_path_buf(),
         message: format!(
-            "no {split} split found: expected MNIST IDX files ({}-images-idx3-ubyte[.gz] and labels), CIFAR-10 batches ({}), or x.npy + y.npy",
+            "no {split} split found: expected MNIST IDX files ({}-images-idx3-ubyte[.gz] and labels), CIFAR-10 batches ({}), x.npy + y.npy, or an image folder (DIR/<class>/<images>, or --labels labels.csv)",
             if split == "train" { "train" } else { "t10k" },
             if split == "train" { "data_batch_*.bin" } else { "test_batch.bin" }
         ),
@@ -595,6 +643,7 @@ fn load_idx(
         num_classes,
         pixels: Pixels::U8(images.data),
         labels: labels.data.into_iter().map(u32::from).collect(),
+        preprocess: None,
     })
 }
 
@@ -663,6 +712,7 @@ fn load_cifar10(dir: &Path, files: &[PathBuf], options: &LoadOptions) -> Result<
         num_classes,
         pixels: Pixels::U8(pixels),
         labels,
+        preprocess: None,
     })
 }
 
@@ -807,9 +857,91 @@ fn from_arrays(
         num_classes,
         pixels,
         labels,
+        preprocess: None,
     };
     dataset.check(x_path)?;
     Ok(dataset)
+}
+
+/// The image folder to read for `options.split`: `DIR/train` or
+/// `DIR/test` (`DIR/val`) when both splits are there, else `DIR` itself.
+fn image_folder_for_split(dir: &Path, options: &LoadOptions) -> Option<PathBuf> {
+    let candidates: &[&str] = match options.split {
+        Split::Train => &["train"],
+        Split::Test => &["test", "val"],
+    };
+    let has_splits =
+        dir.join("train").is_dir() && (dir.join("test").is_dir() || dir.join("val").is_dir());
+    if has_splits {
+        if let Some(split_dir) = candidates.iter().map(|c| dir.join(c)).find(|d| {
+            d.is_dir()
+                && (options.folder.labels_csv.is_some() || image_folder::looks_like_image_folder(d))
+        }) {
+            return Some(split_dir);
+        }
+    }
+    (options.folder.labels_csv.is_some() || image_folder::looks_like_image_folder(dir))
+        .then(|| dir.to_path_buf())
+}
+
+/// Decode, convert and preprocess every image of a folder (in parallel),
+/// after checking every header: sizes, bombs, one output size.
+fn load_image_folder(dir: &Path, options: &LoadOptions) -> Result<Dataset> {
+    let folder = image_folder::ImageFolder::open(dir, &options.folder)?;
+    let channels = match options.channels.unwrap_or(3) {
+        c @ (1 | 3) => c,
+        other => {
+            return Err(Error::Invalid(format!(
+                "images convert to 1 (grey) or 3 (RGB) channels, not {other}"
+            )))
+        }
+    };
+    let num_classes = options.num_classes.unwrap_or(folder.classes.len());
+    if num_classes < folder.classes.len() {
+        return Err(Error::Invalid(format!(
+            "--num-classes {num_classes} is fewer than the folder's {} classes",
+            folder.classes.len()
+        )));
+    }
+    let mut entries = folder.entries.clone();
+    if let Some(limit) = options.limit {
+        entries.truncate(limit);
+    }
+    let limited = image_folder::ImageFolder {
+        entries,
+        ..folder.clone()
+    };
+    let max_pixels = options
+        .folder
+        .max_pixels
+        .unwrap_or(image_folder::MAX_IMAGE_PIXELS);
+    let sizes = limited.sizes(max_pixels)?;
+    let [h, w] = image_folder::common_size(&limited, &sizes, &options.preprocess)?;
+    let per = channels * h * w;
+    let total = (limited.entries.len() as u64).saturating_mul(per as u64);
+    crate::reader::ensure_fits(dir, total)?;
+    let mut pixels = vec![0u8; limited.entries.len() * per];
+    pixels
+        .par_chunks_mut(per)
+        .zip(limited.entries.par_iter())
+        .try_for_each(|(out, entry)| -> Result<()> {
+            let path = dir.join(&entry.relative);
+            let image = image_folder::decode(&path, channels, max_pixels)?;
+            let image = options.preprocess.apply(&image);
+            out.copy_from_slice(&image.to_planar());
+            Ok(())
+        })?;
+    Ok(Dataset {
+        path: dir.to_path_buf(),
+        format: DataFormat::ImageFolder,
+        split: options.split,
+        sha256: folder.fingerprint(&options.preprocess, channels)?,
+        shape: [channels, h, w],
+        num_classes,
+        labels: limited.entries.iter().map(|e| e.label).collect(),
+        pixels: Pixels::U8(pixels),
+        preprocess: Some(options.preprocess),
+    })
 }
 
 /// One image read from an `.npy` file by [`load_image_npy`], in `[0, 1]`, C order.

@@ -23,6 +23,7 @@ fn test_split(limit: Option<usize>) -> gauntlet_data::Dataset {
             split: Split::Test,
             limit,
             num_classes: None,
+            ..Default::default()
         },
     )
     .unwrap()

@@ -168,6 +168,7 @@ fn shipped_cnn_and_data(limit: usize) -> (gauntlet_models::Model, Dataset) {
             split: Split::Test,
             limit: Some(limit),
             num_classes: None,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -27,6 +27,7 @@ pub const TARGETS: &[Target] = &[
     ("dataset_npy", dataset_npy),
     ("dataset_npz", dataset_npz),
     ("image_npy", image_npy),
+    ("image_folder", image_folder),
     ("pickle_walk", pickle_walk),
     ("scan_model", scan_model),
     ("load_model", load_model),
@@ -141,6 +142,7 @@ fn load(dir: &Path, mode: u8) -> gauntlet_data::Result<gauntlet_data::Dataset> {
         limit: None,
         // Sometimes an explicit class count, which every label must respect.
         num_classes: (mode & 0x80 != 0).then_some(usize::from(mode & 0x0f) + 1),
+        ..LoadOptions::default()
     };
     gauntlet_data::load(dir, &options)
 }
@@ -191,8 +193,48 @@ pub fn dataset_npz(data: &[u8]) -> bool {
         split: Split::Test,
         limit: None,
         num_classes: None,
+        ..Default::default()
     };
     check_dataset(gauntlet_data::load(&path, &options))
+}
+
+/// An image folder. Mode bits 0–3 pick the first file's extension (from
+/// torchvision's list), bit 4 makes the second part a labels CSV for a flat
+/// folder (else a PNG in a second class folder), bit 5 asks for one channel,
+/// bits 6–7 the preprocessing (none, resize 8, resize 8 + crop 6, crop 6).
+/// Images may declare at most 2²⁰ pixels here, so that the allocation a
+/// valid large image needs stays inside the fuzzer's memory limit.
+pub fn image_folder(data: &[u8]) -> bool {
+    use gauntlet_data::image_folder::{FolderOptions, IMAGE_EXTENSIONS};
+    let (mode, first, second) = two_files(data);
+    let dir = scratch("folder");
+    let ext = IMAGE_EXTENSIONS[usize::from(mode & 0x0f) % IMAGE_EXTENSIONS.len()];
+    let mut folder = FolderOptions {
+        max_pixels: Some(1 << 20),
+        ..FolderOptions::default()
+    };
+    if mode & 0x10 != 0 {
+        write(&dir.join(format!("a{ext}")), first);
+        let csv = dir.join("labels.csv");
+        write(&csv, second);
+        folder.labels_csv = Some(csv);
+    } else {
+        let _ = std::fs::create_dir_all(dir.join("a"));
+        let _ = std::fs::create_dir_all(dir.join("b"));
+        write(&dir.join(format!("a/x{ext}")), first);
+        write(&dir.join("b/y.png"), second);
+    }
+    let preprocess = gauntlet_data::Preprocess {
+        resize: matches!(mode >> 6, 1 | 2).then_some(8),
+        center_crop: matches!(mode >> 6, 2 | 3).then_some([6, 6]),
+    };
+    let options = LoadOptions {
+        channels: Some(if mode & 0x20 != 0 { 1 } else { 3 }),
+        preprocess,
+        folder,
+        ..LoadOptions::default()
+    };
+    check_dataset(gauntlet_data::load(&dir, &options))
 }
 
 /// A single image (trigger pattern) in `.npy`.

@@ -353,13 +353,7 @@ pub fn audit(
         train_and_measure(settings, &filtered, test_data, backdoor, observer)?;
 
     let record = PoisoningRecord {
-        train_dataset: gauntlet_record::DatasetRecord {
-            path: train_data.path().display().to_string(),
-            sha256: train_data.sha256().into(),
-            format: train_data.format().as_str().into(),
-            split: train_data.split().as_str().into(),
-            num_samples: train_data.len(),
-        },
+        train_dataset: train_data.record(),
         injection: Some(injection_record(&manifest)),
         detectors,
         strip,

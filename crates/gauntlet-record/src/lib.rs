@@ -161,12 +161,17 @@ pub struct DatasetRecord {
     pub path: String,
     /// sha256 over the split's files.
     pub sha256: String,
-    /// `idx`, `cifar10-binary`, `npz` or `npy`.
+    /// `idx`, `cifar10-binary`, `npz`, `npy` or `image-folder`.
     pub format: String,
     /// `train` or `test`.
     pub split: String,
     /// Samples evaluated: the first `num_samples` of the split, in file order.
     pub num_samples: usize,
+    /// How image files became samples (image folders only), e.g.
+    /// `resize 256 (shorter side, bilinear, antialiased), center-crop 224x224,
+    /// RGB`; the attacks perturb the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocess: Option<String>,
 }
 
 /// Clean (unattacked) results.
@@ -712,6 +717,7 @@ mod tests {
                 format: "idx".into(),
                 split: "test".into(),
                 num_samples: 3,
+                preprocess: None,
             },
             clean: Some(CleanRecord {
                 labels: vec![],

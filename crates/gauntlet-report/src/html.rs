@@ -395,11 +395,12 @@ fn provenance(out: &mut String, input: &ReportInput) {
     row(
         "dataset",
         format!(
-            "{} ({}, {} split, first {} samples)<br/><code>sha256 {}</code>",
+            "{} ({}, {} split, first {} samples){}<br/><code>sha256 {}</code>",
             escape(&r.dataset.path),
             escape(&r.dataset.format),
             escape(&r.dataset.split),
             r.dataset.num_samples,
+            preprocessing(&r.dataset),
             escape(&r.dataset.sha256)
         ),
     );
@@ -412,11 +413,12 @@ fn provenance(out: &mut String, input: &ReportInput) {
         row(
             "training data",
             format!(
-                "{} ({}, {} split, {} samples)<br/><code>sha256 {}</code>",
+                "{} ({}, {} split, {} samples){}<br/><code>sha256 {}</code>",
                 escape(&d.path),
                 escape(&d.format),
                 escape(&d.split),
                 d.num_samples,
+                preprocessing(d),
                 escape(&d.sha256)
             ),
         );
@@ -810,6 +812,15 @@ fn example_images(example: &GalleryExample, bounds: [f64; 2]) -> Result<[String;
         encode(&adversarial)?,
         encode(&perturbation)?,
     ])
+}
+
+/// A line saying how image files were preprocessed (image folders only).
+fn preprocessing(dataset: &gauntlet_record::DatasetRecord) -> String {
+    dataset
+        .preprocess
+        .as_deref()
+        .map(|p| format!("<br/>preprocessed: {}", escape(p)))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ fn data(split: Split, limit: usize) -> Dataset {
             split,
             limit: Some(limit),
             num_classes: None,
+            ..Default::default()
         },
     )
     .unwrap()
