@@ -104,6 +104,9 @@ pub(crate) struct DataArgs {
     /// Number of classes, when the labels do not show it (default: 10 for IDX/CIFAR).
     #[arg(long)]
     pub(crate) num_classes: Option<usize>,
+    /// CIFAR-100: the 100 fine classes or the 20 coarse superclasses.
+    #[arg(long, value_name = "fine|coarse", default_value = "fine")]
+    pub(crate) label_set: gauntlet_data::LabelSet,
     /// Image folders: resize the shorter side to N pixels (bilinear with
     /// antialiasing, as torchvision's Resize(N) on PIL images).
     #[arg(long, value_name = "N")]
@@ -473,6 +476,7 @@ pub(crate) fn load_data(args: &DataArgs, split: Split, channels: Option<usize>) 
         split,
         limit: args.limit,
         num_classes: args.num_classes,
+        label_set: args.label_set,
         preprocess: gauntlet_data::Preprocess {
             resize: args.resize,
             center_crop: args.center_crop,

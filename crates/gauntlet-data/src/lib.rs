@@ -13,6 +13,7 @@
 mod error;
 mod idx;
 pub mod image_folder;
+pub mod pickled;
 pub mod preprocess;
 pub use preprocess::Preprocess;
 mod npy;
@@ -79,6 +80,12 @@ pub enum DataFormat {
     Npy,
     /// A folder of image files (torchvision's `ImageFolder`, or a labels CSV).
     ImageFolder,
+    /// CIFAR-10 python batches (`cifar-10-batches-py`: pickled dicts).
+    Cifar10Python,
+    /// CIFAR-100 python files (`cifar-100-python`: pickled dicts).
+    Cifar100Python,
+    /// CIFAR-100 binary files (`cifar-100-binary`).
+    Cifar100Binary,
 }
 
 impl DataFormat {
@@ -90,6 +97,33 @@ impl DataFormat {
             DataFormat::Npz => "npz",
             DataFormat::Npy => "npy",
             DataFormat::ImageFolder => "image-folder",
+            DataFormat::Cifar10Python => "cifar10-python",
+            DataFormat::Cifar100Python => "cifar100-python",
+            DataFormat::Cifar100Binary => "cifar100-binary",
+        }
+    }
+}
+
+/// Which of CIFAR-100's two label sets to read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelSet {
+    /// The 100 fine classes (the usual benchmark).
+    #[default]
+    Fine,
+    /// The 20 superclasses.
+    Coarse,
+}
+
+impl std::str::FromStr for LabelSet {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fine" => Ok(LabelSet::Fine),
+            "coarse" => Ok(LabelSet::Coarse),
+            other => Err(Error::Invalid(format!(
+                "unknown label set '{other}', expected 'fine' or 'coarse'"
+            ))),
         }
     }
 }
@@ -104,6 +138,8 @@ pub struct LoadOptions {
     /// Number of classes; labels must lie in `0..num_classes`. Default: 10 for IDX
     /// and CIFAR-10, `max label + 1` for NumPy data.
     pub num_classes: Option<usize>,
+    /// CIFAR-100: fine (default) or coarse labels.
+    pub label_set: LabelSet,
     /// Image folders: resizing and cropping, as torchvision's transforms.
     pub preprocess: Preprocess,
     /// Image folders: channels to convert every image to (1 as Pillow's
@@ -121,6 +157,7 @@ impl Default for LoadOptions {
             split: Split::Test,
             limit: None,
             num_classes: None,
+            label_set: LabelSet::Fine,
             preprocess: Preprocess::default(),
             channels: None,
             folder: image_folder::FolderOptions::default(),
@@ -549,6 +586,17 @@ fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Dataset> {
             return load_cifar10(dir, &files, options);
         }
     }
+    for (sub, format) in [
+        ("cifar-10-batches-py", DataFormat::Cifar10Python),
+        ("cifar-100-python", DataFormat::Cifar100Python),
+        ("cifar-100-binary", DataFormat::Cifar100Binary),
+    ] {
+        for cifar_dir in [dir.to_path_buf(), dir.join(sub)] {
+            if let Some(files) = cifar_files(&cifar_dir, format, options.split) {
+                return load_cifar_files(dir, format, &files, options);
+            }
+        }
+    }
     let split = options.split.as_str();
     for (x, y) in [
         (format!("x_{split}.npy"), format!("y_{split}.npy")),
@@ -564,7 +612,7 @@ fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Dataset> {
     Err(Error::UnknownFormat {
         path: dir.to_path_buf(),
         message: format!(
-            "no {split} split found: expected MNIST IDX files ({}-images-idx3-ubyte[.gz] and labels), CIFAR-10 batches ({}), x.npy + y.npy, or an image folder (DIR/<class>/<images>, or --labels labels.csv)",
+            "no {split} split found: expected MNIST IDX files ({}-images-idx3-ubyte[.gz] and labels), CIFAR-10 batches ({}), CIFAR python batches or CIFAR-100 binary, x.npy + y.npy, or an image folder (DIR/<class>/<images>, or --labels labels.csv)",
             if split == "train" { "train" } else { "t10k" },
             if split == "train" { "data_batch_*.bin" } else { "test_batch.bin" }
         ),
@@ -861,6 +909,135 @@ fn from_arrays(
     };
     dataset.check(x_path)?;
     Ok(dataset)
+}
+
+/// The files of a CIFAR layout other than CIFAR-10 binary, if `dir` holds
+/// that layout's marker file and the split's files.
+fn cifar_files(dir: &Path, format: DataFormat, split: Split) -> Option<Vec<PathBuf>> {
+    let (marker, files): (&str, Vec<String>) = match (format, split) {
+        (DataFormat::Cifar10Python, Split::Train) => (
+            "batches.meta",
+            (1..=5).map(|i| format!("data_batch_{i}")).collect(),
+        ),
+        (DataFormat::Cifar10Python, Split::Test) => ("batches.meta", vec!["test_batch".into()]),
+        (DataFormat::Cifar100Python, _) => ("meta", vec![split.as_str().into()]),
+        (DataFormat::Cifar100Binary, _) => (
+            "fine_label_names.txt",
+            vec![format!("{}.bin", split.as_str())],
+        ),
+        _ => return None,
+    };
+    let present: Vec<PathBuf> = files
+        .iter()
+        .map(|f| dir.join(f))
+        .filter(|f| f.is_file())
+        .collect();
+    (dir.join(marker).is_file() && !present.is_empty()).then_some(present)
+}
+
+/// CIFAR python batches (pickled dicts, read by the restricted unpickler)
+/// and CIFAR-100 binary records (coarse label, fine label, 3072 pixels).
+fn load_cifar_files(
+    dir: &Path,
+    format: DataFormat,
+    files: &[PathBuf],
+    options: &LoadOptions,
+) -> Result<Dataset> {
+    let total: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    crate::reader::ensure_fits(dir, total)?;
+    let (labels_key, default_classes) = match (format, options.label_set) {
+        (DataFormat::Cifar10Python, _) => ("labels", 10),
+        (_, LabelSet::Fine) => ("fine_labels", 100),
+        (_, LabelSet::Coarse) => ("coarse_labels", 20),
+    };
+    let num_classes = options.num_classes.unwrap_or(default_classes);
+    let mut pixels = Vec::new();
+    let mut labels: Vec<u32> = Vec::new();
+    for file in files {
+        let bytes = std::fs::read(file).map_err(io_err(file))?;
+        let file_labels: Vec<i64> = if format == DataFormat::Cifar100Binary {
+            const RECORD: usize = 2 + CIFAR_IMAGE;
+            if bytes.is_empty() || bytes.len() % RECORD != 0 {
+                return Err(format_err(
+                    file,
+                    format!(
+                        "{} bytes is not a whole number of CIFAR-100 records ({RECORD} bytes each: coarse and fine label + 3x32x32 pixels)",
+                        bytes.len()
+                    ),
+                ));
+            }
+            let which = usize::from(options.label_set == LabelSet::Fine);
+            bytes
+                .chunks_exact(RECORD)
+                .map(|record| {
+                    pixels.extend_from_slice(&record[2..]);
+                    i64::from(record[which])
+                })
+                .collect()
+        } else {
+            let batch = pickled::unpickle(&bytes, file)?;
+            let data = match batch.get("data") {
+                Some(pickled::Value::Array(array)) => array,
+                _ => {
+                    return Err(format_err(
+                        file,
+                        "holds no 'data' array; expected a CIFAR python batch",
+                    ))
+                }
+            };
+            if data.item_size() != Some(1)
+                || data.shape.len() != 2
+                || data.shape[1] != CIFAR_IMAGE
+                || data.fortran
+            {
+                return Err(format_err(
+                    file,
+                    format!(
+                        "'data' is a {:?} array of {}, expected N x 3072 uint8 in C order",
+                        data.shape, data.dtype
+                    ),
+                ));
+            }
+            pixels.extend_from_slice(&data.data);
+            let list = match batch.get(labels_key) {
+                Some(pickled::Value::List(items)) => items
+                    .iter()
+                    .map(|v| match v {
+                        pickled::Value::Int(i) => Some(*i),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<i64>>>(),
+                Some(pickled::Value::Array(array)) => array.integers(),
+                _ => None,
+            };
+            let list = list
+                .ok_or_else(|| format_err(file, format!("holds no integer '{labels_key}' list")))?;
+            if list.len() != data.shape[0] {
+                return Err(format_err(
+                    file,
+                    format!("holds {} labels for {} images", list.len(), data.shape[0]),
+                ));
+            }
+            list
+        };
+        check_labels(file, file_labels.iter().copied(), num_classes)?;
+        labels.extend(file_labels.iter().map(|&l| l as u32));
+    }
+    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    Ok(Dataset {
+        path: dir.to_path_buf(),
+        format,
+        split: options.split,
+        sha256: fingerprint(&refs)?,
+        shape: [3, 32, 32],
+        num_classes,
+        pixels: Pixels::U8(pixels),
+        labels,
+        preprocess: None,
+    })
 }
 
 /// The image folder to read for `options.split`: `DIR/train` or

@@ -28,6 +28,7 @@ pub const TARGETS: &[Target] = &[
     ("dataset_npz", dataset_npz),
     ("image_npy", image_npy),
     ("image_folder", image_folder),
+    ("dataset_cifar_python", dataset_cifar_python),
     ("pickle_walk", pickle_walk),
     ("scan_model", scan_model),
     ("load_model", load_model),
@@ -235,6 +236,15 @@ pub fn image_folder(data: &[u8]) -> bool {
         ..LoadOptions::default()
     };
     check_dataset(gauntlet_data::load(&dir, &options))
+}
+
+/// A CIFAR python batch (`test_batch` beside a `batches.meta`): the
+/// restricted unpickler on arbitrary bytes.
+pub fn dataset_cifar_python(data: &[u8]) -> bool {
+    let dir = scratch("cifar-py");
+    write(&dir.join("batches.meta"), b"\x80\x02}q\x00.");
+    write(&dir.join("test_batch"), data);
+    check_dataset(load(&dir, 0))
 }
 
 /// A single image (trigger pattern) in `.npy`.
