@@ -268,10 +268,10 @@ fn inject(args: InjectArgs) -> Result<()> {
         let path = staging.path().join(name);
         std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))
     };
-    let (x_train, y_train) = poisoned.dataset.to_npy();
+    let (x_train, y_train) = poisoned.dataset.to_npy()?;
     write("x_train.npy", &x_train)?;
     write("y_train.npy", &y_train)?;
-    let (x_test, y_test) = test.to_npy();
+    let (x_test, y_test) = test.to_npy()?;
     write("x_test.npy", &x_test)?;
     write("y_test.npy", &y_test)?;
     let reloaded = gauntlet_data::load(

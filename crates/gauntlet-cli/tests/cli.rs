@@ -1219,6 +1219,16 @@ fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 #[test]
 fn three_shards_merge_into_the_single_run() {
     let dir = tempfile::tempdir().unwrap();
+    // The same 90 images as IDX files and as a streamed image folder.
+    let folder = dir.path().join("png");
+    mnist_png_folder(&folder, 90);
+    for data in ["datasets/mnist-5k", folder.to_str().unwrap()] {
+        shards_merge_into_the_single_run(dir.path(), data);
+    }
+}
+
+fn shards_merge_into_the_single_run(base: &Path, data: &str) {
+    let dir = tempfile::tempdir_in(base).unwrap();
     let suite = dir.path().join("suite.toml");
     std::fs::write(
         &suite,
@@ -1232,7 +1242,7 @@ fn three_shards_merge_into_the_single_run() {
             "--model",
             "examples/models/mnist-cnn.safetensors",
             "--data",
-            "datasets/mnist-5k",
+            data,
             "--suite",
             suite.to_str().unwrap(),
             "--limit",
@@ -2202,9 +2212,9 @@ fn every_command_runs_on_a_dynamo_exported_onnx_resnet() {
     assert_clear_error(&o, "--feature-layer");
 }
 
-#[test]
-fn an_image_folder_of_the_shipped_mnist_gives_the_idx_files_per_sample_results() {
-    let n = 120;
+/// The first `n` test images of the shipped MNIST as a PNG image folder
+/// (`<label>/<index>.png`), and the IDX dataset they came from.
+fn mnist_png_folder(folder: &Path, n: usize) -> gauntlet_data::Dataset {
     let idx = gauntlet_data::load(
         &repo("datasets/mnist-5k"),
         &gauntlet_data::LoadOptions {
@@ -2213,8 +2223,6 @@ fn an_image_folder_of_the_shipped_mnist_gives_the_idx_files_per_sample_results()
         },
     )
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let folder = dir.path().join("mnist-png");
     let pixels = idx.images_f32(0..n).unwrap();
     for (i, image) in pixels.chunks(784).enumerate() {
         let path = folder.join(format!("{}/{i:05}.png", idx.labels()[i]));
@@ -2222,6 +2230,15 @@ fn an_image_folder_of_the_shipped_mnist_gives_the_idx_files_per_sample_results()
         let bytes: Vec<u8> = image.iter().map(|v| (v * 255.0).round() as u8).collect();
         image::save_buffer(&path, &bytes, 28, 28, image::ColorType::L8).unwrap();
     }
+    idx
+}
+
+#[test]
+fn an_image_folder_of_the_shipped_mnist_gives_the_idx_files_per_sample_results() {
+    let n = 120;
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("mnist-png");
+    let idx = mnist_png_folder(&folder, n);
     let run = |data: &str, out: &Path, extra: &[&str]| {
         let mut args = vec![
             "attack",
@@ -2284,4 +2301,86 @@ fn an_image_folder_of_the_shipped_mnist_gives_the_idx_files_per_sample_results()
         dir.path().join("bad").to_str().unwrap(),
     ]);
     assert_clear_error(&o, "--resize applies to image folders");
+}
+
+/// Run `gauntlet` and return its exit code and its own peak resident memory
+/// in KiB (`wait4` on this child alone; other tests' processes do not count).
+#[cfg(target_os = "linux")]
+// The child is reaped by wait4, which std cannot see.
+#[allow(clippy::zombie_processes)]
+fn gauntlet_peak_memory(args: &[&str]) -> (i32, i64) {
+    let child = Command::new(env!("CARGO_BIN_EXE_gauntlet"))
+        .args(args)
+        .current_dir(repo(""))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: rusage is plain data, filled by the kernel.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: waits for the child just spawned, which std has not reaped.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid);
+    (libc::WEXITSTATUS(status), usage.ru_maxrss)
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_streamed_image_folder_s_memory_does_not_grow_with_its_size() {
+    // 50 different 32×32 RGB images, as PNG bytes, reused under many names.
+    let pngs: Vec<Vec<u8>> = (0..50u32)
+        .map(|seed| {
+            let pixels: Vec<u8> = (0..32 * 32 * 3u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed * 97) >> 24) as u8)
+                .collect();
+            let mut png = Vec::new();
+            image::write_buffer_with_format(
+                &mut std::io::Cursor::new(&mut png),
+                &pixels,
+                32,
+                32,
+                image::ColorType::Rgb8,
+                image::ImageFormat::Png,
+            )
+            .unwrap();
+            png
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut peaks = Vec::new();
+    for n in [2_000usize, 20_000] {
+        let folder = dir.path().join(format!("folder-{n}"));
+        for k in 0..n {
+            let path = folder.join(format!("{}/{k:06}.png", k % 10));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, &pngs[k % pngs.len()]).unwrap();
+        }
+        let out = dir.path().join(format!("run-{n}"));
+        let (code, peak) = gauntlet_peak_memory(&[
+            "eval",
+            "--model",
+            "crates/gauntlet-models/tests/zoo/resnet18.legacy.onnx",
+            "--data",
+            folder.to_str().unwrap(),
+            "--batch-size",
+            "200",
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert_eq!(code, 0);
+        let record = read_json(&out.join("results.json"));
+        assert_eq!(record["dataset"]["num_samples"], n);
+        peaks.push(peak);
+    }
+    // Held in memory, 18 000 more 3×32×32 images would be 55 MB of pixels
+    // (one byte each); streamed, only the file list and the per-sample
+    // results grow (measured: about 7 MB).
+    let growth_kib = peaks[1] - peaks[0];
+    assert!(
+        growth_kib < 20 * 1024,
+        "peak memory grew by {growth_kib} KiB from 2 000 to 20 000 images ({peaks:?})"
+    );
 }

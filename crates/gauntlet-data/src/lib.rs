@@ -17,6 +17,7 @@ pub mod pickled;
 pub mod preprocess;
 pub use preprocess::Preprocess;
 mod npy;
+mod stream;
 pub use npy::encode_npy;
 mod reader;
 
@@ -27,7 +28,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use gauntlet_core::Sha256Hasher;
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use error::{format_err, io_err};
@@ -176,11 +176,13 @@ pub struct Replacement {
     pub label: Option<u32>,
 }
 
-/// Pixel storage: bytes are scaled by 1/255 when batched.
+/// Pixel storage: bytes are scaled by 1/255 when batched; image files stay
+/// on disk until a batch asks for them.
 #[derive(Clone, Debug)]
 enum Pixels {
     U8(Vec<u8>),
     F32(Vec<f32>),
+    Files(stream::FileSamples),
 }
 
 /// A labelled image dataset held in memory, NCHW.
@@ -231,6 +233,7 @@ impl Dataset {
         let n_pixels = match &self.pixels {
             Pixels::U8(p) => p.len(),
             Pixels::F32(p) => p.len(),
+            Pixels::Files(files) => files.len() * per,
         };
         if per == 0 || n_pixels != per * self.labels.len() {
             return Err(format_err(
@@ -335,6 +338,14 @@ impl Dataset {
         Ok(match &self.pixels {
             Pixels::U8(p) => p[span].iter().map(|&v| v as f32 / 255.0).collect(),
             Pixels::F32(p) => p[span].to_vec(),
+            Pixels::Files(files) => {
+                let indices: Vec<usize> = range.collect();
+                files
+                    .bytes(&indices)?
+                    .iter()
+                    .map(|&v| v as f32 / 255.0)
+                    .collect()
+            }
         })
     }
 
@@ -350,12 +361,28 @@ impl Dataset {
     /// The samples at `indices`, in that order (for shuffled training batches).
     pub fn gather(&self, indices: &[usize], device: &Device) -> Result<(Tensor, Tensor)> {
         let per = self.sample_len();
-        let mut images = Vec::with_capacity(indices.len() * per);
-        let mut labels = Vec::with_capacity(indices.len());
-        for &i in indices {
-            images.extend(self.images_f32(i..i + 1)?);
-            labels.push(self.labels[i]);
+        if let Some(&bad) = indices.iter().find(|&&i| i >= self.len()) {
+            return Err(Error::Invalid(format!(
+                "sample {bad} is outside the dataset's 0..{}",
+                self.len()
+            )));
         }
+        let labels: Vec<u32> = indices.iter().map(|&i| self.labels[i]).collect();
+        let images: Vec<f32> = match &self.pixels {
+            // One parallel decode for the whole batch.
+            Pixels::Files(files) => files
+                .bytes(indices)?
+                .iter()
+                .map(|&v| v as f32 / 255.0)
+                .collect(),
+            _ => {
+                let mut images = Vec::with_capacity(indices.len() * per);
+                for &i in indices {
+                    images.extend(self.images_f32(i..i + 1)?);
+                }
+                images
+            }
+        };
         let [c, h, w] = self.shape;
         Ok((
             Tensor::from_vec(images, (indices.len(), c, h, w), device)?,
@@ -370,12 +397,13 @@ impl Dataset {
         match &mut self.pixels {
             Pixels::U8(p) => p.truncate(n * per),
             Pixels::F32(p) => p.truncate(n * per),
+            Pixels::Files(files) => files.truncate(n),
         }
     }
 
     /// Whether pixels are stored as bytes (0..255), as IDX and CIFAR-10 data are.
     pub fn is_byte_valued(&self) -> bool {
-        matches!(self.pixels, Pixels::U8(_))
+        matches!(self.pixels, Pixels::U8(_) | Pixels::Files(_))
     }
 
     /// A copy named `name` in which the samples listed in `replacements` get new
@@ -391,6 +419,11 @@ impl Dataset {
         let per = self.sample_len();
         let mut copy = self.clone();
         copy.path = path.clone();
+        // Replacing pixels needs them in memory.
+        if let Pixels::Files(files) = &self.pixels {
+            let all: Vec<usize> = (0..files.len()).collect();
+            copy.pixels = Pixels::U8(files.bytes(&all)?);
+        }
         for replacement in replacements {
             let index = replacement.index;
             if index >= self.len() {
@@ -414,6 +447,8 @@ impl Dataset {
                         }
                     }
                     Pixels::F32(p) => p[span].copy_from_slice(image),
+                    // Read into memory above.
+                    Pixels::Files(_) => {}
                 }
             }
             if let Some(label) = replacement.label {
@@ -448,6 +483,7 @@ impl Dataset {
                     .flat_map(|&i| p[i * per..(i + 1) * per].iter().copied())
                     .collect(),
             ),
+            Pixels::Files(files) => Pixels::Files(files.select(indices)),
         };
         let mut copy = Dataset {
             path: name.into(),
@@ -496,6 +532,15 @@ impl Dataset {
         match &self.pixels {
             Pixels::U8(p) => hasher.update(p),
             Pixels::F32(p) => p.iter().for_each(|v| hasher.update(&v.to_le_bytes())),
+            // The folder's fingerprint covers the files' bytes; a subset is
+            // named by its files.
+            Pixels::Files(files) => {
+                hasher.update(self.sha256.as_bytes());
+                files.files().iter().for_each(|f| {
+                    hasher.update(f.as_bytes());
+                    hasher.update(b"\n");
+                });
+            }
         }
         self.labels
             .iter()
@@ -506,7 +551,7 @@ impl Dataset {
     /// The images and labels as NumPy `.npy` files (`numpy.save` format): images
     /// `(N, C, H, W)` as `uint8` for byte-valued data and `float32` otherwise, labels
     /// `(N,)` as `int64`. [`load`] reads them back from `x_<split>.npy` / `y_<split>.npy`.
-    pub fn to_npy(&self) -> (Vec<u8>, Vec<u8>) {
+    pub fn to_npy(&self) -> Result<(Vec<u8>, Vec<u8>)> {
         let [c, h, w] = self.shape;
         let shape = [self.len(), c, h, w];
         let images = match &self.pixels {
@@ -515,13 +560,17 @@ impl Dataset {
                 let bytes: Vec<u8> = p.iter().flat_map(|v| v.to_le_bytes()).collect();
                 encode_npy("<f4", &shape, &bytes)
             }
+            Pixels::Files(files) => {
+                let all: Vec<usize> = (0..files.len()).collect();
+                encode_npy("|u1", &shape, &files.bytes(&all)?)
+            }
         };
         let labels: Vec<u8> = self
             .labels
             .iter()
             .flat_map(|&l| i64::from(l).to_le_bytes())
             .collect();
-        (images, encode_npy("<i8", &[self.len()], &labels))
+        Ok((images, encode_npy("<i8", &[self.len()], &labels)))
     }
 
     fn check_range(&self, range: &Range<usize>) -> Result<()> {
@@ -1061,8 +1110,8 @@ fn image_folder_for_split(dir: &Path, options: &LoadOptions) -> Option<PathBuf> 
         .then(|| dir.to_path_buf())
 }
 
-/// Decode, convert and preprocess every image of a folder (in parallel),
-/// after checking every header: sizes, bombs, one output size.
+/// An image folder as a dataset: every header checked up front (sizes,
+/// bombs, one output size), the pixels decoded batch by batch when asked for.
 fn load_image_folder(dir: &Path, options: &LoadOptions) -> Result<Dataset> {
     let folder = image_folder::ImageFolder::open(dir, &options.folder)?;
     let channels = match options.channels.unwrap_or(3) {
@@ -1094,20 +1143,16 @@ fn load_image_folder(dir: &Path, options: &LoadOptions) -> Result<Dataset> {
         .unwrap_or(image_folder::MAX_IMAGE_PIXELS);
     let sizes = limited.sizes(max_pixels)?;
     let [h, w] = image_folder::common_size(&limited, &sizes, &options.preprocess)?;
-    let per = channels * h * w;
-    let total = (limited.entries.len() as u64).saturating_mul(per as u64);
-    crate::reader::ensure_fits(dir, total)?;
-    let mut pixels = vec![0u8; limited.entries.len() * per];
-    pixels
-        .par_chunks_mut(per)
-        .zip(limited.entries.par_iter())
-        .try_for_each(|(out, entry)| -> Result<()> {
-            let path = dir.join(&entry.relative);
-            let image = image_folder::decode(&path, channels, max_pixels)?;
-            let image = options.preprocess.apply(&image);
-            out.copy_from_slice(&image.to_planar());
-            Ok(())
-        })?;
+    // Decoded on demand, batch by batch: memory does not grow with the
+    // number of images.
+    let files = stream::FileSamples::new(
+        dir.to_path_buf(),
+        limited.entries.iter().map(|e| e.relative.clone()).collect(),
+        channels,
+        options.preprocess,
+        max_pixels,
+        [channels, h, w],
+    );
     Ok(Dataset {
         path: dir.to_path_buf(),
         format: DataFormat::ImageFolder,
@@ -1116,7 +1161,7 @@ fn load_image_folder(dir: &Path, options: &LoadOptions) -> Result<Dataset> {
         shape: [channels, h, w],
         num_classes,
         labels: limited.entries.iter().map(|e| e.label).collect(),
-        pixels: Pixels::U8(pixels),
+        pixels: Pixels::Files(files),
         preprocess: Some(options.preprocess),
     })
 }

@@ -287,16 +287,32 @@ fn bad_folders_and_bad_images_are_one_line_errors_naming_the_file() {
     assert!(message.contains("garbage.png"), "{message}");
     std::fs::remove_file(root.join("a/garbage.png")).unwrap();
 
-    // A truncated PNG: the header reads, the pixels do not.
-    grey(&root.join("a/full.png"), 9, 64);
+    // A truncated PNG: the header reads, the pixels do not. Pixels are
+    // decoded when a batch needs them, so the error comes from that batch.
+    let noise: Vec<u8> = (0..64 * 64u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    png(
+        &root.join("a/full.png"),
+        64,
+        64,
+        image::ColorType::L8,
+        &noise,
+    );
+    grey(&root.join("a/fine.png"), 1, 64);
     let bytes = std::fs::read(root.join("a/full.png")).unwrap();
     std::fs::write(root.join("a/full.png"), &bytes[..bytes.len() / 2]).unwrap();
-    let message = error(root, &options(1));
+    let data = load(root, &options(1)).unwrap();
+    let message = data.images_f32(0..data.len()).unwrap_err().to_string();
     assert!(
-        message.contains("full.png") && !message.contains('\n'),
+        message.contains("full.png")
+            && message.contains("cannot decode")
+            && !message.contains('\n'),
         "{message}"
     );
     std::fs::remove_file(root.join("a/full.png")).unwrap();
+    grey(&root.join("a/fine.png"), 1, 4);
+    grey(&root.join("a/fine.png"), 1, 4);
 
     // A decompression bomb: a PNG of under 200 bytes declaring 20000×20000.
     let mut bomb = b"\x89PNG\r\n\x1a\n".to_vec();

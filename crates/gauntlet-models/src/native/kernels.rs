@@ -206,21 +206,22 @@ pub(crate) fn to_channels_last(
     count: usize,
     shape: [usize; 3],
     normalization: &Normalization,
-) -> Vec<f32> {
+    out: &mut [f32],
+) {
     let [c, h, w] = shape;
-    let mut x = images.to_vec();
-    if !normalization.is_identity() {
-        for image in x.chunks_exact_mut(c * h * w) {
-            for (channel, plane) in image.chunks_exact_mut(h * w).enumerate() {
-                let (mean, std) = normalization.channel(channel);
-                plane.iter_mut().for_each(|v| *v = (*v - mean) / std);
+    let plane = h * w;
+    for (image, target) in images
+        .chunks_exact(c * plane)
+        .zip(out.chunks_exact_mut(c * plane))
+        .take(count)
+    {
+        for (channel, values) in image.chunks_exact(plane.max(1)).enumerate() {
+            let (mean, std) = normalization.channel(channel);
+            let identity = normalization.is_identity();
+            for (p, &v) in values.iter().enumerate() {
+                target[p * c + channel] = if identity { v } else { (v - mean) / std };
             }
         }
-    }
-    if c > 1 {
-        transpose_inner(&x, count, c, h * w)
-    } else {
-        x
     }
 }
 

@@ -61,6 +61,12 @@ impl<T: Copy + Default> BufferPool<T> {
         }
     }
 
+    /// How many buffers are kept (for tests: passes must not leave more).
+    #[cfg(test)]
+    pub(crate) fn kept(&self) -> usize {
+        self.free.lock().map_or(0, |free| free.len())
+    }
+
     /// Returns a buffer for reuse.
     pub(crate) fn give(&self, mut buffer: Vec<T>) {
         if buffer.capacity() == 0 {

@@ -308,12 +308,16 @@ impl NativeGraph {
             )));
         }
         let mut values: Vec<Vec<f32>> = vec![Vec::new(); self.slot_lens.len()];
-        values[0] = crate::native::kernels::to_channels_last(
+        // From the pool like every other slot: the pass gives it back.
+        let mut input = self.buffers.take(images.len());
+        crate::native::kernels::to_channels_last(
             images,
             count,
             self.input_shape,
             &self.normalization,
+            &mut input,
         );
+        values[0] = input;
         let mut winners = vec![Vec::new(); self.steps.len()];
         for (index, step) in self.steps.iter().enumerate() {
             let mut out = self.buffers.take(count * self.slot_lens[step.output]);
@@ -434,7 +438,10 @@ impl NativeGraph {
             )));
         }
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; self.slot_lens.len()];
-        grads[self.output] = Some(grad_logits.to_vec());
+        // From the pool: the pass gives every gradient back to it.
+        let mut top = self.buffers.take(grad_logits.len());
+        top.copy_from_slice(grad_logits);
+        grads[self.output] = Some(top);
         for (index, step) in self.steps.iter().enumerate().rev() {
             let dy = grads[step.output].take();
             let values: &[Vec<f32>] = owned.as_deref().unwrap_or(&tape.values);
