@@ -39,7 +39,7 @@ fn main() {
         data.len(),
         data.len() as f64 / seconds
     );
-    let (x, y) = data.to_npy();
+    let (x, y) = data.to_npy().unwrap();
     std::fs::create_dir_all(out).unwrap();
     std::fs::write(Path::new(out).join("x.npy"), x).unwrap();
     std::fs::write(Path::new(out).join("y.npy"), y).unwrap();
