@@ -894,6 +894,14 @@ fn print_summary(info: &ModelInfo, data: &Dataset, split: Split, record: &RunRec
             println!("  warning [{}]: {}", w.code, w.message);
         }
     }
+    if let Some(waited) = data.decode_wait() {
+        let waited = waited.as_secs_f64();
+        println!(
+            "  image decoding held the run up {waited:.2} s of {:.2} s ({:.1}%; the next batch is decoded while one is evaluated)",
+            record.wall_seconds,
+            100.0 * waited / record.wall_seconds.max(1e-9)
+        );
+    }
 }
 
 /// Samples (in dataset order) whose adversarial examples are kept for the gallery.

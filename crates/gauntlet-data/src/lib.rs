@@ -276,6 +276,15 @@ impl Dataset {
     pub fn format(&self) -> DataFormat {
         self.format
     }
+    /// How long reads of this dataset (and of subsets selected from it) have
+    /// waited for image files to be decoded: `None` for data held in memory.
+    pub fn decode_wait(&self) -> Option<std::time::Duration> {
+        match &self.pixels {
+            Pixels::Files(files) => Some(files.waited()),
+            _ => None,
+        }
+    }
+
     /// How image files were resized and cropped (image folders only).
     pub fn preprocess(&self) -> Option<Preprocess> {
         self.preprocess

@@ -5,8 +5,10 @@
 //! computes (one batch ahead, so memory stays bounded).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
@@ -64,6 +66,9 @@ pub(crate) struct FileSamples {
     files: Vec<String>,
     /// The batch being decoded ahead, by sample indices.
     ahead: Arc<Mutex<Ahead>>,
+    /// Nanoseconds callers spent waiting for pixels (decoding a batch that
+    /// was not decoded ahead, or waiting for the one that was).
+    waited: Arc<AtomicU64>,
 }
 
 impl FileSamples {
@@ -85,7 +90,13 @@ impl FileSamples {
             }),
             files,
             ahead: Arc::new(Mutex::new(None)),
+            waited: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// How long callers have waited for pixels so far.
+    pub(crate) fn waited(&self) -> Duration {
+        Duration::from_nanos(self.waited.load(Ordering::Relaxed))
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -95,6 +106,7 @@ impl FileSamples {
     /// Planar bytes of the samples at `indices`, in that order. A run of
     /// consecutive indices also starts decoding the run that follows it.
     pub(crate) fn bytes(&self, indices: &[usize]) -> Result<Vec<u8>> {
+        let started = Instant::now();
         let ahead = self.ahead.lock().ok().and_then(|mut slot| slot.take());
         let bytes = match ahead {
             Some((wanted, handle)) if wanted == indices => handle
@@ -104,6 +116,8 @@ impl FileSamples {
             // (its thread finishes on its own).
             _ => self.decoder.decode(&self.paths(indices))?,
         };
+        let waited = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.waited.fetch_add(waited, Ordering::Relaxed);
         self.decode_next(indices);
         Ok(bytes)
     }
@@ -137,6 +151,7 @@ impl FileSamples {
             decoder: Arc::clone(&self.decoder),
             files: self.paths(indices),
             ahead: Arc::new(Mutex::new(None)),
+            waited: Arc::clone(&self.waited),
         }
     }
 
