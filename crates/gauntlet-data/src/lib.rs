@@ -56,14 +56,27 @@ impl Split {
 impl std::str::FromStr for Split {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "train" => Ok(Split::Train),
-            "test" => Ok(Split::Test),
-            other => Err(Error::Invalid(format!(
-                "unknown split '{other}', expected 'train' or 'test'"
-            ))),
-        }
+        choose(
+            s,
+            "split",
+            &[("train", Split::Train), ("test", Split::Test)],
+        )
     }
+}
+
+/// The choice named `value` among `choices`, or an error listing them.
+fn choose<T: Copy>(value: &str, what: &str, choices: &[(&str, T)]) -> Result<T> {
+    choices
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|(_, choice)| *choice)
+        .ok_or_else(|| {
+            let names: Vec<String> = choices.iter().map(|(n, _)| format!("'{n}'")).collect();
+            Error::Invalid(format!(
+                "unknown {what} '{value}', expected {}",
+                names.join(" or ")
+            ))
+        })
 }
 
 /// The on-disk format a dataset was read from.
@@ -118,13 +131,11 @@ pub enum LabelSet {
 impl std::str::FromStr for LabelSet {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "fine" => Ok(LabelSet::Fine),
-            "coarse" => Ok(LabelSet::Coarse),
-            other => Err(Error::Invalid(format!(
-                "unknown label set '{other}', expected 'fine' or 'coarse'"
-            ))),
-        }
+        choose(
+            s,
+            "label set",
+            &[("fine", LabelSet::Fine), ("coarse", LabelSet::Coarse)],
+        )
     }
 }
 

@@ -192,36 +192,23 @@ fn resize_region(
     if horizontal {
         let (bounds, weights, ksize) = coefficients(image.width, width);
         let in_row = image.width * channels;
+        // Channel counts known at compile time let the tap loop unroll.
+        let row: HorizontalRow = match channels {
+            1 => horizontal_row::<1>,
+            3 => horizontal_row::<3>,
+            _ => horizontal_row_any,
+        };
         for (r, y) in needed.clone().enumerate() {
             let source = &image.pixels[y * in_row..(y + 1) * in_row];
             let out = &mut middle[r * row_len..(r + 1) * row_len];
-            match channels {
-                1 => horizontal_row::<1>(
-                    source,
-                    out,
-                    &bounds[cols.clone()],
-                    &weights,
-                    ksize,
-                    cols.start,
-                ),
-                3 => horizontal_row::<3>(
-                    source,
-                    out,
-                    &bounds[cols.clone()],
-                    &weights,
-                    ksize,
-                    cols.start,
-                ),
-                _ => horizontal_row_any(
-                    source,
-                    out,
-                    &bounds[cols.clone()],
-                    &weights,
-                    ksize,
-                    cols.start,
-                    channels,
-                ),
-            }
+            row(
+                source,
+                out,
+                &bounds[cols.clone()],
+                &weights,
+                ksize,
+                cols.start,
+            );
         }
     } else {
         let in_row = image.width * channels;
@@ -263,6 +250,10 @@ fn resize_region(
     }
 }
 
+/// One row of the horizontal pass: source row, output row, the output
+/// columns' bounds and the weights table, its row length, the first column.
+type HorizontalRow = fn(&[u8], &mut [u8], &[(usize, usize)], &[i32], usize, usize);
+
 /// One row of the horizontal pass for `C` interleaved channels: output
 /// columns `first..first + bounds.len()`.
 fn horizontal_row<const C: usize>(
@@ -296,11 +287,11 @@ fn horizontal_row_any(
     weights: &[i32],
     ksize: usize,
     first: usize,
-    channels: usize,
 ) {
+    let channels = out.len() / bounds.len().max(1);
     for (x, (&(xmin, count), pixel)) in bounds
         .iter()
-        .zip(out.chunks_exact_mut(channels))
+        .zip(out.chunks_exact_mut(channels.max(1)))
         .enumerate()
     {
         let xx = first + x;
