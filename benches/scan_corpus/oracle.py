@@ -29,13 +29,17 @@ def documented_allow_list():
 
 SAFE = documented_allow_list()
 
+# Legacy typed tensor classes (torch.FloatTensor, ...), as the scanner allows them.
+LEGACY_TYPES = {"Double", "Long", "Float", "Int", "Half", "BFloat16", "Short", "Char", "Byte", "Bool"}
+
 LEGACY_PICKLES = 5
 MAX_DEPTH = 3
 
 
 def is_safe(full):
     module, _, name = full.rpartition(".")
-    return full in SAFE or (module == "torch" and name.endswith("Storage"))
+    legacy_tensor = name.endswith("Tensor") and name[: -len("Tensor")] in LEGACY_TYPES
+    return full in SAFE or (module == "torch" and (name.endswith("Storage") or legacy_tensor))
 
 
 class Stand:

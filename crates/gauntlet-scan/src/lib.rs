@@ -224,13 +224,20 @@ const CRITICAL_BUILTINS: &[&str] = &[
     "file",
 ];
 
-/// The allow-list, as `module.name` (besides it, `torch.*Storage` classes).
+/// The allow-list, as `module.name` (besides it, `torch.*Storage` classes
+/// and the legacy typed tensor classes such as `torch.FloatTensor`).
 pub fn allow_list() -> &'static [&'static str] {
     ALLOWED
 }
 
+/// `torch.*Storage`, or a legacy typed tensor class (`torch.FloatTensor`, …,
+/// named in old checkpoints' tensor records): classes, not deserialisers.
 fn is_torch_storage(module: &str, name: &str) -> bool {
-    module == "torch" && name.ends_with("Storage")
+    module == "torch"
+        && (name.ends_with("Storage")
+            || name
+                .strip_suffix("Tensor")
+                .is_some_and(|kind| storage_element_size(&format!("{kind}Storage")).is_some()))
 }
 
 /// How dangerous importing `module.name` is.
@@ -564,9 +571,8 @@ fn scan_zip_view<R: Read + std::io::Seek>(file: &mut R, size: u64, report: &mut 
 }
 
 /// A legacy tar checkpoint: its `storages`, `tensors` and `pickle` members
-/// (every copy of a repeated name) as pickle streams. The first two hold raw
-/// storage bytes after their leading pickles; pickles after those bytes are
-/// not reached.
+/// (every copy of a repeated name), each read as `torch.load`'s legacy reader
+/// reads it (see [`scan_tar_records`]).
 fn scan_tar(file: &mut std::fs::File, size: u64, report: &mut ScanReport) {
     let Some(members) = tar::members(file, size) else {
         report.findings.push(Finding {
@@ -584,7 +590,14 @@ fn scan_tar(file: &mut std::fs::File, size: u64, report: &mut ScanReport) {
         match tar::read(file, member, budget) {
             Some(bytes) if budget > 0 => {
                 budget = budget.saturating_sub((bytes.len() as u64).max(1));
-                scan_pickle_stream(&format!("{}: ", member.name), &bytes, 0, report);
+                let prefix = format!("{}: ", member.name);
+                match member.name.trim_start_matches("./") {
+                    "storages" => scan_tar_records(&prefix, &bytes, TarRecords::Storages, report),
+                    "tensors" => scan_tar_records(&prefix, &bytes, TarRecords::Tensors, report),
+                    _ => {
+                        scan_pickle_stream(&prefix, &bytes, 0, report);
+                    }
+                }
             }
             _ => report.findings.push(Finding {
                 severity: Severity::High,
@@ -605,6 +618,146 @@ fn scan_tar(file: &mut std::fs::File, size: u64, report: &mut ScanReport) {
             location: "archive".into(),
             message: "tar archive without a 'pickle' member: not a PyTorch checkpoint".into(),
         });
+    }
+}
+
+/// The two record layouts of a legacy tar checkpoint's members.
+#[derive(Clone, Copy)]
+enum TarRecords {
+    /// `storages`: a count, then per storage a pickle `(key, location,
+    /// storage type)` followed by the storage as `_new_with_file` reads it
+    /// (an int64 element count, then the elements).
+    Storages,
+    /// `tensors`: a count, then per tensor a pickle `(key, storage id, tensor
+    /// type)` followed by int32 ndim, 4 padding bytes, ndim int64 sizes, ndim
+    /// int64 strides and an int64 storage offset.
+    Tensors,
+}
+
+/// Bytes per element of a legacy `torch.*Storage` class (`None`: unknown).
+fn storage_element_size(name: &str) -> Option<u64> {
+    Some(match name.strip_suffix("Storage")? {
+        "Double" | "Long" | "ComplexFloat" | "Cdouble" => 8,
+        "ComplexDouble" => 16,
+        "Float" | "Int" | "QInt32" => 4,
+        "Half" | "BFloat16" | "Short" => 2,
+        "Char" | "Byte" | "Bool" | "QUInt8" | "QInt8" | "QUInt4x2" | "QUInt2x4" | "Untyped" => 1,
+        _ => return None,
+    })
+}
+
+/// A pickle that is just a non-negative integer (how the legacy writer
+/// stores counts): its value and length.
+fn counted_pickle(bytes: &[u8]) -> Option<(u64, usize)> {
+    let body = match bytes {
+        [0x80, _, rest @ ..] => (rest, 2),
+        rest => (rest, 0),
+    };
+    let ((value, width), start) = match body.0 {
+        [b'K', v, ..] => ((u64::from(*v), 2), body.1),
+        [b'M', a, b, ..] => ((u64::from(u16::from_le_bytes([*a, *b])), 3), body.1),
+        [b'J', a, b, c, d, ..] => (
+            (u64::try_from(i32::from_le_bytes([*a, *b, *c, *d])).ok()?, 5),
+            body.1,
+        ),
+        _ => return None,
+    };
+    (bytes.get(start + width) == Some(&b'.')).then_some((value, start + width + 1))
+}
+
+/// A legacy tar member as `torch.load` reads it: every pickle in it is
+/// scanned, the raw records between them skipped by their own sizes. Where
+/// the layout cannot be followed (an unknown storage type, a record past the
+/// end), the rest is scanned as a plain pickle stream and a low finding says
+/// where reading stopped.
+fn scan_tar_records(prefix: &str, bytes: &[u8], kind: TarRecords, report: &mut ScanReport) {
+    let stopped = |report: &mut ScanReport, at: usize, why: &str| {
+        report.findings.push(Finding {
+            severity: Severity::Low,
+            location: format!("{prefix}byte {at}"),
+            message: format!("cannot follow the legacy records past here ({why})"),
+        });
+    };
+    let Some((count, mut at)) = counted_pickle(bytes) else {
+        scan_pickle_stream(prefix, bytes, 0, report);
+        return;
+    };
+    let u64_at = |at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(
+            bytes.get(at..at.checked_add(8)?)?.try_into().ok()?,
+        ))
+    };
+    for record in 0..count {
+        if at >= bytes.len() {
+            stopped(report, at, &format!("{record} of {count} records present"));
+            return;
+        }
+        let location = format!("{prefix}record {} at byte {at}", record + 1);
+        let walk = scan_pickle_walk(&location, &bytes[at..], 0, report, true);
+        if walk.malformed.is_some() || walk.consumed == 0 {
+            return;
+        }
+        at += walk.consumed;
+        let skip = match kind {
+            TarRecords::Storages => {
+                let element = walk
+                    .imports
+                    .iter()
+                    .filter(|i| i.module == "torch")
+                    .find_map(|i| storage_element_size(&i.name));
+                let (Some(element), Some(numel)) = (element, u64_at(at)) else {
+                    stopped(report, at, "unknown storage type or no element count");
+                    scan_pickle_walk(
+                        &format!("{prefix}byte {at}"),
+                        &bytes[at..],
+                        0,
+                        report,
+                        false,
+                    );
+                    return;
+                };
+                numel.checked_mul(element).and_then(|n| n.checked_add(8))
+            }
+            TarRecords::Tensors => bytes
+                .get(at..at + 4)
+                .and_then(|b| u64::try_from(i32::from_le_bytes(b.try_into().ok()?)).ok())
+                .and_then(|ndim| ndim.checked_mul(16)?.checked_add(16)),
+        };
+        match skip
+            .and_then(|n| usize::try_from(n).ok())
+            .and_then(|n| at.checked_add(n))
+        {
+            Some(next) if next <= bytes.len() => at = next,
+            _ => {
+                stopped(report, at, "a record runs past the end of the member");
+                return;
+            }
+        }
+    }
+    if let (TarRecords::Storages, true) = (kind, at >= bytes.len()) {
+        // torch.load stops at the end of the file, having run nothing more.
+        stopped(report, at, "the member ends before its storage views");
+        return;
+    }
+    if let TarRecords::Storages = kind {
+        // Then the storage views: one more pickle that torch.load runs.
+        let location = format!("{prefix}storage views at byte {at}");
+        let walk = scan_pickle_walk(&location, bytes.get(at..).unwrap_or(&[]), 0, report, true);
+        if walk.malformed.is_some() {
+            return;
+        }
+        at += walk.consumed;
+    }
+    if at < bytes.len() {
+        // Nothing torch.load reads, but a pickle hidden there is still looked at.
+        stopped(report, at, "bytes after the last record");
+        scan_pickle_walk(
+            &format!("{prefix}byte {at}"),
+            &bytes[at..],
+            0,
+            report,
+            false,
+        );
     }
 }
 

@@ -870,15 +870,87 @@ fn legacy_tar_checkpoints_have_their_pickled_members_scanned() {
         .findings
         .iter()
         .any(|f| f.location.starts_with("pickle")));
+    // No storages: the count, then the (empty) storage views.
+    let no_storages: &[u8] = b"\x80\x02K\x00.\x80\x02].";
     let report = scan_bytes(
         "clean-old.pt",
-        &tar_with(&[("storages", clean), ("tensors", clean), ("pickle", clean)]),
+        &tar_with(&[
+            ("storages", no_storages),
+            ("tensors", clean),
+            ("pickle", clean),
+        ]),
     );
     assert!(
         report.findings.is_empty() && !report.refuse,
         "{:?}",
         report.findings
     );
+    // Pickles after raw storage bytes: torch.load reads the count, then per
+    // storage the (key, location, type) pickle and the elements, then the
+    // storage views; per tensor a pickle and its size/stride header. A
+    // malicious pickle in any of those places is reached.
+    let float_storage_args: &[u8] =
+        b"\x80\x02X\x01\x00\x00\x000X\x03\x00\x00\x00cpuctorch\nFloatStorage\n\x87.";
+    let mut storages = b"\x80\x02K\x02.".to_vec();
+    for _ in 0..2 {
+        storages.extend(float_storage_args);
+        storages.extend(3u64.to_le_bytes());
+        storages.extend([0u8; 12]);
+    }
+    let clean_storages = {
+        let mut s = storages.clone();
+        s.extend(b"\x80\x02].");
+        s
+    };
+    let mut evil_views = storages.clone();
+    evil_views.extend(&evil);
+    let tensor_args: &[u8] =
+        b"\x80\x02X\x01\x00\x00\x000X\x01\x00\x00\x000ctorch\nFloatTensor\n\x87.";
+    let mut tensors = b"\x80\x02K\x02.".to_vec();
+    tensors.extend(tensor_args);
+    tensors.extend(1i32.to_le_bytes());
+    tensors.extend([0u8; 4 + 8 + 8 + 8]);
+    let clean_tensors = {
+        let mut t = tensors.clone();
+        t.extend(tensor_args);
+        t.extend(1i32.to_le_bytes());
+        t.extend([0u8; 28]);
+        t
+    };
+    let mut evil_second_tensor = tensors.clone();
+    evil_second_tensor.extend(&evil);
+    let clean_report = scan_bytes(
+        "records.pt",
+        &tar_with(&[
+            ("storages", &clean_storages),
+            ("tensors", &clean_tensors),
+            ("pickle", clean),
+        ]),
+    );
+    assert!(!clean_report.refuse, "{:?}", clean_report.findings);
+    assert!(
+        clean_report.findings.is_empty(),
+        "{:?}",
+        clean_report.findings
+    );
+    for (what, storages, tensors) in [
+        ("storage views", &evil_views, &clean_tensors),
+        ("second tensor record", &clean_storages, &evil_second_tensor),
+    ] {
+        let report = scan_bytes(
+            "records.pt",
+            &tar_with(&[
+                ("storages", storages),
+                ("tensors", tensors),
+                ("pickle", clean),
+            ]),
+        );
+        assert!(
+            report.refuse && report.imports.iter().any(|i| i == "posix.system"),
+            "{what}: {:?}",
+            report.findings
+        );
+    }
     // Members torch.load does not unpickle are not read; a long (PAX) name
     // still names a member.
     let long = format!("{}/pickle", "d".repeat(120));
