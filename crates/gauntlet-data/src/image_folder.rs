@@ -30,6 +30,10 @@ pub const IMAGE_EXTENSIONS: [&str; 9] = [
 /// decompression bombs; so does Gauntlet, before decoding.
 pub const MAX_IMAGE_PIXELS: u64 = 2 * 89_478_485;
 
+/// The most classes a labels CSV with class indices may imply (ImageNet-21k
+/// has 21 841): a larger index is a typo or a corrupt file, not a class.
+pub const MAX_CLASSES: u32 = 1 << 20;
+
 /// Whether a file name has one of [`IMAGE_EXTENSIONS`] (any case).
 pub fn is_image_file(name: &str) -> bool {
     let lower = name.to_lowercase();
@@ -266,12 +270,21 @@ impl ImageFolder {
         let classes: Vec<String> = match (&pinned, numeric) {
             (Some(classes), _) => classes.clone(),
             (None, true) => {
-                let max = rows
+                let (line, label) = rows
                     .iter()
-                    .filter_map(|(_, _, l)| l.parse::<u32>().ok())
-                    .max()
-                    .unwrap_or(0);
-                (0..=max).map(|i| i.to_string()).collect()
+                    .filter_map(|(line, _, l)| Some((*line, l.parse::<u32>().ok()?)))
+                    .max_by_key(|&(_, label)| label)
+                    .unwrap_or((0, 0));
+                if label >= MAX_CLASSES {
+                    return Err(format_err(
+                        csv,
+                        format!(
+                            "line {line}: label {label} is not a class index (at most {} classes)",
+                            MAX_CLASSES
+                        ),
+                    ));
+                }
+                (0..=label).map(|i| i.to_string()).collect()
             }
             (None, false) => rows
                 .iter()

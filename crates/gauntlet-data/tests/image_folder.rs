@@ -110,6 +110,8 @@ fn a_labels_csv_reads_a_flat_folder() {
         ("img/missing.png,1\n", "does not exist"),
         ("../outside.png,1\n", "inside"),
         ("img/a.png\n", "expected 'path,label'"),
+        // Found by fuzzing: classes 0..=label were listed one string each.
+        ("img/a.png,1785788708\n", "not a class index"),
     ] {
         std::fs::write(&csv, rows).unwrap();
         let message = error(root, &opts);
