@@ -137,6 +137,45 @@ impl Value {
     }
 }
 
+/// How deep containers may nest: a CIFAR batch is a dict of lists (depth 2);
+/// deeper nesting could only exhaust the stack when the value is dropped.
+const MAX_NESTING: usize = 32;
+
+/// How deeply `value` nests containers, counting up to [`MAX_NESTING`] + 1.
+fn nesting(value: &Value) -> usize {
+    fn walk(value: &Value, depth: usize) -> usize {
+        if depth > MAX_NESTING {
+            return depth;
+        }
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::List(items) | Value::Tuple(items) => Box::new(items.iter()),
+            Value::Dict(items) => Box::new(items.iter().flat_map(|(k, v)| [k, v])),
+            _ => return depth,
+        };
+        children
+            .map(|c| walk(c, depth + 1))
+            .max()
+            .unwrap_or(depth + 1)
+            .max(depth + 1)
+    }
+    walk(value, 0)
+}
+
+/// How many values copying `value` creates (strings and byte strings are
+/// shared, so they count once).
+fn weight(value: &Value) -> usize {
+    match value {
+        Value::List(items) | Value::Tuple(items) => 1 + items.iter().map(weight).sum::<usize>(),
+        Value::Dict(items) => {
+            1 + items
+                .iter()
+                .map(|(k, v)| weight(k) + weight(v))
+                .sum::<usize>()
+        }
+        _ => 1,
+    }
+}
+
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -174,6 +213,28 @@ pub fn unpickle(bytes: &[u8], path: &Path) -> Result<Value> {
     let mut marks: Vec<usize> = Vec::new();
     let mut memo: HashMap<u64, Value> = HashMap::new();
     let bad = |at: usize, what: &str| format_err(path, format!("pickle byte {at}: {what}"));
+    // DUP and the memo copy values; a pickle of a few kilobytes could
+    // otherwise ask for copies of copies without end. A data pickle copies
+    // next to nothing.
+    let mut copy_budget = bytes.len().saturating_mul(4).saturating_add(1 << 20);
+    let mut copy = |value: &Value, at: usize| -> Result<Value> {
+        copy_budget = copy_budget.checked_sub(weight(value)).ok_or_else(|| {
+            bad(
+                at,
+                "copies more values than a data pickle can hold; refused",
+            )
+        })?;
+        Ok(value.clone())
+    };
+    let nested = |items: &[Value], at: usize| -> Result<()> {
+        if items.iter().any(|v| nesting(v) >= MAX_NESTING) {
+            return Err(bad(
+                at,
+                &format!("containers nested deeper than {MAX_NESTING}; refused"),
+            ));
+        }
+        Ok(())
+    };
     loop {
         let start = reader.at;
         let Some(op) = reader.take(1).map(|b| b[0]) else {
@@ -224,8 +285,8 @@ pub fn unpickle(bytes: &[u8], path: &Path) -> Result<Value> {
             b'2' => {
                 let top = stack
                     .last()
-                    .cloned()
                     .ok_or_else(|| bad(start, "DUP on an empty stack"))?;
+                let top = copy(top, start)?;
                 stack.push(top);
             }
             b'N' => stack.push(Value::None),
@@ -290,19 +351,23 @@ pub fn unpickle(bytes: &[u8], path: &Path) -> Result<Value> {
                     return Err(bad(start, "a tuple of more items than the stack holds"));
                 }
                 let items = stack.split_off(stack.len() - n);
+                nested(&items, start)?;
                 stack.push(Value::Tuple(items));
             }
             b't' => {
                 let items = since_mark!();
+                nested(&items, start)?;
                 stack.push(Value::Tuple(items));
             }
             b']' => stack.push(Value::List(Vec::new())),
             b'l' => {
                 let items = since_mark!();
+                nested(&items, start)?;
                 stack.push(Value::List(items));
             }
             b'a' => {
                 let item = pop!();
+                nested(std::slice::from_ref(&item), start)?;
                 match stack.last_mut() {
                     Some(Value::List(list)) => list.push(item),
                     _ => return Err(bad(start, "APPEND to something that is not a list")),
@@ -310,6 +375,7 @@ pub fn unpickle(bytes: &[u8], path: &Path) -> Result<Value> {
             }
             b'e' => {
                 let items = since_mark!();
+                nested(&items, start)?;
                 match stack.last_mut() {
                     Some(Value::List(list)) => list.extend(items),
                     _ => return Err(bad(start, "APPENDS to something that is not a list")),
@@ -318,11 +384,14 @@ pub fn unpickle(bytes: &[u8], path: &Path) -> Result<Value> {
             b'}' => stack.push(Value::Dict(Vec::new())),
             b'd' => {
                 let items = since_mark!();
+                nested(&items, start)?;
                 stack.push(Value::Dict(pairs(items, start, path)?));
             }
             b's' => {
                 let value = pop!();
                 let key = pop!();
+                nested(std::slice::from_ref(&key), start)?;
+                nested(std::slice::from_ref(&value), start)?;
                 match stack.last_mut() {
                     Some(Value::Dict(dict)) => dict.push((key, value)),
                     _ => return Err(bad(start, "SETITEM on something that is not a dict")),
@@ -330,6 +399,7 @@ pub fn unpickle(bytes: &[u8], path: &Path) -> Result<Value> {
             }
             b'u' => {
                 let items = since_mark!();
+                nested(&items, start)?;
                 let new = pairs(items, start, path)?;
                 match stack.last_mut() {
                     Some(Value::Dict(dict)) => dict.extend(new),
@@ -348,8 +418,8 @@ pub fn unpickle(bytes: &[u8], path: &Path) -> Result<Value> {
                 };
                 let top = stack
                     .last()
-                    .cloned()
                     .ok_or_else(|| bad(start, "memoizes an empty stack"))?;
+                let top = copy(top, start)?;
                 memo.insert(key, top);
             }
             b'g' | b'h' | b'j' => {
@@ -363,8 +433,8 @@ pub fn unpickle(bytes: &[u8], path: &Path) -> Result<Value> {
                 };
                 let value = memo
                     .get(&key)
-                    .cloned()
                     .ok_or_else(|| bad(start, "reads a memo entry never written"))?;
+                let value = copy(value, start)?;
                 stack.push(value);
             }
             b'c' => {

@@ -158,3 +158,34 @@ fn truncated_and_corrupted_cifar_pickles_are_errors() {
         .to_string();
     assert!(message.contains("3074 bytes each"), "{message}");
 }
+
+#[test]
+fn pickles_that_copy_or_nest_without_end_are_refused_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixture("cifar-10-batches-py/batches.meta"),
+        dir.path().join("batches.meta"),
+    )
+    .unwrap();
+    // A list that DUP-and-APPENDs itself doubles each round (2^4000 values
+    // from 16 kB: found by fuzzing as an out-of-memory); 100 000 lists
+    // nested in each other would overflow the stack when dropped.
+    let doubling = [b"\x80\x02]".to_vec(), b"2a".repeat(4000), b".".to_vec()].concat();
+    let deep = [
+        b"\x80\x02".to_vec(),
+        b"]".repeat(100_000),
+        b"a".repeat(99_999),
+        b".".to_vec(),
+    ]
+    .concat();
+    for (name, bytes, expected) in [
+        ("doubling", doubling, "copies more values"),
+        ("deep", deep, "nested deeper"),
+    ] {
+        std::fs::write(dir.path().join("test_batch"), &bytes).unwrap();
+        let message = load(dir.path(), &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains(expected), "{name}: {message}");
+    }
+}
