@@ -11,8 +11,8 @@ use gauntlet_data::{Dataset, Split};
 use gauntlet_models::{load_model, Arch, Model, ModelOptions};
 use gauntlet_poison::{
     ActivationClustering, AuditConfig, DetectorModel, InjectionConfig, Manifest, NeuralCleanse,
-    OnnxDetectorModel, Patch, PatchPattern, PatchPosition, PoisonAttack, SpectralSignatures, Strip,
-    TrainingSetDetectors,
+    OnnxDetectorModel, Patch, PatchPattern, PatchPosition, PoisonAttack, SpectralSignatures,
+    Spectre, Strip, TrainingSetDetectors,
 };
 use gauntlet_record::{PoisoningRecord, RunKind, RunRecord, SCHEMA_VERSION};
 use gauntlet_train::TrainConfig;
@@ -84,7 +84,7 @@ pub(crate) struct InjectArgs {
 /// Detector settings shared by detect and audit.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct DetectorArgs {
-    /// Detectors: activation-clustering, spectral-signatures, strip, neural-cleanse, or all (comma-separated).
+    /// Detectors: activation-clustering, spectral-signatures, spectre, strip, neural-cleanse, or all (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "all")]
     method: Vec<String>,
     /// STRIP: clean test images held out for calibration and overlays (as many more are judged).
@@ -354,6 +354,13 @@ fn methods(args: &DetectorArgs, seed: u64) -> Result<Methods> {
             });
             known = true;
         }
+        if all || name == "spectre" {
+            chosen.training_set.spectre = Some(Spectre {
+                seed,
+                ..Spectre::default()
+            });
+            known = true;
+        }
         if all || name == "strip" {
             chosen.strip = Some(Strip {
                 overlays: args.overlays,
@@ -372,7 +379,7 @@ fn methods(args: &DetectorArgs, seed: u64) -> Result<Methods> {
             known = true;
         }
         if !known {
-            bail!("unknown detector '{name}', expected activation-clustering, spectral-signatures, strip, neural-cleanse or all");
+            bail!("unknown detector '{name}', expected activation-clustering, spectral-signatures, spectre, strip, neural-cleanse or all");
         }
     }
     if let Some(strip) = &chosen.strip {

@@ -124,7 +124,7 @@ impl Default for SpectralSignatures {
 }
 
 /// Classes with fewer samples are not analysed (nothing to split reliably).
-const MIN_CLASS_SAMPLES: usize = 10;
+pub(crate) const MIN_CLASS_SAMPLES: usize = 10;
 
 /// One class's analysis before the cross-class decision.
 struct ClassSplit {
@@ -249,8 +249,13 @@ fn decide(
     };
     for split in splits {
         let outlier_score = (split.statistic - centre) / spread;
-        let (suspect_consistency, class_consistency) =
-            consistency(data, &split, decision.neighbours)?;
+        let (suspect_consistency, class_consistency) = consistency(
+            data,
+            split.class,
+            &split.members,
+            &split.suspect,
+            decision.neighbours,
+        )?;
         let poisoned = split.statistic >= decision.min_statistic
             && suspect_consistency < decision.max_consistency_ratio * class_consistency;
         // Scores: a suspect group's failure to be reclassified into its class lifts
@@ -292,18 +297,22 @@ fn decide(
 /// rest of the class (neighbours anywhere but themselves). A legitimate sub-style of
 /// a class (slanted ones) is still recognised by its neighbours; poisoned images
 /// are recognised as the classes they came from.
-fn consistency(data: &Dataset, split: &ClassSplit, neighbours: usize) -> Result<(f64, f64)> {
-    let suspects: Vec<usize> = split
-        .members
+pub(crate) fn consistency(
+    data: &Dataset,
+    class: u32,
+    members: &[usize],
+    suspect: &[bool],
+    neighbours: usize,
+) -> Result<(f64, f64)> {
+    let suspects: Vec<usize> = members
         .iter()
-        .zip(&split.suspect)
+        .zip(suspect)
         .filter(|(_, &s)| s)
         .map(|(&i, _)| i)
         .collect();
-    let rest: Vec<usize> = split
-        .members
+    let rest: Vec<usize> = members
         .iter()
-        .zip(&split.suspect)
+        .zip(suspect)
         .filter(|(_, &s)| !s)
         .map(|(&i, _)| i)
         // An evenly spaced sample bounds the cost on large classes.
@@ -318,7 +327,7 @@ fn consistency(data: &Dataset, split: &ClassSplit, neighbours: usize) -> Result<
         }
         let agree = votes
             .iter()
-            .filter(|labels| majority(labels) == Some(split.class))
+            .filter(|labels| majority(labels) == Some(class))
             .count();
         agree as f64 / votes.len() as f64
     };
@@ -335,7 +344,7 @@ fn consistency(data: &Dataset, split: &ClassSplit, neighbours: usize) -> Result<
 /// At most this many non-suspect members are reclassified to set a class's baseline.
 const MAX_REFERENCE_QUERIES: usize = 200;
 
-fn centred_rows(features: &Features, members: &[usize]) -> Array2<f64> {
+pub(crate) fn centred_rows(features: &Features, members: &[usize]) -> Array2<f64> {
     let mut matrix = Array2::<f64>::zeros((members.len(), features.dim));
     for (r, &i) in members.iter().enumerate() {
         for (dst, &v) in matrix.row_mut(r).iter_mut().zip(features.row(i)) {
@@ -349,7 +358,7 @@ fn centred_rows(features: &Features, members: &[usize]) -> Array2<f64> {
 }
 
 /// The top `k` singular values and right singular vectors (rows of `v_t`).
-fn top_singular(
+pub(crate) fn top_singular(
     matrix: Array2<f64>,
     k: usize,
     seeds: &SeedStream,

@@ -5,7 +5,8 @@
 //!   2017) and label flips, with a ground-truth [`Manifest`].
 //! - Training-set detectors on penultimate [`Features`]: [`ActivationClustering`]
 //!   (Chen et al. 2018) and [`SpectralSignatures`] (Tran et al. 2018), both deciding
-//!   which classes are poisoned at all, not only which samples look odd in each.
+//!   which classes are poisoned at all, not only which samples look odd in each;
+//!   [`Spectre`] (Hayase et al. 2021) for low poisoning rates.
 //!
 //! Detection never reads the manifest; evaluation against it is separate.
 
@@ -18,6 +19,7 @@ mod knn;
 mod metrics;
 mod model;
 mod pipeline;
+mod spectre;
 mod strip;
 
 pub use cleanse::{ClassTrigger, CleanseReport, NeuralCleanse};
@@ -36,4 +38,5 @@ pub use pipeline::{
     audit, backdoor_effect, injection_record, native, run_neural_cleanse, run_strip, AuditConfig,
     AuditOutcome, TrainingSetDetectors,
 };
+pub use spectre::Spectre;
 pub use strip::{Strip, StripCalibration};

@@ -21,7 +21,9 @@ use crate::error::{config, Result};
 use crate::features::{argmax, penultimate_features};
 use crate::inject::{inject, InjectionConfig, Manifest, Trigger};
 use crate::metrics::{auroc, detection_metrics};
-use crate::{ActivationClustering, NeuralCleanse, SampleDetection, SpectralSignatures, Strip};
+use crate::{
+    ActivationClustering, NeuralCleanse, SampleDetection, SpectralSignatures, Spectre, Strip,
+};
 
 /// The training-set detectors a run uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -30,10 +32,13 @@ pub struct TrainingSetDetectors {
     pub activation_clustering: Option<ActivationClustering>,
     /// Spectral signatures, if run.
     pub spectral_signatures: Option<SpectralSignatures>,
+    /// SPECTRE, if run.
+    #[serde(default)]
+    pub spectre: Option<Spectre>,
 }
 
 impl TrainingSetDetectors {
-    /// Both detectors with their defaults and `seed`.
+    /// Every training-set detector with its defaults and `seed`.
     pub fn all(seed: u64) -> Self {
         Self {
             activation_clustering: Some(ActivationClustering {
@@ -43,6 +48,10 @@ impl TrainingSetDetectors {
             spectral_signatures: Some(SpectralSignatures {
                 seed,
                 ..SpectralSignatures::default()
+            }),
+            spectre: Some(Spectre {
+                seed,
+                ..Spectre::default()
             }),
         }
     }
@@ -56,7 +65,10 @@ impl TrainingSetDetectors {
         batch_size: usize,
         observer: &dyn Observer,
     ) -> Result<Vec<DetectorRecord>> {
-        if self.activation_clustering.is_none() && self.spectral_signatures.is_none() {
+        if self.activation_clustering.is_none()
+            && self.spectral_signatures.is_none()
+            && self.spectre.is_none()
+        {
             return Ok(Vec::new());
         }
         let features = penultimate_features(net, data, batch_size, observer)?;
@@ -67,6 +79,11 @@ impl TrainingSetDetectors {
             records.push(detector_record(found, truth, started));
         }
         if let Some(detector) = &self.spectral_signatures {
+            let started = Instant::now();
+            let found = detector.detect(&features, data)?;
+            records.push(detector_record(found, truth, started));
+        }
+        if let Some(detector) = &self.spectre {
             let started = Instant::now();
             let found = detector.detect(&features, data)?;
             records.push(detector_record(found, truth, started));

@@ -10,6 +10,7 @@ use gauntlet_core::NoProgress;
 use gauntlet_data::{load, Dataset, LoadOptions, Split};
 use gauntlet_models::{load_model, Arch, Model, ModelOptions};
 use gauntlet_poison::*;
+use gauntlet_record::PoisoningRecord;
 use gauntlet_train::TrainConfig;
 
 fn repo(path: &str) -> PathBuf {
@@ -219,9 +220,16 @@ fn audit_finds_the_backdoor_and_filtering_weakens_it() {
     let success_before = before.attack_success_rate.unwrap();
     assert!(before.clean_accuracy > 0.9, "{before:?}");
     assert!(success_before > 0.9, "the backdoor works: {before:?}");
-    assert_eq!(record.detectors.len(), 2);
+    assert_eq!(record.detectors.len(), 3);
+    // SPECTRE is built for low rates: its robust estimate assumes the poisoned
+    // group is a small minority of its class (here it is 47% of class 0), so at
+    // 10% it must only not accuse a wrong class; the other two find it.
     for detector in &record.detectors {
         let metrics = detector.metrics.as_ref().unwrap();
+        if detector.method == "spectre" {
+            assert!(metrics.precision >= 0.9, "spectre: {metrics:?}");
+            continue;
+        }
         assert!(metrics.f1 >= 0.9, "{}: {metrics:?}", detector.method);
         assert_eq!(poisoned_classes(detector), [0], "{}", detector.method);
     }
@@ -317,7 +325,7 @@ fn audit_finds_a_blended_backdoor() {
     let after = record.after_filtering.as_ref().unwrap();
     let success_before = before.attack_success_rate.unwrap();
     assert!(success_before > 0.9, "the backdoor works: {before:?}");
-    for detector in &record.detectors {
+    for detector in record.detectors.iter().filter(|d| d.method != "spectre") {
         let metrics = detector.metrics.as_ref().unwrap();
         let bar = match detector.method.as_str() {
             "activation-clustering" => 0.9,
@@ -337,6 +345,78 @@ fn audit_finds_a_blended_backdoor() {
     );
 }
 
+/// The audit of a sparse backdoor with SPECTRE alone: `fraction` of the
+/// non-target images poisoned, three training epochs, as a user would run it.
+fn low_rate_audit(attack: PoisonAttack, fraction: f64, seed: u64) -> PoisoningRecord {
+    let train = mnist(Split::Train);
+    let test = mnist(Split::Test);
+    let settings = AuditConfig {
+        injection: InjectionConfig {
+            attack,
+            fraction,
+            ..badnets(seed)
+        },
+        training: TrainConfig {
+            arch: Arch::Cnn,
+            epochs: 3,
+            robust_eval_samples: 0,
+            ..TrainConfig::default()
+        },
+        detectors: TrainingSetDetectors {
+            spectre: Some(Spectre::default()),
+            ..TrainingSetDetectors::default()
+        },
+        strip: None,
+        strip_held_out: 0,
+        neural_cleanse: None,
+        cleanse_samples: 0,
+        batch_size: 500,
+    };
+    audit(&settings, &train, &test, &NoProgress).unwrap().record
+}
+
+/// The bar at realistic rates: SPECTRE finds a 1% BadNets checkerboard
+/// (36 images, 8% of class 0) and a 2% blend (72 images) with precision and
+/// recall ≥ 0.8, names only class 0, and the filtered retrain leaves the attack
+/// below 10% success (measured 2026-12-01: P 0.95 R 1.0, attack 85% → 0.2%;
+/// P 0.99 R 0.94, attack 97% → 0.8%). Activation clustering and spectral
+/// signatures flag nothing on these sets.
+#[test]
+fn spectre_finds_sparse_backdoors_and_filtering_removes_them() {
+    let cases = [
+        (
+            PoisonAttack::Badnets(Patch {
+                pattern: PatchPattern::Checkerboard,
+                ..Patch::default()
+            }),
+            0.01,
+        ),
+        (
+            PoisonAttack::Blend {
+                alpha: 0.2,
+                pattern: None,
+            },
+            0.02,
+        ),
+    ];
+    for (attack, fraction) in cases {
+        let record = low_rate_audit(attack.clone(), fraction, 1);
+        let spectre = &record.detectors[0];
+        let metrics = spectre.metrics.as_ref().unwrap();
+        assert!(
+            metrics.precision >= 0.8 && metrics.recall >= 0.8,
+            "{attack:?} at {fraction}: {metrics:?} {:?}",
+            spectre.classes
+        );
+        assert_eq!(poisoned_classes(spectre), [0], "{:?}", spectre.classes);
+        let before = record.before_filtering.as_ref().unwrap();
+        let after = record.after_filtering.as_ref().unwrap();
+        assert!(before.attack_success_rate.unwrap() > 0.5, "{before:?}");
+        assert!(after.attack_success_rate.unwrap() < 0.1, "{after:?}");
+        assert!(after.clean_accuracy > 0.9, "{after:?}");
+    }
+}
+
 /// The ResNet that PyTorch trained on the BadNets copy of mnist-5k and exported
 /// with its default (dynamo) exporter (`tests/fixtures/make_badnets_onnx.py`).
 fn badnets_onnx() -> gauntlet_models::onnx::OnnxModel {
@@ -349,7 +429,7 @@ fn badnets_onnx() -> gauntlet_models::onnx::OnnxModel {
     graph
 }
 
-/// The detectors on an ONNX model: all four run through the model layer's
+/// The detectors on an ONNX model: all five run through the model layer's
 /// reference executor and must find the backdoor.
 #[test]
 fn every_detector_finds_the_backdoor_in_an_onnx_resnet() {
@@ -394,9 +474,19 @@ fn every_detector_finds_the_backdoor_in_an_onnx_resnet() {
     let records = TrainingSetDetectors::all(0)
         .run(&net, &poisoned.dataset, Some(&truth), 500, &NoProgress)
         .unwrap();
-    assert_eq!(records.len(), 2);
+    assert_eq!(records.len(), 3);
     for detector in &records {
         let metrics = detector.metrics.as_ref().unwrap();
+        if detector.method == "spectre" {
+            // Built for low rates (see the BadNets audit above): at 10% it must
+            // only not accuse a wrong class.
+            assert!(
+                poisoned_classes(detector).iter().all(|&c| c == 0),
+                "{:?}",
+                detector.classes
+            );
+            continue;
+        }
         assert_eq!(
             poisoned_classes(detector),
             [0],

@@ -510,7 +510,7 @@ pub struct InjectionRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DetectorRecord {
-    /// `activation-clustering` or `spectral-signatures`.
+    /// `activation-clustering`, `spectral-signatures` or `spectre`.
     pub method: String,
     /// Per training sample (dataset order): higher is more suspicious.
     pub scores: Vec<f64>,
@@ -533,11 +533,14 @@ pub struct ClassFinding {
     pub class: u32,
     /// Samples labelled with it.
     pub samples: usize,
-    /// Size of the suspect (smaller) group of its two-way split.
+    /// Size of the suspect (smaller) group of its two-way split (SPECTRE: the
+    /// samples above its threshold, or those flagged in a poisoned class).
     pub suspect_size: usize,
-    /// The split statistic (silhouette, or the spectral split's explained variance).
+    /// The split statistic (silhouette, or the spectral split's explained
+    /// variance; SPECTRE: QUE-weighted variance over the noise edge).
     pub statistic: f64,
-    /// Its robust z-score among the classes.
+    /// Its robust z-score among the classes (SPECTRE: the excess of samples
+    /// above its threshold, in Poisson standard deviations).
     pub outlier_score: f64,
     /// Share of the suspect group a k-NN classifier in input space, trained without
     /// the group, assigns to this class (exclusionary reclassification).
