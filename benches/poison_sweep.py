@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Poisoning-rate sweep (#20): Gauntlet's training-set detectors against IBM ART's
+activation clustering and spectral signatures on the same poisoned models and data.
+
+For every attack × rate × seed: `gauntlet poison audit` (inject → train the CNN 3
+epochs → detect → filter → retrain) with activation clustering, spectral signatures
+and SPECTRE; `gauntlet poison inject` with the same settings writes the same
+poisoned copy (the injection is seeded) for ART, which gets the audit's poisoned
+model loaded into PyTorch (Madry's CNN, as Gauntlet's `cnn`) and reads the same
+penultimate features (the ReLU after fc1: the module is registered last so ART's
+"last layer" is it). ART runs with its defaults (ActivationDefence: 2-means on 10
+PCA dims, "smaller" cluster analysis; SpectralSignatureDefense: expected poison
+share 0.33, ε multiplier 1.5), as a user would.
+
+Never part of the test command. Run: benches/.venv/bin/python benches/poison_sweep.py
+[--seeds 1,2,3] [--rates 0.005,0.01,0.02,0.05,0.1] [--attacks NAME,...]; needs
+`cargo build --release -p gauntlet-cli` and torch, safetensors and
+adversarial-robustness-toolbox in the venv. Writes the table into
+benches/RESULTS.md between the poison-sweep markers.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GAUNTLET = os.path.join(ROOT, "target", "release", "gauntlet")
+DATA = os.path.join(ROOT, "datasets", "mnist-5k")
+torch.set_num_threads(2)
+
+# name -> the `--attack …` flags (all target class 0).
+ATTACKS = {
+    "badnets-white": ["badnets", "--trigger-pattern", "white"],
+    "badnets-checkerboard": ["badnets", "--trigger-pattern", "checkerboard"],
+    "badnets-random": ["badnets", "--trigger-pattern", "random"],
+    "badnets-white-top-left": ["badnets", "--trigger-pattern", "white", "--trigger-position", "top-left"],
+    "blend-0.2": ["blend", "--alpha", "0.2"],
+}
+GAUNTLET_DETECTORS = ["activation-clustering", "spectral-signatures", "spectre"]
+
+
+class Cnn(nn.Module):
+    """Madry et al. 2018, exactly as Gauntlet's `cnn`; `act` is registered last so
+    ART's protected layer (its last named layer) is the penultimate activation."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 5, padding=2)
+        self.conv2 = nn.Conv2d(32, 64, 5, padding=2)
+        self.fc1 = nn.Linear(3136, 1024)
+        self.fc2 = nn.Linear(1024, 10)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc2(self.act(self.fc1(x.flatten(1))))
+
+
+def run(*args):
+    subprocess.run([GAUNTLET, *map(str, args)], check=True, capture_output=True, text=True)
+
+
+def metrics(flagged, truth):
+    flagged, truth = np.asarray(flagged, bool), np.asarray(truth, bool)
+    tp = int((flagged & truth).sum())
+    precision = tp / flagged.sum() if flagged.sum() else 1.0
+    recall = tp / truth.sum() if truth.sum() else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def art_detectors(model_path, poisoned_dir, truth):
+    from art.defences.detector.poison import ActivationDefence, SpectralSignatureDefense
+    from art.estimators.classification import PyTorchClassifier
+
+    model = Cnn()
+    model.load_state_dict(load_file(model_path), strict=True)
+    model.eval()
+    classifier = PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), input_shape=(1, 28, 28),
+                                   nb_classes=10, clip_values=(0.0, 1.0))
+    x = np.load(os.path.join(poisoned_dir, "x_train.npy"))
+    x = (x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)).reshape(-1, 1, 28, 28)
+    y = np.load(os.path.join(poisoned_dir, "y_train.npy")).astype(np.int64)
+    one_hot = np.eye(10, dtype=np.float32)[y]
+    out = {}
+    _, clean = ActivationDefence(classifier, x, one_hot).detect_poison(nb_clusters=2, nb_dims=10, reduce="PCA")
+    out["ART activation clustering"] = metrics([c == 0 for c in clean], truth)
+    _, clean = SpectralSignatureDefense(classifier, x, one_hot).detect_poison()
+    out["ART spectral signatures"] = metrics([c == 0 for c in clean], truth)
+    return out
+
+
+def one_case(attack, rate, seed, work):
+    flags = [*ATTACKS[attack], "--target", 0, "--fraction", rate, "--seed", seed]
+    audit_dir = os.path.join(work, f"{attack}-{rate}-{seed}")
+    run("poison", "audit", "--data", DATA, "--attack", *flags, "--method", ",".join(GAUNTLET_DETECTORS),
+        "--out", audit_dir, "-q")
+    record = json.load(open(os.path.join(audit_dir, "results.json")))["poisoning"]
+    truth = np.zeros(len(record["detectors"][0]["scores"]), bool)
+    truth[record["injection"]["poisoned"]] = True
+    row = {"poisoned": int(truth.sum()),
+           "before": record["before_filtering"]["attack_success_rate"],
+           "after": record["after_filtering"]["attack_success_rate"], "detectors": {}}
+    for d in record["detectors"]:
+        m = d["metrics"]
+        row["detectors"][d["method"]] = (m["precision"], m["recall"], m["f1"])
+    poisoned_dir = os.path.join(work, f"{attack}-{rate}-{seed}-data")
+    run("poison", "inject", "--data", DATA, "--attack", *flags, "--out", poisoned_dir)
+    manifest = json.load(open(os.path.join(poisoned_dir, "manifest.json")))
+    assert manifest["indices"] == record["injection"]["poisoned"], "inject and audit poisoned different images"
+    row["detectors"].update(art_detectors(os.path.join(audit_dir, "poisoned.safetensors"), poisoned_dir, truth))
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--rates", default="0.005,0.01,0.02,0.05,0.1")
+    parser.add_argument("--attacks", default=",".join(ATTACKS))
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rates = [float(r) for r in args.rates.split(",")]
+    lines = [
+        f"Poisoning sweep on mnist-5k (target class 0, CNN 3 epochs; seeds {args.seeds}; "
+        "mean over seeds; P/R/F1 of each detector's flags; attack success of the audit's "
+        "retrain without the union of Gauntlet's flags):",
+        "",
+        "| attack | rate | poisoned | " + " | ".join(GAUNTLET_DETECTORS) +
+        " | ART AC | ART SS | attack success before → after |",
+        "|---|---|---|" + "---|" * (len(GAUNTLET_DETECTORS) + 3),
+    ]
+    with tempfile.TemporaryDirectory() as work:
+        for attack in args.attacks.split(","):
+            for rate in rates:
+                rows = [one_case(attack, rate, seed, work) for seed in seeds]
+                names = [*GAUNTLET_DETECTORS, "ART activation clustering", "ART spectral signatures"]
+                cells = []
+                for name in names:
+                    p, r, f = (statistics.mean(row["detectors"][name][i] for row in rows) for i in range(3))
+                    cells.append(f"{p:.2f}/{r:.2f}/{f:.2f}")
+                before = statistics.mean(row["before"] for row in rows)
+                after = statistics.mean(row["after"] for row in rows)
+                lines.append(f"| {attack} | {rate:g} | {rows[0]['poisoned']} | " + " | ".join(cells) +
+                             f" | {before:.1%} → {after:.1%} |")
+                print(lines[-1], flush=True)
+    table = "\n".join(lines)
+    results = os.path.join(ROOT, "benches", "RESULTS.md")
+    text = open(results).read()
+    start, end = "<!-- poison-sweep:start -->", "<!-- poison-sweep:end -->"
+    block = f"{start}\n{table}\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n## Poisoning detectors across rates (#20)\n\n" + block + "\n"
+    open(results, "w").write(text)
+
+
+if __name__ == "__main__":
+    main()
