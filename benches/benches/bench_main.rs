@@ -182,7 +182,9 @@ mod poisoning {
             ..NeuralCleanse::default()
         };
         group.bench_function("neural_cleanse_30_steps_500_images", |b| {
-            b.iter(|| run_neural_cleanse(&cleanse, net, &test, 500, Some(0), &NoProgress).unwrap())
+            b.iter(|| {
+                run_neural_cleanse(&cleanse, net, &test, 500, None, Some(0), &NoProgress).unwrap()
+            })
         });
         group.finish();
     }

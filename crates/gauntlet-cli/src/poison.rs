@@ -458,20 +458,23 @@ fn detect(args: DetectArgs) -> Result<()> {
         })
         .transpose()?;
     let true_target = trigger.and_then(|(_, target)| target);
-    let neural_cleanse = chosen
-        .cleanse
-        .as_ref()
-        .map(|cleanse| {
-            gauntlet_poison::run_neural_cleanse(
+    let mut detectors = detectors;
+    let neural_cleanse = match &chosen.cleanse {
+        Some(cleanse) => {
+            let (record, carriers) = gauntlet_poison::run_neural_cleanse(
                 cleanse,
                 net,
                 &test,
                 args.detectors.cleanse_samples,
+                Some((&train, truth.as_deref())),
                 true_target,
                 &progress,
-            )
-        })
-        .transpose()?;
+            )?;
+            detectors.extend(carriers);
+            Some(record)
+        }
+        None => None,
+    };
     let poisoning = PoisoningRecord {
         train_dataset: train.record(),
         injection: manifest.as_ref().map(gauntlet_poison::injection_record),
@@ -639,6 +642,9 @@ fn print_findings(record: &PoisoningRecord) {
             100.0 * after.clean_accuracy,
             percent(after.attack_success_rate)
         );
+    }
+    if let Some(verdict) = record.backdoor_verdict() {
+        println!("{verdict}");
     }
 }
 

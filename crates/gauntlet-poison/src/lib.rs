@@ -7,9 +7,12 @@
 //!   (Chen et al. 2018) and [`SpectralSignatures`] (Tran et al. 2018), both deciding
 //!   which classes are poisoned at all, not only which samples look odd in each;
 //!   [`Spectre`] (Hayase et al. 2021) for low poisoning rates.
+//! - [`TriggerCarriers`]: the training images carrying a trigger that
+//!   [`NeuralCleanse`] (Wang et al. 2019) reverse-engineered.
 //!
 //! Detection never reads the manifest; evaluation against it is separate.
 
+mod carriers;
 mod cleanse;
 mod detect;
 mod error;
@@ -22,6 +25,7 @@ mod pipeline;
 mod spectre;
 mod strip;
 
+pub use carriers::TriggerCarriers;
 pub use cleanse::{ClassTrigger, CleanseReport, NeuralCleanse};
 pub use detect::{
     ActivationClustering, ClassDecision, ClassFinding, SampleDetection, SpectralSignatures,

@@ -23,6 +23,7 @@ use crate::inject::{inject, InjectionConfig, Manifest, Trigger};
 use crate::metrics::{auroc, detection_metrics};
 use crate::{
     ActivationClustering, NeuralCleanse, SampleDetection, SpectralSignatures, Spectre, Strip,
+    TriggerCarriers,
 };
 
 /// The training-set detectors a run uses.
@@ -65,28 +66,27 @@ impl TrainingSetDetectors {
         batch_size: usize,
         observer: &dyn Observer,
     ) -> Result<Vec<DetectorRecord>> {
-        if self.activation_clustering.is_none()
-            && self.spectral_signatures.is_none()
-            && self.spectre.is_none()
-        {
-            return Ok(Vec::new());
-        }
-        let features = penultimate_features(net, data, batch_size, observer)?;
         let mut records = Vec::new();
-        if let Some(detector) = &self.activation_clustering {
-            let started = Instant::now();
-            let found = detector.detect(&features, data)?;
-            records.push(detector_record(found, truth, started));
-        }
-        if let Some(detector) = &self.spectral_signatures {
-            let started = Instant::now();
-            let found = detector.detect(&features, data)?;
-            records.push(detector_record(found, truth, started));
-        }
-        if let Some(detector) = &self.spectre {
-            let started = Instant::now();
-            let found = detector.detect(&features, data)?;
-            records.push(detector_record(found, truth, started));
+        if self.activation_clustering.is_some()
+            || self.spectral_signatures.is_some()
+            || self.spectre.is_some()
+        {
+            let features = penultimate_features(net, data, batch_size, observer)?;
+            if let Some(detector) = &self.activation_clustering {
+                let started = Instant::now();
+                let found = detector.detect(&features, data)?;
+                records.push(detector_record(found, truth, started));
+            }
+            if let Some(detector) = &self.spectral_signatures {
+                let started = Instant::now();
+                let found = detector.detect(&features, data)?;
+                records.push(detector_record(found, truth, started));
+            }
+            if let Some(detector) = &self.spectre {
+                let started = Instant::now();
+                let found = detector.detect(&features, data)?;
+                records.push(detector_record(found, truth, started));
+            }
         }
         Ok(records)
     }
@@ -170,23 +170,26 @@ pub fn run_strip(
 }
 
 /// Neural Cleanse on the first `samples` clean test images; with a known target,
-/// whether it names exactly that class.
+/// whether it names exactly that class. With a `training` set (and its ground
+/// truth, if known), the training images carrying each trigger it names
+/// ([`TriggerCarriers`]) are returned as a training-set detector's record.
 pub fn run_neural_cleanse(
     cleanse: &NeuralCleanse,
     net: &dyn DetectorModel,
     test_data: &Dataset,
     samples: usize,
+    training: Option<(&Dataset, Option<&[bool]>)>,
     true_target: Option<u32>,
     observer: &dyn Observer,
-) -> Result<NeuralCleanseRecord> {
+) -> Result<(NeuralCleanseRecord, Option<DetectorRecord>)> {
     let started = Instant::now();
     let count = samples.min(test_data.len());
     let images = test_data.images_f32(0..count)?;
     let report = cleanse.run(net, &images, count, observer)?;
-    Ok(NeuralCleanseRecord {
+    let record = NeuralCleanseRecord {
         steps: cleanse.steps,
         names_true_target: true_target.map(|t| report.suspected_targets == [t]),
-        suspected_targets: report.suspected_targets,
+        suspected_targets: report.suspected_targets.clone(),
         classes: report
             .classes
             .iter()
@@ -200,7 +203,24 @@ pub fn run_neural_cleanse(
             })
             .collect(),
         wall_seconds: started.elapsed().as_secs_f64(),
-    })
+    };
+    let carriers = match training {
+        Some((train, truth)) => {
+            let started = Instant::now();
+            TriggerCarriers::default()
+                .detect(
+                    net,
+                    &report,
+                    train,
+                    (&images, &test_data.labels()[..count]),
+                    cleanse.batch_size,
+                    observer,
+                )?
+                .map(|found| detector_record(found, truth, started))
+        }
+        None => None,
+    };
+    Ok((record, carriers))
 }
 
 /// Copies of the test images in `range` whose label is not `target`, with `trigger` stamped.
@@ -306,7 +326,8 @@ pub struct AuditOutcome {
 }
 
 /// The audit pipeline: inject → train → measure clean accuracy and attack success
-/// → run every detector → remove what the training-set detectors flag → retrain
+/// → run every detector → remove what the training-set detectors flag, and the
+/// training images carrying a trigger Neural Cleanse names → retrain
 /// → measure again.
 pub fn audit(
     settings: &AuditConfig,
@@ -345,15 +366,21 @@ pub fn audit(
         )?),
         _ => None,
     };
+    let mut detectors = detectors;
     let neural_cleanse = match &settings.neural_cleanse {
-        Some(cleanse) => Some(run_neural_cleanse(
-            cleanse,
-            net,
-            test_data,
-            settings.cleanse_samples,
-            target.filter(|_| trigger.is_some()),
-            observer,
-        )?),
+        Some(cleanse) => {
+            let (record, carriers) = run_neural_cleanse(
+                cleanse,
+                net,
+                test_data,
+                settings.cleanse_samples,
+                Some((&poisoned.dataset, Some(&truth))),
+                target.filter(|_| trigger.is_some()),
+                observer,
+            )?;
+            detectors.extend(carriers);
+            Some(record)
+        }
         None => None,
     };
 

@@ -220,7 +220,10 @@ fn audit_finds_the_backdoor_and_filtering_weakens_it() {
     let success_before = before.attack_success_rate.unwrap();
     assert!(before.clean_accuracy > 0.9, "{before:?}");
     assert!(success_before > 0.9, "the backdoor works: {before:?}");
-    assert_eq!(record.detectors.len(), 3);
+    // The three feature detectors, then the training images carrying the
+    // trigger Neural Cleanse reversed.
+    assert_eq!(record.detectors.len(), 4);
+    assert_eq!(record.detectors[3].method, "neural-cleanse-trigger");
     // SPECTRE is built for low rates: its robust estimate assumes the poisoned
     // group is a small minority of its class (here it is 47% of class 0), so at
     // 10% it must only not accuse a wrong class; the other two find it.
@@ -251,6 +254,18 @@ fn audit_finds_the_backdoor_and_filtering_weakens_it() {
     );
     assert!(after.clean_accuracy > 0.9);
     assert_eq!(after.train_samples, train.len() - record.removed.len());
+    // The verdict a user reads is derived from the same numbers.
+    let verdict = record.backdoor_verdict().unwrap();
+    assert_eq!(verdict.removed, record.removed.len());
+    assert_eq!(verdict.success_after, success_after);
+    assert_eq!(
+        verdict.survived,
+        success_after >= gauntlet_record::BACKDOOR_SURVIVAL_SUCCESS
+    );
+    assert!(verdict
+        .found_by
+        .iter()
+        .any(|(m, _)| m == "spectral-signatures"));
 }
 
 /// On clean data (the shipped CNN was trained on the clean mnist-5k training
@@ -508,8 +523,22 @@ fn every_detector_finds_the_backdoor_in_an_onnx_resnet() {
         batch_size: 16,
         ..NeuralCleanse::default()
     };
-    let report = run_neural_cleanse(&cleanse, &net, &test, 100, Some(0), &NoProgress).unwrap();
+    let (report, carriers) = run_neural_cleanse(
+        &cleanse,
+        &net,
+        &test,
+        100,
+        Some((&poisoned.dataset, Some(&truth))),
+        Some(0),
+        &NoProgress,
+    )
+    .unwrap();
     assert_eq!(report.suspected_targets, [0], "{:?}", report.classes);
+    // The reversed trigger leads back to the poisoned training images.
+    let carriers = carriers.expect("a target was named, so its carriers were searched");
+    assert_eq!(poisoned_classes(&carriers), [0], "{:?}", carriers.classes);
+    let metrics = carriers.metrics.as_ref().unwrap();
+    assert!(metrics.f1 >= 0.8, "{metrics:?}");
 }
 
 /// A feature layer that the graph does not have is named in the error with a

@@ -464,7 +464,8 @@ pub struct PoisoningRecord {
     /// The injection, when known (audit, or detect with a ground-truth manifest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub injection: Option<InjectionRecord>,
-    /// Training-set detectors (activation clustering, spectral signatures).
+    /// Training-set detectors (activation clustering, spectral signatures,
+    /// SPECTRE, and the carriers of the triggers Neural Cleanse names).
     #[serde(default)]
     pub detectors: Vec<DetectorRecord>,
     /// STRIP, the inference-time detector.
@@ -480,9 +481,73 @@ pub struct PoisoningRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_filtering: Option<BackdoorRecord>,
     /// Training samples removed before retraining (the union of the training-set
-    /// detectors' flags), ascending.
+    /// detectors' flags, Neural Cleanse's trigger carriers included), ascending.
     #[serde(default)]
     pub removed: Vec<usize>,
+}
+
+/// Attack success after filtering at or above which an audit's backdoor is said
+/// to have survived (the bar of the poisoning issue: below 10%).
+pub const BACKDOOR_SURVIVAL_SUCCESS: f64 = 0.10;
+
+/// An audit's outcome in one sentence's worth of facts, derived from its record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackdoorVerdict {
+    /// Attack success of the model trained on the poisoned data.
+    pub success_before: f64,
+    /// Attack success after removing the flagged samples and retraining.
+    pub success_after: f64,
+    /// Training samples removed.
+    pub removed: usize,
+    /// Each detector that flagged anything, with how many samples it flagged.
+    pub found_by: Vec<(String, usize)>,
+    /// Whether the retrained model still obeys the trigger
+    /// (`success_after ≥ BACKDOOR_SURVIVAL_SUCCESS`).
+    pub survived: bool,
+}
+
+impl std::fmt::Display for BackdoorVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let found_by = if self.found_by.is_empty() {
+            "no detector flagged anything".to_string()
+        } else {
+            let parts: Vec<String> = self
+                .found_by
+                .iter()
+                .map(|(method, count)| format!("{method} {count}"))
+                .collect();
+            format!("found by {}", parts.join(", "))
+        };
+        write!(
+            f,
+            "backdoor {}: attack success {:.1}% → {:.1}% after removing {} samples ({found_by})",
+            if self.survived { "SURVIVED" } else { "removed" },
+            100.0 * self.success_before,
+            100.0 * self.success_after,
+            self.removed
+        )
+    }
+}
+
+impl PoisoningRecord {
+    /// Whether the audit's filtering removed the backdoor; `None` unless the
+    /// record measured a trigger's attack success before and after filtering.
+    pub fn backdoor_verdict(&self) -> Option<BackdoorVerdict> {
+        let before = self.before_filtering.as_ref()?.attack_success_rate?;
+        let after = self.after_filtering.as_ref()?.attack_success_rate?;
+        Some(BackdoorVerdict {
+            success_before: before,
+            success_after: after,
+            removed: self.removed.len(),
+            found_by: self
+                .detectors
+                .iter()
+                .filter(|d| !d.flagged.is_empty())
+                .map(|d| (d.method.clone(), d.flagged.len()))
+                .collect(),
+            survived: after >= BACKDOOR_SURVIVAL_SUCCESS,
+        })
+    }
 }
 
 /// The ground truth of an injection.
@@ -510,7 +575,8 @@ pub struct InjectionRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DetectorRecord {
-    /// `activation-clustering`, `spectral-signatures` or `spectre`.
+    /// `activation-clustering`, `spectral-signatures`, `spectre` or
+    /// `neural-cleanse-trigger`.
     pub method: String,
     /// Per training sample (dataset order): higher is more suspicious.
     pub scores: Vec<f64>,
@@ -734,6 +800,55 @@ mod tests {
             shard: None,
             wall_seconds: 0.5,
         }
+    }
+
+    fn audit(success_before: Option<f64>, success_after: f64) -> PoisoningRecord {
+        let backdoor = |rate| BackdoorRecord {
+            train_samples: 100,
+            clean_accuracy: 0.98,
+            attack_success_rate: rate,
+            train_seconds: 1.0,
+        };
+        let detector = |method: &str, flagged: Vec<usize>| DetectorRecord {
+            method: method.into(),
+            scores: vec![0.0; 100],
+            flagged,
+            classes: vec![],
+            metrics: None,
+            wall_seconds: 0.1,
+        };
+        PoisoningRecord {
+            train_dataset: sample().dataset,
+            injection: None,
+            detectors: vec![
+                detector("spectral-signatures", vec![]),
+                detector("spectre", vec![3, 5, 8]),
+            ],
+            strip: None,
+            neural_cleanse: None,
+            before_filtering: Some(backdoor(success_before)),
+            after_filtering: Some(backdoor(Some(success_after))),
+            removed: vec![3, 5, 8],
+        }
+    }
+
+    #[test]
+    fn the_backdoor_verdict_is_derived_from_the_audit() {
+        let removed = audit(Some(0.9), 0.02).backdoor_verdict().unwrap();
+        assert!(!removed.survived);
+        assert_eq!(removed.removed, 3);
+        assert_eq!(removed.found_by, [("spectre".to_string(), 3)]);
+        assert_eq!(
+            removed.to_string(),
+            "backdoor removed: attack success 90.0% → 2.0% after removing 3 samples (found by spectre 3)"
+        );
+        let survived = audit(Some(0.9), BACKDOOR_SURVIVAL_SUCCESS)
+            .backdoor_verdict()
+            .unwrap();
+        assert!(survived.survived);
+        assert!(survived.to_string().starts_with("backdoor SURVIVED"));
+        // A label flip has no trigger, so there is no verdict to give.
+        assert_eq!(audit(None, 0.0).backdoor_verdict(), None);
     }
 
     #[test]

@@ -154,16 +154,13 @@ pub(crate) fn verdict(record: &RunRecord) -> String {
             text.push('.');
             parts.push(text);
         }
-        if let (Some(before), Some(after)) =
-            (&poisoning.before_filtering, &poisoning.after_filtering)
-        {
-            if let (Some(b), Some(a)) = (before.attack_success_rate, after.attack_success_rate) {
-                parts.push(format!(
-                    "Filtering changed the backdoor's attack success from {} to {}.",
-                    percent(b),
-                    percent(a)
-                ));
+        if let Some(verdict) = poisoning.backdoor_verdict() {
+            let mut text = verdict.to_string();
+            if let Some(first) = text.get(..1) {
+                text = first.to_uppercase() + &text[1..];
             }
+            text.push('.');
+            parts.push(text);
         }
     }
     parts.join(" ")
@@ -623,6 +620,30 @@ fn poisoning_tables(out: &mut String, input: &ReportInput) {
                 Some(true) => " — the true target",
                 Some(false) => " — not the true target",
                 None => "",
+            }
+        );
+    }
+    if let Some(verdict) = p.backdoor_verdict() {
+        let _ = writeln!(
+            out,
+            "<p class=\"{}\"><b>Backdoor {}</b>: attack success {} → {} after removing {} samples{}.</p>",
+            if verdict.survived { "warning" } else { "verdict" },
+            if verdict.survived { "survived filtering" } else { "removed by filtering" },
+            percent(verdict.success_before),
+            percent(verdict.success_after),
+            verdict.removed,
+            if verdict.found_by.is_empty() {
+                " — no detector flagged anything".to_string()
+            } else {
+                format!(
+                    " (found by {})",
+                    verdict
+                        .found_by
+                        .iter()
+                        .map(|(m, n)| format!("{} {n}", escape(m)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             }
         );
     }
