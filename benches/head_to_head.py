@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from results_block import write_block
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = os.path.join(ROOT, "target", "release", "examples", "timing")
@@ -246,18 +247,7 @@ def main():
     lines += [f"| {c} | {v} | {'yes' if ok else '**no**'} |" for c, v, ok in results["checks"]]
     lines += ["", "Efficiency: " + efficiency]
     table = "\n".join(lines)
-    # Replace only this script's block: the zoo, image-folder and poisoning
-    # sections of the same file are written by other scripts.
-    path = os.path.join(ROOT, "benches", "RESULTS.md")
-    text = open(path).read() if os.path.exists(path) else "# Head-to-head results\n"
-    start, end = "<!-- mnist:start -->", "<!-- mnist:end -->"
-    block = f"{start}\n{table}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    with open(path, "w") as f:
-        f.write(text)
+    write_block("mnist", table, "MNIST: built-in models")
     print(table)
     sys.exit(0 if all(ok for _, _, ok in results["checks"]) else 1)
 

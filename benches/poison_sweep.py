@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from results_block import write_block
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GAUNTLET = os.path.join(ROOT, "target", "release", "gauntlet")
@@ -164,16 +165,7 @@ def main():
 
 
 def write_table(lines):
-    table = "\n".join(lines)
-    results = os.path.join(ROOT, "benches", "RESULTS.md")
-    text = open(results).read()
-    start, end = "<!-- poison-sweep:start -->", "<!-- poison-sweep:end -->"
-    block = f"{start}\n{table}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n## Poisoning detectors across rates (#20)\n\n" + block + "\n"
-    open(results, "w").write(text)
+    write_block("poison-sweep", "\n".join(lines), "Poisoning detectors across rates (#20)")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import zoo_models  # noqa: E402
+from results_block import write_block  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = os.path.join(ROOT, "target", "release", "examples", "timing")
@@ -156,16 +157,7 @@ def main():
     print(table)
     if not WRITE:
         return
-    results = os.path.join(ROOT, "benches", "RESULTS.md")
-    text = open(results).read() if os.path.exists(results) else ""
-    start, end = "<!-- zoo:start -->", "<!-- zoo:end -->"
-    block = f"{start}\n{table}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n## Zoo: full-size models\n\n" + block + "\n"
-    with open(results, "w") as f:
-        f.write(text)
+    write_block("zoo", table, "Zoo: full-size models")
 
 
 if __name__ == "__main__":
