@@ -155,12 +155,7 @@ pub(crate) fn verdict(record: &RunRecord) -> String {
             parts.push(text);
         }
         if let Some(verdict) = poisoning.backdoor_verdict() {
-            let mut text = verdict.to_string();
-            if let Some(first) = text.get(..1) {
-                text = first.to_uppercase() + &text[1..];
-            }
-            text.push('.');
-            parts.push(text);
+            parts.push(verdict_sentence(&verdict));
         }
     }
     parts.join(" ")
@@ -626,25 +621,13 @@ fn poisoning_tables(out: &mut String, input: &ReportInput) {
     if let Some(verdict) = p.backdoor_verdict() {
         let _ = writeln!(
             out,
-            "<p class=\"{}\"><b>Backdoor {}</b>: attack success {} → {} after removing {} samples{}.</p>",
-            if verdict.survived { "warning" } else { "verdict" },
-            if verdict.survived { "survived filtering" } else { "removed by filtering" },
-            percent(verdict.success_before),
-            percent(verdict.success_after),
-            verdict.removed,
-            if verdict.found_by.is_empty() {
-                " — no detector flagged anything".to_string()
+            "<p class=\"{}\">{}</p>",
+            if verdict.survived {
+                "warning"
             } else {
-                format!(
-                    " (found by {})",
-                    verdict
-                        .found_by
-                        .iter()
-                        .map(|(m, n)| format!("{} {n}", escape(m)))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            }
+                "verdict"
+            },
+            escape(&verdict_sentence(&verdict))
         );
     }
     if let (Some(b), Some(a)) = (&p.before_filtering, &p.after_filtering) {
@@ -842,6 +825,16 @@ fn preprocessing(dataset: &gauntlet_record::DatasetRecord) -> String {
         .as_deref()
         .map(|p| format!("<br/>preprocessed: {}", escape(p)))
         .unwrap_or_default()
+}
+
+/// The verdict's one line (its `Display`), as a sentence.
+fn verdict_sentence(verdict: &gauntlet_record::BackdoorVerdict) -> String {
+    let text = verdict.to_string();
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => format!("{}{}.", first.to_uppercase(), chars.as_str()),
+        None => text,
+    }
 }
 
 #[cfg(test)]
