@@ -166,6 +166,14 @@ pub(crate) struct Conv {
     pub weight: Range<usize>,
     pub bias: Range<usize>,
     pub epilogue: Epilogue,
+    /// A max-pool reads the output (after the epilogue): the forward pass then
+    /// stays off Winograd's transform. Its four outputs per tile are different
+    /// sums, so equal input patches (an MNIST digit's blank background) give
+    /// outputs an ulp apart where every other path gives exact ties, and the
+    /// pool routes the gradient to a different input than PyTorch does (3 of
+    /// 1 000 FGSM verdicts on the MNIST CNN changed; none with the im2col
+    /// forward). The input gradient has no such choice and keeps the transform.
+    pub feeds_max_pool: bool,
 }
 
 impl Conv {
@@ -184,6 +192,7 @@ impl Conv {
             weight: start..weight_end,
             bias: weight_end..params.len(),
             epilogue: Epilogue::None,
+            feeds_max_pool: false,
         }
     }
 
@@ -207,7 +216,7 @@ impl Conv {
         buffers: &BufferPool,
     ) -> Result<()> {
         let g = self.geom;
-        if winograd::applies(&g) {
+        if !self.feeds_max_pool && winograd::applies(&g) {
             winograd::forward(&g, &params[self.weight.clone()], x, y, buffers)?;
             let bias = &params[self.bias.clone()];
             y.par_chunks_mut(g.out_len().max(1))

@@ -20,6 +20,7 @@ use super::rows::{BatchedMatMul, LayerNorm, Softmax};
 use super::{Kernel, NativeGraph, Step};
 use super::{ParamLayout, ParamSlot};
 use crate::graph::{eval, BinaryOp, Graph, Node, Op, ReduceOp, ResizeMode, UnaryOp};
+use crate::layers::PoolKind;
 use crate::network::Normalization;
 
 /// Why a graph runs on the reference executor instead of the native engine.
@@ -594,6 +595,17 @@ impl<'g> Planner<'g> {
         }
     }
 
+    /// Whether a max-pool (windowed or global) reads `name`.
+    fn read_by_max_pool(&self, name: &str) -> bool {
+        self.consumers.get(name).is_some_and(|readers| {
+            readers.iter().any(|&r| match &self.graph.nodes[r].op {
+                Op::Pool(config) => config.kind == PoolKind::Max,
+                Op::GlobalPool { max } => *max,
+                _ => false,
+            })
+        })
+    }
+
     /// Evaluates a node at plan time when it reads no computed value (shape
     /// arithmetic); `true` when it did.
     fn known_node(&mut self, node: &Node) -> Planned<bool> {
@@ -988,6 +1000,7 @@ impl<'g> Planner<'g> {
         };
         let mut conv = Conv::new(geom, &weight, &bias, &mut self.params);
         conv.epilogue = epilogue;
+        conv.feeds_max_pool = self.read_by_max_pool(out);
         if !folded {
             self.param_slot(
                 &node.inputs[1],

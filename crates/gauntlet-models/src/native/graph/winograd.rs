@@ -7,7 +7,9 @@
 //! 2.78× for 5×5 (the MNIST CNN's second layer). The input gradient of such a
 //! convolution is again an `r×r` stride-1 convolution (of the output gradient
 //! with the flipped, transposed kernel and padding `r − 1 − pad`), so both
-//! directions use it. Weight gradients stay on im2col.
+//! directions use it, except the forward pass of a convolution a max-pool reads
+//! (see `Conv::feeds_max_pool`: the pool needs exact ties). Weight gradients
+//! stay on im2col.
 //!
 //! Output tiles of 2×2 keep the transforms' coefficients small (0, ±1, ±½ for
 //! 3×3; at most 5 in `Bᵀ` and ⅔ in `G` for 5×5, interpolation points 0, ±1, ±2,
