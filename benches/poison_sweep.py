@@ -4,7 +4,7 @@ activation clustering and spectral signatures on the same poisoned models and da
 
 For every attack × rate × seed: `gauntlet poison audit` (inject → train the CNN 3
 epochs → detect → filter → retrain) with activation clustering, spectral signatures,
-SPECTRE and Neural Cleanse (with its trigger's carriers in the training set); `gauntlet poison inject` with the same settings writes the same
+SPECTRE, SCAn and Neural Cleanse (with its trigger's carriers in the training set); `gauntlet poison inject` with the same settings writes the same
 poisoned copy (the injection is seeded) for ART, which gets the audit's poisoned
 model loaded into PyTorch (Madry's CNN, as Gauntlet's `cnn`) and reads the same
 penultimate features (the ReLU after fc1: the module is registered last so ART's
@@ -48,8 +48,8 @@ ATTACKS = {
 # The audit's `--method` list, and the training-set detector records it yields:
 # Neural Cleanse adds `neural-cleanse-trigger` (its trigger's carriers) when it
 # names a target; when it names none, that column counts as flagging nothing.
-GAUNTLET_METHODS = ["activation-clustering", "spectral-signatures", "spectre", "neural-cleanse"]
-GAUNTLET_DETECTORS = ["activation-clustering", "spectral-signatures", "spectre", "neural-cleanse-trigger"]
+GAUNTLET_METHODS = ["activation-clustering", "spectral-signatures", "spectre", "scan", "neural-cleanse"]
+GAUNTLET_DETECTORS = ["activation-clustering", "spectral-signatures", "spectre", "scan", "neural-cleanse-trigger"]
 SURVIVAL = 0.10  # attack success after filtering at which the backdoor survived
 
 
@@ -128,11 +128,28 @@ def one_case(attack, rate, seed, work):
     return row
 
 
+def clean_case(seed, work):
+    """No poison: the CNN trained as the audit trains it (3 epochs, the seed), then
+    every detector on its clean training set; the share of samples each flags."""
+    model = os.path.join(work, f"clean-{seed}.safetensors")
+    run("train", "--data", DATA, "--arch", "cnn", "--epochs", 3, "--seed", seed, "--out", model, "-q")
+    out = os.path.join(work, f"clean-{seed}-detect")
+    run("poison", "detect", "--model", model, "--data", DATA, "--method", ",".join(GAUNTLET_METHODS),
+        "--seed", seed, "--out", out, "-q")
+    record = json.load(open(os.path.join(out, "results.json")))["poisoning"]
+    shares = {name: 0.0 for name in GAUNTLET_DETECTORS}
+    for d in record["detectors"]:
+        shares[d["method"]] = len(d["flagged"]) / len(d["scores"])
+    return shares
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--rates", default="0.005,0.01,0.02,0.05,0.1")
     parser.add_argument("--attacks", default=",".join(ATTACKS))
+    parser.add_argument("--clean-seeds", default="1,2,3",
+                        help="seeds of the no-poison rows (false-positive rates); empty for none")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     rates = [float(r) for r in args.rates.split(",")]
@@ -147,6 +164,14 @@ def main():
         "|---|---|---|" + "---|" * (len(GAUNTLET_DETECTORS) + 4),
     ]
     with tempfile.TemporaryDirectory() as work:
+        clean_seeds = [int(s) for s in args.clean_seeds.split(",") if s]
+        if clean_seeds:
+            shares = [clean_case(seed, work) for seed in clean_seeds]
+            cells = [f"FPR {statistics.mean(s[name] for s in shares):.2%} (max {max(s[name] for s in shares):.2%})"
+                     for name in GAUNTLET_DETECTORS]
+            lines.append(f"| none (seeds {args.clean_seeds}) | 0 | 0 | " + " | ".join(cells) + " | — | — | — | — |")
+            print(lines[-1], flush=True)
+            write_table(lines)
         for attack in args.attacks.split(","):
             for rate in rates:
                 rows = [one_case(attack, rate, seed, work) for seed in seeds]

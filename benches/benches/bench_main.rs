@@ -164,6 +164,15 @@ mod poisoning {
         group.bench_function("spectral_signatures", |b| {
             b.iter(|| spectral.detect(&features, data).unwrap())
         });
+        let spectre = detectors.spectre.unwrap();
+        group.bench_function("spectre", |b| {
+            b.iter(|| spectre.detect(&features, data).unwrap())
+        });
+        let reference = penultimate_features(net, &test, 500, &NoProgress).unwrap();
+        let scan = detectors.scan.unwrap();
+        group.bench_function("scan_1000_reference_images", |b| {
+            b.iter(|| scan.detect(&features, Some(&reference), data).unwrap())
+        });
         group.finish();
 
         // Inference-time and trigger-search detectors work on test images.

@@ -11,7 +11,7 @@ use gauntlet_data::{Dataset, Split};
 use gauntlet_models::{load_model, Arch, Model, ModelOptions};
 use gauntlet_poison::{
     ActivationClustering, AuditConfig, DetectorModel, InjectionConfig, Manifest, NeuralCleanse,
-    OnnxDetectorModel, Patch, PatchPattern, PatchPosition, PoisonAttack, SpectralSignatures,
+    OnnxDetectorModel, Patch, PatchPattern, PatchPosition, PoisonAttack, Scan, SpectralSignatures,
     Spectre, Strip, TrainingSetDetectors,
 };
 use gauntlet_record::{PoisoningRecord, RunKind, RunRecord, SCHEMA_VERSION};
@@ -84,7 +84,7 @@ pub(crate) struct InjectArgs {
 /// Detector settings shared by detect and audit.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct DetectorArgs {
-    /// Detectors: activation-clustering, spectral-signatures, spectre, strip, neural-cleanse, or all (comma-separated).
+    /// Detectors: activation-clustering, spectral-signatures, spectre, scan, strip, neural-cleanse, or all (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "all")]
     method: Vec<String>,
     /// STRIP: clean test images held out for calibration and overlays (as many more are judged).
@@ -361,6 +361,13 @@ fn methods(args: &DetectorArgs, seed: u64) -> Result<Methods> {
             });
             known = true;
         }
+        if all || name == "scan" {
+            chosen.training_set.scan = Some(Scan {
+                seed,
+                ..Scan::default()
+            });
+            known = true;
+        }
         if all || name == "strip" {
             chosen.strip = Some(Strip {
                 overlays: args.overlays,
@@ -379,7 +386,7 @@ fn methods(args: &DetectorArgs, seed: u64) -> Result<Methods> {
             known = true;
         }
         if !known {
-            bail!("unknown detector '{name}', expected activation-clustering, spectral-signatures, spectre, strip, neural-cleanse or all");
+            bail!("unknown detector '{name}', expected activation-clustering, spectral-signatures, spectre, scan, strip, neural-cleanse or all");
         }
     }
     if let Some(strip) = &chosen.strip {
@@ -443,6 +450,7 @@ fn detect(args: DetectArgs) -> Result<()> {
     let detectors = chosen.training_set.run(
         net,
         &train,
+        Some(&test),
         truth.as_deref(),
         args.detectors.batch_size,
         &progress,

@@ -831,7 +831,7 @@ fn poison_detect_on_clean_data_with_the_shipped_model_flags_almost_nothing() {
         "--data",
         "datasets/mnist-5k",
         "--method",
-        "activation-clustering,spectral-signatures,spectre",
+        "activation-clustering,spectral-signatures,spectre,scan",
         "--out",
         out.to_str().unwrap(),
         "-q",
@@ -840,7 +840,7 @@ fn poison_detect_on_clean_data_with_the_shipped_model_flags_almost_nothing() {
     let record = read_json(&out.join("results.json"));
     assert_eq!(record["kind"], "poison");
     let detectors = record["poisoning"]["detectors"].as_array().unwrap();
-    assert_eq!(detectors.len(), 3);
+    assert_eq!(detectors.len(), 4);
     for detector in detectors {
         assert_eq!(detector["scores"].as_array().unwrap().len(), 4000);
         assert!(

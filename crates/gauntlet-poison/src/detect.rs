@@ -55,6 +55,16 @@ pub struct SampleDetection {
 }
 
 impl SampleDetection {
+    /// Nothing flagged yet: every score 0, for `samples` training samples.
+    pub(crate) fn unflagged(method: &str, samples: usize, classes: usize) -> Self {
+        Self {
+            method: method.into(),
+            scores: vec![0.0; samples],
+            flagged: vec![false; samples],
+            classes: Vec::with_capacity(classes),
+        }
+    }
+
     /// Indices of the flagged samples.
     pub fn flagged_indices(&self) -> Vec<usize> {
         (0..self.flagged.len())
@@ -152,9 +162,8 @@ impl ActivationClustering {
             if members.len() < MIN_CLASS_SAMPLES {
                 continue;
             }
-            let centred = centred_rows(features, &members);
             let k = self.components.min(members.len() - 1).min(features.dim);
-            let (_, v_t) = top_singular(centred.clone(), k, &seeds, class, METHOD)?;
+            let (centred, v_t) = class_directions(features, &members, k, &seeds, class, METHOD)?;
             let reduced = centred.dot(&v_t.t());
             let rng_seed = first_u64(&seeds.derive(&format!("kmeans/class-{class}")));
             let dataset = DatasetBase::from(reduced.clone());
@@ -197,8 +206,7 @@ impl SpectralSignatures {
             if members.len() < MIN_CLASS_SAMPLES {
                 continue;
             }
-            let centred = centred_rows(features, &members);
-            let (_, v_t) = top_singular(centred.clone(), 1, &seeds, class, METHOD)?;
+            let (centred, v_t) = class_directions(features, &members, 1, &seeds, class, METHOD)?;
             let projection: Vec<f64> = centred.dot(&v_t.row(0)).to_vec();
             let (threshold, share) = split_1d(&projection);
             let median = median(&projection);
@@ -235,20 +243,11 @@ fn decide(
     decision: ClassDecision,
     data: &Dataset,
 ) -> Result<SampleDetection> {
-    let total = data.len();
     let statistics: Vec<f64> = splits.iter().map(|s| s.statistic).collect();
-    let centre = median(&statistics);
-    let deviations: Vec<f64> = statistics.iter().map(|s| (s - centre).abs()).collect();
     // A floor on the spread keeps identical classes from making tiny differences infinite.
-    let spread = (1.4826 * median(&deviations)).max(1e-3);
-    let mut detection = SampleDetection {
-        method: method.into(),
-        scores: vec![0.0; total],
-        flagged: vec![false; total],
-        classes: Vec::with_capacity(splits.len()),
-    };
-    for split in splits {
-        let outlier_score = (split.statistic - centre) / spread;
+    let outlier_scores = robust_z(&statistics, 1e-3);
+    let mut detection = SampleDetection::unflagged(method, data.len(), splits.len());
+    for (split, outlier_score) in splits.into_iter().zip(outlier_scores) {
         let (suspect_consistency, class_consistency) = consistency(
             data,
             split.class,
@@ -357,15 +356,17 @@ pub(crate) fn centred_rows(features: &Features, members: &[usize]) -> Array2<f64
     matrix
 }
 
-/// The top `k` singular values and right singular vectors (rows of `v_t`).
+/// The top `k` singular values and right singular vectors (rows of `v_t`) of
+/// `subject`'s activations (`class-3`, `training-set`: it names the seed stream
+/// and the error).
 pub(crate) fn top_singular(
     matrix: Array2<f64>,
     k: usize,
     seeds: &SeedStream,
-    class: u32,
+    subject: &str,
     method: &'static str,
 ) -> Result<(Array1<f64>, Array2<f64>)> {
-    let rng_seed = first_u64(&seeds.derive(&format!("svd/class-{class}")));
+    let rng_seed = first_u64(&seeds.derive(&format!("svd/{subject}")));
     let result = TruncatedSvd::new_with_rng(
         matrix,
         Order::Largest,
@@ -376,10 +377,35 @@ pub(crate) fn top_singular(
     .decompose(k)
     .map_err(|e| Error::Numeric {
         method,
-        message: format!("SVD of class {class}'s activations failed: {e}"),
+        message: format!("SVD of {subject}'s activations failed: {e}"),
     })?;
     let (_, sigma, v_t) = result.values_vectors();
     Ok((sigma, v_t))
+}
+
+/// A class's centred activations and their top `k` principal directions.
+fn class_directions(
+    features: &Features,
+    members: &[usize],
+    k: usize,
+    seeds: &SeedStream,
+    class: u32,
+    method: &'static str,
+) -> Result<(Array2<f64>, Array2<f64>)> {
+    let centred = centred_rows(features, members);
+    let subject = format!("class-{class}");
+    let (_, v_t) = top_singular(centred.clone(), k, seeds, &subject, method)?;
+    Ok((centred, v_t))
+}
+
+/// Robust z-scores: distance from the median in units of the scaled median
+/// absolute deviation (1.4826·MAD, σ for a Gaussian), the spread floored at
+/// `min_spread`.
+pub(crate) fn robust_z(values: &[f64], min_spread: f64) -> Vec<f64> {
+    let centre = median(values);
+    let deviations: Vec<f64> = values.iter().map(|v| (v - centre).abs()).collect();
+    let spread = (1.4826 * median(&deviations)).max(min_spread);
+    values.iter().map(|v| (v - centre) / spread).collect()
 }
 
 fn first_u64(stream: &SeedStream) -> u64 {

@@ -6,7 +6,8 @@
 //! - Training-set detectors on penultimate [`Features`]: [`ActivationClustering`]
 //!   (Chen et al. 2018) and [`SpectralSignatures`] (Tran et al. 2018), both deciding
 //!   which classes are poisoned at all, not only which samples look odd in each;
-//!   [`Spectre`] (Hayase et al. 2021) for low poisoning rates.
+//!   [`Spectre`] (Hayase et al. 2021) and [`Scan`] (Tang et al. 2021) for low
+//!   poisoning rates.
 //! - [`TriggerCarriers`]: the training images carrying a trigger that
 //!   [`NeuralCleanse`] (Wang et al. 2019) reverse-engineered.
 //!
@@ -22,6 +23,7 @@ mod knn;
 mod metrics;
 mod model;
 mod pipeline;
+mod scan;
 mod spectre;
 mod strip;
 
@@ -42,5 +44,6 @@ pub use pipeline::{
     audit, backdoor_effect, injection_record, native, run_neural_cleanse, run_strip, AuditConfig,
     AuditOutcome, TrainingSetDetectors,
 };
+pub use scan::Scan;
 pub use spectre::Spectre;
 pub use strip::{Strip, StripCalibration};

@@ -22,7 +22,7 @@ use crate::features::{argmax, penultimate_features};
 use crate::inject::{inject, InjectionConfig, Manifest, Trigger};
 use crate::metrics::{auroc, detection_metrics};
 use crate::{
-    ActivationClustering, NeuralCleanse, SampleDetection, SpectralSignatures, Spectre, Strip,
+    ActivationClustering, NeuralCleanse, SampleDetection, Scan, SpectralSignatures, Spectre, Strip,
     TriggerCarriers,
 };
 
@@ -36,6 +36,9 @@ pub struct TrainingSetDetectors {
     /// SPECTRE, if run.
     #[serde(default)]
     pub spectre: Option<Spectre>,
+    /// SCAn, if run.
+    #[serde(default)]
+    pub scan: Option<Scan>,
 }
 
 impl TrainingSetDetectors {
@@ -54,14 +57,21 @@ impl TrainingSetDetectors {
                 seed,
                 ..Spectre::default()
             }),
+            scan: Some(Scan {
+                seed,
+                ..Scan::default()
+            }),
         }
     }
 
-    /// Run them on `data` under `net`; with `truth` (one flag per sample), score them.
+    /// Run them on `data` under `net`; with `truth` (one flag per sample), score
+    /// them. `clean` is a set the user trusts (the test split): SCAn reads its
+    /// reference images there.
     pub fn run(
         &self,
         net: &dyn DetectorModel,
         data: &Dataset,
+        clean: Option<&Dataset>,
         truth: Option<&[bool]>,
         batch_size: usize,
         observer: &dyn Observer,
@@ -70,6 +80,7 @@ impl TrainingSetDetectors {
         if self.activation_clustering.is_some()
             || self.spectral_signatures.is_some()
             || self.spectre.is_some()
+            || self.scan.is_some()
         {
             let features = penultimate_features(net, data, batch_size, observer)?;
             if let Some(detector) = &self.activation_clustering {
@@ -85,6 +96,20 @@ impl TrainingSetDetectors {
             if let Some(detector) = &self.spectre {
                 let started = Instant::now();
                 let found = detector.detect(&features, data)?;
+                records.push(detector_record(found, truth, started));
+            }
+            if let Some(detector) = &self.scan {
+                let started = Instant::now();
+                let reference = match clean {
+                    Some(clean) if detector.reference_samples > 0 => {
+                        let count = detector.reference_samples.min(clean.len());
+                        let indices: Vec<usize> = (0..count).collect();
+                        let subset = clean.select(clean.path().join("scan-reference"), &indices)?;
+                        Some(penultimate_features(net, &subset, batch_size, observer)?)
+                    }
+                    _ => None,
+                };
+                let found = detector.detect(&features, reference.as_ref(), data)?;
                 records.push(detector_record(found, truth, started));
             }
         }
@@ -352,6 +377,7 @@ pub fn audit(
     let detectors = settings.detectors.run(
         net,
         &poisoned.dataset,
+        Some(test_data),
         Some(&truth),
         settings.batch_size,
         observer,

@@ -10,7 +10,7 @@ use gauntlet_core::SeedStream;
 use gauntlet_data::Dataset;
 
 use crate::detect::{
-    centred_rows, consistency, median, top_singular, SampleDetection, MIN_CLASS_SAMPLES,
+    centred_rows, consistency, median, robust_z, top_singular, SampleDetection, MIN_CLASS_SAMPLES,
 };
 use crate::error::{config, Error, Result};
 use crate::features::Features;
@@ -153,7 +153,13 @@ impl Spectre {
             .min(features.dim)
             .min((n - 1) / 4)
             .max(1);
-        let (sigma, v_t) = top_singular(centred.clone(), k_max, seeds, class, METHOD)?;
+        let (sigma, v_t) = top_singular(
+            centred.clone(),
+            k_max,
+            seeds,
+            &format!("class-{class}"),
+            METHOD,
+        )?;
         let mut order: Vec<usize> = (0..sigma.len()).collect();
         order.sort_by(|&a, &b| sigma[b].total_cmp(&sigma[a]));
         let projected = centred.dot(&v_t.t());
@@ -185,13 +191,7 @@ impl Spectre {
     }
 
     fn decide(&self, analysed: &[ClassScores], data: &Dataset) -> Result<SampleDetection> {
-        let total = data.len();
-        let mut detection = SampleDetection {
-            method: METHOD.into(),
-            scores: vec![0.0; total],
-            flagged: vec![false; total],
-            classes: Vec::with_capacity(analysed.len()),
-        };
+        let mut detection = SampleDetection::unflagged(METHOD, data.len(), analysed.len());
         let mut groups = Vec::with_capacity(analysed.len());
         for scores in analysed {
             groups.push(self.leading_reclassified_group(scores, data)?);
@@ -203,11 +203,8 @@ impl Spectre {
             .iter()
             .map(|g| g.evidence.max(1e-3).log10())
             .collect();
-        let centre = median(&logs);
-        let deviations: Vec<f64> = logs.iter().map(|l| (l - centre).abs()).collect();
-        let spread = (1.4826 * median(&deviations)).max(0.05);
-        for ((scores, group), log) in analysed.iter().zip(groups).zip(logs) {
-            let outlier_score = (log - centre) / spread;
+        let outlier_scores = robust_z(&logs, 0.05);
+        for ((scores, group), outlier_score) in analysed.iter().zip(groups).zip(outlier_scores) {
             let poisoned = group.reclassified.len() >= self.min_group
                 && outlier_score >= self.min_outlier_score
                 && group.suspect_consistency < self.max_consistency_ratio * group.class_consistency;

@@ -220,13 +220,13 @@ fn audit_finds_the_backdoor_and_filtering_weakens_it() {
     let success_before = before.attack_success_rate.unwrap();
     assert!(before.clean_accuracy > 0.9, "{before:?}");
     assert!(success_before > 0.9, "the backdoor works: {before:?}");
-    // The three feature detectors, then the training images carrying the
+    // The four feature detectors, then the training images carrying the
     // trigger Neural Cleanse reversed.
-    assert_eq!(record.detectors.len(), 4);
-    assert_eq!(record.detectors[3].method, "neural-cleanse-trigger");
+    assert_eq!(record.detectors.len(), 5);
+    assert_eq!(record.detectors[4].method, "neural-cleanse-trigger");
     // SPECTRE is built for low rates: its robust estimate assumes the poisoned
     // group is a small minority of its class (here it is 47% of class 0), so at
-    // 10% it must only not accuse a wrong class; the other two find it.
+    // 10% it must only not accuse a wrong class; the others find it.
     for detector in &record.detectors {
         let metrics = detector.metrics.as_ref().unwrap();
         if detector.method == "spectre" {
@@ -284,8 +284,9 @@ fn a_clean_training_set_is_hardly_flagged() {
         panic!("the shipped model is a built-in network")
     };
     let net = &native(&network).unwrap();
+    let test = mnist(Split::Test);
     let found = TrainingSetDetectors::all(0)
-        .run(net, &train, None, 500, &NoProgress)
+        .run(net, &train, Some(&test), None, 500, &NoProgress)
         .unwrap();
     for detector in found {
         assert!(
@@ -360,8 +361,9 @@ fn audit_finds_a_blended_backdoor() {
     );
 }
 
-/// The audit of a sparse backdoor with SPECTRE alone: `fraction` of the
-/// non-target images poisoned, three training epochs, as a user would run it.
+/// The audit of a sparse backdoor with the two low-rate detectors, SPECTRE and
+/// SCAn: `fraction` of the non-target images poisoned, three training epochs,
+/// as a user would run it.
 fn low_rate_audit(attack: PoisonAttack, fraction: f64, seed: u64) -> PoisoningRecord {
     let train = mnist(Split::Train);
     let test = mnist(Split::Test);
@@ -379,6 +381,7 @@ fn low_rate_audit(attack: PoisonAttack, fraction: f64, seed: u64) -> PoisoningRe
         },
         detectors: TrainingSetDetectors {
             spectre: Some(Spectre::default()),
+            scan: Some(Scan::default()),
             ..TrainingSetDetectors::default()
         },
         strip: None,
@@ -390,14 +393,18 @@ fn low_rate_audit(attack: PoisonAttack, fraction: f64, seed: u64) -> PoisoningRe
     audit(&settings, &train, &test, &NoProgress).unwrap().record
 }
 
-/// The bar at realistic rates: SPECTRE finds a 1% BadNets checkerboard
-/// (36 images, 8% of class 0) and a 2% blend (72 images) with precision and
-/// recall ≥ 0.8, names only class 0, and the filtered retrain leaves the attack
-/// below 10% success (measured 2026-12-01: P 0.95 R 1.0, attack 85% → 0.2%;
-/// P 0.99 R 0.94, attack 97% → 0.8%). Activation clustering and spectral
-/// signatures flag nothing on these sets.
+/// The bar at realistic rates: a 1% BadNets checkerboard (36 images,
+/// 8% of class 0) and a 2% blend (72 images) are found with precision and
+/// recall ≥ 0.8, only in class 0, and the filtered retrain leaves the attack
+/// below 10% success. SCAn reaches it on both (measured 2026-12-02 with the
+/// CLI's training seed: P 1.00 R 1.00, class 0's z 14.7 and 13.9 against at
+/// most 1.8 elsewhere; attack 85% → 0.4%, 96% → 0.2%). SPECTRE's class decision is marginal on the BadNets
+/// set (z 1.5 for a threshold of 2 with this training run; 2.9 with another
+/// summation order of the same training), so it must only never accuse a
+/// wrong class nor flag mostly clean images. Activation clustering and
+/// spectral signatures flag nothing on these sets.
 #[test]
-fn spectre_finds_sparse_backdoors_and_filtering_removes_them() {
+fn sparse_backdoors_are_found_and_filtering_removes_them() {
     let cases = [
         (
             PoisonAttack::Badnets(Patch {
@@ -416,14 +423,22 @@ fn spectre_finds_sparse_backdoors_and_filtering_removes_them() {
     ];
     for (attack, fraction) in cases {
         let record = low_rate_audit(attack.clone(), fraction, 1);
-        let spectre = &record.detectors[0];
-        let metrics = spectre.metrics.as_ref().unwrap();
+        let [spectre, scan] = &record.detectors[..] else {
+            panic!("two detectors ran: {:?}", record.detectors)
+        };
+        let metrics = scan.metrics.as_ref().unwrap();
         assert!(
             metrics.precision >= 0.8 && metrics.recall >= 0.8,
-            "{attack:?} at {fraction}: {metrics:?} {:?}",
+            "SCAn, {attack:?} at {fraction}: {metrics:?} {:?}",
+            scan.classes
+        );
+        assert_eq!(poisoned_classes(scan), [0], "{:?}", scan.classes);
+        let metrics = spectre.metrics.as_ref().unwrap();
+        assert!(
+            poisoned_classes(spectre).iter().all(|&c| c == 0) && metrics.precision >= 0.8,
+            "SPECTRE, {attack:?} at {fraction}: {metrics:?} {:?}",
             spectre.classes
         );
-        assert_eq!(poisoned_classes(spectre), [0], "{:?}", spectre.classes);
         let before = record.before_filtering.as_ref().unwrap();
         let after = record.after_filtering.as_ref().unwrap();
         assert!(before.attack_success_rate.unwrap() > 0.5, "{before:?}");
@@ -487,9 +502,16 @@ fn every_detector_finds_the_backdoor_in_an_onnx_resnet() {
     );
 
     let records = TrainingSetDetectors::all(0)
-        .run(&net, &poisoned.dataset, Some(&truth), 500, &NoProgress)
+        .run(
+            &net,
+            &poisoned.dataset,
+            Some(&test),
+            Some(&truth),
+            500,
+            &NoProgress,
+        )
         .unwrap();
-    assert_eq!(records.len(), 3);
+    assert_eq!(records.len(), 4);
     for detector in &records {
         let metrics = detector.metrics.as_ref().unwrap();
         if detector.method == "spectre" {

@@ -465,7 +465,7 @@ pub struct PoisoningRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub injection: Option<InjectionRecord>,
     /// Training-set detectors (activation clustering, spectral signatures,
-    /// SPECTRE, and the carriers of the triggers Neural Cleanse names).
+    /// SPECTRE, SCAn, and the carriers of the triggers Neural Cleanse names).
     #[serde(default)]
     pub detectors: Vec<DetectorRecord>,
     /// STRIP, the inference-time detector.
@@ -575,7 +575,7 @@ pub struct InjectionRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DetectorRecord {
-    /// `activation-clustering`, `spectral-signatures`, `spectre` or
+    /// `activation-clustering`, `spectral-signatures`, `spectre`, `scan` or
     /// `neural-cleanse-trigger`.
     pub method: String,
     /// Per training sample (dataset order): higher is more suspicious.
@@ -599,14 +599,16 @@ pub struct ClassFinding {
     pub class: u32,
     /// Samples labelled with it.
     pub samples: usize,
-    /// Size of the suspect (smaller) group of its two-way split (SPECTRE: the
-    /// samples above its threshold, or those flagged in a poisoned class).
+    /// Size of the suspect (smaller) group of its two-way split (SPECTRE: its
+    /// leading group's members voted into other classes; SCAn: the subgroup
+    /// holding fewer clean reference images).
     pub suspect_size: usize,
     /// The split statistic (silhouette, or the spectral split's explained
-    /// variance; SPECTRE: QUE-weighted variance over the noise edge).
+    /// variance; SPECTRE: QUE-weighted variance over the noise edge; SCAn: the
+    /// likelihood ratio `J` of two class identities over one).
     pub statistic: f64,
-    /// Its robust z-score among the classes (SPECTRE: the excess of samples
-    /// above its threshold, in Poisson standard deviations).
+    /// Its robust z-score among the classes (SPECTRE: of its group's binomial
+    /// evidence; SCAn: one-sided, of `J`).
     pub outlier_score: f64,
     /// Share of the suspect group a k-NN classifier in input space, trained without
     /// the group, assigns to this class (exclusionary reclassification).
