@@ -62,10 +62,17 @@ fn native_logits_and_input_gradients_match_candle_graph() {
         mean: vec![0.1307],
         std: vec![0.3081],
     };
+    // (architecture, images, normalisation, image seed). The CIFAR case's images
+    // were seed 103 until session 15, when the convolutions before its pools moved
+    // from Winograd to im2col: one second-pool window of one image then held two
+    // values equal up to rounding, which the two engines' summation orders ranked
+    // differently, routing that window's gradient to another cell (358 input
+    // values of that image, nothing elsewhere). Either route is a valid
+    // subgradient, so the images were re-drawn (seeds 113, 123, …, 173 all agree).
     let cases = [
-        (Arch::Cnn, 7, Normalization::default()),
-        (Arch::Cnn, 1, normalized.clone()),
-        (Arch::Mlp, 5, normalized),
+        (Arch::Cnn, 7, Normalization::default(), 100),
+        (Arch::Cnn, 1, normalized.clone(), 101),
+        (Arch::Mlp, 5, normalized, 102),
         (
             Arch::CifarCnn,
             6,
@@ -73,16 +80,17 @@ fn native_logits_and_input_gradients_match_candle_graph() {
                 mean: vec![0.49, 0.48, 0.45],
                 std: vec![0.25, 0.24, 0.26],
             },
+            113,
         ),
     ];
-    for (case, (arch, count, normalization)) in cases.into_iter().enumerate() {
+    for (case, (arch, count, normalization, image_seed)) in cases.into_iter().enumerate() {
         let net = random_network(arch, case as u64, normalization);
         assert!(
             net.native().is_some(),
             "{arch}: constant f32 weights run natively"
         );
         let reference = net.graph_only();
-        let x = images(arch, count, 100 + case as u64);
+        let x = images(arch, count, image_seed);
         let fast = net.logits(&x).unwrap();
         let slow = reference.logits(&x).unwrap();
         let scale = max_abs(&slow).max(1.0);
