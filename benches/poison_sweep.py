@@ -16,7 +16,9 @@ Never part of the test command. Run: benches/.venv/bin/python benches/poison_swe
 [--seeds 1,2,3] [--rates 0.005,0.01,0.02,0.05,0.1] [--attacks NAME,...]; needs
 `cargo build --release -p gauntlet-cli` and torch, safetensors and
 adversarial-robustness-toolbox in the venv. Writes the table into
-benches/RESULTS.md between the poison-sweep markers.
+benches/RESULTS.md between the poison-sweep markers, after every row; rows already
+there for the same seeds and not re-run are kept, so the sweep can be resumed or
+run an attack at a time (`--attacks blend-0.2 --clean-seeds ""`).
 """
 import argparse
 import json
@@ -30,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from results_block import write_block
+from results_block import read_block, write_block
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GAUNTLET = os.path.join(ROOT, "target", "release", "gauntlet")
@@ -163,15 +165,17 @@ def main():
         " | ART AC | ART SS | attack success before → after | survived |",
         "|---|---|---|" + "---|" * (len(GAUNTLET_DETECTORS) + 4),
     ]
+    rows_by_case = kept_rows(lines)
     with tempfile.TemporaryDirectory() as work:
         clean_seeds = [int(s) for s in args.clean_seeds.split(",") if s]
         if clean_seeds:
             shares = [clean_case(seed, work) for seed in clean_seeds]
             cells = [f"FPR {statistics.mean(s[name] for s in shares):.2%} (max {max(s[name] for s in shares):.2%})"
                      for name in GAUNTLET_DETECTORS]
-            lines.append(f"| none (seeds {args.clean_seeds}) | 0 | 0 | " + " | ".join(cells) + " | — | — | — | — |")
-            print(lines[-1], flush=True)
-            write_table(lines)
+            rows_by_case[("none", 0.0)] = (f"| none (seeds {args.clean_seeds}) | 0 | 0 | " + " | ".join(cells) +
+                                           " | — | — | — | — |")
+            print(rows_by_case[("none", 0.0)], flush=True)
+            write_table(lines, rows_by_case)
         for attack in args.attacks.split(","):
             for rate in rates:
                 rows = [one_case(attack, rate, seed, work) for seed in seeds]
@@ -182,15 +186,35 @@ def main():
                     cells.append(f"{p:.2f}/{r:.2f}/{f:.2f}")
                 before = statistics.mean(row["before"] for row in rows)
                 after = statistics.mean(row["after"] for row in rows)
-                lines.append(f"| {attack} | {rate:g} | {rows[0]['poisoned']} | " + " | ".join(cells) +
-                             f" | {before:.1%} → {after:.1%} | "
-                             f"{sum(row['after'] >= SURVIVAL for row in rows)} of {len(rows)} |")
-                print(lines[-1], flush=True)
-                write_table(lines)  # after every row: a stopped sweep keeps its rows
+                rows_by_case[(attack, rate)] = (
+                    f"| {attack} | {rate:g} | {rows[0]['poisoned']} | " + " | ".join(cells) +
+                    f" | {before:.1%} → {after:.1%} | "
+                    f"{sum(row['after'] >= SURVIVAL for row in rows)} of {len(rows)} |")
+                print(rows_by_case[(attack, rate)], flush=True)
+                write_table(lines, rows_by_case)  # after every row: a stopped sweep keeps its rows
 
 
-def write_table(lines):
-    write_block("poison-sweep", "\n".join(lines), "Poisoning detectors across rates (#20)")
+def case_of(row):
+    """(attack, rate) of a table row: `none` for the no-poison row."""
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    return ("none" if cells[0].startswith("none") else cells[0]), float(cells[1])
+
+
+def kept_rows(header):
+    """The rows of the block already in RESULTS.md when it was written with the same
+    header (the same seeds and columns); otherwise none."""
+    block = read_block("poison-sweep")
+    if block is None or not block.startswith("\n".join(header)):
+        return {}
+    rows = block[len("\n".join(header)):].strip("\n").splitlines()
+    return {case_of(row): row for row in rows if row.startswith("|")}
+
+
+def write_table(header, rows_by_case):
+    """The header, then the no-poison row, then the attacks in ATTACKS' order by rate."""
+    order = {name: i for i, name in enumerate(["none", *ATTACKS])}
+    rows = [rows_by_case[case] for case in sorted(rows_by_case, key=lambda c: (order.get(c[0], len(order)), c[1]))]
+    write_block("poison-sweep", "\n".join([*header, *rows]), "Poisoning detectors across rates (#20)")
 
 
 if __name__ == "__main__":

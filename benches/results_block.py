@@ -11,6 +11,15 @@ import os
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 
 
+def read_block(name):
+    """The text of block `name`, or None when RESULTS.md has no such block."""
+    text = open(RESULTS).read() if os.path.exists(RESULTS) else ""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start not in text or end not in text:
+        return None
+    return text[text.index(start) + len(start): text.index(end)].strip("\n")
+
+
 def write_block(name, table, heading):
     """Put `table` in block `name`, appending it under `heading` if absent."""
     text = open(RESULTS).read() if os.path.exists(RESULTS) else "# Head-to-head results\n"
