@@ -183,7 +183,7 @@ def main():
     out_dir = os.path.join(ROOT, "target", "head-to-head-pgd")
     start = time.perf_counter()
     subprocess.run([GAUNTLET, "attack", "--model", "examples/models/mnist-cnn.safetensors", "--data", "datasets/mnist-5k",
-                    "--attack", "pgd-linf", "--eps", "0.3", "--steps", "40", "--step-size", "0.01", "--out", out_dir, "--quiet"],
+                    "--attack", "pgd-linf", "--eps", "0.3", "--steps", "40", "--step-size", "0.01", "--out", out_dir, "--force", "--quiet"],
                    check=True, cwd=ROOT, capture_output=True)
     pruned = time.perf_counter() - start
     results["rows"].append(("PGD-L∞ 40 steps, 1000 images, Gauntlet with pruning (CLI, end to end)", f"{pruned:.1f} s", f"{t_time:.1f} s (torchattacks, no pruning)", t_time / pruned))

@@ -98,48 +98,7 @@ impl Network {
         bounds: Bounds,
         device: &Device,
     ) -> Result<Self> {
-        normalization.validate(arch.input_shape()[0])?;
-        let specs = arch.parameters();
-        let mut found: Vec<String> = tensors.keys().cloned().collect();
-        found.sort();
-        let missing: Vec<String> = specs
-            .iter()
-            .filter(|s| !tensors.contains_key(&s.name))
-            .map(|s| s.name.clone())
-            .collect();
-        let unexpected: Vec<&String> = found
-            .iter()
-            .filter(|n| !specs.iter().any(|s| &s.name == *n))
-            .collect();
-        if !missing.is_empty() {
-            return Err(Error::MissingTensors {
-                arch: arch.name().into(),
-                missing,
-                found,
-            });
-        }
-        if !unexpected.is_empty() {
-            return Err(Error::Invalid(format!(
-                "{arch} does not use tensors {unexpected:?}: is this the right architecture? (expected exactly {:?})",
-                specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()
-            )));
-        }
-        let mut params = HashMap::new();
-        for spec in specs {
-            let Some(t) = tensors.get(&spec.name) else {
-                continue;
-            };
-            if t.dims() != spec.shape.as_slice() {
-                return Err(Error::ShapeMismatch {
-                    name: spec.name,
-                    expected: spec.shape,
-                    got: t.dims().to_vec(),
-                });
-            }
-            let t = t.to_dtype(DType::F32)?.to_device(device)?;
-            params.insert(spec.name, t);
-        }
-        let params = Params(params);
+        let params = checked_params(arch, &tensors, &normalization, device)?;
         let native = native_engine(arch, &params, &normalization, device)?;
         Ok(Self {
             arch,
@@ -153,7 +112,11 @@ impl Network {
     }
 
     /// A network of `arch` with the weights of a native engine (e.g. after
-    /// native training): the engine's parameters back in PyTorch's layout.
+    /// native training): the engine's parameters back in PyTorch's layout, and
+    /// on the CPU a copy of the engine itself. Planning again from those
+    /// parameters would give the same plan (the layout round-trips exactly), at
+    /// the cost of a probe run and fresh copies of every weight — a tenth of a
+    /// short training epoch, which builds one of these per epoch.
     pub fn from_native(
         arch: Arch,
         net: &NativeGraph,
@@ -164,7 +127,17 @@ impl Network {
         for (name, shape, values) in net.named_params() {
             tensors.insert(name, Tensor::from_vec(values, shape, device)?);
         }
-        Self::from_tensors(arch, tensors, net.normalization().clone(), bounds, device)
+        let normalization = net.normalization().clone();
+        let params = checked_params(arch, &tensors, &normalization, device)?;
+        Ok(Self {
+            arch,
+            graph: arch.graph(&params)?,
+            params,
+            normalization,
+            bounds,
+            device: device.clone(),
+            native: device.is_cpu().then(|| Arc::new(net.clone())),
+        })
     }
 
     /// The same network evaluated through candle's graph instead of the native
@@ -323,6 +296,59 @@ impl Network {
 /// The native engine's plan of `arch`'s graph for constant f32 weights on the
 /// CPU, else `None`. Every parameter must be trainable on the engine (training
 /// runs on it), which the built-in architectures' plain layers always are.
+/// `tensors` as `arch`'s parameters in f32 on `device`: every parameter the
+/// architecture needs, with its shape, and nothing else (extra tensors usually
+/// mean the wrong architecture was chosen).
+fn checked_params(
+    arch: Arch,
+    tensors: &HashMap<String, Tensor>,
+    normalization: &Normalization,
+    device: &Device,
+) -> Result<Params> {
+    normalization.validate(arch.input_shape()[0])?;
+    let specs = arch.parameters();
+    let mut found: Vec<String> = tensors.keys().cloned().collect();
+    found.sort();
+    let missing: Vec<String> = specs
+        .iter()
+        .filter(|s| !tensors.contains_key(&s.name))
+        .map(|s| s.name.clone())
+        .collect();
+    let unexpected: Vec<&String> = found
+        .iter()
+        .filter(|n| !specs.iter().any(|s| &s.name == *n))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::MissingTensors {
+            arch: arch.name().into(),
+            missing,
+            found,
+        });
+    }
+    if !unexpected.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{arch} does not use tensors {unexpected:?}: is this the right architecture? (expected exactly {:?})",
+            specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()
+        )));
+    }
+    let mut params = HashMap::new();
+    for spec in specs {
+        let Some(t) = tensors.get(&spec.name) else {
+            continue;
+        };
+        if t.dims() != spec.shape.as_slice() {
+            return Err(Error::ShapeMismatch {
+                name: spec.name,
+                expected: spec.shape,
+                got: t.dims().to_vec(),
+            });
+        }
+        let t = t.to_dtype(DType::F32)?.to_device(device)?;
+        params.insert(spec.name, t);
+    }
+    Ok(Params(params))
+}
+
 fn native_engine(
     arch: Arch,
     params: &Params,

@@ -1,6 +1,7 @@
 //! Optimisers over a flat parameter vector. Written here rather than taken from
 //! candle-nn so that their state is ours to checkpoint and resume.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -67,6 +68,9 @@ pub enum Optimizer {
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
 const EPSILON: f64 = 1e-8;
+/// Values per parallel task of an update: large enough to amortise the task,
+/// small enough to give both cores work on the smallest models.
+const CHUNK: usize = 1 << 15;
 
 impl Optimizer {
     /// A fresh optimiser (zero moments) for `count` parameters.
@@ -107,6 +111,9 @@ impl Optimizer {
                 grads.len()
             )));
         }
+        // Elementwise, in chunks over both cores: each value's update is the
+        // same whatever the thread count, and one thread cannot stream the
+        // millions of values (parameters, gradients, two moments) fast enough.
         match self {
             Optimizer::Adam(adam) => {
                 adam.step += 1;
@@ -116,23 +123,32 @@ impl Optimizer {
                 let step_size = (adam.learning_rate / correction1) as f32;
                 let inv_sqrt_c2 = (1.0 / correction2.sqrt()) as f32;
                 let (b1, b2, eps) = (BETA1 as f32, BETA2 as f32, EPSILON as f32);
-                for (((p, g), m), v) in params
-                    .iter_mut()
-                    .zip(grads)
-                    .zip(&mut adam.first)
-                    .zip(&mut adam.second)
-                {
-                    *m = b1 * *m + (1.0 - b1) * g;
-                    *v = b2 * *v + (1.0 - b2) * g * g;
-                    *p -= step_size * *m / (v.sqrt() * inv_sqrt_c2 + eps);
-                }
+                params
+                    .par_chunks_mut(CHUNK)
+                    .zip(grads.par_chunks(CHUNK))
+                    .zip(adam.first.par_chunks_mut(CHUNK))
+                    .zip(adam.second.par_chunks_mut(CHUNK))
+                    .for_each(|(((params, grads), first), second)| {
+                        for (((p, g), m), v) in params.iter_mut().zip(grads).zip(first).zip(second)
+                        {
+                            *m = b1 * *m + (1.0 - b1) * g;
+                            *v = b2 * *v + (1.0 - b2) * g * g;
+                            *p -= step_size * *m / (v.sqrt() * inv_sqrt_c2 + eps);
+                        }
+                    });
             }
             Optimizer::Sgd(sgd) => {
                 let (lr, momentum) = (sgd.learning_rate as f32, sgd.momentum as f32);
-                for ((p, g), velocity) in params.iter_mut().zip(grads).zip(&mut sgd.velocity) {
-                    *velocity = momentum * *velocity + g;
-                    *p -= lr * *velocity;
-                }
+                params
+                    .par_chunks_mut(CHUNK)
+                    .zip(grads.par_chunks(CHUNK))
+                    .zip(sgd.velocity.par_chunks_mut(CHUNK))
+                    .for_each(|((params, grads), velocity)| {
+                        for ((p, g), velocity) in params.iter_mut().zip(grads).zip(velocity) {
+                            *velocity = momentum * *velocity + g;
+                            *p -= lr * *velocity;
+                        }
+                    });
             }
         }
         Ok(())

@@ -166,6 +166,79 @@ pub(crate) fn matmul_strided(
     Ok(())
 }
 
+/// `dst (m × n, row-major) += lhs · rhs`, computed column by column: for a right
+/// operand that is a transposed row-major matrix (a fully connected layer's
+/// input gradient, `dy · Wᵀ`) and few rows. Written row by row, the `gemm`
+/// crate would work on the transposed problem, where W is the left operand
+/// with non-unit row stride, and pack all of W on every call (megabytes, a
+/// tenth of a small-batch training step); written column by column, W is the
+/// right operand with unit row stride and is read in place. The column-major
+/// product goes to `scratch` (m·n values, contents unspecified), then is added
+/// into `dst`.
+pub(crate) fn matmul_add_by_columns(
+    dst: &mut [f32],
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    scratch: &mut [f32],
+    threads: Threads,
+) -> Result<()> {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    if rhs.rows != k
+        || dst.len() != m * n
+        || scratch.len() != m * n
+        || !lhs.in_bounds()
+        || !rhs.in_bounds()
+    {
+        return Err(Error::Invalid(format!(
+            "internal: GEMM of {m}×{k} by {}×{n} into {} values",
+            rhs.rows,
+            dst.len()
+        )));
+    }
+    if m == 0 || n == 0 || k == 0 {
+        return Ok(());
+    }
+    let parallelism = match threads {
+        Threads::One => gemm::Parallelism::None,
+        Threads::All => match rayon::current_num_threads() {
+            0 | 1 => gemm::Parallelism::None,
+            t => gemm::Parallelism::Rayon(t),
+        },
+    };
+    // SAFETY: the views were checked above to lie within their slices, and
+    // `scratch` holds exactly m·n values, column-major (column stride m), and is
+    // borrowed mutably, so nothing aliases it.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            scratch.as_mut_ptr(),
+            m as isize,
+            1,
+            false,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    for (i, row) in dst.chunks_exact_mut(n).enumerate() {
+        for (j, d) in row.iter_mut().enumerate() {
+            *d += scratch[j * m + i];
+        }
+    }
+    Ok(())
+}
+
 /// [`matmul`] with the rows of `dst` and `lhs` split into one block per rayon
 /// thread, each a single-threaded GEMM: one fork-join per product, where the
 /// `gemm` crate's own parallel mode synchronises several times.
@@ -290,5 +363,41 @@ mod tests {
         )
         .unwrap();
         assert_eq!(dst, [3.0; 4]);
+    }
+
+    /// The column-by-column product adds the same values as the row-major one,
+    /// for a transposed right operand and sizes that are not multiples of the
+    /// micro-kernel's tiles.
+    #[test]
+    fn column_by_column_products_add_what_row_by_row_ones_do() {
+        let (m, k, n) = (7, 45, 37);
+        let values = |len: usize, seed: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| (((i * 7919 + seed * 104_729) % 1000) as f32 - 500.0) / 250.0)
+                .collect()
+        };
+        let (a, w) = (values(m * k, 1), values(n * k, 2));
+        let start = values(m * n, 3);
+        let (lhs, rhs) = (Mat::new(&a, m, k), Mat::new(&w, n, k).t());
+        let mut expected = start.clone();
+        for i in 0..m {
+            for j in 0..n {
+                expected[i * n + j] += (0..k).map(|t| a[i * k + t] * w[j * k + t]).sum::<f32>();
+            }
+        }
+        for threads in [Threads::One, Threads::All] {
+            let mut dst = start.clone();
+            let mut scratch = vec![f32::NAN; m * n];
+            matmul_add_by_columns(&mut dst, lhs, rhs, &mut scratch, threads).unwrap();
+            for (got, want) in dst.iter().zip(&expected) {
+                assert!(
+                    (got - want).abs() < 1e-4 * want.abs().max(1.0),
+                    "{got} vs {want}"
+                );
+            }
+        }
+        let mut wrong = vec![0.0; m * n + 1];
+        let mut scratch = vec![0.0; m * n];
+        assert!(matmul_add_by_columns(&mut wrong, lhs, rhs, &mut scratch, Threads::One).is_err());
     }
 }

@@ -190,6 +190,43 @@ fn parameters_round_trip_through_the_engine_layout() {
     }
 }
 
+/// `from_native` keeps a copy of the engine instead of planning again: it must
+/// compute exactly what a network planned from the same tensors computes.
+#[test]
+fn a_network_from_an_engine_matches_one_planned_from_its_tensors() {
+    for (arch, seed) in [(Arch::Mlp, 21), (Arch::Cnn, 22), (Arch::CifarCnn, 23)] {
+        let net = random_network(arch, seed, Normalization::default());
+        let back =
+            Network::from_native(arch, net.native().unwrap(), Bounds::UNIT, &Device::Cpu).unwrap();
+        assert!(back.native().is_some(), "{arch}: runs on the engine");
+        let planned = Network::from_tensors(
+            arch,
+            back.tensors().clone(),
+            Normalization::default(),
+            Bounds::UNIT,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let x = images(arch, 5, seed + 100);
+        let (ours, theirs) = (back.logits(&x).unwrap(), planned.logits(&x).unwrap());
+        assert_eq!(max_abs_diff(&ours, &theirs), 0.0, "{arch}: logits");
+        let gradient = |model: &Network| {
+            let var = Var::from_tensor(&x).unwrap();
+            let loss = weighted_sum(&model.logits(var.as_tensor()).unwrap());
+            loss.backward()
+                .unwrap()
+                .get(var.as_tensor())
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(
+            max_abs_diff(&gradient(&back), &gradient(&planned)),
+            0.0,
+            "{arch}: input gradients"
+        );
+    }
+}
+
 #[test]
 fn untracked_inputs_and_other_dtypes_take_the_right_path() {
     let net = random_network(Arch::Mlp, 8, Normalization::default());

@@ -3,6 +3,7 @@
 
 use std::ops::Range;
 
+use super::buffers::with_scratch;
 use super::conv::{Epilogue, Gradients};
 use crate::native::kernels::{self, Mat, Threads};
 use crate::Result;
@@ -94,7 +95,20 @@ impl Linear {
         match wanted.input {
             Some(dx) => {
                 let weight = Mat::new(&params[self.weight.clone()], k, o);
-                self.product(dx, Mat::new(dy, rows, o), weight.t(), true)
+                if self.weight.len() <= SHARED_WEIGHT_LIMIT {
+                    self.product(dx, Mat::new(dy, rows, o), weight.t(), true)
+                } else {
+                    // A large weight would be packed whole on every call.
+                    with_scratch(rows * k, |scratch| {
+                        kernels::matmul_add_by_columns(
+                            dx,
+                            Mat::new(dy, rows, o),
+                            weight.t(),
+                            scratch,
+                            Threads::All,
+                        )
+                    })
+                }
             }
             None => Ok(()),
         }
