@@ -15,7 +15,7 @@ cargo build --release -p gauntlet-cli
 cargo build --release -p gauntlet-benches --example timing
 if [ "${1:-}" = zoo ]; then
     # Full-size models vs PyTorch on the same weights (exported once into benches/.models).
-    benches/.venv/bin/pip install -q torchvision onnx onnxscript
+    benches/.venv/bin/pip install -q torchvision onnx onnxscript onnxruntime
     benches/.venv/bin/python benches/zoo_models.py
     shift
     exec benches/.venv/bin/python benches/zoo_head_to_head.py "$@"

@@ -51,6 +51,9 @@ PGD_ROWS = {"resnet18": (256, 64), "preact-resnet18": (64, 64), "wrn-28-10": (16
 if "PGD_IMAGES" in os.environ:
     PGD_ROWS = {name: (int(os.environ["PGD_IMAGES"]), int(os.environ.get("PGD_BATCH", batch)))
                 for name, (_, batch) in PGD_ROWS.items()}
+# PGD=0 skips the PGD rows (the gradient rows alone take minutes, PGD-40 much longer).
+if os.environ.get("PGD") == "0":
+    PGD_ROWS = {}
 WRITE = os.environ.get("WRITE", "1") != "0"
 
 

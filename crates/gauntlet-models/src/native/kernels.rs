@@ -166,19 +166,20 @@ pub(crate) fn matmul_strided(
     Ok(())
 }
 
-/// `dst (m × n, row-major) += lhs · rhs`, computed column by column: for a right
-/// operand that is a transposed row-major matrix (a fully connected layer's
-/// input gradient, `dy · Wᵀ`) and few rows. Written row by row, the `gemm`
+/// `dst (m × n, row-major) = [dst +] lhs · rhs`, computed column by column: for
+/// a right operand that is a transposed row-major matrix (the input gradient
+/// `dy · Wᵀ` of a fully connected layer or convolution) with fewer rows than W. Written row by row, the `gemm`
 /// crate would work on the transposed problem, where W is the left operand
 /// with non-unit row stride, and pack all of W on every call (megabytes, a
 /// tenth of a small-batch training step); written column by column, W is the
 /// right operand with unit row stride and is read in place. The column-major
-/// product goes to `scratch` (m·n values, contents unspecified), then is added
-/// into `dst`.
-pub(crate) fn matmul_add_by_columns(
+/// product goes to `scratch` (m·n values, contents unspecified), then is
+/// copied or added into `dst`.
+pub(crate) fn matmul_by_columns(
     dst: &mut [f32],
     lhs: Mat<'_>,
     rhs: Mat<'_>,
+    accumulate: bool,
     scratch: &mut [f32],
     threads: Threads,
 ) -> Result<()> {
@@ -195,7 +196,13 @@ pub(crate) fn matmul_add_by_columns(
             dst.len()
         )));
     }
-    if m == 0 || n == 0 || k == 0 {
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
         return Ok(());
     }
     let parallelism = match threads {
@@ -233,7 +240,8 @@ pub(crate) fn matmul_add_by_columns(
     }
     for (i, row) in dst.chunks_exact_mut(n).enumerate() {
         for (j, d) in row.iter_mut().enumerate() {
-            *d += scratch[j * m + i];
+            let value = scratch[j * m + i];
+            *d = if accumulate { *d + value } else { value };
         }
     }
     Ok(())
@@ -365,9 +373,9 @@ mod tests {
         assert_eq!(dst, [3.0; 4]);
     }
 
-    /// The column-by-column product adds the same values as the row-major one,
-    /// for a transposed right operand and sizes that are not multiples of the
-    /// micro-kernel's tiles.
+    /// The column-by-column product adds (or writes) the same values as the
+    /// row-major one, for a transposed right operand and sizes that are not
+    /// multiples of the micro-kernel's tiles.
     #[test]
     fn column_by_column_products_add_what_row_by_row_ones_do() {
         let (m, k, n) = (7, 45, 37);
@@ -385,11 +393,21 @@ mod tests {
                 expected[i * n + j] += (0..k).map(|t| a[i * k + t] * w[j * k + t]).sum::<f32>();
             }
         }
-        for threads in [Threads::One, Threads::All] {
-            let mut dst = start.clone();
+        let cases = [
+            (true, Threads::One),
+            (true, Threads::All),
+            (false, Threads::All),
+        ];
+        for (accumulate, threads) in cases {
+            let mut dst = if accumulate {
+                start.clone()
+            } else {
+                vec![f32::NAN; m * n]
+            };
             let mut scratch = vec![f32::NAN; m * n];
-            matmul_add_by_columns(&mut dst, lhs, rhs, &mut scratch, threads).unwrap();
-            for (got, want) in dst.iter().zip(&expected) {
+            matmul_by_columns(&mut dst, lhs, rhs, accumulate, &mut scratch, threads).unwrap();
+            for ((got, want), before) in dst.iter().zip(&expected).zip(&start) {
+                let want = if accumulate { *want } else { want - before };
                 assert!(
                     (got - want).abs() < 1e-4 * want.abs().max(1.0),
                     "{got} vs {want}"
@@ -398,6 +416,6 @@ mod tests {
         }
         let mut wrong = vec![0.0; m * n + 1];
         let mut scratch = vec![0.0; m * n];
-        assert!(matmul_add_by_columns(&mut wrong, lhs, rhs, &mut scratch, Threads::One).is_err());
+        assert!(matmul_by_columns(&mut wrong, lhs, rhs, true, &mut scratch, Threads::One).is_err());
     }
 }

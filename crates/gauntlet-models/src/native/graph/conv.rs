@@ -346,22 +346,39 @@ impl Conv {
             return Ok(());
         }
         let rows = images * g.positions();
-        with_scratch(rows * g.patch(), |col| -> Result<()> {
-            for group in 0..g.groups {
-                kernels::matmul(
-                    col,
-                    Mat::strided(&dy[group * g.cout_group()..], rows, g.cout_group(), g.cout),
-                    self.group_weight(params, group).t(),
-                    false,
-                    Threads::One,
-                )?;
-                let block = g.positions() * g.patch();
-                for (image, dx) in dx.chunks_exact_mut(g.in_len()).enumerate() {
-                    col2im(&g, group, &col[image * block..(image + 1) * block], dx);
+        // With fewer rows than output channels (deep layers of small images) the
+        // weight is the larger operand: computed row by row, `gemm` would pack it
+        // whole on every call; column by column it reads it in place.
+        let by_columns = rows < g.cout_group();
+        let len = rows * g.patch();
+        with_scratch(
+            if by_columns { 2 * len } else { len },
+            |scratch| -> Result<()> {
+                let (col, transposed) = scratch.split_at_mut(len);
+                for group in 0..g.groups {
+                    let dy =
+                        Mat::strided(&dy[group * g.cout_group()..], rows, g.cout_group(), g.cout);
+                    let weight = self.group_weight(params, group).t();
+                    if by_columns {
+                        kernels::matmul_by_columns(
+                            col,
+                            dy,
+                            weight,
+                            false,
+                            transposed,
+                            Threads::One,
+                        )?;
+                    } else {
+                        kernels::matmul(col, dy, weight, false, Threads::One)?;
+                    }
+                    let block = g.positions() * g.patch();
+                    for (image, dx) in dx.chunks_exact_mut(g.in_len()).enumerate() {
+                        col2im(&g, group, &col[image * block..(image + 1) * block], dx);
+                    }
                 }
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
     }
 
     /// Adds one task's weight and bias gradients to `partial` (zeroed; the

@@ -100,10 +100,11 @@ impl Linear {
                 } else {
                     // A large weight would be packed whole on every call.
                     with_scratch(rows * k, |scratch| {
-                        kernels::matmul_add_by_columns(
+                        kernels::matmul_by_columns(
                             dx,
                             Mat::new(dy, rows, o),
                             weight.t(),
+                            true,
                             scratch,
                             Threads::All,
                         )

@@ -180,6 +180,11 @@ fn convolutions_of_any_geometry_match_the_reference() {
         (3, 4, 1, 7, 1, [0, 3, 0, 3], 1, 1, 6, 9),
         (3, 2, 4, 4, 3, [0, 0, 1, 1], 1, 1, 10, 11),
         (4, 4, 3, 3, 1, [1, 1, 1, 1], 2, 4, 7, 6),
+        // Deep layers of small images: fewer patch rows than output channels,
+        // so the input gradient is computed column by column.
+        (8, 40, 3, 3, 1, [1, 1, 1, 1], 1, 1, 2, 2),
+        (16, 48, 3, 3, 1, [0, 0, 0, 0], 1, 1, 3, 3),
+        (8, 64, 3, 3, 2, [1, 1, 1, 1], 1, 2, 3, 3),
     ];
     for (case, &(cin, cout, kh, kw, stride, pads, dilation, groups, h, w)) in
         cases.iter().enumerate()
