@@ -8,18 +8,22 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
 use gauntlet_core::{Bounds, Classifier};
-use gauntlet_data::{Dataset, LoadOptions, Split};
+use gauntlet_data::{Dataset, Split};
 use gauntlet_eval::{RobustConfig, Suite, TargetSpec};
 use gauntlet_models::{load_model, Arch, Model, ModelInfo, ModelOptions, Normalization};
 use gauntlet_record::{
-    CleanRecord, Environment, ModelRecord, ModelScanRecord, RobustnessRecord, RunKind, RunRecord,
-    SuiteRecord, TrainingRecord, GALLERY_SIZE, SCHEMA_VERSION,
+    CleanRecord, ModelScanRecord, RobustnessRecord, RunKind, RunRecord, SuiteRecord,
+    TrainingRecord, GALLERY_SIZE, SCHEMA_VERSION,
 };
 use gauntlet_train::{
     AdversarialMethod, AdversarialTraining, LrSchedule, OptimizerKind, TrainConfig,
 };
 
 use crate::progress::CliProgress;
+use crate::toolbox::{
+    check_out_dir, command_line, ensure_batch_fits, environment, load_data, load_model_checked,
+    model_record, write_record, write_run_report, DataArgs, ModelArgs,
+};
 
 /// Adversarial-robustness testing for image classifiers.
 #[derive(Parser, Debug)]
@@ -65,78 +69,6 @@ enum Command {
     /// .bin/.ckpt, raw pickles), safetensors headers and ONNX external data. Exit 0
     /// clean, 1 findings, 2 error.
     Scan(crate::scan::ScanArgs),
-}
-
-/// How to read a model file.
-#[derive(Args, Debug, Clone)]
-pub(crate) struct ModelArgs {
-    /// Model file: .safetensors, .pt/.pth (PyTorch state dict) or .onnx.
-    #[arg(long)]
-    model: PathBuf,
-    /// Architecture, for files that do not record one: mlp, cnn, cifar-cnn.
-    #[arg(long)]
-    arch: Option<String>,
-    /// Per-channel mean to fold into the model, e.g. 0.1307 or 0.4914,0.4822,0.4465.
-    #[arg(long, value_delimiter = ',', requires = "std")]
-    mean: Option<Vec<f32>>,
-    /// Per-channel standard deviation to fold into the model.
-    #[arg(long, value_delimiter = ',', requires = "mean")]
-    std: Option<Vec<f32>>,
-    /// Input shape C,H,W for ONNX graphs whose input shape is symbolic.
-    #[arg(long, value_delimiter = ',')]
-    input_shape: Option<Vec<usize>>,
-    /// Load a pickle whose scan found code-executing or hidden imports anyway
-    /// (Gauntlet's reader never runs them, but you vouch for the file).
-    #[arg(long)]
-    allow_unsafe_pickle: bool,
-}
-
-/// Which data to read.
-#[derive(Args, Debug, Clone)]
-pub(crate) struct DataArgs {
-    /// Dataset: an MNIST IDX directory, a CIFAR-10 binary directory, an .npz file,
-    /// or a directory with x.npy and y.npy.
-    #[arg(long)]
-    pub(crate) data: PathBuf,
-    /// Evaluate only the first N samples (unshuffled, so runs stay comparable).
-    #[arg(long)]
-    pub(crate) limit: Option<usize>,
-    /// Number of classes, when the labels do not show it (default: 10 for IDX/CIFAR).
-    #[arg(long)]
-    pub(crate) num_classes: Option<usize>,
-    /// CIFAR-100: the 100 fine classes or the 20 coarse superclasses.
-    #[arg(long, value_name = "fine|coarse", default_value = "fine")]
-    pub(crate) label_set: gauntlet_data::LabelSet,
-    /// Image folders: resize the shorter side to N pixels (bilinear with
-    /// antialiasing, as torchvision's Resize(N) on PIL images).
-    #[arg(long, value_name = "N")]
-    pub(crate) resize: Option<usize>,
-    /// Image folders: crop the centre to H×W (torchvision's CenterCrop); one
-    /// number for a square.
-    #[arg(long, value_name = "H[,W]", value_parser = parse_crop)]
-    pub(crate) center_crop: Option<[usize; 2]>,
-    /// Image folders: a CSV of `path,label` rows (paths relative to --data;
-    /// labels class indices or names) for a flat folder of images.
-    #[arg(long, value_name = "CSV")]
-    pub(crate) labels: Option<PathBuf>,
-    /// Image folders: class names one per line, pinning the class order
-    /// (default: sub-folder names sorted, as torchvision's ImageFolder).
-    #[arg(long, value_name = "FILE")]
-    pub(crate) classes: Option<PathBuf>,
-}
-
-/// `--center-crop H[,W]`.
-fn parse_crop(text: &str) -> std::result::Result<[usize; 2], String> {
-    let parse = |t: &str| match t.trim().parse::<usize>() {
-        Ok(v) if v > 0 => Ok(v),
-        _ => Err(format!(
-            "expected H or H,W with positive integers, found '{text}'"
-        )),
-    };
-    match text.split_once(',') {
-        None => parse(text).map(|v| [v, v]),
-        Some((h, w)) => Ok([parse(h)?, parse(w)?]),
-    }
 }
 
 /// Settings shared by every evaluating command.
@@ -327,226 +259,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Merge(args) => crate::report::merge(args),
     }
     .map(|()| ExitCode::SUCCESS)
-}
-
-/// The command line as typed, with the program named `gauntlet` wherever it was run from.
-/// The command line a step of `gauntlet demo` runs as, recorded instead of the
-/// demo's own so each record says how to re-run exactly it.
-static STEP_COMMAND_LINE: std::sync::Mutex<Option<Vec<String>>> = std::sync::Mutex::new(None);
-
-/// Record `line` as the command line of the runs that follow (`None`: the process's own).
-pub(crate) fn set_command_line(line: Option<Vec<String>>) {
-    if let Ok(mut slot) = STEP_COMMAND_LINE.lock() {
-        *slot = line;
-    }
-}
-
-pub(crate) fn command_line() -> Vec<String> {
-    if let Some(line) = STEP_COMMAND_LINE.lock().ok().and_then(|slot| slot.clone()) {
-        return line;
-    }
-    std::iter::once("gauntlet".to_string())
-        .chain(std::env::args().skip(1))
-        .collect()
-}
-
-/// Where the run executed, and which executor ran `model`.
-pub(crate) fn environment(model: &Model) -> Environment {
-    Environment {
-        device: "cpu".into(),
-        threads: candle_core::utils::get_num_threads(),
-        engine: model.engine(),
-    }
-}
-
-fn model_options(args: &ModelArgs) -> Result<ModelOptions> {
-    let arch = args.arch.as_deref().map(Arch::parse).transpose()?;
-    let normalization = match (&args.mean, &args.std) {
-        (Some(mean), Some(std)) => Some(Normalization {
-            mean: mean.clone(),
-            std: std.clone(),
-        }),
-        _ => None,
-    };
-    let input_shape = match args.input_shape.as_deref() {
-        None => None,
-        Some([c, h, w]) if *c > 0 && *h > 0 && *w > 0 => Some([*c, *h, *w]),
-        Some(other) => bail!("--input-shape {other:?} must be three positive numbers C,H,W"),
-    };
-    Ok(ModelOptions {
-        arch,
-        normalization,
-        bounds: None,
-        input_shape,
-    })
-}
-
-/// Scan, then load, a model: a file that would run code in Python (or whose
-/// header lies) is refused. Files the scanner cannot read go on to the loader,
-/// which reports them. The scan is returned for the run record.
-pub(crate) fn load_model_checked(
-    args: &ModelArgs,
-) -> Result<(Model, ModelInfo, Option<ModelScanRecord>)> {
-    let options = model_options(args)?;
-    // The file's bytes and the tensors built from them are alive at once. Checked
-    // here, at start-up, where the process's own footprint is small and known.
-    if let Ok(meta) = std::fs::metadata(&args.model) {
-        gauntlet_core::ensure_memory(
-            meta.len().saturating_mul(2),
-            &format!("model {}", args.model.display()),
-            "use a machine with more memory",
-        )?;
-    }
-    let scan = gauntlet_scan::scan_file(&args.model).ok();
-    if let Some(report) = &scan {
-        if report.is_dangerous() {
-            let worst = report
-                .findings
-                .iter()
-                .max_by_key(|f| f.severity)
-                .map(|f| format!("{} ({})", f.message, f.location))
-                .unwrap_or_default();
-            let pickle = report.format != "safetensors";
-            if !(pickle && args.allow_unsafe_pickle) {
-                bail!(
-                    "refusing model {}: {worst}{}; see `gauntlet scan {}`",
-                    args.model.display(),
-                    if pickle {
-                        " (--allow-unsafe-pickle to load it anyway)"
-                    } else {
-                        ""
-                    },
-                    args.model.display()
-                );
-            }
-        }
-    }
-    let (model, info) = load_model(&args.model, &options, &Device::Cpu)
-        .with_context(|| format!("cannot load model {}", args.model.display()))?;
-    Ok((model, info, scan.as_ref().map(crate::scan::scan_record)))
-}
-
-/// Refuse a `--batch-size` whose working memory cannot fit, before any compute:
-/// a clear error instead of the out-of-memory killer part-way through a run.
-/// `fixed` is what the work needs whatever the batch (training's weights,
-/// gradients and optimiser state).
-pub(crate) fn ensure_batch_fits(
-    flag: &str,
-    bytes_per_sample: u64,
-    fixed: u64,
-    batch_size: usize,
-    samples: usize,
-) -> Result<()> {
-    let batch = batch_size.min(samples).max(1) as u64;
-    let needed = bytes_per_sample.saturating_mul(batch).saturating_add(fixed);
-    let Some(available) = gauntlet_core::available_memory() else {
-        return Ok(());
-    };
-    if needed > available {
-        // A third of what would just fit leaves room for everything else
-        // (allocator overhead, the data, buffers of other sizes).
-        let fits = available.saturating_sub(fixed) / bytes_per_sample.max(1) / 3;
-        let suggestion = if fits >= 1 {
-            format!("use {flag} {fits} or less")
-        } else {
-            "not even one sample fits; free memory or use a larger machine".into()
-        };
-        let batch_text = if batch_size as u64 > batch {
-            format!("{flag} {batch_size} ({batch} samples here)")
-        } else {
-            format!("{flag} {batch_size}")
-        };
-        bail!(
-            "{batch_text} needs about {} of memory ({} per sample) but only {} is available; {suggestion}",
-            gauntlet_core::human_bytes(needed),
-            gauntlet_core::human_bytes(bytes_per_sample),
-            gauntlet_core::human_bytes(available)
-        );
-    }
-    Ok(())
-}
-
-/// Read `--data`; `channels` is the model's input channel count where a
-/// model is known (image files are converted to it).
-pub(crate) fn load_data(args: &DataArgs, split: Split, channels: Option<usize>) -> Result<Dataset> {
-    if args.resize == Some(0) {
-        bail!("--resize must be at least 1");
-    }
-    let options = LoadOptions {
-        split,
-        limit: args.limit,
-        num_classes: args.num_classes,
-        label_set: args.label_set,
-        preprocess: gauntlet_data::Preprocess {
-            resize: args.resize,
-            center_crop: args.center_crop,
-        },
-        channels,
-        folder: gauntlet_data::image_folder::FolderOptions {
-            labels_csv: args.labels.clone(),
-            classes_file: args.classes.clone(),
-            max_pixels: None,
-        },
-    };
-    let dataset = gauntlet_data::load(&args.data, &options).with_context(|| {
-        format!(
-            "cannot load the {} split of {}",
-            split.as_str(),
-            args.data.display()
-        )
-    })?;
-    let folder_flags = [
-        ("--resize", args.resize.is_some()),
-        ("--center-crop", args.center_crop.is_some()),
-        ("--labels", args.labels.is_some()),
-        ("--classes", args.classes.is_some()),
-    ];
-    if dataset.format() != gauntlet_data::DataFormat::ImageFolder {
-        if let Some((flag, _)) = folder_flags.iter().find(|(_, given)| *given) {
-            bail!(
-                "{flag} applies to image folders, but {} is {} data",
-                args.data.display(),
-                dataset.format().as_str()
-            );
-        }
-    }
-    Ok(dataset)
-}
-
-/// The record's model section; `scan` is what the scan before loading found
-/// (`None` for models Gauntlet wrote itself).
-pub(crate) fn model_record(info: &ModelInfo, scan: Option<ModelScanRecord>) -> ModelRecord {
-    ModelRecord {
-        path: info.path.display().to_string(),
-        sha256: info.sha256.clone(),
-        format: info.format.as_str().into(),
-        arch: info.arch.clone(),
-        num_classes: info.num_classes,
-        input_shape: info.input_shape,
-        bounds: [info.bounds.min, info.bounds.max],
-        scan,
-    }
-}
-
-/// Refuse an output path that is an existing file where a directory is expected.
-/// Refuse an output directory that already holds a run record unless `replace`
-/// (`--force`, or resuming the run that is in it): nothing is lost by accident.
-pub(crate) fn check_out_dir(out: &Path, replace: bool) -> Result<()> {
-    if out.exists() && !out.is_dir() {
-        bail!("--out {} exists and is not a directory", out.display());
-    }
-    if !replace && out.join("results.json").exists() {
-        bail!(
-            "--out {} already holds a run record (results.json); choose a new directory, or pass --force to replace it",
-            out.display()
-        );
-    }
-    Ok(())
-}
-
-pub(crate) fn write_record(path: &Path, record: &RunRecord) -> Result<()> {
-    gauntlet_core::write_atomic(path, record.to_json().as_bytes())
-        .with_context(|| format!("cannot write the run record {}", path.display()))
 }
 
 /// Everything an evaluation needs, resolved and checked before any compute.
@@ -866,7 +578,7 @@ fn run_plan(plan: EvalPlan, started: Instant) -> Result<()> {
     }
     print_summary(&info, &data, split, &record);
     println!("wrote {}", path.display());
-    crate::report::write_run_report(&out, &record, &path)
+    write_run_report(&out, &record, &path)
 }
 
 fn print_summary(info: &ModelInfo, data: &Dataset, split: Split, record: &RunRecord) {
@@ -1305,7 +1017,7 @@ fn train(args: TrainArgs) -> Result<()> {
         );
     }
     // model.safetensors → model.report/ beside it.
-    crate::report::write_run_report(&args.out.with_extension("report"), &record, &record_path)
+    write_run_report(&args.out.with_extension("report"), &record, &record_path)
 }
 
 fn info(args: InfoArgs) -> Result<()> {

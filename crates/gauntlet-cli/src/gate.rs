@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use gauntlet_check::{Epsilon, Policy, RobustThreshold, WORST_CASE};
 
-use crate::report::read_record;
+use crate::toolbox::{read_record, write_record};
 
 #[derive(Args, Debug)]
 pub(crate) struct CheckArgs {
@@ -143,7 +143,7 @@ pub(crate) fn baseline(command: BaselineCommand) -> Result<()> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    crate::commands::write_record(&args.out, &record)?;
+    write_record(&args.out, &record)?;
     println!(
         "wrote baseline {} from {} ({}, {} samples)",
         args.out.display(),

@@ -9,6 +9,7 @@ mod poison;
 mod progress;
 mod report;
 mod scan;
+mod toolbox;
 
 use std::process::ExitCode;
 

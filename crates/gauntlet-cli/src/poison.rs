@@ -17,11 +17,11 @@ use gauntlet_poison::{
 use gauntlet_record::{PoisoningRecord, RunKind, RunRecord, SCHEMA_VERSION};
 use gauntlet_train::TrainConfig;
 
-use crate::commands::{
+use crate::progress::CliProgress;
+use crate::toolbox::{
     check_out_dir, command_line, environment, load_data, load_model_checked, model_record,
     write_record, DataArgs, ModelArgs,
 };
-use crate::progress::CliProgress;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum PoisonCommand {
@@ -428,7 +428,7 @@ fn detect(args: DetectArgs) -> Result<()> {
     };
     let train = load_data(&args.data, Split::Train, None)?;
     gauntlet_eval::check_compatible(&model, &train)?;
-    crate::commands::ensure_batch_fits(
+    crate::toolbox::ensure_batch_fits(
         "--batch-size",
         model.bytes_per_sample(),
         0,
@@ -515,7 +515,7 @@ fn detect(args: DetectArgs) -> Result<()> {
     let path = args.out.join("results.json");
     write_record(&path, &record)?;
     println!("wrote {}", path.display());
-    crate::report::write_run_report(&args.out, &record, &path)
+    crate::toolbox::write_run_report(&args.out, &record, &path)
 }
 
 fn audit(args: AuditArgs) -> Result<()> {
@@ -540,7 +540,7 @@ fn audit(args: AuditArgs) -> Result<()> {
     let test = load_data(&test_args, Split::Test, None)?;
     injection.validate(&train)?;
     // Training uses its default batch of 50: a few MB per batch.
-    crate::commands::ensure_batch_fits(
+    crate::toolbox::ensure_batch_fits(
         "--batch-size",
         training.arch.bytes_per_sample(),
         training.arch.training_fixed_bytes(),
@@ -591,7 +591,7 @@ fn audit(args: AuditArgs) -> Result<()> {
     let path = args.out.join("results.json");
     write_record(&path, &record)?;
     println!("wrote {}", path.display());
-    crate::report::write_run_report(&args.out, &record, &path)
+    crate::toolbox::write_run_report(&args.out, &record, &path)
 }
 
 fn print_findings(record: &PoisoningRecord) {

@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use gauntlet_record::RunRecord;
 use gauntlet_report::ReportInput;
+
+use crate::toolbox::{read_record, write_report, write_run_report};
 
 #[derive(Args, Debug)]
 pub(crate) struct ReportArgs {
@@ -38,42 +39,6 @@ pub(crate) fn run(args: ReportArgs) -> Result<()> {
     }
     write_report(&args.out, &inputs)?;
     println!("wrote {}", args.out.join("report.html").display());
-    Ok(())
-}
-
-/// Read and check one run record.
-pub(crate) fn read_record(path: &Path) -> Result<RunRecord> {
-    let text =
-        gauntlet_core::read_text_limited(path, gauntlet_core::MAX_DOCUMENT_BYTES, "run record")?;
-    RunRecord::from_json(&text)
-        .with_context(|| format!("{} is not a Gauntlet run record", path.display()))
-}
-
-/// Render `inputs` into `dir`, each file written atomically.
-pub(crate) fn write_report(dir: &Path, inputs: &[ReportInput]) -> Result<()> {
-    let report = gauntlet_report::build(inputs).context("cannot build the report")?;
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create report directory {}", dir.display()))?;
-    for file in &report.files {
-        let path = dir.join(&file.name);
-        gauntlet_core::write_atomic(&path, &file.bytes)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(())
-}
-
-/// The report of one run, next to its record.
-pub(crate) fn write_run_report(dir: &Path, record: &RunRecord, record_path: &Path) -> Result<()> {
-    // The record is written first: a report that fails (disk full) loses nothing.
-    write_report(dir, &[ReportInput::new(record.clone())]).with_context(|| {
-        format!(
-            "{} is complete but its report is not; rerun `gauntlet report {} --out {}`",
-            record_path.display(),
-            record_path.display(),
-            dir.display()
-        )
-    })?;
-    println!("wrote {}", dir.join("report.html").display());
     Ok(())
 }
 
@@ -186,9 +151,9 @@ pub(crate) fn demo(args: DemoArgs) -> Result<()> {
         line.insert(0, "gauntlet".into());
         let cli = crate::commands::Cli::try_parse_from(&line)
             .with_context(|| format!("demo step {} has a bad command line", k + 1))?;
-        crate::commands::set_command_line(Some(line));
+        crate::toolbox::set_command_line(Some(line));
         let outcome = crate::commands::run(cli);
-        crate::commands::set_command_line(None);
+        crate::toolbox::set_command_line(None);
         outcome?;
     }
     println!("[4/4] writing the combined report");
@@ -245,7 +210,7 @@ pub(crate) fn merge(args: MergeArgs) -> Result<()> {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    crate::commands::write_record(&args.out, &merged)?;
+    crate::toolbox::write_record(&args.out, &merged)?;
     println!(
         "merged {} shards ({} samples) into {}",
         shards.len(),

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use gauntlet_record::ModelScanRecord;
 use gauntlet_scan::ScanReport;
 
 #[derive(Args, Debug)]
@@ -16,20 +15,6 @@ pub(crate) struct ScanArgs {
     /// Print the reports as JSON (an array, one object per file) instead of text.
     #[arg(long)]
     json: bool,
-}
-
-/// The record's summary of a scan.
-pub(crate) fn scan_record(report: &ScanReport) -> ModelScanRecord {
-    ModelScanRecord {
-        format: report.format.clone(),
-        worst: report.worst().map(|s| s.as_str().to_string()),
-        findings: report
-            .findings
-            .iter()
-            .map(|f| format!("{}: {} ({})", f.severity.as_str(), f.message, f.location))
-            .collect(),
-        imports: report.imports.clone(),
-    }
 }
 
 /// Every file is scanned and reported, even when another cannot be read: a
