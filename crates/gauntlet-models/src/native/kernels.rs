@@ -111,9 +111,78 @@ pub(crate) fn matmul_strided(
     accumulate: bool,
     threads: Threads,
 ) -> Result<()> {
+    checked_gemm(
+        dst,
+        Layout::Rows(dst_row_stride),
+        lhs,
+        rhs,
+        accumulate,
+        threads,
+    )
+}
+
+/// `dst (m × n, row-major) = [dst +] lhs · rhs`, computed column by column: for
+/// a right operand that is a transposed row-major matrix (the input gradient
+/// `dy · Wᵀ` of a fully connected layer or convolution) with fewer rows than W.
+/// Written row by row, the `gemm` crate would work on the transposed problem,
+/// where W is the left operand with non-unit row stride, and pack all of W on
+/// every call (megabytes, a tenth of a small-batch training step); written
+/// column by column, W is the right operand with unit row stride and is read in
+/// place. The column-major product goes to `scratch` (m·n values, contents
+/// unspecified), then is copied or added into `dst`.
+pub(crate) fn matmul_by_columns(
+    dst: &mut [f32],
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    accumulate: bool,
+    scratch: &mut [f32],
+    threads: Threads,
+) -> Result<()> {
+    let (m, n) = (lhs.rows, rhs.cols);
+    if dst.len() != m * n {
+        return Err(Error::Invalid(format!(
+            "internal: a {m}×{n} product into {} values",
+            dst.len()
+        )));
+    }
+    checked_gemm(scratch, Layout::Columns, lhs, rhs, false, threads)?;
+    for (i, row) in dst.chunks_exact_mut(n).enumerate() {
+        for (j, d) in row.iter_mut().enumerate() {
+            let value = scratch[j * m + i];
+            *d = if accumulate { *d + value } else { value };
+        }
+    }
+    Ok(())
+}
+
+/// Where a product's `m × n` values go in its destination slice.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// Row-major, rows this many values apart (at least n).
+    Rows(usize),
+    /// Column-major and contiguous: exactly m·n values.
+    Columns,
+}
+
+/// The one call into the `gemm` crate: `dst = [dst +] lhs · rhs`, every extent
+/// checked before the unsafe call.
+fn checked_gemm(
+    dst: &mut [f32],
+    layout: Layout,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    accumulate: bool,
+    threads: Threads,
+) -> Result<()> {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    let dst_fits =
-        m == 0 || n == 0 || (n <= dst_row_stride && (m - 1) * dst_row_stride + n <= dst.len());
+    let (col_stride, row_stride, dst_fits) = match layout {
+        Layout::Rows(stride) => (
+            1,
+            stride,
+            m == 0 || n == 0 || (n <= stride && (m - 1) * stride + n <= dst.len()),
+        ),
+        Layout::Columns => (m, 1, dst.len() == m * n),
+    };
     if rhs.rows != k || !dst_fits || !lhs.in_bounds() || !rhs.in_bounds() {
         return Err(Error::Invalid(format!(
             "internal: GEMM of {m}×{k} by {}×{n} into {} values",
@@ -137,17 +206,18 @@ pub(crate) fn matmul_strided(
             t => gemm::Parallelism::Rayon(t),
         },
     };
-    // SAFETY: the views were checked above to lie within their slices, `dst`
-    // holds m rows of n values `dst_row_stride` apart and is borrowed mutably, so
-    // nothing aliases it.
+    // SAFETY: the views were checked above to lie within their slices; `dst`
+    // holds the m × n values at the layout's strides without overlap (rows of n
+    // values at least n apart, or exactly m·n values column by column) and is
+    // borrowed mutably, so nothing aliases it.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            dst_row_stride as isize,
+            col_stride as isize,
+            row_stride as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.col_stride as isize,
@@ -162,87 +232,6 @@ pub(crate) fn matmul_strided(
             false,
             parallelism,
         );
-    }
-    Ok(())
-}
-
-/// `dst (m × n, row-major) = [dst +] lhs · rhs`, computed column by column: for
-/// a right operand that is a transposed row-major matrix (the input gradient
-/// `dy · Wᵀ` of a fully connected layer or convolution) with fewer rows than W. Written row by row, the `gemm`
-/// crate would work on the transposed problem, where W is the left operand
-/// with non-unit row stride, and pack all of W on every call (megabytes, a
-/// tenth of a small-batch training step); written column by column, W is the
-/// right operand with unit row stride and is read in place. The column-major
-/// product goes to `scratch` (m·n values, contents unspecified), then is
-/// copied or added into `dst`.
-pub(crate) fn matmul_by_columns(
-    dst: &mut [f32],
-    lhs: Mat<'_>,
-    rhs: Mat<'_>,
-    accumulate: bool,
-    scratch: &mut [f32],
-    threads: Threads,
-) -> Result<()> {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    if rhs.rows != k
-        || dst.len() != m * n
-        || scratch.len() != m * n
-        || !lhs.in_bounds()
-        || !rhs.in_bounds()
-    {
-        return Err(Error::Invalid(format!(
-            "internal: GEMM of {m}×{k} by {}×{n} into {} values",
-            rhs.rows,
-            dst.len()
-        )));
-    }
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    if k == 0 {
-        if !accumulate {
-            dst.fill(0.0);
-        }
-        return Ok(());
-    }
-    let parallelism = match threads {
-        Threads::One => gemm::Parallelism::None,
-        Threads::All => match rayon::current_num_threads() {
-            0 | 1 => gemm::Parallelism::None,
-            t => gemm::Parallelism::Rayon(t),
-        },
-    };
-    // SAFETY: the views were checked above to lie within their slices, and
-    // `scratch` holds exactly m·n values, column-major (column stride m), and is
-    // borrowed mutably, so nothing aliases it.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            scratch.as_mut_ptr(),
-            m as isize,
-            1,
-            false,
-            lhs.data.as_ptr(),
-            lhs.col_stride as isize,
-            lhs.row_stride as isize,
-            rhs.data.as_ptr(),
-            rhs.col_stride as isize,
-            rhs.row_stride as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-    for (i, row) in dst.chunks_exact_mut(n).enumerate() {
-        for (j, d) in row.iter_mut().enumerate() {
-            let value = scratch[j * m + i];
-            *d = if accumulate { *d + value } else { value };
-        }
     }
     Ok(())
 }
