@@ -9,10 +9,11 @@ use crate::native::kernels::{self, Mat, Threads};
 use crate::Result;
 
 /// Weights up to this many values are shared by per-thread row blocks; a larger
-/// one (a VGG or MNIST CNN classifier's, megabytes) is split by the `gemm` crate
-/// over its columns, so that each thread packs only its part and a small batch
-/// still keeps both cores busy. Either way each output element is one thread's
-/// dot product, so results do not depend on the thread count.
+/// one (a VGG or MNIST CNN classifier's, megabytes) goes to the `gemm` crate's
+/// own threads: in the forward pass split over its columns, in the input
+/// gradient computed column by column so it is read in place, not packed
+/// (`kernels::matmul_by_columns`). Either way each output element is one
+/// thread's dot product, so results do not depend on the thread count.
 const SHARED_WEIGHT_LIMIT: usize = 1 << 19;
 
 /// `y (rows × outputs) = epilogue(x (rows × inputs) · weight + bias)`, with the
