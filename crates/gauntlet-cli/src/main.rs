@@ -2,14 +2,17 @@
 //!
 //! Exit codes (ripgrep's convention): 0 success, 1 ran but a gate failed, 2 error.
 
-mod commands;
+mod cli;
+mod eval;
 mod gate;
+mod info;
 mod journal;
 mod poison;
 mod progress;
 mod report;
 mod scan;
 mod toolbox;
+mod train;
 
 use std::process::ExitCode;
 
@@ -23,9 +26,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     // Parsing spawns no threads, so the thread count can still be set afterwards.
-    let cli = commands::Cli::parse();
+    let cli = cli::Cli::parse();
     gauntlet_core::configure_threads(cli.threads);
-    match commands::run(cli) {
+    match cli::run(cli) {
         Ok(code) => code,
         // Ctrl-C: the message saying how to resume is already printed.
         Err(err) if err.downcast_ref::<journal::Interrupted>().is_some() => ExitCode::from(130),

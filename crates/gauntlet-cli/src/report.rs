@@ -149,10 +149,10 @@ pub(crate) fn demo(args: DemoArgs) -> Result<()> {
             line.push("--quiet".into());
         }
         line.insert(0, "gauntlet".into());
-        let cli = crate::commands::Cli::try_parse_from(&line)
+        let cli = crate::cli::Cli::try_parse_from(&line)
             .with_context(|| format!("demo step {} has a bad command line", k + 1))?;
         crate::toolbox::set_command_line(Some(line));
-        let outcome = crate::commands::run(cli);
+        let outcome = crate::cli::run(cli);
         crate::toolbox::set_command_line(None);
         outcome?;
     }

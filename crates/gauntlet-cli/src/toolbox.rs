@@ -11,7 +11,9 @@ use candle_core::Device;
 use clap::Args;
 use gauntlet_data::{Dataset, LoadOptions, Split};
 use gauntlet_models::{load_model, Arch, Model, ModelInfo, ModelOptions, Normalization};
-use gauntlet_record::{Environment, ModelRecord, ModelScanRecord, RunRecord};
+use gauntlet_record::{
+    DatasetRecord, Environment, ModelRecord, ModelScanRecord, RunKind, RunRecord,
+};
 use gauntlet_report::ReportInput;
 use gauntlet_scan::ScanReport;
 
@@ -106,15 +108,6 @@ pub(crate) fn command_line() -> Vec<String> {
     std::iter::once("gauntlet".to_string())
         .chain(std::env::args().skip(1))
         .collect()
-}
-
-/// Where the run executed, and which executor ran `model`.
-pub(crate) fn environment(model: &Model) -> Environment {
-    Environment {
-        device: "cpu".into(),
-        threads: candle_core::utils::get_num_threads(),
-        engine: model.engine(),
-    }
 }
 
 fn model_options(args: &ModelArgs) -> Result<ModelOptions> {
@@ -271,10 +264,24 @@ pub(crate) fn load_data(args: &DataArgs, split: Split, channels: Option<usize>) 
     Ok(dataset)
 }
 
-/// The record's model section; `scan` is what the scan before loading found
-/// (`None` for models Gauntlet wrote itself).
-pub(crate) fn model_record(info: &ModelInfo, scan: Option<ModelScanRecord>) -> ModelRecord {
-    ModelRecord {
+/// The record every command writes, with its header filled in: this command
+/// line, the seed, where it ran and which executor ran `model`, the model (with
+/// `scan`, what the scan before loading found; `None` for models Gauntlet wrote
+/// itself) and the data. The command fills its own section and the wall time.
+pub(crate) fn record_header(
+    kind: RunKind,
+    seed: u64,
+    model: &Model,
+    info: &ModelInfo,
+    scan: Option<ModelScanRecord>,
+    dataset: DatasetRecord,
+) -> RunRecord {
+    let environment = Environment {
+        device: "cpu".into(),
+        threads: candle_core::utils::get_num_threads(),
+        engine: model.engine(),
+    };
+    let model = ModelRecord {
         path: info.path.display().to_string(),
         sha256: info.sha256.clone(),
         format: info.format.as_str().into(),
@@ -283,7 +290,8 @@ pub(crate) fn model_record(info: &ModelInfo, scan: Option<ModelScanRecord>) -> M
         input_shape: info.input_shape,
         bounds: [info.bounds.min, info.bounds.max],
         scan,
-    }
+    };
+    RunRecord::new(kind, command_line(), seed, environment, model, dataset)
 }
 
 /// Refuse an output path that is an existing file where a directory is expected.

@@ -22,7 +22,8 @@ pub use fs::{
     line_and_column, read_text_limited, write_atomic, MAX_CONFIG_BYTES, MAX_DOCUMENT_BYTES,
 };
 pub use loss::{
-    cross_entropy_per_sample, cross_entropy_sum, log_softmax, log_softmax_dim, softmax, softmax_dim,
+    cross_entropy_per_sample, cross_entropy_sum, largest, log_softmax, log_softmax_dim, softmax,
+    softmax_dim,
 };
 pub use memory::{available_memory, ensure_memory, human_bytes};
 pub use observer::{NoProgress, Observer};

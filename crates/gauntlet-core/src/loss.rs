@@ -44,6 +44,19 @@ pub fn cross_entropy_sum(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     Ok(cross_entropy_per_sample(logits, labels)?.sum_all()?)
 }
 
+/// Index and value of the largest logit (the first on ties).
+pub fn largest(row: &[f32]) -> (usize, f32) {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 {
+                (i, v)
+            } else {
+                best
+            }
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ pub mod preprocess;
 pub use preprocess::Preprocess;
 mod npy;
 mod stream;
-pub use npy::encode_npy;
+pub use npy::{encode_npy, encode_npz};
 mod reader;
 
 use std::fs::File;

@@ -140,6 +140,23 @@ pub fn encode_npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// An `.npz` archive (as `numpy.savez_compressed` writes: deflated members) of
+/// already encoded arrays, named e.g. `"x.npy"`. The members carry a fixed
+/// timestamp, so the same arrays always give the same bytes.
+pub fn encode_npz(members: &[(&str, Vec<u8>)]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .last_modified_time(zip::DateTime::default());
+    for (name, bytes) in members {
+        zip.start_file(*name, options)
+            .map_err(std::io::Error::other)?;
+        zip.write_all(bytes)?;
+    }
+    Ok(zip.finish().map_err(std::io::Error::other)?.into_inner())
+}
+
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
 /// numpy itself refuses headers longer than this.
 const MAX_HEADER_LEN: usize = 1 << 16;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BatchOutcome, Error, Journal, Result};
+use crate::{BatchOutcome, Error, Journal, Result, RobustConfig, SuiteAttack};
 
 /// The journal's file name inside the output directory.
 pub const JOURNAL_FILE: &str = "journal.jsonl";
@@ -28,6 +28,36 @@ struct Header {
 struct Entry {
     key: String,
     outcome: BatchOutcome,
+}
+
+/// sha256 of everything that decides an evaluation's results (tool version, model,
+/// data, split, shard, seed, batch size, kept examples, suite): a journal written
+/// for another evaluation is never replayed into this one.
+pub fn journal_fingerprint(
+    model_sha256: &str,
+    data: &gauntlet_data::Dataset,
+    shard: Option<&gauntlet_record::ShardRecord>,
+    config: &RobustConfig,
+    suite: &gauntlet_record::SuiteRecord,
+    attacks: &[SuiteAttack],
+) -> String {
+    gauntlet_core::sha256_bytes(
+        format!(
+            "{}|{}|{}|{}|{}|{:?}|{}|{}|{}|{:?}|{:?}",
+            env!("CARGO_PKG_VERSION"),
+            model_sha256,
+            data.sha256(),
+            data.split().as_str(),
+            data.len(),
+            shard,
+            config.seed,
+            config.batch_size,
+            config.keep_examples,
+            suite,
+            attacks
+        )
+        .as_bytes(),
+    )
 }
 
 /// A journal file being appended to (one JSON line per finished batch, synced).

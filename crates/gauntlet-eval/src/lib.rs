@@ -4,11 +4,13 @@
 //! per sample in dataset order, and robust accuracy over attack suites with the
 //! per-sample worst case ([`evaluate_robust`]).
 
+mod artifacts;
 mod journal;
 mod robust;
 mod suite;
 
-pub use journal::{FileJournal, JOURNAL_FILE};
+pub use artifacts::{adversarial_npz, gallery, Examples, GALLERY_CANDIDATES};
+pub use journal::{journal_fingerprint, FileJournal, JOURNAL_FILE};
 pub use robust::{
     evaluate_robust, evaluate_robust_journaled, model_sanity, AttackResult, BatchOutcome, Journal,
     MinimalNorms, NoJournal, RobustConfig, RobustResult, SuiteEntry, TargetSpec, Warning,
@@ -57,6 +59,9 @@ pub enum Error {
     /// The journal could not be written or read.
     #[error("journal: {0}")]
     Journal(String),
+    /// The adversarial examples could not be encoded as NPZ.
+    #[error("cannot encode the adversarial examples as NPZ: {0}")]
+    Encode(#[source] std::io::Error),
 }
 
 /// Result with the eval [`Error`].

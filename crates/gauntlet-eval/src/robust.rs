@@ -128,7 +128,7 @@ pub struct RobustResult {
     /// Sanity warnings.
     pub warnings: Vec<Warning>,
     /// Adversarial examples kept for `--save-adversarial`: sample index -> (ε, attack, image).
-    pub examples: BTreeMap<usize, (f64, String, Vec<f32>)>,
+    pub examples: crate::Examples,
 }
 
 /// Settings of a robust evaluation.

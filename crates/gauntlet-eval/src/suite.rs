@@ -15,6 +15,7 @@
 use std::path::Path;
 
 use gauntlet_attacks::build_attack;
+use gauntlet_record::SuiteRecord;
 use serde::Deserialize;
 
 use crate::robust::{SuiteEntry, TargetSpec};
@@ -167,6 +168,29 @@ impl Suite {
         let text = gauntlet_core::read_text_limited(path, gauntlet_core::MAX_CONFIG_BYTES, "suite")
             .map_err(|e| Error::Invalid(e.to_string()))?;
         Self::from_toml(&text, path)
+    }
+
+    /// A suite of one attack, as `gauntlet attack` runs it; the attack's name and
+    /// parameters are checked against the registry here, before any compute.
+    pub fn single(attack: SuiteAttack) -> Result<Self> {
+        build_attack(&attack.name, &attack.params)?;
+        Ok(Self {
+            name: attack.name.clone(),
+            description: format!("single attack: {}", attack.name),
+            attacks: vec![attack],
+        })
+    }
+
+    /// What the run record says about this suite: its name and description, and
+    /// for a suite read from `file`, the file and its sha256.
+    pub fn record(&self, file: Option<&Path>) -> Result<SuiteRecord> {
+        let sha256 = file.map(gauntlet_core::sha256_file).transpose()?;
+        Ok(SuiteRecord {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            path: file.map(|p| p.display().to_string()),
+            sha256,
+        })
     }
 
     /// Build the attacks.

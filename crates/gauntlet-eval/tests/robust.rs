@@ -72,6 +72,106 @@ impl Attack for Breaker {
     }
 }
 
+/// Four samples of which `a` breaks the first three (at ε = 0.5), keeping their
+/// adversarial examples.
+fn three_broken() -> (
+    Dataset,
+    gauntlet_eval::CleanResult,
+    gauntlet_eval::RobustResult,
+) {
+    let data = Dataset::from_f32(
+        "two-pixels",
+        [1, 1, 2],
+        vec![0.6, 0.5, 0.7, 0.5, 0.8, 0.5, 0.9, 0.5],
+        vec![0, 0, 0, 0],
+        2,
+    )
+    .unwrap();
+    let clean = evaluate_clean(&TwoPixels, &data, 4, &NoProgress).unwrap();
+    let suite = vec![SuiteEntry {
+        attack: Box::new(Breaker {
+            name: "a",
+            low: 0.0,
+            high: 0.85,
+        }),
+        epsilons: vec![0.5],
+        target: TargetSpec::None,
+    }];
+    let config = RobustConfig {
+        batch_size: 4,
+        seed: 0,
+        keep_examples: true,
+        gallery_samples: 0,
+        first_sample: 0,
+    };
+    let result = evaluate_robust(&TwoPixels, &data, &clean, &suite, &config, &NoProgress).unwrap();
+    (data, clean, result)
+}
+
+#[test]
+fn the_gallery_shows_broken_samples_with_what_the_model_said_before_and_after() {
+    let (data, _, result) = three_broken();
+    let gallery =
+        gauntlet_eval::gallery(&TwoPixels, &data, &result.examples, &result.attacks, 0).unwrap();
+    assert_eq!(
+        gallery.iter().map(|g| g.index).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    for g in &gallery {
+        let original = data.images_f32(g.index..g.index + 1).unwrap();
+        assert_eq!(g.original, original);
+        assert_eq!(g.adversarial, result.examples[&g.index].2);
+        assert_eq!(
+            (g.attack.as_str(), g.norm.as_str(), g.epsilon),
+            ("a", "linf", 0.5)
+        );
+        assert_eq!((g.clean_prediction, g.adversarial_prediction), (0, 1));
+        // Softmax of the two pixels, the model's logits.
+        let p = |winner: f32, other: f32| 1.0 / (1.0 + f64::from(other - winner).exp());
+        assert!((g.clean_confidence - p(original[0], original[1])).abs() < 1e-6);
+        assert!((g.adversarial_confidence - p(g.adversarial[1], g.adversarial[0])).abs() < 1e-6);
+    }
+    // A shard starting at sample 62 shows what the whole run would show there:
+    // dataset-wide indices, and only candidates below GALLERY_CANDIDATES.
+    let shard =
+        gauntlet_eval::gallery(&TwoPixels, &data, &result.examples, &result.attacks, 62).unwrap();
+    assert_eq!(
+        shard.iter().map(|g| g.index).collect::<Vec<_>>(),
+        vec![62, 63]
+    );
+}
+
+#[test]
+fn saved_adversarial_examples_load_back_as_a_dataset_with_their_labels() {
+    let (data, clean, result) = three_broken();
+    let bytes =
+        gauntlet_eval::adversarial_npz(&TwoPixels, &data, &clean.predictions, &result.examples, 0)
+            .unwrap();
+    let again =
+        gauntlet_eval::adversarial_npz(&TwoPixels, &data, &clean.predictions, &result.examples, 0)
+            .unwrap();
+    assert_eq!(bytes, again, "the same examples must give the same bytes");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("adversarial.npz");
+    std::fs::write(&path, &bytes).unwrap();
+    let loaded = load(
+        &path,
+        &LoadOptions {
+            num_classes: Some(2),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(loaded.len(), 3);
+    assert_eq!(loaded.labels(), &[0, 0, 0]);
+    let expected: Vec<f32> = (0..3).flat_map(|i| result.examples[&i].2.clone()).collect();
+    assert_eq!(loaded.images_f32(0..3).unwrap(), expected);
+    // Every saved example fools the model (the adversarial predictions array is
+    // the model on `x`).
+    let after = evaluate_clean(&TwoPixels, &loaded, 3, &NoProgress).unwrap();
+    assert_eq!(after.correct, vec![false; 3]);
+}
+
 #[test]
 fn worst_case_is_the_per_sample_and_over_attacks_that_break_disjoint_samples() {
     let data = Dataset::from_f32(

@@ -19,7 +19,9 @@ mod safetensors_io;
 
 pub use arch::{Arch, ParamSpec};
 pub use error::{Error, Result, UnsupportedOperators};
-pub use load::{load_model, verify_input_gradient, Model, ModelFormat, ModelInfo, ModelOptions};
+pub use load::{
+    load_model, save_model, verify_input_gradient, Model, ModelFormat, ModelInfo, ModelOptions,
+};
 pub use native::{matmul_transposed, GraphTape, NativeClassifier, NativeGraph};
 pub use network::{Network, Normalization};
 pub use safetensors_io::serialize as safetensors_bytes;

@@ -198,6 +198,24 @@ pub fn load_model(
     Ok((model, info))
 }
 
+/// Write a built-in network as safetensors (atomically) and describe the file as
+/// [`load_model`] would on loading it back, without loading it: the same sha256,
+/// format, architecture, shape and classes, and the network's bounds (the file
+/// does not store them; a unit-range network loads back with the default ones).
+pub fn save_model(network: &Network, path: &Path) -> Result<ModelInfo> {
+    let bytes = network.to_safetensors()?;
+    gauntlet_core::write_atomic(path, &bytes)?;
+    Ok(ModelInfo {
+        path: path.to_path_buf(),
+        sha256: gauntlet_core::sha256_bytes(&bytes),
+        format: ModelFormat::Safetensors,
+        arch: network.arch().name().to_string(),
+        num_classes: network.num_classes(),
+        input_shape: network.input_shape(),
+        bounds: network.bounds(),
+    })
+}
+
 fn format_err(path: &Path, message: impl Into<String>) -> Error {
     Error::Format {
         path: path.to_path_buf(),

@@ -87,5 +87,5 @@ pub fn penultimate_features(
 
 /// The predicted class of one row of logits.
 pub(crate) fn argmax(row: &[f32]) -> u32 {
-    gauntlet_train::largest(row).0 as u32
+    gauntlet_core::largest(row).0 as u32
 }

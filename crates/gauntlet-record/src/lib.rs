@@ -724,6 +724,35 @@ pub struct BackdoorRecord {
 }
 
 impl RunRecord {
+    /// The header every run shares (this build's schema and tool, what ran, on
+    /// which model and data), with no sections yet: each job fills its own
+    /// (`clean`, `training`, `robustness`, `poisoning`, `shard`) and the wall time.
+    pub fn new(
+        kind: RunKind,
+        command: Vec<String>,
+        seed: u64,
+        environment: Environment,
+        model: ModelRecord,
+        dataset: DatasetRecord,
+    ) -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION,
+            tool: this_tool(),
+            kind,
+            command,
+            seed,
+            environment,
+            model,
+            dataset,
+            clean: None,
+            training: None,
+            robustness: None,
+            poisoning: None,
+            shard: None,
+            wall_seconds: 0.0,
+        }
+    }
+
     /// Pretty JSON with a trailing newline; the same record always gives the same bytes.
     pub fn to_json(&self) -> String {
         let mut text = serde_json::to_string_pretty(self).unwrap_or_default();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Device;
-use gauntlet_core::{Classifier, NoProgress, Norm, Observer, SeedStream};
+use gauntlet_core::{largest, Classifier, NoProgress, Norm, Observer, SeedStream};
 use gauntlet_data::Dataset;
 use gauntlet_models::{Arch, NativeGraph, Network, Normalization};
 use serde::{Deserialize, Serialize};
@@ -852,19 +852,6 @@ pub struct BatchLoss {
     pub grad_logits: Vec<f32>,
     /// Samples whose largest logit is their label.
     pub correct: usize,
-}
-
-/// Index and value of the largest logit (the first on ties).
-pub fn largest(row: &[f32]) -> (usize, f32) {
-    row.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-            if v > best.1 {
-                (i, v)
-            } else {
-                best
-            }
-        })
 }
 
 /// Softmax cross-entropy on raw logits, computed in f64 with the max subtracted.

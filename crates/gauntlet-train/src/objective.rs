@@ -229,7 +229,7 @@ fn trades(
     let correct = adversarial_logits
         .chunks_exact(classes)
         .zip(labels)
-        .filter(|(row, label)| crate::largest(row).0 == **label as usize)
+        .filter(|(row, label)| gauntlet_core::largest(row).0 == **label as usize)
         .count();
     Ok(BatchResult {
         mean_loss: clean_part.mean_loss + beta * kl_sum / n,
