@@ -37,7 +37,7 @@ enum Command {
     /// The main job on the shipped defaults: evaluate the shipped CNN, adversarially
     /// train a CNN for a few epochs (FGSM-RS), evaluate it the same way, and write
     /// one report comparing them.
-    Demo(crate::report::DemoArgs),
+    Demo(crate::demo::DemoArgs),
     /// The CI gate: thresholds and/or regressions against a baseline. Exit 0 pass,
     /// 1 the gate failed, 2 an error. Writes junit.xml and summary.md.
     Check(crate::gate::CheckArgs),
@@ -64,7 +64,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Info(args) => crate::info::info(args),
         Command::Poison(command) => crate::poison::run(command),
         Command::Report(args) => crate::report::run(args),
-        Command::Demo(args) => crate::report::demo(args),
+        Command::Demo(args) => crate::demo::demo(args),
         Command::Merge(args) => crate::report::merge(args),
     }
     .map(|()| ExitCode::SUCCESS)

@@ -3,6 +3,7 @@
 //! Exit codes (ripgrep's convention): 0 success, 1 ran but a gate failed, 2 error.
 
 mod cli;
+mod demo;
 mod eval;
 mod gate;
 mod info;
@@ -11,6 +12,7 @@ mod poison;
 mod progress;
 mod report;
 mod scan;
+mod summary;
 mod toolbox;
 mod train;
 

@@ -1,8 +1,7 @@
 //! What every command shares: the model and data flags and their loading (scan
 //! first, memory checked), the run record's common sections and its atomic
 //! writing, output-directory checks, and the report written next to a record.
-//! Command modules import from here, never from each other (`demo` still
-//! re-enters the dispatcher with argument strings: #21).
+//! Command modules import from here, never from each other.
 
 use std::path::{Path, PathBuf};
 
@@ -11,9 +10,7 @@ use candle_core::Device;
 use clap::Args;
 use gauntlet_data::{Dataset, LoadOptions, Split};
 use gauntlet_models::{load_model, Arch, Model, ModelInfo, ModelOptions, Normalization};
-use gauntlet_record::{
-    DatasetRecord, Environment, ModelRecord, ModelScanRecord, RunKind, RunRecord,
-};
+use gauntlet_record::{DatasetRecord, ModelScanRecord, RunKind, RunRecord};
 use gauntlet_report::ReportInput;
 use gauntlet_scan::ScanReport;
 
@@ -75,6 +72,36 @@ pub(crate) struct DataArgs {
     pub(crate) classes: Option<PathBuf>,
 }
 
+impl ModelArgs {
+    /// `--model PATH` and no other model flag.
+    pub(crate) fn file(path: &Path) -> Self {
+        Self {
+            model: path.to_path_buf(),
+            arch: None,
+            mean: None,
+            std: None,
+            input_shape: None,
+            allow_unsafe_pickle: false,
+        }
+    }
+}
+
+impl DataArgs {
+    /// `--data PATH` and no other data flag.
+    pub(crate) fn path(path: &Path) -> Self {
+        Self {
+            data: path.to_path_buf(),
+            limit: None,
+            num_classes: None,
+            label_set: gauntlet_data::LabelSet::default(),
+            resize: None,
+            center_crop: None,
+            labels: None,
+            classes: None,
+        }
+    }
+}
+
 /// `--center-crop H[,W]`.
 fn parse_crop(text: &str) -> std::result::Result<[usize; 2], String> {
     let parse = |t: &str| match t.trim().parse::<usize>() {
@@ -89,22 +116,8 @@ fn parse_crop(text: &str) -> std::result::Result<[usize; 2], String> {
     }
 }
 
-/// The command line a step of `gauntlet demo` runs as, recorded instead of the
-/// demo's own so each record says how to re-run exactly it.
-static STEP_COMMAND_LINE: std::sync::Mutex<Option<Vec<String>>> = std::sync::Mutex::new(None);
-
-/// Record `line` as the command line of the runs that follow (`None`: the process's own).
-pub(crate) fn set_command_line(line: Option<Vec<String>>) {
-    if let Ok(mut slot) = STEP_COMMAND_LINE.lock() {
-        *slot = line;
-    }
-}
-
 /// The command line as typed, with the program named `gauntlet` wherever it was run from.
 pub(crate) fn command_line() -> Vec<String> {
-    if let Some(line) = STEP_COMMAND_LINE.lock().ok().and_then(|slot| slot.clone()) {
-        return line;
-    }
     std::iter::once("gauntlet".to_string())
         .chain(std::env::args().skip(1))
         .collect()
@@ -174,47 +187,7 @@ pub(crate) fn load_model_checked(
     }
     let (model, info) = load_model(&args.model, &options, &Device::Cpu)
         .with_context(|| format!("cannot load model {}", args.model.display()))?;
-    Ok((model, info, scan.as_ref().map(scan_record)))
-}
-
-/// Refuse a `--batch-size` whose working memory cannot fit, before any compute:
-/// a clear error instead of the out-of-memory killer part-way through a run.
-/// `fixed` is what the work needs whatever the batch (training's weights,
-/// gradients and optimiser state).
-pub(crate) fn ensure_batch_fits(
-    flag: &str,
-    bytes_per_sample: u64,
-    fixed: u64,
-    batch_size: usize,
-    samples: usize,
-) -> Result<()> {
-    let batch = batch_size.min(samples).max(1) as u64;
-    let needed = bytes_per_sample.saturating_mul(batch).saturating_add(fixed);
-    let Some(available) = gauntlet_core::available_memory() else {
-        return Ok(());
-    };
-    if needed > available {
-        // A third of what would just fit leaves room for everything else
-        // (allocator overhead, the data, buffers of other sizes).
-        let fits = available.saturating_sub(fixed) / bytes_per_sample.max(1) / 3;
-        let suggestion = if fits >= 1 {
-            format!("use {flag} {fits} or less")
-        } else {
-            "not even one sample fits; free memory or use a larger machine".into()
-        };
-        let batch_text = if batch_size as u64 > batch {
-            format!("{flag} {batch_size} ({batch} samples here)")
-        } else {
-            format!("{flag} {batch_size}")
-        };
-        bail!(
-            "{batch_text} needs about {} of memory ({} per sample) but only {} is available; {suggestion}",
-            gauntlet_core::human_bytes(needed),
-            gauntlet_core::human_bytes(bytes_per_sample),
-            gauntlet_core::human_bytes(available)
-        );
-    }
-    Ok(())
+    Ok((model, info, scan.as_ref().map(ScanReport::to_record)))
 }
 
 /// Read `--data`; `channels` is the model's input channel count where a
@@ -264,10 +237,9 @@ pub(crate) fn load_data(args: &DataArgs, split: Split, channels: Option<usize>) 
     Ok(dataset)
 }
 
-/// The record every command writes, with its header filled in: this command
-/// line, the seed, where it ran and which executor ran `model`, the model (with
-/// `scan`, what the scan before loading found; `None` for models Gauntlet wrote
-/// itself) and the data. The command fills its own section and the wall time.
+/// The record every command writes, with its header filled in (this command
+/// line; see [`gauntlet_eval::record_header`]); `scan` is what the scan before
+/// loading found (`None` for models Gauntlet wrote itself).
 pub(crate) fn record_header(
     kind: RunKind,
     seed: u64,
@@ -276,22 +248,8 @@ pub(crate) fn record_header(
     scan: Option<ModelScanRecord>,
     dataset: DatasetRecord,
 ) -> RunRecord {
-    let environment = Environment {
-        device: "cpu".into(),
-        threads: candle_core::utils::get_num_threads(),
-        engine: model.engine(),
-    };
-    let model = ModelRecord {
-        path: info.path.display().to_string(),
-        sha256: info.sha256.clone(),
-        format: info.format.as_str().into(),
-        arch: info.arch.clone(),
-        num_classes: info.num_classes,
-        input_shape: info.input_shape,
-        bounds: [info.bounds.min, info.bounds.max],
-        scan,
-    };
-    RunRecord::new(kind, command_line(), seed, environment, model, dataset)
+    let model_record = gauntlet_eval::model_record(info, scan);
+    gauntlet_eval::record_header(kind, command_line(), seed, model, model_record, dataset)
 }
 
 /// Refuse an output path that is an existing file where a directory is expected.
@@ -349,18 +307,4 @@ pub(crate) fn write_run_report(dir: &Path, record: &RunRecord, record_path: &Pat
     })?;
     println!("wrote {}", dir.join("report.html").display());
     Ok(())
-}
-
-/// The record's summary of a scan.
-pub(crate) fn scan_record(report: &ScanReport) -> ModelScanRecord {
-    ModelScanRecord {
-        format: report.format.clone(),
-        worst: report.worst().map(|s| s.as_str().to_string()),
-        findings: report
-            .findings
-            .iter()
-            .map(|f| format!("{}: {} ({})", f.severity.as_str(), f.message, f.location))
-            .collect(),
-        imports: report.imports.clone(),
-    }
 }

@@ -4,19 +4,16 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::Args;
 use gauntlet_data::Split;
-use gauntlet_models::{Arch, Model, Normalization};
-use gauntlet_record::{CleanRecord, RunKind, TrainingRecord};
+use gauntlet_models::{Arch, Normalization};
 use gauntlet_train::{
     AdversarialMethod, AdversarialTraining, LrSchedule, OptimizerKind, TrainConfig,
 };
 
 use crate::progress::CliProgress;
-use crate::toolbox::{
-    ensure_batch_fits, load_data, record_header, write_record, write_run_report, DataArgs,
-};
+use crate::toolbox::{command_line, load_data, write_record, write_run_report, DataArgs};
 
 #[derive(Args, Debug)]
 pub(crate) struct TrainArgs {
@@ -151,22 +148,6 @@ pub(crate) fn train(args: TrainArgs) -> Result<()> {
         robust_eval_steps: args.robust_eval_steps.unwrap_or(defaults.robust_eval_steps),
         eval_batch_size: args.eval_batch_size.unwrap_or(defaults.eval_batch_size),
     };
-    config.validate()?;
-    if args.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
-        bail!("--out {} must end in .safetensors", args.out.display());
-    }
-    if args.out.is_dir() {
-        bail!(
-            "--out {} is a directory, expected a .safetensors file path",
-            args.out.display()
-        );
-    }
-    if args.out.exists() && !args.force && args.resume.is_none() {
-        bail!(
-            "--out {} already exists; choose a new path, or pass --force to replace it",
-            args.out.display()
-        );
-    }
     let train_set = load_data(&args.data, Split::Train, None)?;
     // The evaluation split is always used whole: --limit restricts training data only.
     let eval_args = DataArgs {
@@ -174,172 +155,25 @@ pub(crate) fn train(args: TrainArgs) -> Result<()> {
         ..args.data.clone()
     };
     let test_set = load_data(&eval_args, Split::Test, None)?;
-    // Training keeps a batch and its gradients; the per-epoch evaluation attacks
-    // batches of the test split.
-    ensure_batch_fits(
-        "--batch-size",
-        arch.bytes_per_sample(),
-        arch.training_fixed_bytes(),
-        config.batch_size,
-        train_set.len(),
-    )?;
-    ensure_batch_fits(
-        "--eval-batch-size",
-        arch.bytes_per_sample(),
-        arch.training_fixed_bytes(),
-        config.eval_batch_size,
-        test_set.len(),
-    )?;
-
-    let checkpoint_dir = match (&args.resume, &args.checkpoint_dir) {
-        (Some(dir), _) => {
-            if !dir
-                .join(gauntlet_train::checkpoint::CHECKPOINT_FILE)
-                .is_file()
-            {
-                bail!(
-                    "--resume {}: no {} there to resume",
-                    dir.display(),
-                    gauntlet_train::checkpoint::CHECKPOINT_FILE
-                );
-            }
-            dir.clone()
-        }
-        (None, chosen) => {
-            let dir = chosen
-                .clone()
-                .unwrap_or_else(|| args.out.with_extension("checkpoint"));
-            let earlier = dir.join(gauntlet_train::checkpoint::CHECKPOINT_FILE);
-            if earlier.exists() {
-                if !args.force {
-                    bail!(
-                        "{} holds the checkpoint of an earlier run; pass --resume {} to continue it, --force to start afresh, or choose another --checkpoint-dir",
-                        dir.display(),
-                        dir.display()
-                    );
-                }
-                // --force replaces the earlier run, its checkpoint included:
-                // otherwise training would silently resume from it.
-                std::fs::remove_file(&earlier).with_context(|| {
-                    format!("cannot remove the earlier checkpoint {}", earlier.display())
-                })?;
-            }
-            dir
-        }
-    };
+    let plan = gauntlet_train::TrainJob {
+        config,
+        train_set,
+        test_set,
+        out: args.out.clone(),
+        checkpoint_dir: args.resume.clone().or(args.checkpoint_dir),
+        resume: args.resume.is_some(),
+        replace: args.force,
+        command: command_line(),
+    }
+    .plan()?;
     let progress = CliProgress::new(args.quiet);
-    let outcome = gauntlet_train::train_with(
-        &config,
-        &train_set,
-        &test_set,
-        &progress,
-        gauntlet_train::RunControl {
-            checkpoint_dir: Some(&checkpoint_dir),
-            stop: None,
-        },
-    )?;
-    for warning in &outcome.warnings {
-        eprintln!("warning: {warning}");
-    }
-    // Described from the network in memory, as `eval` would describe the file.
-    let info = gauntlet_models::save_model(&outcome.last, &args.out)
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
-    let model = Model::Network(outcome.last);
-    let best_path = args.out.with_extension("best.safetensors");
-    if let Some(best) = &outcome.best {
-        best.network
-            .save(&best_path)
-            .with_context(|| format!("cannot write {}", best_path.display()))?;
-    }
-    let history = &outcome.history;
-    let clean = gauntlet_eval::evaluate_clean(
-        &model,
-        &test_set,
-        config.eval_batch_size,
-        &gauntlet_core::NoProgress,
-    )?;
-    let mut record = record_header(
-        RunKind::Train,
-        config.seed,
-        &model,
-        &info,
-        None,
-        test_set.record(),
-    );
-    record.clean = Some(CleanRecord {
-        accuracy: clean.accuracy,
-        correct: clean.correct,
-        predictions: clean.predictions,
-        labels: test_set.labels().to_vec(),
-    });
-    record.training = Some(TrainingRecord {
-        train_dataset: train_set.record(),
-        arch: arch.name().into(),
-        epochs: config.epochs,
-        batch_size: config.batch_size,
-        optimizer: optimizer.name().into(),
-        learning_rate: config.learning_rate,
-        momentum: if optimizer == OptimizerKind::Sgd {
-            config.momentum
-        } else {
-            0.0
-        },
-        mean: config.normalization.mean.clone(),
-        std: config.normalization.std.clone(),
-        history: history
-            .iter()
-            .map(|e| gauntlet_record::EpochRecord {
-                epoch: e.epoch,
-                train_loss: e.train_loss,
-                train_accuracy: e.train_accuracy,
-                test_accuracy: e.test_accuracy,
-                robust_accuracy: e.robust_accuracy,
-                epsilon: e.epsilon,
-                learning_rate: Some(e.learning_rate),
-                wall_seconds: e.wall_seconds,
-            })
-            .collect(),
-        schedule: args.schedule.clone(),
-        adversarial: config.adversarial.as_ref().map(|a| {
-            gauntlet_record::AdversarialTrainingRecord {
-                method: a.method.name().into(),
-                norm: match a.norm {
-                    gauntlet_core::Norm::Linf => "linf".into(),
-                    gauntlet_core::Norm::L2 => "l2".into(),
-                },
-                epsilon: a.epsilon,
-                steps: a.steps,
-                relative_step_size: a.relative_step_size,
-                warmup_epochs: a.warmup_epochs,
-                beta: a.beta,
-                clean_weight: a.clean_weight,
-                robust_eval_samples: config.robust_eval_samples,
-                robust_eval_steps: config.robust_eval_steps,
-            }
-        }),
-        best_epoch: outcome.best.as_ref().map(|b| b.epoch),
-        warnings: outcome.warnings.clone(),
-    });
+    let output = plan.run(&progress, None)?;
+    let mut record = output.record;
+    // The whole command's time, loading included.
     record.wall_seconds = started.elapsed().as_secs_f64();
     let record_path = args.out.with_extension("record.json");
     write_record(&record_path, &record)?;
-    println!(
-        "trained {} for {} epochs: test accuracy {:.2}% on {} samples, {:.1}s",
-        arch,
-        outcome.history.len(),
-        100.0 * clean.accuracy,
-        test_set.len(),
-        record.wall_seconds
-    );
-    println!("wrote {} and {}", args.out.display(), record_path.display());
-    if let Some(best) = &outcome.best {
-        println!(
-            "best robust accuracy {:.2}% after epoch {}: wrote {}",
-            100.0 * best.robust_accuracy,
-            best.epoch,
-            best_path.display()
-        );
-    }
+    crate::summary::print_training(&record, &args.out, &record_path, output.best.as_ref());
     // model.safetensors → model.report/ beside it.
     write_run_report(&args.out.with_extension("report"), &record, &record_path)
 }

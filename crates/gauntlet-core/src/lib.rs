@@ -25,7 +25,7 @@ pub use loss::{
     cross_entropy_per_sample, cross_entropy_sum, largest, log_softmax, log_softmax_dim, softmax,
     softmax_dim,
 };
-pub use memory::{available_memory, ensure_memory, human_bytes};
+pub use memory::{available_memory, ensure_batch_fits, ensure_memory, human_bytes};
 pub use observer::{NoProgress, Observer};
 pub use runtime::configure_threads;
 pub use seed::SeedStream;

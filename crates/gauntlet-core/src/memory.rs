@@ -40,6 +40,47 @@ pub fn ensure_memory(needed: u64, what: &str, advice: &str) -> Result<()> {
     }
 }
 
+/// Refuse a batch size whose working memory cannot fit, before any compute: a
+/// clear error naming `flag` (the setting that chose it, e.g. `--batch-size`)
+/// and a size that fits, instead of the out-of-memory killer part-way through a
+/// run. `fixed` is what the work needs whatever the batch (training's weights,
+/// gradients and optimiser state); at most `samples` are ever in one batch.
+pub fn ensure_batch_fits(
+    flag: &str,
+    bytes_per_sample: u64,
+    fixed: u64,
+    batch_size: usize,
+    samples: usize,
+) -> Result<()> {
+    let batch = batch_size.min(samples).max(1) as u64;
+    let needed = bytes_per_sample.saturating_mul(batch).saturating_add(fixed);
+    let Some(available) = available_memory() else {
+        return Ok(());
+    };
+    if needed <= available {
+        return Ok(());
+    }
+    // A third of what would just fit leaves room for everything else (allocator
+    // overhead, the data, buffers of other sizes).
+    let fits = available.saturating_sub(fixed) / bytes_per_sample.max(1) / 3;
+    let suggestion = if fits >= 1 {
+        format!("use {flag} {fits} or less")
+    } else {
+        "not even one sample fits; free memory or use a larger machine".into()
+    };
+    let batch_text = if batch_size as u64 > batch {
+        format!("{flag} {batch_size} ({batch} samples here)")
+    } else {
+        format!("{flag} {batch_size}")
+    };
+    Err(Error::OutOfMemory(format!(
+        "{batch_text} needs about {} of memory ({} per sample) but only {} is available; {suggestion}",
+        human_bytes(needed),
+        human_bytes(bytes_per_sample),
+        human_bytes(available)
+    )))
+}
+
 /// `1.5 GiB`, `300.0 MiB`, `12 KiB`.
 pub fn human_bytes(bytes: u64) -> String {
     const KIB: f64 = 1024.0;

@@ -2,14 +2,17 @@
 //!
 //! Compatibility checks between model and data, clean accuracy with one verdict
 //! per sample in dataset order, and robust accuracy over attack suites with the
-//! per-sample worst case ([`evaluate_robust`]).
+//! per-sample worst case ([`evaluate_robust`]); the whole evaluation job as one
+//! library call ([`EvalJob`]).
 
 mod artifacts;
+mod job;
 mod journal;
 mod robust;
 mod suite;
 
 pub use artifacts::{adversarial_npz, gallery, Examples, GALLERY_CANDIDATES};
+pub use job::{model_record, record_header, AdversarialExamples, EvalJob, EvalOutput, EvalPlan};
 pub use journal::{journal_fingerprint, FileJournal, JOURNAL_FILE};
 pub use robust::{
     evaluate_robust, evaluate_robust_journaled, model_sanity, AttackResult, BatchOutcome, Journal,
@@ -38,6 +41,17 @@ pub enum Error {
     /// A bad argument.
     #[error("{0}")]
     Invalid(String),
+    /// A job's setting is out of range or contradicts another, or the data.
+    #[error("{setting} {problem}")]
+    Setting {
+        /// Which setting.
+        setting: &'static str,
+        /// What is wrong with it and what was expected.
+        problem: String,
+    },
+    /// From the model layer.
+    #[error(transparent)]
+    Model(#[from] gauntlet_models::Error),
     /// From the core vocabulary.
     #[error(transparent)]
     Core(#[from] gauntlet_core::Error),

@@ -109,6 +109,20 @@ pub struct ScanReport {
 }
 
 impl ScanReport {
+    /// What a run record says about the scan of the model it loaded.
+    pub fn to_record(&self) -> gauntlet_record::ModelScanRecord {
+        gauntlet_record::ModelScanRecord {
+            format: self.format.clone(),
+            worst: self.worst().map(|s| s.as_str().to_string()),
+            findings: self
+                .findings
+                .iter()
+                .map(|f| format!("{}: {} ({})", f.severity.as_str(), f.message, f.location))
+                .collect(),
+            imports: self.imports.clone(),
+        }
+    }
+
     /// The most severe finding.
     pub fn worst(&self) -> Option<Severity> {
         self.findings.iter().map(|f| f.severity).max()

@@ -5,6 +5,7 @@
 //! so a training run is reproducible bit for bit on the same machine and build.
 
 pub mod checkpoint;
+mod job;
 mod objective;
 mod optim;
 
@@ -18,6 +19,7 @@ use gauntlet_data::Dataset;
 use gauntlet_models::{Arch, NativeGraph, Network, Normalization};
 use serde::{Deserialize, Serialize};
 
+pub use job::{BestSaved, TrainJob, TrainOutput, TrainPlan};
 pub use optim::{Adam, Optimizer, OptimizerKind, OptimizerSettings, Sgd};
 
 /// Errors of training.
@@ -45,6 +47,26 @@ pub enum Error {
     /// From candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A job's setting is out of range or contradicts another; settings are named
+    /// as the command line names them.
+    #[error("{setting} {problem}")]
+    Setting {
+        /// Which setting.
+        setting: &'static str,
+        /// What is wrong with it and what was expected.
+        problem: String,
+    },
+    /// A file could not be written or removed.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// What was being done (e.g. `remove the earlier checkpoint`).
+        action: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
     /// A checkpoint could not be written, read or resumed.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
@@ -138,6 +160,15 @@ impl LrSchedule {
             other => Err(Error::Config(format!(
                 "unknown learning-rate schedule '{other}', expected constant, step or cyclic"
             ))),
+        }
+    }
+
+    /// The name [`LrSchedule::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Constant => "constant",
+            Self::Step => "step",
+            Self::Cyclic => "cyclic",
         }
     }
 

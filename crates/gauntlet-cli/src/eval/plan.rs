@@ -2,30 +2,22 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use gauntlet_core::Classifier;
-use gauntlet_data::{Dataset, Split};
+use anyhow::{bail, Result};
+use gauntlet_data::Split;
 use gauntlet_eval::Suite;
-use gauntlet_models::{Model, ModelInfo};
-use gauntlet_record::{ModelScanRecord, SuiteRecord};
+use gauntlet_models::ModelInfo;
+use gauntlet_record::SuiteRecord;
 
 use super::RunArgs;
 use crate::toolbox::{
-    check_out_dir, ensure_batch_fits, load_data, load_model_checked, DataArgs, ModelArgs,
+    check_out_dir, command_line, load_data, load_model_checked, DataArgs, ModelArgs,
 };
 
-/// Everything an evaluation needs, resolved and checked before any compute.
+/// The library's checked evaluation, and what the command needs around it.
 pub(super) struct EvalPlan {
-    pub(super) model: Model,
+    pub(super) job: gauntlet_eval::EvalPlan,
     pub(super) info: ModelInfo,
-    pub(super) scan: Option<ModelScanRecord>,
-    pub(super) data: Dataset,
     pub(super) split: Split,
-    pub(super) seed: u64,
-    pub(super) batch_size: usize,
-    pub(super) suite: Option<(Suite, SuiteRecord)>,
-    pub(super) save_adversarial: bool,
-    pub(super) shard: Option<gauntlet_record::ShardRecord>,
     pub(super) out: PathBuf,
     pub(super) resume: bool,
     pub(super) quiet: bool,
@@ -72,50 +64,30 @@ pub(super) fn plan(
     check_out_dir(&out, run.force || resume)?;
     let shard = run.shard.as_deref().map(parse_shard).transpose()?;
     let (loaded, info, scan) = load_model_checked(model)?;
-    let mut dataset = load_data(data, split, Some(info.input_shape[0]))?;
-    let shard = match shard {
-        None => None,
-        Some((k, n)) => {
-            let total = dataset.len();
-            if n > total {
-                bail!("--shard {k}/{n}: {n} shards of {total} samples would leave some empty");
-            }
-            let range = (k - 1) * total / n..k * total / n;
-            let first_sample = range.start;
-            dataset = dataset.shard(range)?;
-            Some(gauntlet_record::ShardRecord {
-                index: k,
-                count: n,
-                first_sample,
-                total_samples: total,
-            })
-        }
+    let dataset = load_data(data, split, Some(info.input_shape[0]))?;
+    let job = gauntlet_eval::EvalJob {
+        model: loaded,
+        model_record: gauntlet_eval::model_record(&info, scan),
+        data: dataset,
+        suite,
+        seed: run.seed,
+        batch_size: run.batch_size,
+        keep_examples: run.save_adversarial,
+        shard,
+        command: command_line(),
     };
-    gauntlet_eval::check_compatible(&loaded, &dataset).with_context(|| {
-        format!(
+    let job = job.plan().map_err(|err| match err {
+        gauntlet_eval::Error::Incompatible(_) => anyhow::Error::new(err).context(format!(
             "model {} does not fit dataset {}",
             model.model.display(),
             data.data.display()
-        )
+        )),
+        other => other.into(),
     })?;
-    ensure_batch_fits(
-        "--batch-size",
-        loaded.bytes_per_sample(),
-        0,
-        run.batch_size,
-        dataset.len(),
-    )?;
     Ok(EvalPlan {
-        model: loaded,
+        job,
         info,
-        scan,
-        data: dataset,
         split,
-        seed: run.seed,
-        batch_size: run.batch_size,
-        suite,
-        save_adversarial: run.save_adversarial,
-        shard,
         out,
         resume,
         quiet: run.quiet,

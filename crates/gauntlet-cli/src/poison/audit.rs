@@ -61,7 +61,7 @@ pub(super) fn audit(args: AuditArgs) -> Result<()> {
     let test = load_data(&test_args, Split::Test, None)?;
     injection.validate(&train)?;
     // Training uses its default batch of 50: a few MB per batch.
-    crate::toolbox::ensure_batch_fits(
+    gauntlet_core::ensure_batch_fits(
         "--batch-size",
         training.arch.bytes_per_sample(),
         training.arch.training_fixed_bytes(),

@@ -85,7 +85,7 @@ pub(super) fn detect(args: DetectArgs) -> Result<()> {
     };
     let train = load_data(&args.data, Split::Train, None)?;
     gauntlet_eval::check_compatible(&model, &train)?;
-    crate::toolbox::ensure_batch_fits(
+    gauntlet_core::ensure_batch_fits(
         "--batch-size",
         model.bytes_per_sample(),
         0,

@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 
 mod errors;
 mod eval;
+mod library;
 mod poison;
 mod report;
 mod scan;
