@@ -18,6 +18,7 @@ mod train;
 
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::Parser;
 
 // Attack and training steps allocate and free large tensors every step; glibc
@@ -28,7 +29,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     // Parsing spawns no threads, so the thread count can still be set afterwards.
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err)
+            if err.use_stderr()
+                && err.kind() != ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            eprintln!("error: {}", usage_error_line(&err));
+            return ExitCode::from(2);
+        }
+        // --help, --version, or `gauntlet` alone: clap prints them as usual.
+        Err(err) => err.exit(),
+    };
     gauntlet_core::configure_threads(cli.threads);
     match cli::run(cli) {
         Ok(code) => code,
@@ -59,4 +71,21 @@ pub(crate) fn one_line(err: &anyhow::Error) -> String {
         }
     }
     parts.join(": ")
+}
+
+/// A command-line error on one line, like every other error: clap's message and
+/// its hints (possible values, a similar flag), without the usage block.
+fn usage_error_line(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    let mut line = String::new();
+    for part in rendered.lines().map(str::trim).filter(|l| {
+        !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+    }) {
+        let part = part.strip_prefix("error: ").unwrap_or(part);
+        if !line.is_empty() {
+            line.push_str(if line.ends_with(':') { " " } else { "; " });
+        }
+        line.push_str(part);
+    }
+    line
 }

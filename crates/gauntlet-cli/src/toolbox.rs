@@ -20,9 +20,9 @@ pub(crate) struct ModelArgs {
     /// Model file: .safetensors, .pt/.pth (PyTorch state dict) or .onnx.
     #[arg(long)]
     pub(crate) model: PathBuf,
-    /// Architecture, for files that do not record one: mlp, cnn, cifar-cnn.
-    #[arg(long)]
-    pub(crate) arch: Option<String>,
+    /// Architecture, for files that do not record one.
+    #[arg(long, value_parser = one_of(&Arch::ALL, Arch::name))]
+    pub(crate) arch: Option<Arch>,
     /// Per-channel mean to fold into the model, e.g. 0.1307 or 0.4914,0.4822,0.4465.
     #[arg(long, value_delimiter = ',', requires = "std")]
     pub(crate) mean: Option<Vec<f32>>,
@@ -102,6 +102,22 @@ impl DataArgs {
     }
 }
 
+/// A flag whose values are a closed set the library names (`ALL` and `name`):
+/// clap lists the names in `--help` and refuses any other value, naming them.
+pub(crate) fn one_of<T: Copy + Send + Sync + 'static>(
+    all: &'static [T],
+    name: fn(T) -> &'static str,
+) -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::TypedValueParser as _;
+    let names: Vec<&'static str> = all.iter().map(|&value| name(value)).collect();
+    clap::builder::PossibleValuesParser::new(names).try_map(move |chosen: String| {
+        all.iter()
+            .copied()
+            .find(|&value| name(value) == chosen)
+            .ok_or_else(|| format!("unknown value '{chosen}'"))
+    })
+}
+
 /// `--center-crop H[,W]`.
 fn parse_crop(text: &str) -> std::result::Result<[usize; 2], String> {
     let parse = |t: &str| match t.trim().parse::<usize>() {
@@ -124,7 +140,6 @@ pub(crate) fn command_line() -> Vec<String> {
 }
 
 fn model_options(args: &ModelArgs) -> Result<ModelOptions> {
-    let arch = args.arch.as_deref().map(Arch::parse).transpose()?;
     let normalization = match (&args.mean, &args.std) {
         (Some(mean), Some(std)) => Some(Normalization {
             mean: mean.clone(),
@@ -138,7 +153,7 @@ fn model_options(args: &ModelArgs) -> Result<ModelOptions> {
         Some(other) => bail!("--input-shape {other:?} must be three positive numbers C,H,W"),
     };
     Ok(ModelOptions {
-        arch,
+        arch: args.arch,
         normalization,
         bounds: None,
         input_shape,

@@ -13,15 +13,15 @@ use gauntlet_train::{
 };
 
 use crate::progress::CliProgress;
-use crate::toolbox::{command_line, load_data, write_record, write_run_report, DataArgs};
+use crate::toolbox::{command_line, load_data, one_of, write_record, write_run_report, DataArgs};
 
 #[derive(Args, Debug)]
 pub(crate) struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// Architecture to train: mlp, cnn, cifar-cnn.
-    #[arg(long, default_value = "cnn")]
-    arch: String,
+    /// Architecture to train.
+    #[arg(long, default_value = "cnn", value_parser = one_of(&Arch::ALL, Arch::name))]
+    arch: Arch,
     /// Passes over the training split.
     #[arg(long, default_value_t = 10)]
     epochs: usize,
@@ -31,9 +31,9 @@ pub(crate) struct TrainArgs {
     /// Learning rate.
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
-    /// Optimiser: adam or sgd.
-    #[arg(long, default_value = "adam")]
-    optimizer: String,
+    /// Optimiser: Adam (Kingma & Ba 2015) or SGD with momentum.
+    #[arg(long, default_value = "adam", value_parser = one_of(&OptimizerKind::ALL, OptimizerKind::name))]
+    optimizer: OptimizerKind,
     /// SGD momentum.
     #[arg(long, default_value_t = 0.9)]
     momentum: f64,
@@ -47,11 +47,11 @@ pub(crate) struct TrainArgs {
     #[arg(long, value_delimiter = ',', requires = "mean")]
     std: Option<Vec<f32>>,
     /// Learning-rate schedule: constant, step (×0.1 at 50% and 75% of the epochs) or cyclic (one cycle).
-    #[arg(long, default_value = "constant")]
-    schedule: String,
+    #[arg(long, default_value = "constant", value_parser = one_of(&LrSchedule::ALL, LrSchedule::name))]
+    schedule: LrSchedule,
     /// Adversarial training: pgd (Madry et al. 2018), fgsm-rs (Wong et al. 2020) or trades (Zhang et al. 2019).
-    #[arg(long, requires = "epsilon")]
-    adversarial: Option<String>,
+    #[arg(long, requires = "epsilon", value_parser = one_of(&AdversarialMethod::ALL, AdversarialMethod::name))]
+    adversarial: Option<AdversarialMethod>,
     // The options below only mean something with --adversarial; clap refuses them
     // without it rather than silently training a standard model.
     /// Training ε (L∞ radius in pixel units, e.g. 0.3 for MNIST, 8/255 ≈ 0.031 for CIFAR-10).
@@ -101,16 +101,14 @@ pub(crate) struct TrainArgs {
 
 pub(crate) fn train(args: TrainArgs) -> Result<()> {
     let started = Instant::now();
-    let arch = Arch::parse(&args.arch)?;
-    let optimizer = OptimizerKind::parse(&args.optimizer)?;
     let normalization = match (args.mean, args.std) {
         (Some(mean), Some(std)) => Normalization { mean, std },
         _ => Normalization::default(),
     };
-    let adversarial = match (args.adversarial.as_deref(), args.epsilon) {
-        (Some(name), Some(epsilon)) => {
+    let adversarial = match (args.adversarial, args.epsilon) {
+        (Some(method), Some(epsilon)) => {
             let steps = args.attack_steps.unwrap_or(10);
-            let mut settings = match AdversarialMethod::parse(name)? {
+            let mut settings = match method {
                 AdversarialMethod::Pgd => AdversarialTraining::pgd(epsilon, steps),
                 AdversarialMethod::Trades => AdversarialTraining::trades(epsilon, steps),
                 AdversarialMethod::FgsmRs => AdversarialTraining {
@@ -132,16 +130,16 @@ pub(crate) fn train(args: TrainArgs) -> Result<()> {
     };
     let defaults = TrainConfig::default();
     let config = TrainConfig {
-        arch,
+        arch: args.arch,
         epochs: args.epochs,
         batch_size: args.batch_size,
         learning_rate: args.lr,
-        optimizer,
+        optimizer: args.optimizer,
         momentum: args.momentum,
         seed: args.seed,
         normalization,
         adversarial,
-        schedule: LrSchedule::parse(&args.schedule)?,
+        schedule: args.schedule,
         robust_eval_samples: args
             .robust_eval_samples
             .unwrap_or(defaults.robust_eval_samples),

@@ -44,6 +44,9 @@ pub enum Split {
 }
 
 impl Split {
+    /// Both splits.
+    pub const ALL: [Self; 2] = [Self::Train, Self::Test];
+
     /// `"train"` or `"test"`.
     pub fn as_str(self) -> &'static str {
         match self {

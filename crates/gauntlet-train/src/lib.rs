@@ -151,6 +151,9 @@ pub enum LrSchedule {
 }
 
 impl LrSchedule {
+    /// Every schedule, in the order the command line lists them.
+    pub const ALL: [Self; 3] = [Self::Constant, Self::Step, Self::Cyclic];
+
     /// `constant`, `step` or `cyclic`.
     pub fn parse(name: &str) -> Result<Self> {
         match name {
@@ -203,7 +206,10 @@ pub enum AdversarialMethod {
 }
 
 impl AdversarialMethod {
-    /// `pgd` or `fgsm-rs`.
+    /// Every method, in the order the command line lists them.
+    pub const ALL: [Self; 3] = [Self::Pgd, Self::FgsmRs, Self::Trades];
+
+    /// `pgd`, `fgsm-rs` or `trades`.
     pub fn parse(name: &str) -> Result<Self> {
         match name {
             "pgd" => Ok(Self::Pgd),
@@ -932,6 +938,38 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use candle_core::{Tensor, Var};
+
+    /// The closed sets the command line offers (`ALL` and `name`) are exactly
+    /// what `parse` reads (training configs and suites use it): each name once,
+    /// each parsing back to itself.
+    #[test]
+    fn every_named_choice_parses_back_to_itself() {
+        fn check<T: Copy + PartialEq + std::fmt::Debug>(
+            all: &[T],
+            name: fn(T) -> &'static str,
+            parse: fn(&str) -> Result<T>,
+        ) {
+            let mut names: Vec<_> = all.iter().map(|&v| name(v)).collect();
+            for &value in all {
+                assert_eq!(parse(name(value)).unwrap(), value);
+            }
+            names.sort_unstable();
+            names.dedup();
+            assert_eq!(names.len(), all.len(), "a name is used twice");
+            assert!(parse("no-such-choice").is_err());
+        }
+        check(
+            &OptimizerKind::ALL,
+            OptimizerKind::name,
+            OptimizerKind::parse,
+        );
+        check(&LrSchedule::ALL, LrSchedule::name, LrSchedule::parse);
+        check(
+            &AdversarialMethod::ALL,
+            AdversarialMethod::name,
+            AdversarialMethod::parse,
+        );
+    }
 
     #[test]
     fn native_cross_entropy_matches_candle_value_and_gradient() {

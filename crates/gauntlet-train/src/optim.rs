@@ -17,6 +17,9 @@ pub enum OptimizerKind {
 }
 
 impl OptimizerKind {
+    /// Every optimiser, in the order the command line lists them.
+    pub const ALL: [Self; 2] = [Self::Adam, Self::Sgd];
+
     /// `adam` or `sgd`.
     pub fn name(self) -> &'static str {
         match self {

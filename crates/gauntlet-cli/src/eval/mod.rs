@@ -9,16 +9,22 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
+use gauntlet_data::Split;
 use gauntlet_eval::{Suite, TargetSpec};
 
-use crate::toolbox::{DataArgs, ModelArgs};
+use crate::toolbox::{one_of, DataArgs, ModelArgs};
+
+/// `--targeted`, checked as clap parses it.
+fn parse_target(text: &str) -> std::result::Result<TargetSpec, String> {
+    gauntlet_eval::parse_target(text).map_err(|e| e.to_string())
+}
 
 /// Settings shared by every evaluating command.
 #[derive(Args, Debug)]
 struct RunArgs {
     /// Split to evaluate.
-    #[arg(long, default_value = "test")]
-    split: String,
+    #[arg(long, default_value = "test", value_parser = one_of(&Split::ALL, Split::as_str))]
+    split: Split,
     /// The run's seed (recorded; every random choice derives from it).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -89,8 +95,8 @@ pub(crate) struct AttackArgs {
     #[arg(long)]
     queries: Option<usize>,
     /// Targeted goal: random, least-likely, or a class index.
-    #[arg(long)]
-    targeted: Option<String>,
+    #[arg(long, value_parser = parse_target)]
+    targeted: Option<TargetSpec>,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -133,10 +139,7 @@ pub(crate) fn attack(args: AttackArgs) -> Result<()> {
         .iter()
         .map(|e| gauntlet_eval::parse_epsilon(e))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let target = match &args.targeted {
-        None => TargetSpec::None,
-        Some(t) => gauntlet_eval::parse_target(t)?,
-    };
+    let target = args.targeted.unwrap_or(TargetSpec::None);
     let suite = Suite::single(gauntlet_eval::SuiteAttack {
         name: args.attack.clone(),
         epsilons,

@@ -44,7 +44,7 @@ pub(super) fn plan(
     run: RunArgs,
     suite: Option<(Suite, SuiteRecord)>,
 ) -> Result<EvalPlan> {
-    let split: Split = run.split.parse()?;
+    let split = run.split;
     if run.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }

@@ -15,7 +15,7 @@ use gauntlet_train::TrainConfig;
 use super::options::{injection_config, methods, DetectorArgs, InjectionArgs};
 use super::{fresh_out_dir, manifest_json, print_findings};
 use crate::progress::CliProgress;
-use crate::toolbox::{load_data, record_header, write_record, DataArgs};
+use crate::toolbox::{load_data, one_of, record_header, write_record, DataArgs};
 
 #[derive(Args, Debug)]
 pub(crate) struct AuditArgs {
@@ -25,9 +25,9 @@ pub(crate) struct AuditArgs {
     injection: InjectionArgs,
     #[command(flatten)]
     detectors: DetectorArgs,
-    /// Architecture trained on the poisoned data: mlp, cnn, cifar-cnn.
-    #[arg(long, default_value = "cnn")]
-    arch: String,
+    /// Architecture trained on the poisoned data.
+    #[arg(long, default_value = "cnn", value_parser = one_of(&Arch::ALL, Arch::name))]
+    arch: Arch,
     /// Training epochs (poisoned and filtered models).
     #[arg(long, default_value_t = 3)]
     epochs: usize,
@@ -46,7 +46,7 @@ pub(super) fn audit(args: AuditArgs) -> Result<()> {
     let seed = injection.seed;
     let chosen = methods(&args.detectors, seed)?;
     let training = TrainConfig {
-        arch: Arch::parse(&args.arch)?,
+        arch: args.arch,
         epochs: args.epochs,
         seed,
         robust_eval_samples: 0,

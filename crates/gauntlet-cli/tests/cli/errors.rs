@@ -36,7 +36,8 @@ fn user_errors_exit_2_with_one_clear_line() {
             "--out",
             out,
         ]),
-        "unknown split 'validation'",
+        // A closed set: clap names the value and every accepted one.
+        "invalid value 'validation' for '--split <SPLIT>'; [possible values: train, test]",
     );
     assert_clear_error(
         &gauntlet(&[
@@ -91,7 +92,7 @@ fn user_errors_exit_2_with_one_clear_line() {
             "--out",
             out,
         ]),
-        "unknown architecture 'vgg'",
+        "invalid value 'vgg' for '--arch <ARCH>'; [possible values: mlp, cnn, cifar-cnn]",
     );
     let file = dir.path().join("file.txt");
     std::fs::write(&file, "x").unwrap();
@@ -129,7 +130,20 @@ fn user_errors_exit_2_with_one_clear_line() {
             "--out",
             "x.safetensors",
         ]),
-        "lbfgs",
+        "invalid value 'lbfgs' for '--optimizer <OPTIMIZER>'; [possible values: adam, sgd]",
+    );
+    // Other usage errors are one line too, hints kept.
+    assert_clear_error(
+        &gauntlet(&[
+            "train",
+            "--data",
+            "datasets/mnist-5k",
+            "--optimiser",
+            "sgd",
+            "--out",
+            "x.safetensors",
+        ]),
+        "unexpected argument '--optimiser' found; tip: a similar argument exists: '--optimizer'",
     );
     assert!(!out_exists(out), "no output may be written on error");
 }
