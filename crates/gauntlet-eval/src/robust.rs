@@ -269,57 +269,116 @@ pub fn evaluate_robust_journaled(
     observer: &dyn Observer,
     journal: &mut dyn Journal,
 ) -> Result<RobustResult> {
-    let mut computed_batches = 0usize;
     if config.batch_size == 0 {
         return Err(Error::Invalid("batch size must be at least 1".into()));
     }
-    let n = data.len();
     let root = SeedStream::new(config.seed);
-    // Smallest perturbation at which each sample has been broken, per norm.
-    let mut broken_at: BTreeMap<Norm, Vec<f64>> = BTreeMap::new();
-    let mut grids: BTreeMap<Norm, Vec<f64>> = BTreeMap::new();
-    let mut result = RobustResult::default();
-    let mut white_box_done: BTreeMap<Norm, bool> = BTreeMap::new();
-
+    let mut sweep = Sweep {
+        model,
+        data,
+        clean,
+        config,
+        observer,
+        journal,
+        computed_batches: 0,
+        broken_at: BTreeMap::new(),
+        grids: BTreeMap::new(),
+        white_box_done: BTreeMap::new(),
+        result: RobustResult::default(),
+    };
     for (position, entry) in suite.iter().enumerate() {
         let attack = entry.attack.as_ref();
-        let key_norm = attack.norm();
-        let mut epsilons = entry.epsilons.clone();
-        if let Some(bad) = epsilons.iter().find(|e| !(e.is_finite() && **e >= 0.0)) {
-            return Err(Error::Invalid(format!(
-                "{}: epsilon {bad} must be finite and >= 0",
-                attack.name()
-            )));
-        }
-        epsilons.sort_by(f64::total_cmp);
-        epsilons.dedup();
-        grids
-            .entry(key_norm)
+        let epsilons = sorted_epsilons(entry)?;
+        sweep
+            .grids
+            .entry(attack.norm())
             .or_default()
             .extend(epsilons.iter().copied());
-        let broken = broken_at
-            .entry(key_norm)
-            .or_insert_with(|| vec![f64::INFINITY; n]);
+        sweep
+            .broken_at
+            .entry(attack.norm())
+            .or_insert_with(|| vec![f64::INFINITY; data.len()]);
         let stream = root.derive(&format!("attack-{position}/{}", attack.name()));
-
         if attack.kind() == AttackKind::MinimalPerturbation {
-            let indices: Vec<usize> = (0..n).filter(|&i| clean.correct[i]).collect();
-            observer.start(attack.name(), indices.len() as u64);
-            let targets = targets_for(
-                entry.target,
-                model,
-                data,
-                &indices,
-                &stream,
-                config.batch_size,
-                config.first_sample,
-            )?;
-            let mut norms = vec![None; n];
-            let (mut grads, mut fwds, mut rejected) = (0, 0, 0);
-            let mut seconds = 0.0;
-            for (b, chunk) in indices.chunks(config.batch_size).enumerate() {
-                let key = format!("attack-{position}/minimal/batch-{b}");
-                let outcome = batch_outcome(journal, &key, chunk, &mut computed_batches, || {
+            sweep.minimal_attack(position, entry, &epsilons, &stream)?;
+            continue;
+        }
+        for &eps in &epsilons {
+            sweep.bounded_attack(position, entry, eps, &stream)?;
+        }
+        if attack.uses_gradients() {
+            sweep.white_box_done.insert(attack.norm(), true);
+        }
+    }
+    Ok(sweep.finish())
+}
+
+/// An attack's ε grid, checked, sorted and without repeats.
+fn sorted_epsilons(entry: &SuiteEntry) -> Result<Vec<f64>> {
+    let mut epsilons = entry.epsilons.clone();
+    if let Some(bad) = epsilons.iter().find(|e| !(e.is_finite() && **e >= 0.0)) {
+        return Err(Error::Invalid(format!(
+            "{}: epsilon {bad} must be finite and >= 0",
+            entry.attack.name()
+        )));
+    }
+    epsilons.sort_by(f64::total_cmp);
+    epsilons.dedup();
+    Ok(epsilons)
+}
+
+/// The state of a robust evaluation between attacks: the smallest perturbation
+/// at which each sample has been broken per norm (the per-sample worst case),
+/// the ε grids seen, and the result so far.
+struct Sweep<'a> {
+    model: &'a dyn Classifier,
+    data: &'a Dataset,
+    clean: &'a CleanResult,
+    config: &'a RobustConfig,
+    observer: &'a dyn Observer,
+    journal: &'a mut dyn Journal,
+    computed_batches: usize,
+    broken_at: BTreeMap<Norm, Vec<f64>>,
+    grids: BTreeMap<Norm, Vec<f64>>,
+    white_box_done: BTreeMap<Norm, bool>,
+    result: RobustResult,
+}
+
+impl Sweep<'_> {
+    /// A minimal-perturbation attack runs once per sample (no ε budget); its
+    /// norms then give robust accuracy at every ε of its grid.
+    fn minimal_attack(
+        &mut self,
+        position: usize,
+        entry: &SuiteEntry,
+        epsilons: &[f64],
+        stream: &SeedStream,
+    ) -> Result<()> {
+        let (model, data, clean, config) = (self.model, self.data, self.clean, self.config);
+        let attack = entry.attack.as_ref();
+        let n = data.len();
+        let indices: Vec<usize> = (0..n).filter(|&i| clean.correct[i]).collect();
+        self.observer.start(attack.name(), indices.len() as u64);
+        let targets = targets_for(
+            entry.target,
+            model,
+            data,
+            &indices,
+            stream,
+            config.batch_size,
+            config.first_sample,
+        )?;
+        let mut norms = vec![None; n];
+        let (mut grads, mut fwds, mut rejected) = (0, 0, 0);
+        let mut seconds = 0.0;
+        for (b, chunk) in indices.chunks(config.batch_size).enumerate() {
+            let key = format!("attack-{position}/minimal/batch-{b}");
+            let outcome = batch_outcome(
+                &mut *self.journal,
+                &key,
+                chunk,
+                &mut self.computed_batches,
+                || {
                     let images = gather(data, chunk, model)?;
                     let goal = make_goal(data, chunk, targets.as_deref(), &indices);
                     let outcome = run_attack(
@@ -342,83 +401,104 @@ pub fn evaluate_robust_journaled(
                         rejected: outcome.rejected,
                         ..BatchOutcome::default()
                     })
-                })?;
-                for &(i, norm) in &outcome.broken {
-                    norms[i] = Some(norm);
-                    broken[i] = broken[i].min(norm);
-                }
-                grads += outcome.gradients;
-                fwds += outcome.forwards;
-                rejected += outcome.rejected;
-                seconds += outcome.seconds;
-                observer.advance(chunk.len() as u64, "");
+                },
+            )?;
+            let broken = self.broken(attack.norm());
+            for &(i, norm) in &outcome.broken {
+                norms[i] = Some(norm);
+                broken[i] = broken[i].min(norm);
             }
-            let found: Vec<f64> = norms.iter().flatten().copied().collect();
-            for (k, &eps) in epsilons.iter().enumerate() {
-                let robust: Vec<bool> = (0..n)
-                    .map(|i| clean.correct[i] && broken[i] > eps)
-                    .collect();
-                let newly = (0..n)
-                    .filter(|&i| norms[i].is_some_and(|v| v <= eps))
-                    .count();
-                result.attacks.push(AttackResult {
-                    attack: attack.name().into(),
-                    norm: norm_name(attack.norm()),
-                    kind: kind_name(attack.kind()),
-                    parameters: attack.parameters(),
-                    target: target_value(entry.target),
-                    epsilon: eps,
-                    robust_accuracy: gauntlet_record::accuracy_of(&robust),
-                    robust,
-                    attacked: indices.len(),
-                    newly_broken: newly,
-                    gradient_evaluations: if k == 0 { grads } else { 0 },
-                    forward_evaluations: if k == 0 { fwds } else { 0 },
-                    wall_seconds: if k == 0 { seconds } else { 0.0 },
-                    mean_perturbation: mean(&found),
-                    max_perturbation: found.iter().copied().fold(0.0, f64::max),
-                    rejected,
-                });
-            }
-            observer.finish(&format!(
-                "{}: adversarial examples for {} of {} samples",
-                attack.name(),
-                found.len(),
-                indices.len()
-            ));
-            result.minimal.push(MinimalNorms {
+            grads += outcome.gradients;
+            fwds += outcome.forwards;
+            rejected += outcome.rejected;
+            seconds += outcome.seconds;
+            self.observer.advance(chunk.len() as u64, "");
+        }
+        let found: Vec<f64> = norms.iter().flatten().copied().collect();
+        for (k, &eps) in epsilons.iter().enumerate() {
+            let robust = self.robust_at(attack.norm(), eps);
+            let newly = (0..n)
+                .filter(|&i| norms[i].is_some_and(|v| v <= eps))
+                .count();
+            self.result.attacks.push(AttackResult {
                 attack: attack.name().into(),
                 norm: norm_name(attack.norm()),
-                norms,
+                kind: kind_name(attack.kind()),
+                parameters: attack.parameters(),
+                target: target_value(entry.target),
+                epsilon: eps,
+                robust_accuracy: gauntlet_record::accuracy_of(&robust),
+                robust,
+                attacked: indices.len(),
+                newly_broken: newly,
+                // The work was done once, for the whole grid.
+                gradient_evaluations: if k == 0 { grads } else { 0 },
+                forward_evaluations: if k == 0 { fwds } else { 0 },
+                wall_seconds: if k == 0 { seconds } else { 0.0 },
+                mean_perturbation: mean(&found),
+                max_perturbation: found.iter().copied().fold(0.0, f64::max),
+                rejected,
             });
-            continue;
         }
+        self.observer.finish(&format!(
+            "{}: adversarial examples for {} of {} samples",
+            attack.name(),
+            found.len(),
+            indices.len()
+        ));
+        self.result.minimal.push(MinimalNorms {
+            attack: attack.name().into(),
+            norm: norm_name(attack.norm()),
+            norms,
+        });
+        Ok(())
+    }
 
-        for &eps in &epsilons {
-            let indices: Vec<usize> = (0..n)
-                .filter(|&i| clean.correct[i] && broken[i] > eps)
-                .collect();
-            observer.start(
-                &format!("{} ε={eps:.4}", attack.name()),
-                indices.len() as u64,
-            );
-            let eps_stream = stream.derive(&format!("eps-{eps}"));
-            let targets = targets_for(
-                entry.target,
-                model,
-                data,
-                &indices,
-                &eps_stream,
-                config.batch_size,
-                config.first_sample,
-            )?;
-            let (mut grads, mut fwds, mut rejected, mut newly) = (0, 0, 0, 0);
-            let mut found_norms = Vec::new();
-            let mut black_box_only = 0;
-            let mut seconds = 0.0;
-            for (b, chunk) in indices.chunks(config.batch_size).enumerate() {
-                let key = format!("attack-{position}/eps-{eps}/batch-{b}");
-                let outcome = batch_outcome(journal, &key, chunk, &mut computed_batches, || {
+    /// A budgeted attack at one ε, on the samples no attack has broken at that ε
+    /// yet (earlier attacks and smaller ε prune the work).
+    fn bounded_attack(
+        &mut self,
+        position: usize,
+        entry: &SuiteEntry,
+        eps: f64,
+        stream: &SeedStream,
+    ) -> Result<()> {
+        let (model, data, config) = (self.model, self.data, self.config);
+        let attack = entry.attack.as_ref();
+        let n = data.len();
+        let indices = self.still_robust(attack.norm(), eps);
+        self.observer.start(
+            &format!("{} ε={eps:.4}", attack.name()),
+            indices.len() as u64,
+        );
+        let eps_stream = stream.derive(&format!("eps-{eps}"));
+        let targets = targets_for(
+            entry.target,
+            model,
+            data,
+            &indices,
+            &eps_stream,
+            config.batch_size,
+            config.first_sample,
+        )?;
+        let (mut grads, mut fwds, mut rejected, mut newly) = (0, 0, 0, 0);
+        let mut found_norms = Vec::new();
+        let mut black_box_only = 0;
+        let mut seconds = 0.0;
+        let after_white_box = !attack.uses_gradients()
+            && self
+                .white_box_done
+                .get(&attack.norm())
+                .copied()
+                .unwrap_or(false);
+        for (b, chunk) in indices.chunks(config.batch_size).enumerate() {
+            let key = format!("attack-{position}/eps-{eps}/batch-{b}");
+            let outcome = batch_outcome(
+                &mut *self.journal,
+                &key,
+                chunk,
+                &mut self.computed_batches,
+                || {
                     let images = gather(data, chunk, model)?;
                     let goal = make_goal(data, chunk, targets.as_deref(), &indices);
                     let outcome = run_attack(
@@ -429,125 +509,154 @@ pub fn evaluate_robust_journaled(
                         eps,
                         &eps_stream.per_sample(&sample_ids(chunk, config.first_sample)),
                     )?;
-                    let mut found = BatchOutcome {
-                        gradients: outcome.gradients,
-                        forwards: outcome.forwards,
-                        rejected: outcome.rejected,
-                        ..BatchOutcome::default()
-                    };
-                    // Misclassification is what robust accuracy measures, whatever the goal.
-                    for (j, &i) in chunk.iter().enumerate() {
-                        // Rejected proposals were replaced by the (correctly classified)
-                        // clean input, so a misclassified output within ε is a real break.
-                        let within = outcome.norms[j]
-                            <= eps * (1.0 + gauntlet_attacks::NORM_TOLERANCE)
-                                + gauntlet_attacks::NORM_TOLERANCE;
-                        if outcome.predictions[j] != data.labels()[i] && within {
-                            found.broken.push((i, outcome.norms[j]));
-                            if config.keep_examples || i < config.gallery_samples {
-                                let image = outcome
-                                    .adversarial
-                                    .narrow(0, j, 1)?
-                                    .flatten_all()?
-                                    .to_dtype(candle_core::DType::F32)?
-                                    .to_vec1::<f32>()?;
-                                found.examples.push((i, image));
-                            }
-                        }
-                    }
-                    Ok(found)
-                })?;
-                for &(i, norm) in &outcome.broken {
-                    newly += 1;
-                    found_norms.push(norm);
-                    broken[i] = broken[i].min(norm.min(eps));
-                    if !attack.uses_gradients()
-                        && white_box_done.get(&key_norm).copied().unwrap_or(false)
-                    {
-                        black_box_only += 1;
-                    }
+                    breaks_within(&outcome, chunk, data, eps, config)
+                },
+            )?;
+            let broken = self.broken(attack.norm());
+            for &(i, norm) in &outcome.broken {
+                newly += 1;
+                found_norms.push(norm);
+                broken[i] = broken[i].min(norm.min(eps));
+                if after_white_box {
+                    black_box_only += 1;
                 }
-                for (i, image) in outcome.examples {
-                    result
-                        .examples
-                        .entry(i)
-                        .or_insert((eps, attack.name().to_string(), image));
-                }
-                seconds += outcome.seconds;
-                grads += outcome.gradients;
-                fwds += outcome.forwards;
-                rejected += outcome.rejected;
-                let robust_now = (0..n)
-                    .filter(|&i| clean.correct[i] && broken[i] > eps)
-                    .count();
-                observer.advance(
-                    chunk.len() as u64,
-                    &format!("robust {:.1}%", 100.0 * robust_now as f64 / n as f64),
-                );
             }
-            let robust: Vec<bool> = (0..n)
-                .map(|i| clean.correct[i] && broken[i] > eps)
-                .collect();
-            let robust_accuracy = gauntlet_record::accuracy_of(&robust);
-            observer.finish(&format!(
-                "{} ε={eps}: robust accuracy {:.2}% ({newly} newly broken of {} attacked)",
-                attack.name(),
-                100.0 * robust_accuracy,
-                indices.len()
-            ));
-            if black_box_only > 0 {
-                result.warnings.push(Warning {
-                    code: "black-box-beats-white-box".into(),
-                    message: format!("{} (gradient-free) broke {black_box_only} samples at ε = {eps} that the gradient-based attacks before it could not", attack.name()),
-                    cause: "gradients are masked or obfuscated (e.g. saturated softmax, non-differentiable preprocessing, randomness), so white-box attacks underestimate the threat".into(),
-                    remedy: "trust the worst case, not the white-box numbers; use logits (not probabilities), DLR-loss attacks (apgd-dlr) and more restarts".into(),
-                });
+            for (i, image) in outcome.examples {
+                self.result
+                    .examples
+                    .entry(i)
+                    .or_insert((eps, attack.name().to_string(), image));
             }
-            result.attacks.push(AttackResult {
-                attack: attack.name().into(),
-                norm: norm_name(attack.norm()),
-                kind: kind_name(attack.kind()),
-                parameters: attack.parameters(),
-                target: target_value(entry.target),
-                epsilon: eps,
-                robust_accuracy,
-                robust,
-                attacked: indices.len(),
-                newly_broken: newly,
-                gradient_evaluations: grads,
-                forward_evaluations: fwds,
-                wall_seconds: seconds,
-                mean_perturbation: mean(&found_norms),
-                max_perturbation: found_norms.iter().copied().fold(0.0, f64::max),
-                rejected,
+            seconds += outcome.seconds;
+            grads += outcome.gradients;
+            fwds += outcome.forwards;
+            rejected += outcome.rejected;
+            let robust_now = self.still_robust(attack.norm(), eps).len();
+            self.observer.advance(
+                chunk.len() as u64,
+                &format!("robust {:.1}%", 100.0 * robust_now as f64 / n as f64),
+            );
+        }
+        let robust = self.robust_at(attack.norm(), eps);
+        let robust_accuracy = gauntlet_record::accuracy_of(&robust);
+        self.observer.finish(&format!(
+            "{} ε={eps}: robust accuracy {:.2}% ({newly} newly broken of {} attacked)",
+            attack.name(),
+            100.0 * robust_accuracy,
+            indices.len()
+        ));
+        if black_box_only > 0 {
+            self.result.warnings.push(Warning {
+                code: "black-box-beats-white-box".into(),
+                message: format!("{} (gradient-free) broke {black_box_only} samples at ε = {eps} that the gradient-based attacks before it could not", attack.name()),
+                cause: "gradients are masked or obfuscated (e.g. saturated softmax, non-differentiable preprocessing, randomness), so white-box attacks underestimate the threat".into(),
+                remedy: "trust the worst case, not the white-box numbers; use logits (not probabilities), DLR-loss attacks (apgd-dlr) and more restarts".into(),
             });
         }
-        if attack.uses_gradients() {
-            white_box_done.insert(key_norm, true);
-        }
+        self.result.attacks.push(AttackResult {
+            attack: attack.name().into(),
+            norm: norm_name(attack.norm()),
+            kind: kind_name(attack.kind()),
+            parameters: attack.parameters(),
+            target: target_value(entry.target),
+            epsilon: eps,
+            robust_accuracy,
+            robust,
+            attacked: indices.len(),
+            newly_broken: newly,
+            gradient_evaluations: grads,
+            forward_evaluations: fwds,
+            wall_seconds: seconds,
+            mean_perturbation: mean(&found_norms),
+            max_perturbation: found_norms.iter().copied().fold(0.0, f64::max),
+            rejected,
+        });
+        Ok(())
     }
 
-    for (key, mut grid) in grids {
-        grid.sort_by(f64::total_cmp);
-        grid.dedup();
-        let broken = &broken_at[&key];
-        for eps in grid {
-            let robust: Vec<bool> = (0..n)
-                .map(|i| clean.correct[i] && broken[i] > eps)
-                .collect();
-            result.worst_case.push(WorstCase {
-                norm: norm_name(key),
-                epsilon: eps,
-                robust_accuracy: gauntlet_record::accuracy_of(&robust),
-                robust,
-            });
+    /// The smallest perturbation found per sample so far, in `norm`.
+    fn broken(&mut self, norm: Norm) -> &mut Vec<f64> {
+        let n = self.data.len();
+        self.broken_at
+            .entry(norm)
+            .or_insert_with(|| vec![f64::INFINITY; n])
+    }
+
+    /// Whether each sample is still robust at `eps`: correctly classified and not
+    /// broken by any attack at or below it.
+    fn robust_at(&self, norm: Norm, eps: f64) -> Vec<bool> {
+        let broken = &self.broken_at[&norm];
+        (0..self.data.len())
+            .map(|i| self.clean.correct[i] && broken[i] > eps)
+            .collect()
+    }
+
+    /// The samples still robust at `eps`, in dataset order.
+    fn still_robust(&self, norm: Norm, eps: f64) -> Vec<usize> {
+        let robust = self.robust_at(norm, eps);
+        (0..robust.len()).filter(|&i| robust[i]).collect()
+    }
+
+    /// The per-sample worst case over every attack, per norm and ε of any grid,
+    /// and the warnings that read it.
+    fn finish(mut self) -> RobustResult {
+        for (norm, mut grid) in std::mem::take(&mut self.grids) {
+            grid.sort_by(f64::total_cmp);
+            grid.dedup();
+            for eps in grid {
+                let robust = self.robust_at(norm, eps);
+                self.result.worst_case.push(WorstCase {
+                    norm: norm_name(norm),
+                    epsilon: eps,
+                    robust_accuracy: gauntlet_record::accuracy_of(&robust),
+                    robust,
+                });
+            }
+        }
+        let mut result = self.result;
+        result.warnings.extend(rising_warnings(&result.worst_case));
+        result
+            .warnings
+            .extend(large_epsilon_warnings(self.model, &result.worst_case));
+        result
+    }
+}
+
+/// The samples of a batch an attack at `eps` broke (misclassified within ε,
+/// whatever its goal: that is what robust accuracy measures), with their
+/// adversarial images where they are kept.
+fn breaks_within(
+    outcome: &gauntlet_attacks::AttackOutcome,
+    chunk: &[usize],
+    data: &Dataset,
+    eps: f64,
+    config: &RobustConfig,
+) -> Result<BatchOutcome> {
+    let mut found = BatchOutcome {
+        gradients: outcome.gradients,
+        forwards: outcome.forwards,
+        rejected: outcome.rejected,
+        ..BatchOutcome::default()
+    };
+    for (j, &i) in chunk.iter().enumerate() {
+        // Rejected proposals were replaced by the (correctly classified) clean
+        // input, so a misclassified output within ε is a real break.
+        let within = outcome.norms[j]
+            <= eps * (1.0 + gauntlet_attacks::NORM_TOLERANCE) + gauntlet_attacks::NORM_TOLERANCE;
+        if outcome.predictions[j] != data.labels()[i] && within {
+            found.broken.push((i, outcome.norms[j]));
+            if config.keep_examples || i < config.gallery_samples {
+                let image = outcome
+                    .adversarial
+                    .narrow(0, j, 1)?
+                    .flatten_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1::<f32>()?;
+                found.examples.push((i, image));
+            }
         }
     }
-    result.warnings.extend(rising_warnings(&result.worst_case));
-    result
-        .warnings
-        .extend(large_epsilon_warnings(model, &result.worst_case));
-    Ok(result)
+    Ok(found)
 }
 
 fn mean(v: &[f64]) -> f64 {
