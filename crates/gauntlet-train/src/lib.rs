@@ -527,98 +527,186 @@ pub fn train_with(
     observer: &dyn Observer,
     control: RunControl<'_>,
 ) -> Result<TrainOutcome> {
-    config.validate()?;
-    let device = Device::Cpu;
-    let seed = SeedStream::new(config.seed);
-    let (initial, _) = Network::init(
-        config.arch,
-        config.normalization.clone(),
-        &seed.derive("init"),
-        &device,
-    )?;
-    let initial = initial.detached();
-    gauntlet_eval::check_compatible(&initial, train_data)?;
-    gauntlet_eval::check_compatible(&initial, test_data)?;
-    let Some(engine) = initial.native() else {
-        return Err(Error::Config(
-            "training runs on the CPU's native engine with f32 weights".into(),
-        ));
-    };
-    // Shared with the classifier that adversarial training attacks; the optimiser
-    // writes through `Arc::make_mut` once the attack's graph has been dropped.
-    let mut engine = Arc::new(engine.clone());
-    let bounds = initial.bounds();
-    if let Some(settings) = &config.adversarial {
-        let range = bounds.max - bounds.min;
-        if settings.epsilon > range {
-            return Err(Error::Config(format!(
-                "adversarial epsilon {} exceeds the input range [{}, {}]: every image is reachable; expected at most {range}",
-                settings.epsilon, bounds.min, bounds.max
-            )));
-        }
-    }
-    let adversarial = config
-        .adversarial
-        .as_ref()
-        .map(|a| -> Result<_> { Ok((a, a.attack()?)) })
-        .transpose()?;
-    let mut optimizer = Optimizer::new(
-        config.optimizer,
-        config.learning_rate,
-        config.momentum,
-        engine.params().len(),
-    );
-    let mut param_grads = vec![0.0f32; engine.params().len()];
-    let n = train_data.len();
-    let num_batches = n.div_ceil(config.batch_size);
-    let mut outcome = TrainOutcome {
-        last: initial,
-        best: None,
-        history: Vec::with_capacity(config.epochs),
-        warnings: Vec::new(),
-    };
-    let (mut epsilon_now, mut rate_now) = (None, config.learning_rate);
-    let mut stopped_early = false;
-    let mut best_params: Option<Vec<f32>> = None;
+    let mut run = Trainer::new(config, train_data, test_data)?;
     let mut first_epoch = 1;
-    let resumed = match control.checkpoint_dir {
-        Some(dir) => checkpoint::load(dir)?,
-        None => None,
-    };
-    if let Some(saved) = resumed {
-        check_resumable(
-            &saved.state,
-            config,
-            train_data,
-            test_data,
-            engine.params().len(),
-            saved.params.len(),
-        )?;
-        Arc::make_mut(&mut engine)
-            .params_mut()
-            .copy_from_slice(&saved.params);
-        optimizer = saved.optimizer;
-        outcome.last = Network::from_native(config.arch, &engine, bounds, &device)?;
-        if let (Some((epoch, robust_accuracy)), Some(params)) =
-            (saved.state.best, &saved.best_params)
-        {
-            outcome.best = Some(BestCheckpoint {
-                epoch,
-                robust_accuracy,
-                network: network_with(config.arch, &engine, params, bounds)?,
-            });
-        }
-        best_params = saved.best_params;
-        outcome.history = saved.state.history;
-        outcome.warnings = saved.state.warnings;
-        first_epoch = saved.state.epochs_done + 1;
-        if saved.state.stopped_early {
-            return Ok(outcome);
+    if let Some(dir) = control.checkpoint_dir {
+        match run.resume(dir)? {
+            Resumed::Fresh => {}
+            Resumed::At(epochs_done) => first_epoch = epochs_done + 1,
+            Resumed::Finished => return Ok(run.outcome),
         }
     }
     for epoch in first_epoch..=config.epochs {
         let started = Instant::now();
-        let order = seed
+        let (loss, correct) = run.train_epoch(epoch, observer, control.stop)?;
+        run.evaluate_epoch(epoch, loss, correct, started, observer)?;
+        if let Some(dir) = control.checkpoint_dir {
+            run.checkpoint(dir, epoch)?;
+        }
+        if run.stopped_early {
+            break;
+        }
+    }
+    Ok(run.outcome)
+}
+
+/// Where a run stands after looking for its checkpoint.
+enum Resumed {
+    /// No checkpoint: start at epoch 1.
+    Fresh,
+    /// Continue after this many finished epochs.
+    At(usize),
+    /// The checkpointed run had already stopped (catastrophic overfitting).
+    Finished,
+}
+
+/// A training run between batches: the weights on the native engine, the
+/// optimiser, and what the epochs so far found.
+struct Trainer<'a> {
+    config: &'a TrainConfig,
+    train_data: &'a Dataset,
+    test_data: &'a Dataset,
+    seed: SeedStream,
+    device: Device,
+    /// Shared with the classifier that adversarial training attacks; the
+    /// optimiser writes through `Arc::make_mut` once the attack's graph has been
+    /// dropped.
+    engine: Arc<NativeGraph>,
+    bounds: gauntlet_core::Bounds,
+    adversarial: Option<(&'a AdversarialTraining, Box<dyn gauntlet_attacks::Attack>)>,
+    optimizer: Optimizer,
+    param_grads: Vec<f32>,
+    outcome: TrainOutcome,
+    best_params: Option<Vec<f32>>,
+    stopped_early: bool,
+    epsilon_now: Option<f64>,
+    rate_now: f64,
+}
+
+impl<'a> Trainer<'a> {
+    /// A freshly initialised network (from the seed), checked against the data
+    /// and the configuration before any compute.
+    fn new(
+        config: &'a TrainConfig,
+        train_data: &'a Dataset,
+        test_data: &'a Dataset,
+    ) -> Result<Self> {
+        config.validate()?;
+        let device = Device::Cpu;
+        let seed = SeedStream::new(config.seed);
+        let (initial, _) = Network::init(
+            config.arch,
+            config.normalization.clone(),
+            &seed.derive("init"),
+            &device,
+        )?;
+        let initial = initial.detached();
+        gauntlet_eval::check_compatible(&initial, train_data)?;
+        gauntlet_eval::check_compatible(&initial, test_data)?;
+        let Some(engine) = initial.native() else {
+            return Err(Error::Config(
+                "training runs on the CPU's native engine with f32 weights".into(),
+            ));
+        };
+        let engine = Arc::new(engine.clone());
+        let bounds = initial.bounds();
+        if let Some(settings) = &config.adversarial {
+            let range = bounds.max - bounds.min;
+            if settings.epsilon > range {
+                return Err(Error::Config(format!(
+                    "adversarial epsilon {} exceeds the input range [{}, {}]: every image is reachable; expected at most {range}",
+                    settings.epsilon, bounds.min, bounds.max
+                )));
+            }
+        }
+        let adversarial = config
+            .adversarial
+            .as_ref()
+            .map(|a| -> Result<_> { Ok((a, a.attack()?)) })
+            .transpose()?;
+        let params = engine.params().len();
+        Ok(Self {
+            config,
+            train_data,
+            test_data,
+            seed,
+            device,
+            optimizer: Optimizer::new(
+                config.optimizer,
+                config.learning_rate,
+                config.momentum,
+                params,
+            ),
+            param_grads: vec![0.0f32; params],
+            engine,
+            bounds,
+            adversarial,
+            outcome: TrainOutcome {
+                last: initial,
+                best: None,
+                history: Vec::with_capacity(config.epochs),
+                warnings: Vec::new(),
+            },
+            best_params: None,
+            stopped_early: false,
+            epsilon_now: None,
+            rate_now: config.learning_rate,
+        })
+    }
+
+    /// Continue from the checkpoint in `dir`, if there is one (it must come from
+    /// the same configuration and data).
+    fn resume(&mut self, dir: &Path) -> Result<Resumed> {
+        let Some(saved) = checkpoint::load(dir)? else {
+            return Ok(Resumed::Fresh);
+        };
+        let config = self.config;
+        check_resumable(
+            &saved.state,
+            config,
+            self.train_data,
+            self.test_data,
+            self.engine.params().len(),
+            saved.params.len(),
+        )?;
+        Arc::make_mut(&mut self.engine)
+            .params_mut()
+            .copy_from_slice(&saved.params);
+        self.optimizer = saved.optimizer;
+        self.outcome.last =
+            Network::from_native(config.arch, &self.engine, self.bounds, &self.device)?;
+        if let (Some((epoch, robust_accuracy)), Some(params)) =
+            (saved.state.best, &saved.best_params)
+        {
+            self.outcome.best = Some(BestCheckpoint {
+                epoch,
+                robust_accuracy,
+                network: network_with(config.arch, &self.engine, params, self.bounds)?,
+            });
+        }
+        self.best_params = saved.best_params;
+        self.outcome.history = saved.state.history;
+        self.outcome.warnings = saved.state.warnings;
+        Ok(if saved.state.stopped_early {
+            Resumed::Finished
+        } else {
+            Resumed::At(saved.state.epochs_done)
+        })
+    }
+
+    /// One pass over the shuffled training split; the summed batch losses and the
+    /// correctly classified training samples.
+    fn train_epoch(
+        &mut self,
+        epoch: usize,
+        observer: &dyn Observer,
+        stop: Option<&(dyn Fn() -> bool + Sync)>,
+    ) -> Result<(f64, usize)> {
+        let config = self.config;
+        let n = self.train_data.len();
+        let num_batches = n.div_ceil(config.batch_size);
+        let order = self
+            .seed
             .derive(&format!("shuffle/epoch-{epoch}"))
             .permutation(n);
         observer.start(
@@ -627,39 +715,41 @@ pub fn train_with(
         );
         let (mut loss_sum, mut correct) = (0.0, 0usize);
         for (b, indices) in order.chunks(config.batch_size).enumerate() {
-            if control.stop.is_some_and(|stop| stop()) {
+            if stop.is_some_and(|stop| stop()) {
                 return Err(Error::Interrupted {
                     epochs_done: epoch - 1,
                 });
             }
             // Position in the run, in epochs, at the end of this batch.
             let epochs_done = (epoch - 1) as f64 + (b + 1) as f64 / num_batches as f64;
-            rate_now = config
+            self.rate_now = config
                 .schedule
                 .rate(config.learning_rate, epochs_done / config.epochs as f64);
-            optimizer.set_learning_rate(rate_now);
-            let (images, labels) = train_data.gather(indices, &device)?;
+            self.optimizer.set_learning_rate(self.rate_now);
+            let (images, labels) = self.train_data.gather(indices, &self.device)?;
             let labels = labels.to_vec1::<u32>()?;
-            let threat = match &adversarial {
+            let threat = match &self.adversarial {
                 Some((settings, attack)) => {
                     let epsilon = settings.epsilon_at(epochs_done);
-                    epsilon_now = Some(epsilon);
+                    self.epsilon_now = Some(epsilon);
                     (epsilon > 0.0).then(|| objective::Threat {
                         settings,
                         attack: attack.as_ref(),
                         epsilon,
-                        seed: seed.derive(&format!("adversarial/epoch-{epoch}/batch-{b}")),
+                        seed: self
+                            .seed
+                            .derive(&format!("adversarial/epoch-{epoch}/batch-{b}")),
                     })
                 }
                 None => None,
             };
             let batch = objective::batch_gradient(
-                &engine,
-                bounds,
+                &self.engine,
+                self.bounds,
                 &images,
                 &labels,
                 threat,
-                &mut param_grads,
+                &mut self.param_grads,
             )?;
             if !batch.mean_loss.is_finite() {
                 return Err(Error::Diverged {
@@ -668,7 +758,10 @@ pub fn train_with(
                     loss: batch.mean_loss,
                 });
             }
-            optimizer.step(Arc::make_mut(&mut engine).params_mut(), &param_grads)?;
+            self.optimizer.step(
+                Arc::make_mut(&mut self.engine).params_mut(),
+                &self.param_grads,
+            )?;
             correct += batch.correct;
             loss_sum += batch.mean_loss;
             let seen = (b * config.batch_size + indices.len()) as f64;
@@ -683,33 +776,48 @@ pub fn train_with(
         }
         // The training batch's buffers would otherwise stay held while the
         // evaluation allocates its own.
-        engine.release_buffers();
-        let network = Network::from_native(config.arch, &engine, bounds, &device)?;
+        self.engine.release_buffers();
+        Ok((loss_sum, correct))
+    }
+
+    /// Test (and, for adversarial training, robust) accuracy after an epoch; keeps
+    /// the best epoch by robust accuracy and stops on catastrophic overfitting.
+    fn evaluate_epoch(
+        &mut self,
+        epoch: usize,
+        loss_sum: f64,
+        correct: usize,
+        started: Instant,
+        observer: &dyn Observer,
+    ) -> Result<()> {
+        let config = self.config;
+        let n = self.train_data.len();
+        let network = Network::from_native(config.arch, &self.engine, self.bounds, &self.device)?;
         let evaluation = gauntlet_eval::evaluate_clean(
             &network,
-            test_data,
+            self.test_data,
             config.eval_batch_size,
             &NoProgress,
         )?;
-        let robust_accuracy = match &adversarial {
+        let robust_accuracy = match &self.adversarial {
             Some((settings, _)) if config.robust_eval_samples > 0 => Some(robust_accuracy(
                 &network,
-                test_data,
+                self.test_data,
                 &evaluation.predictions,
                 settings,
                 config,
-                &seed.derive(&format!("robust-eval/epoch-{epoch}")),
+                &self.seed.derive(&format!("robust-eval/epoch-{epoch}")),
             )?),
             _ => None,
         };
         let stats = EpochStats {
             epoch,
-            train_loss: loss_sum / num_batches as f64,
+            train_loss: loss_sum / n.div_ceil(config.batch_size) as f64,
             train_accuracy: correct as f64 / n as f64,
             test_accuracy: evaluation.accuracy,
             robust_accuracy,
-            epsilon: epsilon_now,
-            learning_rate: rate_now,
+            epsilon: self.epsilon_now,
+            learning_rate: self.rate_now,
             wall_seconds: started.elapsed().as_secs_f64(),
         };
         observer.finish(&format!(
@@ -722,60 +830,65 @@ pub fn train_with(
                 .unwrap_or_default(),
             stats.wall_seconds
         ));
-        outcome.history.push(stats);
-        outcome.last = network;
+        self.outcome.history.push(stats);
+        self.outcome.last = network;
         if let Some(robust) = robust_accuracy {
-            let best_so_far = outcome.best.as_ref().map(|b| b.robust_accuracy);
-            if best_so_far.is_none_or(|best| robust > best) {
-                outcome.best = Some(BestCheckpoint {
-                    epoch,
-                    robust_accuracy: robust,
-                    network: outcome.last.clone(),
-                });
-                best_params = Some(engine.params().to_vec());
-            }
-            // Catastrophic overfitting (Wong et al. 2020): robustness against PGD
-            // collapses within an epoch while the single-step training attack keeps
-            // "succeeding". The paper stops and keeps the last good model.
-            if let (Some(best), Some((settings, _))) = (best_so_far, &adversarial) {
-                if settings.method == AdversarialMethod::FgsmRs
-                    && best >= 0.2
-                    && robust < 0.5 * best
-                {
-                    outcome.warnings.push(format!(
-                        "catastrophic overfitting in epoch {epoch}: PGD robust accuracy fell from {:.1}% to {:.1}%; stopped early, the best checkpoint is the last good one",
-                        100.0 * best,
-                        100.0 * robust
-                    ));
-                    stopped_early = true;
-                }
-            }
+            self.keep_if_best(epoch, robust);
         }
-        if let Some(dir) = control.checkpoint_dir {
-            checkpoint::save(
-                dir,
-                &checkpoint::Checkpoint {
-                    state: checkpoint::CheckpointState {
-                        config: config.clone(),
-                        train_sha256: train_data.sha256().to_string(),
-                        test_sha256: test_data.sha256().to_string(),
-                        epochs_done: epoch,
-                        history: outcome.history.clone(),
-                        best: outcome.best.as_ref().map(|b| (b.epoch, b.robust_accuracy)),
-                        warnings: outcome.warnings.clone(),
-                        stopped_early,
-                    },
-                    params: engine.params().to_vec(),
-                    best_params: best_params.clone(),
-                    optimizer: optimizer.clone(),
-                },
-            )?;
+        Ok(())
+    }
+
+    /// Keep this epoch if its robust accuracy is the best yet; watch for
+    /// catastrophic overfitting (Wong et al. 2020): robustness against PGD
+    /// collapses within an epoch while the single-step training attack keeps
+    /// "succeeding". The paper stops and keeps the last good model.
+    fn keep_if_best(&mut self, epoch: usize, robust: f64) {
+        let best_so_far = self.outcome.best.as_ref().map(|b| b.robust_accuracy);
+        if best_so_far.is_none_or(|best| robust > best) {
+            self.outcome.best = Some(BestCheckpoint {
+                epoch,
+                robust_accuracy: robust,
+                network: self.outcome.last.clone(),
+            });
+            self.best_params = Some(self.engine.params().to_vec());
         }
-        if stopped_early {
-            break;
+        if let (Some(best), Some((settings, _))) = (best_so_far, &self.adversarial) {
+            if settings.method == AdversarialMethod::FgsmRs && best >= 0.2 && robust < 0.5 * best {
+                self.outcome.warnings.push(format!(
+                    "catastrophic overfitting in epoch {epoch}: PGD robust accuracy fell from {:.1}% to {:.1}%; stopped early, the best checkpoint is the last good one",
+                    100.0 * best,
+                    100.0 * robust
+                ));
+                self.stopped_early = true;
+            }
         }
     }
-    Ok(outcome)
+
+    /// Everything needed to continue after `epoch`, written atomically to `dir`.
+    fn checkpoint(&self, dir: &Path, epoch: usize) -> Result<()> {
+        checkpoint::save(
+            dir,
+            &checkpoint::Checkpoint {
+                state: checkpoint::CheckpointState {
+                    config: self.config.clone(),
+                    train_sha256: self.train_data.sha256().to_string(),
+                    test_sha256: self.test_data.sha256().to_string(),
+                    epochs_done: epoch,
+                    history: self.outcome.history.clone(),
+                    best: self
+                        .outcome
+                        .best
+                        .as_ref()
+                        .map(|b| (b.epoch, b.robust_accuracy)),
+                    warnings: self.outcome.warnings.clone(),
+                    stopped_early: self.stopped_early,
+                },
+                params: self.engine.params().to_vec(),
+                best_params: self.best_params.clone(),
+                optimizer: self.optimizer.clone(),
+            },
+        )
+    }
 }
 
 /// A network of `arch` with `params` (engine layout) on the plan of `engine`.
