@@ -10,7 +10,7 @@ use candle_core::Device;
 use clap::Args;
 use gauntlet_data::{Dataset, LoadOptions, Split};
 use gauntlet_models::{load_model, Arch, Model, ModelInfo, ModelOptions, Normalization};
-use gauntlet_record::{DatasetRecord, ModelScanRecord, RunKind, RunRecord};
+use gauntlet_record::{ModelScanRecord, RunRecord};
 use gauntlet_report::ReportInput;
 use gauntlet_scan::ScanReport;
 
@@ -250,21 +250,6 @@ pub(crate) fn load_data(args: &DataArgs, split: Split, channels: Option<usize>) 
         }
     }
     Ok(dataset)
-}
-
-/// The record every command writes, with its header filled in (this command
-/// line; see [`gauntlet_eval::record_header`]); `scan` is what the scan before
-/// loading found (`None` for models Gauntlet wrote itself).
-pub(crate) fn record_header(
-    kind: RunKind,
-    seed: u64,
-    model: &Model,
-    info: &ModelInfo,
-    scan: Option<ModelScanRecord>,
-    dataset: DatasetRecord,
-) -> RunRecord {
-    let model_record = gauntlet_eval::model_record(info, scan);
-    gauntlet_eval::record_header(kind, command_line(), seed, model, model_record, dataset)
 }
 
 /// Refuse an output path that is an existing file where a directory is expected.

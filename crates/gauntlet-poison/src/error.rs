@@ -5,6 +5,15 @@ pub enum Error {
     /// A configuration value is out of range or inconsistent with the data.
     #[error("invalid poisoning configuration: {0}")]
     Config(String),
+    /// A job's setting is out of range or contradicts another; settings are named
+    /// as the command line names them.
+    #[error("{setting} {problem}")]
+    Setting {
+        /// Which setting.
+        setting: &'static str,
+        /// What is wrong with it and what was expected.
+        problem: String,
+    },
     /// A ground-truth manifest is unreadable or does not describe the dataset.
     #[error("manifest {path}: {message}")]
     Manifest {

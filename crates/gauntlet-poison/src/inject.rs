@@ -6,7 +6,7 @@ use gauntlet_core::SeedStream;
 use gauntlet_data::{Dataset, Replacement};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{config, Result};
+use crate::error::{config, Error, Result};
 
 /// A trigger in its most general form: `x' = (1 − m) ⊙ x + m ⊙ p`, with a per-pixel
 /// mask `m ∈ [0, 1]` (shared by the channels) and a pattern `p ∈ [0, 1]`. A BadNets
@@ -261,6 +261,16 @@ pub struct Manifest {
 pub const MANIFEST_VERSION: u32 = 1;
 
 impl Manifest {
+    /// `manifest.json`: pretty JSON with a trailing newline.
+    pub fn to_json(&self) -> Result<String> {
+        let mut text = serde_json::to_string_pretty(self).map_err(|e| Error::Manifest {
+            path: "manifest.json".into(),
+            message: format!("cannot serialise: {e}"),
+        })?;
+        text.push('\n');
+        Ok(text)
+    }
+
     /// One flag per training sample: `true` where the sample was poisoned.
     pub fn is_poisoned(&self) -> Vec<bool> {
         let mut flags = vec![false; self.num_samples];

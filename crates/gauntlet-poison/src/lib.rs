@@ -19,6 +19,7 @@ mod detect;
 mod error;
 mod features;
 mod inject;
+mod job;
 mod knn;
 mod metrics;
 mod model;
@@ -38,6 +39,7 @@ pub use inject::{
     inject, InjectionConfig, Manifest, Patch, PatchPattern, PatchPosition, PoisonAttack, Poisoned,
     Trigger, MANIFEST_VERSION,
 };
+pub use job::{AuditJob, AuditPlan, DetectJob, DetectPlan};
 pub use metrics::{auroc, detection_metrics, DetectionMetrics};
 pub use model::{DetectorModel, NativeDetectorModel, OnnxDetectorModel};
 pub use pipeline::{

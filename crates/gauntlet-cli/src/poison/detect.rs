@@ -4,19 +4,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
-use gauntlet_core::Classifier;
 use gauntlet_data::{Dataset, Split};
-use gauntlet_models::Model;
-use gauntlet_poison::{DetectorModel, Manifest, OnnxDetectorModel};
-use gauntlet_record::{PoisoningRecord, RunKind};
+use gauntlet_poison::{DetectJob, Manifest};
 
 use super::options::{methods, DetectorArgs};
 use super::print_findings;
 use crate::progress::CliProgress;
 use crate::toolbox::{
-    check_out_dir, load_data, load_model_checked, record_header, write_record, DataArgs, ModelArgs,
+    check_out_dir, command_line, load_data, load_model_checked, write_record, DataArgs, ModelArgs,
 };
 
 #[derive(Args, Debug)]
@@ -68,101 +65,38 @@ pub(super) fn detect(args: DetectArgs) -> Result<()> {
     check_out_dir(&args.out, args.force)?;
     let chosen = methods(&args.detectors, args.seed)?;
     let (model, info, scan) = load_model_checked(&args.model)?;
-    let (onnx_net, native_net);
-    let net: &dyn DetectorModel = match &model {
-        Model::Network(network) => {
-            if args.feature_layer.is_some() {
-                bail!("--feature-layer names a value of an ONNX graph; built-in architectures use their penultimate layer");
-            }
-            native_net = gauntlet_poison::native(network)?;
-            &native_net
-        }
-        Model::Onnx(graph) => {
-            onnx_net = OnnxDetectorModel::new(graph, args.feature_layer.clone())
-                .context("--feature-layer")?;
-            &onnx_net
-        }
-    };
     let train = load_data(&args.data, Split::Train, None)?;
-    gauntlet_eval::check_compatible(&model, &train)?;
-    gauntlet_core::ensure_batch_fits(
-        "--batch-size",
-        model.bytes_per_sample(),
-        0,
-        args.detectors.batch_size,
-        train.len(),
-    )?;
     let test_args = DataArgs {
         limit: None,
         ..args.data.clone()
     };
     let test = load_data(&test_args, Split::Test, None)?;
-    let manifest = args
+    let ground_truth = args
         .ground_truth
         .as_deref()
         .map(|path| read_manifest(path, &train))
         .transpose()?;
-    let truth = manifest.as_ref().map(Manifest::is_poisoned);
-    let progress = CliProgress::new(args.quiet);
-    let detectors = chosen.training_set.run(
-        net,
-        &train,
-        Some(&test),
-        truth.as_deref(),
-        args.detectors.batch_size,
-        &progress,
-    )?;
-    let trigger = manifest
-        .as_ref()
-        .and_then(|m| m.trigger.as_ref().map(|t| (t, m.config.target)));
-    let strip = chosen
-        .strip
-        .as_ref()
-        .map(|strip| {
-            gauntlet_poison::run_strip(strip, net, &test, args.detectors.strip_held_out, trigger)
-        })
-        .transpose()?;
-    let true_target = trigger.and_then(|(_, target)| target);
-    let mut detectors = detectors;
-    let neural_cleanse = match &chosen.cleanse {
-        Some(cleanse) => {
-            let (record, carriers) = gauntlet_poison::run_neural_cleanse(
-                cleanse,
-                net,
-                &test,
-                args.detectors.cleanse_samples,
-                Some((&train, truth.as_deref())),
-                true_target,
-                &progress,
-            )?;
-            detectors.extend(carriers);
-            Some(record)
-        }
-        None => None,
-    };
-    let poisoning = PoisoningRecord {
-        train_dataset: train.record(),
-        injection: manifest.as_ref().map(gauntlet_poison::injection_record),
-        detectors,
-        strip,
-        neural_cleanse,
-        before_filtering: None,
-        after_filtering: None,
-        removed: Vec::new(),
-    };
-    print_findings(&poisoning);
-    let mut record = record_header(
-        RunKind::Poison,
-        args.seed,
-        &model,
-        &info,
-        scan,
-        test.record(),
-    );
-    record.poisoning = Some(poisoning);
+    let plan = DetectJob {
+        model,
+        model_record: gauntlet_eval::model_record(&info, scan),
+        feature_layer: args.feature_layer.clone(),
+        train_set: train,
+        test_set: test,
+        ground_truth,
+        detectors: chosen.training_set,
+        strip: chosen.strip.map(|s| (s, args.detectors.strip_held_out)),
+        neural_cleanse: chosen.cleanse.map(|c| (c, args.detectors.cleanse_samples)),
+        batch_size: args.detectors.batch_size,
+        seed: args.seed,
+        command: command_line(),
+    }
+    .plan()?;
+    let mut record = plan.run(&CliProgress::new(args.quiet))?;
+    if let Some(poisoning) = &record.poisoning {
+        print_findings(poisoning);
+    }
+    // The whole command's time, loading included.
     record.wall_seconds = started.elapsed().as_secs_f64();
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
     let path = args.out.join("results.json");
     write_record(&path, &record)?;
     println!("wrote {}", path.display());

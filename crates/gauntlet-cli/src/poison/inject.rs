@@ -6,8 +6,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use gauntlet_data::Split;
 
+use super::fresh_out_dir;
 use super::options::{injection_config, InjectionArgs};
-use super::{fresh_out_dir, manifest_json};
 use crate::toolbox::{load_data, DataArgs};
 
 #[derive(Args, Debug)]
@@ -64,7 +64,7 @@ pub(super) fn inject(args: InjectArgs) -> Result<()> {
     )?;
     let mut manifest = poisoned.manifest;
     manifest.poisoned_sha256 = reloaded.sha256().into();
-    write("manifest.json", manifest_json(&manifest)?.as_bytes())?;
+    write("manifest.json", manifest.to_json()?.as_bytes())?;
     let staged = staging.keep();
     std::fs::rename(&staged, &args.out)
         .with_context(|| format!("cannot move the new dataset into {}", args.out.display()))?;

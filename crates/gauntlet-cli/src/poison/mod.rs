@@ -10,7 +10,6 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 use clap::Subcommand;
-use gauntlet_poison::Manifest;
 use gauntlet_record::PoisoningRecord;
 
 #[derive(Subcommand, Debug)]
@@ -42,12 +41,6 @@ pub(super) fn fresh_out_dir(out: &Path) -> Result<()> {
         );
     }
     Ok(())
-}
-
-pub(super) fn manifest_json(manifest: &Manifest) -> Result<String> {
-    let mut text = serde_json::to_string_pretty(manifest)?;
-    text.push('\n');
-    Ok(text)
 }
 
 pub(super) fn print_findings(record: &PoisoningRecord) {
