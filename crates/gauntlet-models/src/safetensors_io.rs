@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 /// Serialise f32 tensors `(shape, values)` with string metadata, byte for byte the
 /// same for the same input (sorted header keys).
-pub fn serialize(
+pub fn serialize<V: AsRef<[f32]>>(
     metadata: &BTreeMap<String, String>,
-    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    tensors: &BTreeMap<String, (Vec<usize>, V)>,
 ) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     header.insert(
@@ -22,7 +22,7 @@ pub fn serialize(
     );
     let mut offset = 0usize;
     for (name, (shape, values)) in tensors {
-        let len = values.len() * 4;
+        let len = values.as_ref().len() * 4;
         header.insert(
             name.clone(),
             serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len]}),
@@ -38,7 +38,10 @@ pub fn serialize(
     out.extend((header_bytes.len() as u64).to_le_bytes());
     out.extend(header_bytes);
     for (_, values) in tensors.values() {
-        values.iter().for_each(|v| out.extend(v.to_le_bytes()));
+        values
+            .as_ref()
+            .iter()
+            .for_each(|v| out.extend(v.to_le_bytes()));
     }
     out
 }

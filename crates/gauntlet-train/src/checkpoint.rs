@@ -65,31 +65,53 @@ fn path_in(dir: &Path) -> PathBuf {
 
 /// Writes `checkpoint` into `dir` atomically (creating `dir`).
 pub fn save(dir: &Path, checkpoint: &Checkpoint) -> Result<()> {
+    save_parts(
+        dir,
+        &checkpoint.state,
+        &checkpoint.params,
+        checkpoint.best_params.as_deref(),
+        &checkpoint.optimizer,
+    )
+}
+
+/// [`save`] from borrowed parts: a running training writes its checkpoint
+/// without first copying its weights and optimiser state.
+pub fn save_parts(
+    dir: &Path,
+    state: &CheckpointState,
+    params: &[f32],
+    best_params: Option<&[f32]>,
+    optimizer: &Optimizer,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| {
         Error::Checkpoint(format!(
             "cannot create checkpoint directory {}: {e}",
             dir.display()
         ))
     })?;
-    let state = serde_json::to_string(&checkpoint.state)
+    let state = serde_json::to_string(state)
         .map_err(|e| Error::Checkpoint(format!("cannot encode checkpoint state: {e}")))?;
-    let optimizer = serde_json::to_string(&checkpoint.optimizer.settings())
+    let settings = serde_json::to_string(&optimizer.settings())
         .map_err(|e| Error::Checkpoint(format!("cannot encode optimiser settings: {e}")))?;
     let metadata = BTreeMap::from([
         ("gauntlet.checkpoint".to_string(), state),
-        ("gauntlet.optimizer".to_string(), optimizer),
+        ("gauntlet.optimizer".to_string(), settings),
         (
             "gauntlet.params_layout".to_string(),
             PARAMS_LAYOUT.to_string(),
         ),
     ]);
-    let mut tensors = BTreeMap::new();
-    let vector = |v: &[f32]| (vec![v.len()], v.to_vec());
-    tensors.insert("params".to_string(), vector(&checkpoint.params));
-    if let Some(best) = &checkpoint.best_params {
+    // Borrowed, not copied: a checkpoint is several times the weights' size, and
+    // it is written while the evaluation's buffers are still held.
+    let mut tensors: BTreeMap<String, (Vec<usize>, &[f32])> = BTreeMap::new();
+    fn vector(v: &[f32]) -> (Vec<usize>, &[f32]) {
+        (vec![v.len()], v)
+    }
+    tensors.insert("params".to_string(), vector(params));
+    if let Some(best) = best_params {
         tensors.insert("best.params".to_string(), vector(best));
     }
-    for (name, values) in checkpoint.optimizer.moments() {
+    for (name, values) in optimizer.moments() {
         tensors.insert(format!("optimizer.{name}"), vector(values));
     }
     let bytes = gauntlet_models::safetensors_bytes(&metadata, &tensors);

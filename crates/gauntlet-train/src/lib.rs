@@ -864,29 +864,29 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// Everything needed to continue after `epoch`, written atomically to `dir`.
+    /// Everything needed to continue after `epoch`, written atomically to `dir`
+    /// (from the run's own buffers: no copy of the weights or moments).
     fn checkpoint(&self, dir: &Path, epoch: usize) -> Result<()> {
-        checkpoint::save(
+        let state = checkpoint::CheckpointState {
+            config: self.config.clone(),
+            train_sha256: self.train_data.sha256().to_string(),
+            test_sha256: self.test_data.sha256().to_string(),
+            epochs_done: epoch,
+            history: self.outcome.history.clone(),
+            best: self
+                .outcome
+                .best
+                .as_ref()
+                .map(|b| (b.epoch, b.robust_accuracy)),
+            warnings: self.outcome.warnings.clone(),
+            stopped_early: self.stopped_early,
+        };
+        checkpoint::save_parts(
             dir,
-            &checkpoint::Checkpoint {
-                state: checkpoint::CheckpointState {
-                    config: self.config.clone(),
-                    train_sha256: self.train_data.sha256().to_string(),
-                    test_sha256: self.test_data.sha256().to_string(),
-                    epochs_done: epoch,
-                    history: self.outcome.history.clone(),
-                    best: self
-                        .outcome
-                        .best
-                        .as_ref()
-                        .map(|b| (b.epoch, b.robust_accuracy)),
-                    warnings: self.outcome.warnings.clone(),
-                    stopped_early: self.stopped_early,
-                },
-                params: self.engine.params().to_vec(),
-                best_params: self.best_params.clone(),
-                optimizer: self.optimizer.clone(),
-            },
+            &state,
+            self.engine.params(),
+            self.best_params.as_deref(),
+            &self.optimizer,
         )
     }
 }
