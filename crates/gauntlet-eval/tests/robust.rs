@@ -72,6 +72,18 @@ impl Attack for Breaker {
     }
 }
 
+/// Four two-pixel samples of class 0 whose first pixel (0.6 to 0.9) leads.
+fn four_samples() -> Dataset {
+    Dataset::from_f32(
+        "two-pixels",
+        [1, 1, 2],
+        vec![0.6, 0.5, 0.7, 0.5, 0.8, 0.5, 0.9, 0.5],
+        vec![0, 0, 0, 0],
+        2,
+    )
+    .unwrap()
+}
+
 /// Four samples of which `a` breaks the first three (at ε = 0.5), keeping their
 /// adversarial examples.
 fn three_broken() -> (
@@ -79,14 +91,7 @@ fn three_broken() -> (
     gauntlet_eval::CleanResult,
     gauntlet_eval::RobustResult,
 ) {
-    let data = Dataset::from_f32(
-        "two-pixels",
-        [1, 1, 2],
-        vec![0.6, 0.5, 0.7, 0.5, 0.8, 0.5, 0.9, 0.5],
-        vec![0, 0, 0, 0],
-        2,
-    )
-    .unwrap();
+    let data = four_samples();
     let clean = evaluate_clean(&TwoPixels, &data, 4, &NoProgress).unwrap();
     let suite = vec![SuiteEntry {
         attack: Box::new(Breaker {
@@ -174,14 +179,7 @@ fn saved_adversarial_examples_load_back_as_a_dataset_with_their_labels() {
 
 #[test]
 fn worst_case_is_the_per_sample_and_over_attacks_that_break_disjoint_samples() {
-    let data = Dataset::from_f32(
-        "two-pixels",
-        [1, 1, 2],
-        vec![0.6, 0.5, 0.7, 0.5, 0.8, 0.5, 0.9, 0.5],
-        vec![0, 0, 0, 0],
-        2,
-    )
-    .unwrap();
+    let data = four_samples();
     let clean = evaluate_clean(&TwoPixels, &data, 4, &NoProgress).unwrap();
     assert_eq!(clean.correct, vec![true; 4]);
     let suite = vec![

@@ -12,9 +12,9 @@ use gauntlet_poison::{AuditConfig, AuditJob};
 use gauntlet_train::TrainConfig;
 
 use super::options::{injection_config, methods, DetectorArgs, InjectionArgs};
-use super::print_findings;
+use super::write_outputs;
 use crate::progress::CliProgress;
-use crate::toolbox::{command_line, load_data, one_of, write_record, DataArgs};
+use crate::toolbox::{command_line, load_data, one_of, DataArgs};
 
 #[derive(Args, Debug)]
 pub(crate) struct AuditArgs {
@@ -74,14 +74,6 @@ pub(super) fn audit(args: AuditArgs) -> Result<()> {
         command: command_line(),
     }
     .plan()?;
-    let mut record = plan.run(&CliProgress::new(args.quiet))?;
-    if let Some(poisoning) = &record.poisoning {
-        print_findings(poisoning);
-    }
-    // The whole command's time, loading included.
-    record.wall_seconds = started.elapsed().as_secs_f64();
-    let path = args.out.join("results.json");
-    write_record(&path, &record)?;
-    println!("wrote {}", path.display());
-    crate::toolbox::write_run_report(&args.out, &record, &path)
+    let record = plan.run(&CliProgress::new(args.quiet))?;
+    write_outputs(&args.out, record, started)
 }

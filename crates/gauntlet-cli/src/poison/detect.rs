@@ -10,10 +10,10 @@ use gauntlet_data::{Dataset, Split};
 use gauntlet_poison::{DetectJob, Manifest};
 
 use super::options::{methods, DetectorArgs};
-use super::print_findings;
+use super::write_outputs;
 use crate::progress::CliProgress;
 use crate::toolbox::{
-    check_out_dir, command_line, load_data, load_model_checked, write_record, DataArgs, ModelArgs,
+    check_out_dir, command_line, load_data, load_model_checked, DataArgs, ModelArgs,
 };
 
 #[derive(Args, Debug)]
@@ -91,14 +91,6 @@ pub(super) fn detect(args: DetectArgs) -> Result<()> {
         command: command_line(),
     }
     .plan()?;
-    let mut record = plan.run(&CliProgress::new(args.quiet))?;
-    if let Some(poisoning) = &record.poisoning {
-        print_findings(poisoning);
-    }
-    // The whole command's time, loading included.
-    record.wall_seconds = started.elapsed().as_secs_f64();
-    let path = args.out.join("results.json");
-    write_record(&path, &record)?;
-    println!("wrote {}", path.display());
-    crate::toolbox::write_run_report(&args.out, &record, &path)
+    let record = plan.run(&CliProgress::new(args.quiet))?;
+    write_outputs(&args.out, record, started)
 }

@@ -7,10 +7,11 @@ mod inject;
 mod options;
 
 use std::path::Path;
+use std::time::Instant;
 
 use anyhow::{bail, Result};
 use clap::Subcommand;
-use gauntlet_record::PoisoningRecord;
+use gauntlet_record::{PoisoningRecord, RunRecord};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum PoisonCommand {
@@ -43,7 +44,20 @@ pub(super) fn fresh_out_dir(out: &Path) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn print_findings(record: &PoisoningRecord) {
+/// Print what the detectors found, then write the record (timed from `started`,
+/// loading included) and its report into `out`.
+pub(super) fn write_outputs(out: &Path, mut record: RunRecord, started: Instant) -> Result<()> {
+    if let Some(poisoning) = &record.poisoning {
+        print_findings(poisoning);
+    }
+    record.wall_seconds = started.elapsed().as_secs_f64();
+    let path = out.join("results.json");
+    crate::toolbox::write_record(&path, &record)?;
+    println!("wrote {}", path.display());
+    crate::toolbox::write_run_report(out, &record, &path)
+}
+
+fn print_findings(record: &PoisoningRecord) {
     if let Some(before) = &record.before_filtering {
         println!(
             "poisoned model: clean accuracy {:.2}%, attack success {}",
