@@ -367,18 +367,26 @@ pub(crate) fn top_singular(
     method: &'static str,
 ) -> Result<(Array1<f64>, Array2<f64>)> {
     let rng_seed = first_u64(&seeds.derive(&format!("svd/{subject}")));
-    let result = TruncatedSvd::new_with_rng(
-        matrix,
-        Order::Largest,
-        Xoshiro256Plus::seed_from_u64(rng_seed),
-    )
-    .precision(1e-5)
-    .maxiter(500)
-    .decompose(k)
-    .map_err(|e| Error::Numeric {
+    // linfa's LOBPCG panics (sorting NaN eigenvalues) on some finite inputs
+    // instead of returning an error; a panic here must not end the run.
+    let decomposed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        TruncatedSvd::new_with_rng(
+            matrix,
+            Order::Largest,
+            Xoshiro256Plus::seed_from_u64(rng_seed),
+        )
+        .precision(1e-5)
+        .maxiter(500)
+        .decompose(k)
+    }));
+    let failed = |message: String| Error::Numeric {
         method,
-        message: format!("SVD of {subject}'s activations failed: {e}"),
-    })?;
+        message: format!("SVD of {subject}'s activations failed: {message}"),
+    };
+    let result = match decomposed {
+        Ok(result) => result.map_err(|e| failed(e.to_string()))?,
+        Err(_) => return Err(failed("the LOBPCG iteration produced NaN".into())),
+    };
     let (_, sigma, v_t) = result.values_vectors();
     Ok((sigma, v_t))
 }
