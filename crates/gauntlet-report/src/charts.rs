@@ -6,6 +6,7 @@
 
 use std::sync::Once;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -160,80 +161,13 @@ impl Chart {
         let fail = draw_err(&self.name);
         root.fill(&WHITE).map_err(&fail)?;
         let (plot, legend) = root.split_horizontally(WIDTH - LEGEND_WIDTH);
-        let mut entries: Vec<LegendEntry> = Vec::new();
-        match &self.kind {
+        let entries = match &self.kind {
             ChartKind::Lines {
                 x_label,
                 y_label,
                 y_range,
                 series,
-            } => {
-                let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
-                let (x0, x1) = padded_range(xs, 0.0);
-                let (y0, y1) = *y_range;
-                let mut ctx = ChartBuilder::on(&plot)
-                    .caption(&self.title, (FONT, 18))
-                    .margin(10)
-                    .x_label_area_size(44)
-                    .y_label_area_size(58)
-                    .build_cartesian_2d(x0..x1, y0..y1)
-                    .map_err(&fail)?;
-                ctx.configure_mesh()
-                    .x_desc(x_label.as_str())
-                    .y_desc(y_label.as_str())
-                    .label_style((FONT, 13))
-                    .axis_desc_style((FONT, 14))
-                    .light_line_style(WHITE)
-                    .bold_line_style(GRID)
-                    .x_labels(8)
-                    .y_labels(6)
-                    .x_label_formatter(&|v| tick(*v))
-                    .y_label_formatter(&|v| tick(*v))
-                    .draw()
-                    .map_err(&fail)?;
-                // The envelope first: attack lines that coincide with it stay visible on top.
-                let mut ordered: Vec<&Series> = series
-                    .iter()
-                    .filter(|s| s.stroke == Stroke::Envelope)
-                    .collect();
-                ordered.extend(series.iter().filter(|s| s.stroke != Stroke::Envelope));
-                for s in ordered {
-                    let points: Vec<(f64, f64)> = s
-                        .points
-                        .iter()
-                        .copied()
-                        .filter(|(x, y)| x.is_finite() && y.is_finite())
-                        .collect();
-                    let (colour, width) = match s.stroke {
-                        Stroke::Envelope => (BLACK, 3),
-                        _ => (PALETTE[s.colour % PALETTE.len()], 2),
-                    };
-                    let style = colour.stroke_width(width);
-                    match s.stroke {
-                        Stroke::Dashed => {
-                            ctx.draw_series(DashedLineSeries::new(points.clone(), 7, 5, style))
-                                .map_err(&fail)?;
-                        }
-                        _ => {
-                            ctx.draw_series(LineSeries::new(points.clone(), style))
-                                .map_err(&fail)?;
-                        }
-                    }
-                    if points.len() <= 40 {
-                        ctx.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))
-                            .map_err(&fail)?;
-                    }
-                    entries.push(LegendEntry {
-                        name: s.name.clone(),
-                        colour,
-                        mark: match s.stroke {
-                            Stroke::Dashed => Mark::Dashed,
-                            Stroke::Envelope => Mark::Thick,
-                            Stroke::Solid => Mark::Line,
-                        },
-                    });
-                }
-            }
+            } => self.draw_lines(&plot, (x_label, y_label), *y_range, series),
             ChartKind::Bars {
                 x_label,
                 y_label,
@@ -241,169 +175,264 @@ impl Chart {
                 groups,
                 y_range,
                 reference,
-            } => {
-                let n = categories.len().max(1);
-                let (y0, y1) = *y_range;
-                let mut ctx = ChartBuilder::on(&plot)
-                    .caption(&self.title, (FONT, 18))
-                    .margin(10)
-                    .x_label_area_size(44)
-                    .y_label_area_size(58)
-                    .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), y0..y1)
-                    .map_err(&fail)?;
-                let names = categories.clone();
-                let label = move |v: &f64| -> String {
-                    let i = v.round();
-                    if (v - i).abs() < 1e-6 && i >= 0.0 {
-                        names.get(i as usize).cloned().unwrap_or_default()
-                    } else {
-                        String::new()
-                    }
-                };
-                ctx.configure_mesh()
-                    .x_desc(x_label.as_str())
-                    .y_desc(y_label.as_str())
-                    .label_style((FONT, 13))
-                    .axis_desc_style((FONT, 14))
-                    .light_line_style(WHITE)
-                    .bold_line_style(GRID)
-                    .disable_x_mesh()
-                    .x_labels(n + 1)
-                    .y_labels(6)
-                    .x_label_formatter(&label)
-                    .y_label_formatter(&|v| tick(*v))
-                    .draw()
-                    .map_err(&fail)?;
-                let width = 0.8 / groups.len().max(1) as f64;
-                for (g, (name, values)) in groups.iter().enumerate() {
-                    let colour = PALETTE[g % PALETTE.len()];
-                    let bars = values.iter().enumerate().filter_map(|(i, &v)| {
-                        if !v.is_finite() {
-                            return None;
-                        }
-                        let left = i as f64 - 0.4 + g as f64 * width;
-                        Some(Rectangle::new(
-                            [(left, y0.max(0.0_f64.min(y1))), (left + width * 0.92, v)],
-                            colour.filled(),
-                        ))
-                    });
-                    ctx.draw_series(bars).map_err(&fail)?;
-                    entries.push(LegendEntry {
-                        name: name.clone(),
-                        colour,
-                        mark: Mark::Box,
-                    });
-                }
-                if let Some((name, y)) = reference {
-                    ctx.draw_series(DashedLineSeries::new(
-                        vec![(-0.5, *y), (n as f64 - 0.5, *y)],
-                        7,
-                        5,
-                        BLACK.stroke_width(2),
-                    ))
-                    .map_err(&fail)?;
-                    entries.push(LegendEntry {
-                        name: name.clone(),
-                        colour: BLACK,
-                        mark: Mark::Dashed,
-                    });
-                }
-            }
+            } => self.draw_bars(
+                &plot,
+                (x_label, y_label),
+                categories,
+                groups,
+                *y_range,
+                reference.as_ref(),
+            ),
             ChartKind::Histogram {
                 x_label,
                 groups,
                 bins,
                 threshold,
-            } => {
-                let bins = (*bins).max(1);
-                let all = groups
-                    .iter()
-                    .flat_map(|(_, v)| v.iter().copied())
-                    .chain(threshold.iter().map(|t| t.1));
-                let (x0, x1) = padded_range(all, 0.0);
-                let step = (x1 - x0) / bins as f64;
-                let shares: Vec<Vec<f64>> = groups
-                    .iter()
-                    .map(|(_, values)| {
-                        let finite: Vec<f64> =
-                            values.iter().copied().filter(|v| v.is_finite()).collect();
-                        let mut counts = vec![0usize; bins];
-                        for v in &finite {
-                            let b = (((v - x0) / step).floor().max(0.0) as usize).min(bins - 1);
-                            counts[b] += 1;
-                        }
-                        counts
-                            .iter()
-                            .map(|&c| 100.0 * c as f64 / finite.len().max(1) as f64)
-                            .collect()
-                    })
-                    .collect();
-                let top = shares
-                    .iter()
-                    .flatten()
-                    .copied()
-                    .fold(0.0f64, f64::max)
-                    .max(1.0)
-                    * 1.08;
-                let mut ctx = ChartBuilder::on(&plot)
-                    .caption(&self.title, (FONT, 18))
-                    .margin(10)
-                    .x_label_area_size(44)
-                    .y_label_area_size(58)
-                    .build_cartesian_2d(x0..x1, 0.0..top)
-                    .map_err(&fail)?;
-                ctx.configure_mesh()
-                    .x_desc(x_label.as_str())
-                    .y_desc("share of group (%)")
-                    .label_style((FONT, 13))
-                    .axis_desc_style((FONT, 14))
-                    .light_line_style(WHITE)
-                    .bold_line_style(GRID)
-                    .x_labels(8)
-                    .y_labels(6)
-                    .x_label_formatter(&|v| tick(*v))
-                    .y_label_formatter(&|v| tick(*v))
-                    .draw()
-                    .map_err(&fail)?;
-                for (g, ((name, _), share)) in groups.iter().zip(&shares).enumerate() {
-                    let colour = PALETTE[g % PALETTE.len()];
-                    let fill = colour.mix(0.35).filled();
-                    let outline = colour.stroke_width(1);
-                    for (b, &s) in share.iter().enumerate() {
-                        if s <= 0.0 {
-                            continue;
-                        }
-                        let left = x0 + b as f64 * step;
-                        let corners = [(left, 0.0), (left + step, s)];
-                        ctx.draw_series([Rectangle::new(corners, fill)])
-                            .map_err(&fail)?;
-                        ctx.draw_series([Rectangle::new(corners, outline)])
-                            .map_err(&fail)?;
-                    }
-                    entries.push(LegendEntry {
-                        name: name.clone(),
-                        colour,
-                        mark: Mark::Shaded,
-                    });
-                }
-                if let Some((name, x)) = threshold {
-                    ctx.draw_series(DashedLineSeries::new(
-                        vec![(*x, 0.0), (*x, top)],
-                        7,
-                        5,
-                        BLACK.stroke_width(2),
-                    ))
-                    .map_err(&fail)?;
-                    entries.push(LegendEntry {
-                        name: name.clone(),
-                        colour: BLACK,
-                        mark: Mark::Dashed,
-                    });
-                }
-            }
+            } => self.draw_histogram(&plot, x_label, groups, *bins, threshold.as_ref()),
         }
+        .map_err(&fail)?;
         draw_legend(&legend, &entries).map_err(&fail)
     }
+
+    /// The plot area with the title and room for the axis labels.
+    fn axes<'a, DB: DrawingBackend>(
+        &self,
+        plot: &'a DrawingArea<DB, Shift>,
+        x: std::ops::Range<f64>,
+        y: std::ops::Range<f64>,
+    ) -> Drawn<DB, ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>> {
+        ChartBuilder::on(plot)
+            .caption(&self.title, (FONT, 18))
+            .margin(10)
+            .x_label_area_size(44)
+            .y_label_area_size(58)
+            .build_cartesian_2d(x, y)
+    }
+
+    fn draw_lines<DB: DrawingBackend>(
+        &self,
+        plot: &DrawingArea<DB, Shift>,
+        (x_label, y_label): (&str, &str),
+        (y0, y1): (f64, f64),
+        series: &[Series],
+    ) -> Drawn<DB, Vec<LegendEntry>> {
+        let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+        let (x0, x1) = padded_range(xs, 0.0);
+        let mut ctx = self.axes(plot, x0..x1, y0..y1)?;
+        numeric_mesh(&mut ctx, x_label, y_label)?;
+        // The envelope first: attack lines that coincide with it stay visible on top.
+        let mut ordered: Vec<&Series> = series
+            .iter()
+            .filter(|s| s.stroke == Stroke::Envelope)
+            .collect();
+        ordered.extend(series.iter().filter(|s| s.stroke != Stroke::Envelope));
+        let mut entries = Vec::new();
+        for s in ordered {
+            let points: Vec<(f64, f64)> = s
+                .points
+                .iter()
+                .copied()
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .collect();
+            let (colour, width) = match s.stroke {
+                Stroke::Envelope => (BLACK, 3),
+                _ => (PALETTE[s.colour % PALETTE.len()], 2),
+            };
+            let style = colour.stroke_width(width);
+            match s.stroke {
+                Stroke::Dashed => {
+                    ctx.draw_series(DashedLineSeries::new(points.clone(), 7, 5, style))?;
+                }
+                _ => {
+                    ctx.draw_series(LineSeries::new(points.clone(), style))?;
+                }
+            }
+            if points.len() <= 40 {
+                ctx.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))?;
+            }
+            entries.push(LegendEntry {
+                name: s.name.clone(),
+                colour,
+                mark: match s.stroke {
+                    Stroke::Dashed => Mark::Dashed,
+                    Stroke::Envelope => Mark::Thick,
+                    Stroke::Solid => Mark::Line,
+                },
+            });
+        }
+        Ok(entries)
+    }
+
+    fn draw_bars<DB: DrawingBackend>(
+        &self,
+        plot: &DrawingArea<DB, Shift>,
+        (x_label, y_label): (&str, &str),
+        categories: &[String],
+        groups: &[(String, Vec<f64>)],
+        (y0, y1): (f64, f64),
+        reference: Option<&(String, f64)>,
+    ) -> Drawn<DB, Vec<LegendEntry>> {
+        let n = categories.len().max(1);
+        let mut ctx = self.axes(plot, -0.5f64..(n as f64 - 0.5), y0..y1)?;
+        let label = |v: &f64| -> String {
+            let i = v.round();
+            if (v - i).abs() < 1e-6 && i >= 0.0 {
+                categories.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        };
+        ctx.configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .label_style((FONT, 13))
+            .axis_desc_style((FONT, 14))
+            .light_line_style(WHITE)
+            .bold_line_style(GRID)
+            .disable_x_mesh()
+            .x_labels(n + 1)
+            .y_labels(6)
+            .x_label_formatter(&label)
+            .y_label_formatter(&|v| tick(*v))
+            .draw()?;
+        let width = 0.8 / groups.len().max(1) as f64;
+        let mut entries = Vec::new();
+        for (g, (name, values)) in groups.iter().enumerate() {
+            let colour = PALETTE[g % PALETTE.len()];
+            let bars = values.iter().enumerate().filter_map(|(i, &v)| {
+                if !v.is_finite() {
+                    return None;
+                }
+                let left = i as f64 - 0.4 + g as f64 * width;
+                Some(Rectangle::new(
+                    [(left, y0.max(0.0_f64.min(y1))), (left + width * 0.92, v)],
+                    colour.filled(),
+                ))
+            });
+            ctx.draw_series(bars)?;
+            entries.push(LegendEntry {
+                name: name.clone(),
+                colour,
+                mark: Mark::Box,
+            });
+        }
+        if let Some((name, y)) = reference {
+            ctx.draw_series(DashedLineSeries::new(
+                vec![(-0.5, *y), (n as f64 - 0.5, *y)],
+                7,
+                5,
+                BLACK.stroke_width(2),
+            ))?;
+            entries.push(LegendEntry {
+                name: name.clone(),
+                colour: BLACK,
+                mark: Mark::Dashed,
+            });
+        }
+        Ok(entries)
+    }
+
+    fn draw_histogram<DB: DrawingBackend>(
+        &self,
+        plot: &DrawingArea<DB, Shift>,
+        x_label: &str,
+        groups: &[(String, Vec<f64>)],
+        bins: usize,
+        threshold: Option<&(String, f64)>,
+    ) -> Drawn<DB, Vec<LegendEntry>> {
+        let bins = bins.max(1);
+        let all = groups
+            .iter()
+            .flat_map(|(_, v)| v.iter().copied())
+            .chain(threshold.iter().map(|t| t.1));
+        let (x0, x1) = padded_range(all, 0.0);
+        let step = (x1 - x0) / bins as f64;
+        let shares: Vec<Vec<f64>> = groups
+            .iter()
+            .map(|(_, values)| bin_shares(values, x0, step, bins))
+            .collect();
+        let top = shares
+            .iter()
+            .flatten()
+            .copied()
+            .fold(0.0f64, f64::max)
+            .max(1.0)
+            * 1.08;
+        let mut ctx = self.axes(plot, x0..x1, 0.0..top)?;
+        numeric_mesh(&mut ctx, x_label, "share of group (%)")?;
+        let mut entries = Vec::new();
+        for (g, ((name, _), share)) in groups.iter().zip(&shares).enumerate() {
+            let colour = PALETTE[g % PALETTE.len()];
+            let fill = colour.mix(0.35).filled();
+            let outline = colour.stroke_width(1);
+            for (b, &s) in share.iter().enumerate() {
+                if s <= 0.0 {
+                    continue;
+                }
+                let left = x0 + b as f64 * step;
+                let corners = [(left, 0.0), (left + step, s)];
+                ctx.draw_series([Rectangle::new(corners, fill)])?;
+                ctx.draw_series([Rectangle::new(corners, outline)])?;
+            }
+            entries.push(LegendEntry {
+                name: name.clone(),
+                colour,
+                mark: Mark::Shaded,
+            });
+        }
+        if let Some((name, x)) = threshold {
+            ctx.draw_series(DashedLineSeries::new(
+                vec![(*x, 0.0), (*x, top)],
+                7,
+                5,
+                BLACK.stroke_width(2),
+            ))?;
+            entries.push(LegendEntry {
+                name: name.clone(),
+                colour: BLACK,
+                mark: Mark::Dashed,
+            });
+        }
+        Ok(entries)
+    }
+}
+
+/// Grid, tick labels and axis titles of a chart with numbers on both axes.
+fn numeric_mesh<DB: DrawingBackend>(
+    ctx: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    x_label: &str,
+    y_label: &str,
+) -> Drawn<DB, ()> {
+    ctx.configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 14))
+        .light_line_style(WHITE)
+        .bold_line_style(GRID)
+        .x_labels(8)
+        .y_labels(6)
+        .x_label_formatter(&|v| tick(*v))
+        .y_label_formatter(&|v| tick(*v))
+        .draw()
+}
+
+/// A drawing step's result: plotters' error of backend `DB`.
+type Drawn<DB, T> = std::result::Result<T, DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+
+/// Percent of `values`' finite entries in each of `bins` bins of width `step`
+/// from `x0` (the outer bins take what lies beyond them).
+fn bin_shares(values: &[f64], x0: f64, step: f64, bins: usize) -> Vec<f64> {
+    let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    let mut counts = vec![0usize; bins];
+    for v in &finite {
+        let b = (((v - x0) / step).floor().max(0.0) as usize).min(bins - 1);
+        counts[b] += 1;
+    }
+    counts
+        .iter()
+        .map(|&c| 100.0 * c as f64 / finite.len().max(1) as f64)
+        .collect()
 }
 
 #[derive(Clone, Copy)]
