@@ -6,6 +6,7 @@
 //! ([`SeedStream`]) and file fingerprints.
 
 mod classifier;
+mod contain;
 mod error;
 mod fingerprint;
 mod fs;
@@ -16,6 +17,7 @@ mod runtime;
 mod seed;
 
 pub use classifier::{input_gradient, Bounds, Classifier, Norm};
+pub use contain::contain_panic;
 pub use error::{Error, Result};
 pub use fingerprint::{sha256_bytes, sha256_file, Sha256Hasher};
 pub use fs::{

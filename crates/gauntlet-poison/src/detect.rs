@@ -4,6 +4,7 @@
 use linfa::traits::{Fit, Predict};
 use linfa::DatasetBase;
 use linfa_clustering::KMeans;
+use linfa_linalg::eigh::Eigh;
 use linfa_linalg::lobpcg::TruncatedSvd;
 use linfa_linalg::Order;
 use ndarray::{Array1, Array2, Axis};
@@ -16,6 +17,7 @@ use gauntlet_core::SeedStream;
 use crate::error::{config, Error, Result};
 use crate::features::Features;
 use crate::knn::{majority, neighbour_labels};
+use crate::pipeline::Detector;
 use gauntlet_data::Dataset;
 pub use gauntlet_record::ClassFinding;
 
@@ -150,7 +152,7 @@ struct ClassSplit {
 impl ActivationClustering {
     /// Run on the features of a (possibly poisoned) training set.
     pub fn detect(&self, features: &Features, data: &Dataset) -> Result<SampleDetection> {
-        const METHOD: &str = "activation-clustering";
+        const METHOD: &str = Detector::ActivationClustering.name();
         let num_classes = data.num_classes();
         if self.components == 0 {
             return Err(config("activation clustering needs at least 1 component"));
@@ -197,7 +199,7 @@ impl ActivationClustering {
 impl SpectralSignatures {
     /// Run on the features of a (possibly poisoned) training set.
     pub fn detect(&self, features: &Features, data: &Dataset) -> Result<SampleDetection> {
-        const METHOD: &str = "spectral-signatures";
+        const METHOD: &str = Detector::SpectralSignatures.name();
         let num_classes = data.num_classes();
         let seeds = SeedStream::new(self.seed);
         let mut splits = Vec::new();
@@ -360,7 +362,7 @@ pub(crate) fn centred_rows(features: &Features, members: &[usize]) -> Array2<f64
 /// `subject`'s activations (`class-3`, `training-set`: it names the seed stream
 /// and the error).
 pub(crate) fn top_singular(
-    matrix: Array2<f64>,
+    matrix: &Array2<f64>,
     k: usize,
     seeds: &SeedStream,
     subject: &str,
@@ -368,27 +370,72 @@ pub(crate) fn top_singular(
 ) -> Result<(Array1<f64>, Array2<f64>)> {
     let rng_seed = first_u64(&seeds.derive(&format!("svd/{subject}")));
     // linfa's LOBPCG panics (sorting NaN eigenvalues) on some finite inputs
-    // instead of returning an error; a panic here must not end the run.
-    let decomposed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    // instead of returning an error; the dense route below cannot break down.
+    let decomposed = gauntlet_core::contain_panic(|| {
         TruncatedSvd::new_with_rng(
-            matrix,
+            matrix.clone(),
             Order::Largest,
             Xoshiro256Plus::seed_from_u64(rng_seed),
         )
         .precision(1e-5)
         .maxiter(500)
         .decompose(k)
-    }));
-    let failed = |message: String| Error::Numeric {
+    });
+    if let Ok(Ok(result)) = decomposed {
+        let (_, sigma, v_t) = result.values_vectors();
+        if sigma.iter().chain(v_t.iter()).all(|v| v.is_finite()) {
+            return Ok((sigma, v_t));
+        }
+    }
+    dense_top_singular(matrix, k).ok_or_else(|| Error::Numeric {
         method,
-        message: format!("SVD of {subject}'s activations failed: {message}"),
+        message: format!(
+            "SVD of {subject}'s activations failed: neither LOBPCG nor the dense \
+             eigendecomposition of its Gram matrix gave finite values"
+        ),
+    })
+}
+
+/// The top `k` singular values and right singular vectors (as rows) of
+/// `matrix`, from the dense symmetric eigendecomposition of its smaller Gram
+/// matrix (`AᵀA` when it has no more columns than rows, else `AAᵀ`, mapping
+/// each left vector `u` to `Aᵀu / σ`). Like LOBPCG's truncated SVD it returns
+/// no direction past the matrix's rank (σ below 1e-6 of the largest). Slower
+/// than LOBPCG for wide matrices but without an iteration that can break down;
+/// `None` when the decomposition fails or gives non-finite values.
+pub(crate) fn dense_top_singular(
+    matrix: &Array2<f64>,
+    k: usize,
+) -> Option<(Array1<f64>, Array2<f64>)> {
+    let (rows, columns) = matrix.dim();
+    let by_columns = columns <= rows;
+    let gram = if by_columns {
+        matrix.t().dot(matrix)
+    } else {
+        matrix.dot(&matrix.t())
     };
-    let result = match decomposed {
-        Ok(result) => result.map_err(|e| failed(e.to_string()))?,
-        Err(_) => return Err(failed("the LOBPCG iteration produced NaN".into())),
-    };
-    let (_, sigma, v_t) = result.values_vectors();
-    Ok((sigma, v_t))
+    let (values, vectors) = gram.eigh().ok()?;
+    if values.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    // Eigenvalues this far below the largest are round-off of a zero.
+    let floor = values.iter().fold(0.0f64, |a, &b| a.max(b)) * 1e-12;
+    let mut order: Vec<usize> = (0..values.len()).filter(|&i| values[i] > floor).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    order.truncate(k);
+    let sigma: Array1<f64> = order.iter().map(|&i| values[i].sqrt()).collect();
+    let mut v_t = Array2::zeros((order.len(), columns));
+    for (row, (&index, &singular)) in order.iter().zip(&sigma).enumerate() {
+        let vector = vectors.column(index);
+        if by_columns {
+            v_t.row_mut(row).assign(&vector);
+        } else {
+            v_t.row_mut(row)
+                .assign(&(matrix.t().dot(&vector) / singular));
+        }
+    }
+    let finite = sigma.iter().chain(v_t.iter()).all(|v| v.is_finite());
+    finite.then_some((sigma, v_t))
 }
 
 /// A class's centred activations and their top `k` principal directions.
@@ -402,7 +449,7 @@ fn class_directions(
 ) -> Result<(Array2<f64>, Array2<f64>)> {
     let centred = centred_rows(features, members);
     let subject = format!("class-{class}");
-    let (_, v_t) = top_singular(centred.clone(), k, seeds, &subject, method)?;
+    let (_, v_t) = top_singular(&centred, k, seeds, &subject, method)?;
     Ok((centred, v_t))
 }
 
@@ -511,6 +558,88 @@ mod tests {
         let (threshold, share) = split_1d(&values);
         assert!(threshold > 0.49 && threshold < 10.0, "{threshold}");
         assert!(share > 0.99, "{share}");
+    }
+
+    /// A seeded `rows × columns` matrix of rank at most `rank`.
+    fn low_rank(rows: usize, columns: usize, rank: usize, seed: u64) -> Array2<f64> {
+        use rand_xoshiro::rand_core::RngCore;
+        let mut rng = Xoshiro256Plus::seed_from_u64(seed);
+        let mut uniform = || (rng.next_u64() >> 11) as f64 / (1u64 << 52) as f64 - 1.0;
+        let left = Array2::from_shape_fn((rows, rank), |_| uniform());
+        let right = Array2::from_shape_fn((rank, columns), |_| uniform());
+        left.dot(&right)
+    }
+
+    /// `(σ, Vᵀ)` is the start of `matrix`'s SVD: σ descending, the rows of Vᵀ
+    /// orthonormal, and ‖A vᵢ‖ = σᵢ with the A vᵢ mutually orthogonal.
+    fn assert_singular(matrix: &Array2<f64>, (sigma, v_t): &(Array1<f64>, Array2<f64>)) {
+        let scale = sigma[0];
+        assert!(
+            sigma.windows(2).into_iter().all(|w| w[0] >= w[1]),
+            "{sigma}"
+        );
+        let gram = v_t.dot(&v_t.t());
+        let images = matrix.dot(&v_t.t());
+        let image_gram = images.t().dot(&images);
+        for ((i, j), value) in gram.indexed_iter() {
+            let expected = if i == j { 1.0 } else { 0.0 };
+            assert!((value - expected).abs() < 1e-9, "VVᵀ[{i},{j}] = {value}");
+            let expected = if i == j { sigma[i] * sigma[i] } else { 0.0 };
+            let found = image_gram[[i, j]];
+            assert!(
+                (found - expected).abs() < 1e-9 * scale * scale,
+                "(AV)ᵀAV[{i},{j}] = {found}"
+            );
+        }
+    }
+
+    #[test]
+    fn dense_singular_directions_are_the_svd_tall_and_wide() {
+        for (rows, columns) in [(60, 12), (12, 60)] {
+            let matrix = low_rank(rows, columns, 12, 7);
+            let full = dense_top_singular(&matrix, 12).unwrap();
+            assert_eq!(full.0.len(), 12);
+            assert_singular(&matrix, &full);
+            // All of it: Σσ² is the squared Frobenius norm.
+            let energy: f64 = full.0.iter().map(|s| s * s).sum();
+            let frobenius: f64 = matrix.iter().map(|v| v * v).sum();
+            assert!(
+                (energy - frobenius).abs() < 1e-9 * frobenius,
+                "{energy} vs {frobenius}"
+            );
+            // The top 3 are the first 3 of the whole.
+            let top = dense_top_singular(&matrix, 3).unwrap();
+            assert_eq!(top.0, full.0.slice(ndarray::s![..3]));
+        }
+    }
+
+    #[test]
+    fn singular_directions_stop_at_the_rank() {
+        // More directions asked for than the matrix has: both routes (LOBPCG,
+        // or the dense fallback when it breaks down) return the rank's two.
+        let matrix = low_rank(30, 20, 2, 3);
+        let seeds = SeedStream::new(5);
+        let found = top_singular(&matrix, 6, &seeds, "class-0", "test").unwrap();
+        assert_eq!(found.0.len(), 2, "{}", found.0);
+        assert_singular(&matrix, &found);
+        for wide in [false, true] {
+            let input = if wide {
+                matrix.t().to_owned()
+            } else {
+                matrix.clone()
+            };
+            let dense = dense_top_singular(&input, 6).unwrap();
+            assert_eq!(dense.0.len(), 2);
+            assert_singular(&input, &dense);
+            for (a, b) in found.0.iter().zip(&dense.0) {
+                assert!(
+                    (a - b).abs() <= 1e-6 * found.0[0],
+                    "{} vs {}",
+                    found.0,
+                    dense.0
+                );
+            }
+        }
     }
 
     #[test]

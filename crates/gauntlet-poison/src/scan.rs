@@ -15,9 +15,10 @@ use crate::detect::{
 };
 use crate::error::{config, Error, Result};
 use crate::features::Features;
+use crate::pipeline::Detector;
 use gauntlet_record::ClassFinding;
 
-const METHOD: &str = "scan";
+const METHOD: &str = Detector::Scan.name();
 
 /// SCAn (Tang, Wang, Tang & Zhang, USENIX Security 2021, "Demon in the Variant:
 /// Statistical Analysis of DNNs for Robust Backdoor Contamination Detection").
@@ -203,7 +204,7 @@ impl Scan {
             .min(features.dim)
             .min(features.len().saturating_sub(1))
             .max(1);
-        let (_, basis) = top_singular(centred.clone(), k, seeds, "training-set", METHOD)?;
+        let (_, basis) = top_singular(&centred, k, seeds, "training-set", METHOD)?;
         let clean = reference.map(|r| (as_matrix(r) - &mean).dot(&basis.t()));
         Ok((centred.dot(&basis.t()), clean))
     }

@@ -15,9 +15,10 @@ use crate::detect::{
 use crate::error::{config, Error, Result};
 use crate::features::Features;
 use crate::knn::{majority, neighbour_labels};
+use crate::pipeline::Detector;
 use gauntlet_record::ClassFinding;
 
-const METHOD: &str = "spectre";
+const METHOD: &str = Detector::Spectre.name();
 
 /// SPECTRE (Hayase, Kong, Somani & Oh, ICML 2021, "SPECTRE: Defending Against
 /// Backdoor Attacks Using Robust Statistics"). Per class: project the penultimate
@@ -153,13 +154,7 @@ impl Spectre {
             .min(features.dim)
             .min((n - 1) / 4)
             .max(1);
-        let (sigma, v_t) = top_singular(
-            centred.clone(),
-            k_max,
-            seeds,
-            &format!("class-{class}"),
-            METHOD,
-        )?;
+        let (sigma, v_t) = top_singular(&centred, k_max, seeds, &format!("class-{class}"), METHOD)?;
         let mut order: Vec<usize> = (0..sigma.len()).collect();
         order.sort_by(|&a, &b| sigma[b].total_cmp(&sigma[a]));
         let projected = centred.dot(&v_t.t());
