@@ -21,7 +21,6 @@ mod tracker;
 
 use candle_core::{Device, Tensor};
 use gauntlet_core::{Classifier, Norm, SeedStream};
-use serde::{Deserialize, Serialize};
 
 pub use apgd::{Apgd, ApgdParams};
 pub use context::{AttackContext, LossGradient};
@@ -102,15 +101,8 @@ impl Goal {
     }
 }
 
-/// How an attack's result is judged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AttackKind {
-    /// Searches within a given ε-ball; success is judged per ε.
-    FixedEpsilon,
-    /// Searches for the smallest perturbation; reports a norm per sample.
-    MinimalPerturbation,
-}
+/// How an attack's result is judged (the record's vocabulary).
+pub use gauntlet_record::AttackKind;
 
 /// An evasion attack.
 pub trait Attack: Send + Sync {

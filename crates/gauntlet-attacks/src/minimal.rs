@@ -70,7 +70,7 @@ impl Attack for DeepFool {
         AttackKind::MinimalPerturbation
     }
     fn parameters(&self) -> serde_json::Value {
-        serde_json::to_value(&self.params).unwrap_or_default()
+        gauntlet_record::json_value(&self.params)
     }
     fn is_randomized(&self) -> bool {
         false
@@ -211,7 +211,7 @@ impl Attack for CarliniWagner {
         AttackKind::MinimalPerturbation
     }
     fn parameters(&self) -> serde_json::Value {
-        serde_json::to_value(&self.params).unwrap_or_default()
+        gauntlet_record::json_value(&self.params)
     }
     fn is_randomized(&self) -> bool {
         false

@@ -91,7 +91,7 @@ impl Attack for Square {
         Norm::Linf
     }
     fn parameters(&self) -> serde_json::Value {
-        serde_json::to_value(&self.params).unwrap_or_default()
+        gauntlet_record::json_value(&self.params)
     }
     fn is_randomized(&self) -> bool {
         true

@@ -20,7 +20,7 @@
 mod output;
 mod stats;
 
-use gauntlet_record::RunRecord;
+use gauntlet_record::{Norm, RunRecord};
 use serde::Deserialize;
 
 pub use output::{junit_xml, markdown, table};
@@ -84,23 +84,50 @@ impl Default for Policy {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RobustThreshold {
-    /// `linf` or `l2`.
-    pub norm: String,
+    /// The threat model's norm.
+    pub norm: Norm,
     /// ε as a number or a fraction such as `"8/255"`.
     pub epsilon: Epsilon,
-    /// An attack name, or `worst-case` (default): the per-sample worst case.
-    #[serde(default = "worst_case_name")]
-    pub attack: String,
+    /// Which result to read: the per-sample worst case (default) or one attack.
+    #[serde(default)]
+    pub attack: AttackSelector,
     /// Minimum robust accuracy.
     pub min_accuracy: f64,
 }
 
-fn worst_case_name() -> String {
-    WORST_CASE.into()
-}
-
 /// The name of the per-sample worst case over every attack of a norm.
 pub const WORST_CASE: &str = "worst-case";
+
+/// Which robust accuracy a threshold reads: `worst-case` (the per-sample worst
+/// case over every attack of the norm) or an attack's registry name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "String")]
+pub enum AttackSelector {
+    /// The per-sample worst case, [`WORST_CASE`].
+    #[default]
+    WorstCase,
+    /// One attack's own robust accuracy.
+    Attack(String),
+}
+
+impl From<String> for AttackSelector {
+    fn from(name: String) -> Self {
+        if name == WORST_CASE {
+            Self::WorstCase
+        } else {
+            Self::Attack(name)
+        }
+    }
+}
+
+impl std::fmt::Display for AttackSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::WorstCase => f.write_str(WORST_CASE),
+            Self::Attack(name) => f.write_str(name),
+        }
+    }
+}
 
 /// ε in a policy: a number or a fraction `"a/b"`.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -169,12 +196,6 @@ impl Policy {
         for r in &self.robust {
             fraction("robust.min_accuracy", r.min_accuracy)?;
             r.epsilon.value()?;
-            if !matches!(r.norm.as_str(), "linf" | "l2") {
-                return Err(Error::Policy(format!(
-                    "robust.norm '{}' is not linf or l2",
-                    r.norm
-                )));
-            }
         }
         Ok(())
     }
@@ -341,15 +362,15 @@ fn mismatches(record: &RunRecord, baseline: &RunRecord) -> Vec<String> {
             describe(suite(baseline))
         ));
     }
-    let grid = |r: &RunRecord| -> Vec<(String, String)> {
+    let grid = |r: &RunRecord| -> Vec<(Norm, String)> {
         r.robustness
             .iter()
             .flat_map(|rb| rb.worst_case.iter())
-            .map(|w| (w.norm.clone(), format_epsilon(w.epsilon)))
+            .map(|w| (w.norm, format_epsilon(w.epsilon)))
             .collect()
     };
     if grid(record) != grid(baseline) {
-        let show = |g: Vec<(String, String)>| {
+        let show = |g: Vec<(Norm, String)>| {
             g.iter()
                 .map(|(n, e)| format!("{n} {e}"))
                 .collect::<Vec<_>>()
@@ -399,22 +420,19 @@ pub fn check(
                 "the policy has robust thresholds but the record has no attack results (evaluate with --suite)".into(),
             )
         })?;
-        let found = if wanted.attack == WORST_CASE {
-            robustness
+        let found = match &wanted.attack {
+            AttackSelector::WorstCase => robustness
                 .worst_case
                 .iter()
                 .find(|w| w.norm == wanted.norm && same_epsilon(w.epsilon, eps))
-                .map(|w| w.robust_accuracy)
-        } else {
-            robustness
+                .map(|w| w.robust_accuracy),
+            AttackSelector::Attack(name) => robustness
                 .attacks
                 .iter()
                 .find(|a| {
-                    a.attack == wanted.attack
-                        && a.norm == wanted.norm
-                        && same_epsilon(a.epsilon, eps)
+                    &a.attack == name && a.norm == wanted.norm && same_epsilon(a.epsilon, eps)
                 })
-                .map(|a| a.robust_accuracy)
+                .map(|a| a.robust_accuracy),
         };
         let accuracy = found.ok_or_else(|| {
             let available: Vec<String> = robustness

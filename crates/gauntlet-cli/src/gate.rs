@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use gauntlet_check::{Epsilon, Policy, RobustThreshold, WORST_CASE};
+use gauntlet_check::{AttackSelector, Epsilon, Policy, RobustThreshold};
+use gauntlet_core::Norm;
 
 use crate::toolbox::{read_record, write_record};
 
@@ -63,12 +64,23 @@ fn robust_flag(text: &str) -> Result<RobustThreshold> {
     let min_accuracy: f64 = parts[2]
         .parse()
         .with_context(|| format!("--min-robust '{text}': '{}' is not a number", parts[2]))?;
+    let names: Vec<&str> = Norm::ALL.iter().map(|n| n.name()).collect();
+    let norm = Norm::ALL
+        .into_iter()
+        .find(|n| n.name() == parts[0])
+        .with_context(|| {
+            format!(
+                "--min-robust '{text}': norm '{}' is not one of {}",
+                parts[0],
+                names.join(", ")
+            )
+        })?;
     Ok(RobustThreshold {
-        norm: parts[0].to_string(),
+        norm,
         epsilon: Epsilon::Value(gauntlet_check::parse_epsilon(parts[1])?),
         attack: parts
             .get(3)
-            .map_or(WORST_CASE.to_string(), |a| a.to_string()),
+            .map_or(AttackSelector::WorstCase, |a| a.to_string().into()),
         min_accuracy,
     })
 }

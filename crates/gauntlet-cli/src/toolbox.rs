@@ -269,7 +269,7 @@ pub(crate) fn check_out_dir(out: &Path, replace: bool) -> Result<()> {
 }
 
 pub(crate) fn write_record(path: &Path, record: &RunRecord) -> Result<()> {
-    gauntlet_core::write_atomic(path, record.to_json().as_bytes())
+    gauntlet_core::write_atomic(path, record.to_json()?.as_bytes())
         .with_context(|| format!("cannot write the run record {}", path.display()))
 }
 

@@ -29,15 +29,9 @@ impl Bounds {
     }
 }
 
-/// The norm that measures a perturbation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Norm {
-    /// Largest absolute change of any input value.
-    Linf,
-    /// Euclidean length of the perturbation.
-    L2,
-}
+/// The norm that measures a perturbation; the record's vocabulary, so runs,
+/// records and policies share one name table.
+pub use gauntlet_record::Norm;
 
 /// A differentiable classifier in input (pixel) space, in evaluation mode.
 ///

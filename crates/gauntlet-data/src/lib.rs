@@ -33,39 +33,9 @@ use serde::{Deserialize, Serialize};
 use error::{format_err, io_err};
 pub use error::{Error, Result};
 
-/// Which part of a dataset to read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Split {
-    /// The training split.
-    Train,
-    /// The held-out test split.
-    Test,
-}
-
-impl Split {
-    /// Both splits.
-    pub const ALL: [Self; 2] = [Self::Train, Self::Test];
-
-    /// `"train"` or `"test"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Split::Train => "train",
-            Split::Test => "test",
-        }
-    }
-}
-
-impl std::str::FromStr for Split {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        choose(
-            s,
-            "split",
-            &[("train", Split::Train), ("test", Split::Test)],
-        )
-    }
-}
+/// Which part of a dataset to read; the format a dataset was read from (the
+/// record's vocabulary).
+pub use gauntlet_record::{DataFormat, Split};
 
 /// The choice named `value` among `choices`, or an error listing them.
 fn choose<T: Copy>(value: &str, what: &str, choices: &[(&str, T)]) -> Result<T> {
@@ -80,44 +50,6 @@ fn choose<T: Copy>(value: &str, what: &str, choices: &[(&str, T)]) -> Result<T> 
                 names.join(" or ")
             ))
         })
-}
-
-/// The on-disk format a dataset was read from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DataFormat {
-    /// MNIST-style IDX files.
-    Idx,
-    /// CIFAR-10 binary batches.
-    Cifar10Binary,
-    /// A NumPy `.npz` archive.
-    Npz,
-    /// A directory of NumPy `.npy` files.
-    Npy,
-    /// A folder of image files (torchvision's `ImageFolder`, or a labels CSV).
-    ImageFolder,
-    /// CIFAR-10 python batches (`cifar-10-batches-py`: pickled dicts).
-    Cifar10Python,
-    /// CIFAR-100 python files (`cifar-100-python`: pickled dicts).
-    Cifar100Python,
-    /// CIFAR-100 binary files (`cifar-100-binary`).
-    Cifar100Binary,
-}
-
-impl DataFormat {
-    /// Short name used in records and messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DataFormat::Idx => "idx",
-            DataFormat::Cifar10Binary => "cifar10-binary",
-            DataFormat::Npz => "npz",
-            DataFormat::Npy => "npy",
-            DataFormat::ImageFolder => "image-folder",
-            DataFormat::Cifar10Python => "cifar10-python",
-            DataFormat::Cifar100Python => "cifar100-python",
-            DataFormat::Cifar100Binary => "cifar100-binary",
-        }
-    }
 }
 
 /// Which of CIFAR-100's two label sets to read.
@@ -308,8 +240,8 @@ impl Dataset {
         gauntlet_record::DatasetRecord {
             path: self.path.display().to_string(),
             sha256: self.sha256.clone(),
-            format: self.format.as_str().into(),
-            split: self.split.as_str().into(),
+            format: self.format,
+            split: self.split,
             num_samples: self.len(),
             preprocess: self.preprocess.map(|p| {
                 let mode = if self.shape[0] == 1 {

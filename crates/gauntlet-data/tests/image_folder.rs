@@ -225,7 +225,7 @@ fn the_shipped_mnist_as_png_files_is_the_same_data() {
     }
     // The record says how the files became samples.
     let record = folder.record();
-    assert_eq!(record.format, "image-folder");
+    assert_eq!(record.format.as_str(), "image-folder");
     assert_eq!(record.preprocess.as_deref(), Some("none, grey (L)"));
 }
 

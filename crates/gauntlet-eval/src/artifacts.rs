@@ -29,9 +29,14 @@ pub fn gallery(
     attacks: &[AttackResult],
     first_sample: usize,
 ) -> Result<Vec<GalleryExample>> {
+    // Each example with its attack's norm (every example comes from a listed attack).
     let chosen: Vec<_> = examples
         .iter()
         .filter(|(&i, _)| first_sample + i < GALLERY_CANDIDATES)
+        .filter_map(|(i, example)| {
+            let norm = attacks.iter().find(|a| a.attack == example.1)?.norm;
+            Some((i, (example, norm)))
+        })
         .take(GALLERY_SIZE)
         .collect();
     if chosen.is_empty() {
@@ -43,7 +48,7 @@ pub fn gallery(
     let (clean_images, _) = data.gather(&indices, model.device())?;
     let adversarial: Vec<f32> = chosen
         .iter()
-        .flat_map(|(_, (_, _, image))| image.iter().copied())
+        .flat_map(|(_, ((_, _, image), _))| image.iter().copied())
         .collect();
     let adversarial_images =
         Tensor::from_vec(adversarial, (chosen.len(), c, h, w), model.device())?;
@@ -57,24 +62,22 @@ pub fn gallery(
     Ok(chosen
         .iter()
         .enumerate()
-        .map(|(k, (&index, (epsilon, attack, image)))| GalleryExample {
-            index: first_sample + index,
-            label: data.labels()[index],
-            attack: attack.clone(),
-            norm: attacks
-                .iter()
-                .find(|a| &a.attack == attack)
-                .map(|a| a.norm.clone())
-                .unwrap_or_default(),
-            epsilon: *epsilon,
-            shape,
-            original: clean_pixels[k * per..(k + 1) * per].to_vec(),
-            adversarial: image.clone(),
-            clean_prediction: clean_top[k].0,
-            clean_confidence: clean_top[k].1,
-            adversarial_prediction: adversarial_top[k].0,
-            adversarial_confidence: adversarial_top[k].1,
-        })
+        .map(
+            |(k, (&index, ((epsilon, attack, image), norm)))| GalleryExample {
+                index: first_sample + index,
+                label: data.labels()[index],
+                attack: attack.clone(),
+                norm: *norm,
+                epsilon: *epsilon,
+                shape,
+                original: clean_pixels[k * per..(k + 1) * per].to_vec(),
+                adversarial: image.clone(),
+                clean_prediction: clean_top[k].0,
+                clean_confidence: clean_top[k].1,
+                adversarial_prediction: adversarial_top[k].0,
+                adversarial_confidence: adversarial_top[k].1,
+            },
+        )
         .collect())
 }
 

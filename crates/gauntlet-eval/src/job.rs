@@ -23,7 +23,7 @@
 //! }
 //! .plan()?;
 //! let output = plan.run(&gauntlet_core::NoProgress, &mut NoJournal)?;
-//! println!("{}", output.record.to_json());
+//! println!("{}", output.record.to_json()?);
 //! # Ok(())
 //! # }
 //! ```
@@ -311,7 +311,7 @@ pub fn model_record(info: &ModelInfo, scan: Option<ModelScanRecord>) -> ModelRec
     ModelRecord {
         path: info.path.display().to_string(),
         sha256: info.sha256.clone(),
-        format: info.format.as_str().into(),
+        format: info.format,
         arch: info.arch.clone(),
         num_classes: info.num_classes,
         input_shape: info.input_shape,

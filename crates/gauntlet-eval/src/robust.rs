@@ -13,6 +13,7 @@ use candle_core::Tensor;
 use gauntlet_attacks::{run_attack, Attack, AttackKind, Goal};
 use gauntlet_core::{Classifier, Norm, Observer, SeedStream};
 use gauntlet_data::Dataset;
+use gauntlet_record::WarningCode;
 use serde::{Deserialize, Serialize};
 
 use crate::{predictions_of, CleanResult, Error, Result};
@@ -48,24 +49,6 @@ pub use gauntlet_record::{
     AttackRecord as AttackResult, MinimalRecord as MinimalNorms, WarningRecord as Warning,
     WorstCaseRecord as WorstCase,
 };
-
-fn norm_name(norm: Norm) -> String {
-    match norm {
-        Norm::Linf => "linf".into(),
-        Norm::L2 => "l2".into(),
-    }
-}
-
-fn kind_name(kind: AttackKind) -> String {
-    match kind {
-        AttackKind::FixedEpsilon => "fixed-epsilon".into(),
-        AttackKind::MinimalPerturbation => "minimal-perturbation".into(),
-    }
-}
-
-fn target_value(target: TargetSpec) -> serde_json::Value {
-    serde_json::to_value(target).unwrap_or_default()
-}
 
 /// What one attack batch found: enough to fold it into the evaluation again
 /// without recomputing it (see [`Journal`]).
@@ -422,10 +405,10 @@ impl Sweep<'_> {
                 .count();
             self.result.attacks.push(AttackResult {
                 attack: attack.name().into(),
-                norm: norm_name(attack.norm()),
-                kind: kind_name(attack.kind()),
+                norm: attack.norm(),
+                kind: attack.kind(),
                 parameters: attack.parameters(),
-                target: target_value(entry.target),
+                target: gauntlet_record::json_value(&entry.target),
                 epsilon: eps,
                 robust_accuracy: gauntlet_record::accuracy_of(&robust),
                 robust,
@@ -448,7 +431,7 @@ impl Sweep<'_> {
         ));
         self.result.minimal.push(MinimalNorms {
             attack: attack.name().into(),
-            norm: norm_name(attack.norm()),
+            norm: attack.norm(),
             norms,
         });
         Ok(())
@@ -547,7 +530,7 @@ impl Sweep<'_> {
         ));
         if black_box_only > 0 {
             self.result.warnings.push(Warning {
-                code: "black-box-beats-white-box".into(),
+                code: WarningCode::BlackBoxBeatsWhiteBox,
                 message: format!("{} (gradient-free) broke {black_box_only} samples at ε = {eps} that the gradient-based attacks before it could not", attack.name()),
                 cause: "gradients are masked or obfuscated (e.g. saturated softmax, non-differentiable preprocessing, randomness), so white-box attacks underestimate the threat".into(),
                 remedy: "trust the worst case, not the white-box numbers; use logits (not probabilities), DLR-loss attacks (apgd-dlr) and more restarts".into(),
@@ -555,10 +538,10 @@ impl Sweep<'_> {
         }
         self.result.attacks.push(AttackResult {
             attack: attack.name().into(),
-            norm: norm_name(attack.norm()),
-            kind: kind_name(attack.kind()),
+            norm: attack.norm(),
+            kind: attack.kind(),
             parameters: attack.parameters(),
-            target: target_value(entry.target),
+            target: gauntlet_record::json_value(&entry.target),
             epsilon: eps,
             robust_accuracy,
             robust,
@@ -606,7 +589,7 @@ impl Sweep<'_> {
             for eps in grid {
                 let robust = self.robust_at(norm, eps);
                 self.result.worst_case.push(WorstCase {
-                    norm: norm_name(norm),
+                    norm: norm,
                     epsilon: eps,
                     robust_accuracy: gauntlet_record::accuracy_of(&robust),
                     robust,
@@ -689,7 +672,7 @@ fn rising_warnings(worst: &[WorstCase]) -> Vec<Warning> {
         .windows(2)
         .filter(|w| w[0].norm == w[1].norm && w[1].robust_accuracy > w[0].robust_accuracy)
         .map(|w| Warning {
-            code: "robust-accuracy-rises-with-epsilon".into(),
+            code: WarningCode::RobustAccuracyRisesWithEpsilon,
             message: format!("robust accuracy rises from {:.2}% at ε = {} to {:.2}% at ε = {} ({})", 100.0 * w[0].robust_accuracy, w[0].epsilon, 100.0 * w[1].robust_accuracy, w[1].epsilon, w[1].norm),
             cause: "a larger threat model can only break more samples; this indicates a bug or a non-deterministic model".into(),
             remedy: "re-run with the same seed, check the non-deterministic-forward warning, and report it".into(),
@@ -700,7 +683,6 @@ fn rising_warnings(worst: &[WorstCase]) -> Vec<Warning> {
 /// Accuracy above chance at a perturbation that can turn any image into any other
 /// means the attacks failed, not that the model is robust.
 fn large_epsilon_warnings(model: &dyn Classifier, worst: &[WorstCase]) -> Vec<Warning> {
-    let linf = norm_name(Norm::Linf);
     let bounds = model.bounds();
     let range = bounds.max - bounds.min;
     let [c, h, w] = model.input_shape();
@@ -708,11 +690,11 @@ fn large_epsilon_warnings(model: &dyn Classifier, worst: &[WorstCase]) -> Vec<Wa
     worst
         .iter()
         .filter(|wc| {
-            let huge = if wc.norm == linf { range * 0.5 } else { range * 0.5 * ((c * h * w) as f64).sqrt() };
+            let huge = if wc.norm == Norm::Linf { range * 0.5 } else { range * 0.5 * ((c * h * w) as f64).sqrt() };
             wc.epsilon >= huge && wc.robust_accuracy > chance
         })
         .map(|wc| Warning {
-            code: "accuracy-above-chance-at-huge-epsilon".into(),
+            code: WarningCode::AccuracyAboveChanceAtHugeEpsilon,
             message: format!("robust accuracy {:.1}% at ε = {} ({}), where any input can be changed into a mid-grey image", 100.0 * wc.robust_accuracy, wc.epsilon, wc.norm),
             cause: "the attacks are not converging (too few steps, a too small step size) or the gradients are masked".into(),
             remedy: "add steps and restarts, use apgd-ce/apgd-dlr and square-linf, and check the gradient warnings".into(),
@@ -736,7 +718,7 @@ pub fn model_sanity(
     });
     if probabilities {
         warnings.push(Warning {
-            code: "probabilities-not-logits".into(),
+            code: WarningCode::ProbabilitiesNotLogits,
             message: "the model's outputs are non-negative and sum to 1: they look like probabilities, not logits".into(),
             cause: "a final softmax saturates, so gradients of the cross-entropy vanish and gradient attacks underestimate the threat".into(),
             remedy: "export the model without its final Softmax, or rely on apgd-dlr and square-linf".into(),
@@ -750,7 +732,7 @@ pub fn model_sanity(
         .to_scalar::<f64>()?;
     if diff != 0.0 {
         warnings.push(Warning {
-            code: "non-deterministic-forward".into(),
+            code: WarningCode::NonDeterministicForward,
             message: format!("two forward passes on the same input differ by up to {diff:e}"),
             cause: "randomised layers (dropout in training mode, random transforms) make a single attack run meaningless".into(),
             remedy: "put the model in evaluation mode; for randomised defences use expectation over transformation".into(),
@@ -771,7 +753,7 @@ pub fn model_sanity(
             .count();
         if bad * 10 > per.len() {
             warnings.push(Warning {
-                code: "zero-or-nan-gradients".into(),
+                code: WarningCode::ZeroOrNanGradients,
                 message: format!("{bad} of {} samples have an all-zero or non-finite input gradient", per.len()),
                 cause: "saturated outputs or non-differentiable operations mask the gradient; white-box attacks will fail for the wrong reason".into(),
                 remedy: "use logits, check for NaNs in the model, and rely on apgd-dlr and square-linf".into(),

@@ -11,6 +11,7 @@ use gauntlet_core::{Bounds, Classifier, NoProgress, Norm, SeedStream};
 use gauntlet_data::{load, Dataset, LoadOptions, Split};
 use gauntlet_eval::{evaluate_clean, evaluate_robust, RobustConfig, Suite, SuiteEntry, TargetSpec};
 use gauntlet_models::{load_model, ModelOptions};
+use gauntlet_record::WarningCode;
 
 /// logits = the two input values: class 0 wins while x0 > x1.
 struct TwoPixels;
@@ -127,7 +128,7 @@ fn the_gallery_shows_broken_samples_with_what_the_model_said_before_and_after() 
         assert_eq!(g.original, original);
         assert_eq!(g.adversarial, result.examples[&g.index].2);
         assert_eq!(
-            (g.attack.as_str(), g.norm.as_str(), g.epsilon),
+            (g.attack.as_str(), g.norm.name(), g.epsilon),
             ("a", "linf", 0.5)
         );
         assert_eq!((g.clean_prediction, g.adversarial_prediction), (0, 1));
@@ -380,12 +381,16 @@ fn sanity_check_flags_probabilities_instead_of_logits() {
     let y = Tensor::new(&[0u32, 1], &Device::Cpu).unwrap();
     let flagged = gauntlet_eval::model_sanity(&Softmaxed(TwoPixels), &x, &y).unwrap();
     assert!(
-        flagged.iter().any(|w| w.code == "probabilities-not-logits"),
+        flagged
+            .iter()
+            .any(|w| w.code == WarningCode::ProbabilitiesNotLogits),
         "{flagged:?}"
     );
     let clean = gauntlet_eval::model_sanity(&TwoPixels, &x, &y).unwrap();
     assert!(
-        clean.iter().all(|w| w.code != "probabilities-not-logits"),
+        clean
+            .iter()
+            .all(|w| w.code != WarningCode::ProbabilitiesNotLogits),
         "{clean:?}"
     );
 }
@@ -419,17 +424,14 @@ fn record_types_carry_norm_kind_and_target_names() {
     };
     let result = evaluate_robust(&TwoPixels, &data, &clean, &suite, &config, &NoProgress).unwrap();
     assert_eq!(
-        (
-            result.attacks[0].norm.as_str(),
-            result.attacks[0].kind.as_str()
-        ),
+        (result.attacks[0].norm.name(), result.attacks[0].kind.name()),
         ("linf", "fixed-epsilon")
     );
     assert_eq!(result.attacks[0].target, serde_json::json!("none"));
     assert!(result
         .warnings
         .iter()
-        .all(|w| w.code != "robust-accuracy-rises-with-epsilon"));
+        .all(|w| w.code != WarningCode::RobustAccuracyRisesWithEpsilon));
 }
 
 /// Every random draw is keyed by the sample, so per-sample results do not depend on

@@ -11,51 +11,31 @@ use crate::network::{Network, Normalization};
 use crate::onnx::OnnxModel;
 use crate::{Arch, Error, Result};
 
-/// The file format a model came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ModelFormat {
-    /// safetensors (Gauntlet's own files carry their architecture in metadata).
-    Safetensors,
-    /// A PyTorch state dict (`.pt`/`.pth`), read without executing pickle code.
-    Pytorch,
-    /// An ONNX graph.
-    Onnx,
-}
+/// The file format a model came from (the record's vocabulary).
+pub use gauntlet_record::ModelFormat;
 
-impl ModelFormat {
-    /// Short name for records and messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ModelFormat::Safetensors => "safetensors",
-            ModelFormat::Pytorch => "pytorch",
-            ModelFormat::Onnx => "onnx",
-        }
+/// Detect a model's format from its extension, falling back to the file's first bytes.
+fn detect_format(path: &Path, head: &[u8]) -> Result<ModelFormat> {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("safetensors") => return Ok(ModelFormat::Safetensors),
+        Some("pt" | "pth" | "bin" | "ckpt") => return Ok(ModelFormat::Pytorch),
+        Some("onnx") => return Ok(ModelFormat::Onnx),
+        _ => {}
     }
-
-    /// Detect from the extension, falling back to the file's first bytes.
-    pub fn detect(path: &Path, head: &[u8]) -> Result<Self> {
-        match path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            Some("safetensors") => return Ok(Self::Safetensors),
-            Some("pt" | "pth" | "bin" | "ckpt") => return Ok(Self::Pytorch),
-            Some("onnx") => return Ok(Self::Onnx),
-            _ => {}
-        }
-        if head.starts_with(b"PK\x03\x04") {
-            Ok(Self::Pytorch)
-        } else if head.len() >= 9 && head[8] == b'{' {
-            Ok(Self::Safetensors)
-        } else {
-            Err(Error::Format {
-                path: path.to_path_buf(),
-                message: "unknown model format, expected .safetensors, .pt/.pth (PyTorch state dict) or .onnx".into(),
-            })
-        }
+    if head.starts_with(b"PK\x03\x04") {
+        Ok(ModelFormat::Pytorch)
+    } else if head.len() >= 9 && head[8] == b'{' {
+        Ok(ModelFormat::Safetensors)
+    } else {
+        Err(Error::Format {
+            path: path.to_path_buf(),
+            message: "unknown model format, expected .safetensors, .pt/.pth (PyTorch state dict) or .onnx".into(),
+        })
     }
 }
 
@@ -162,7 +142,7 @@ pub fn load_model(
         source,
     })?;
     let sha256 = gauntlet_core::sha256_bytes(&bytes);
-    let format = ModelFormat::detect(path, &bytes[..bytes.len().min(16)])?;
+    let format = detect_format(path, &bytes[..bytes.len().min(16)])?;
     let bounds = options.bounds.unwrap_or(Bounds::UNIT);
     let (model, arch_name) = match format {
         ModelFormat::Safetensors => {

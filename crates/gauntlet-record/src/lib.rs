@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 
 mod merge;
 mod text;
+mod vocabulary;
 pub use merge::merge_shards;
-pub use text::{escape_markup, parse_epsilon};
+pub use text::{escape_markup, json_value, parse_epsilon};
+pub use vocabulary::{AttackKind, DataFormat, ModelFormat, Norm, Split, WarningCode};
 
 /// Version of the schema this crate writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -29,6 +31,9 @@ pub enum Error {
         /// Version supported.
         expected: u32,
     },
+    /// The record could not be written as JSON.
+    #[error("cannot serialise the run record: {0}")]
+    Serialise(#[source] serde_json::Error),
     /// Shard records that cannot be merged into one evaluation.
     #[error("cannot merge: {0}")]
     Merge(String),
@@ -121,8 +126,8 @@ pub struct ModelRecord {
     pub path: String,
     /// sha256 of the file.
     pub sha256: String,
-    /// `safetensors`, `pytorch` or `onnx`.
-    pub format: String,
+    /// The file's format.
+    pub format: ModelFormat,
     /// Architecture (`mlp`, `cnn`, `cifar-cnn`, or `onnx`).
     pub arch: String,
     /// Number of classes.
@@ -161,10 +166,10 @@ pub struct DatasetRecord {
     pub path: String,
     /// sha256 over the split's files.
     pub sha256: String,
-    /// `idx`, `cifar10-binary`, `npz`, `npy` or `image-folder`.
-    pub format: String,
-    /// `train` or `test`.
-    pub split: String,
+    /// The format the split was read from.
+    pub format: DataFormat,
+    /// Which split.
+    pub split: Split,
     /// Samples evaluated: the first `num_samples` of the split, in file order.
     pub num_samples: usize,
     /// How image files became samples (image folders only), e.g.
@@ -238,8 +243,8 @@ fn constant_schedule() -> String {
 pub struct AdversarialTrainingRecord {
     /// `pgd` (Madry et al. 2018), `fgsm-rs` (Wong et al. 2020) or `trades` (Zhang et al. 2019).
     pub method: String,
-    /// Threat model's norm: `linf` or `l2`.
-    pub norm: String,
+    /// Threat model's norm.
+    pub norm: Norm,
     /// Final training ε.
     pub epsilon: f64,
     /// Attack steps per batch.
@@ -343,7 +348,7 @@ pub struct GalleryExample {
     /// The attack that broke it.
     pub attack: String,
     /// Its norm.
-    pub norm: String,
+    pub norm: Norm,
     /// The smallest ε that broke it.
     pub epsilon: f64,
     /// `[C, H, W]`.
@@ -382,10 +387,10 @@ pub struct SuiteRecord {
 pub struct AttackRecord {
     /// Registry name.
     pub attack: String,
-    /// `linf` or `l2`.
-    pub norm: String,
-    /// `fixed-epsilon` or `minimal-perturbation`.
-    pub kind: String,
+    /// The norm its perturbations are measured in.
+    pub norm: Norm,
+    /// Fixed-ε or minimal-perturbation.
+    pub kind: AttackKind,
     /// The attack's full resolved parameters.
     pub parameters: serde_json::Value,
     /// Targeting: `"none"`, `"random"`, `"least-likely"` or `{"class": k}`.
@@ -420,8 +425,8 @@ pub struct AttackRecord {
 pub struct MinimalRecord {
     /// Registry name.
     pub attack: String,
-    /// `linf` or `l2`.
-    pub norm: String,
+    /// The norm its perturbations are measured in.
+    pub norm: Norm,
     /// Per sample: the norm of the adversarial example found, or null.
     pub norms: Vec<Option<f64>>,
 }
@@ -430,8 +435,8 @@ pub struct MinimalRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorstCaseRecord {
-    /// `linf` or `l2`.
-    pub norm: String,
+    /// The norm of the threat model.
+    pub norm: Norm,
     /// ε.
     pub epsilon: f64,
     /// Fraction of samples robust to every attack.
@@ -445,7 +450,7 @@ pub struct WorstCaseRecord {
 #[serde(deny_unknown_fields)]
 pub struct WarningRecord {
     /// Stable identifier, e.g. `probabilities-not-logits`.
-    pub code: String,
+    pub code: WarningCode,
     /// What was observed.
     pub message: String,
     /// Why it matters.
@@ -754,10 +759,10 @@ impl RunRecord {
     }
 
     /// Pretty JSON with a trailing newline; the same record always gives the same bytes.
-    pub fn to_json(&self) -> String {
-        let mut text = serde_json::to_string_pretty(self).unwrap_or_default();
+    pub fn to_json(&self) -> Result<String> {
+        let mut text = serde_json::to_string_pretty(self).map_err(Error::Serialise)?;
         text.push('\n');
-        text
+        Ok(text)
     }
 
     /// Parse a record, refusing unknown schema versions before anything else.
@@ -804,7 +809,7 @@ mod tests {
             model: ModelRecord {
                 path: "m.safetensors".into(),
                 sha256: "ab".repeat(32),
-                format: "safetensors".into(),
+                format: ModelFormat::Safetensors,
                 arch: "cnn".into(),
                 num_classes: 10,
                 input_shape: [1, 28, 28],
@@ -814,8 +819,8 @@ mod tests {
             dataset: DatasetRecord {
                 path: "datasets/mnist-5k".into(),
                 sha256: "cd".repeat(32),
-                format: "idx".into(),
-                split: "test".into(),
+                format: DataFormat::Idx,
+                split: Split::Test,
                 num_samples: 3,
                 preprocess: None,
             },
@@ -885,22 +890,51 @@ mod tests {
     #[test]
     fn round_trip_is_lossless_and_byte_stable() {
         let r = sample();
-        let text = r.to_json();
+        let text = r.to_json().unwrap();
         let back = RunRecord::from_json(&text).unwrap();
         assert_eq!(back, r);
-        assert_eq!(back.to_json(), text);
+        assert_eq!(back.to_json().unwrap(), text);
         assert!(!text.contains("training"), "absent sections are omitted");
+    }
+
+    /// The typed vocabulary (norms, kinds, warning codes) reads every record
+    /// the repository ships and writes it back byte for byte.
+    #[test]
+    fn shipped_records_round_trip_unchanged() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../reports");
+        let mut seen = 0;
+        for relative in [
+            "demo/standard/results.json",
+            "demo/fgsm-rs/eval/results.json",
+            "demo/fgsm-rs/model.record.json",
+            "mnist-cnn-pgd-at/results.json",
+        ] {
+            let text = std::fs::read_to_string(root.join(relative)).unwrap();
+            let written = RunRecord::from_json(&text).unwrap().to_json().unwrap();
+            // The first differing line, not two whole records.
+            let differs = written
+                .lines()
+                .zip(text.lines())
+                .enumerate()
+                .find(|(_, (a, b))| a != b);
+            assert_eq!(differs, None, "{relative}");
+            assert_eq!(written.len(), text.len(), "{relative}");
+            seen += 1;
+        }
+        assert_eq!(seen, 4);
     }
 
     #[test]
     fn unknown_schema_versions_and_fields_are_refused() {
         let text = sample()
             .to_json()
+            .unwrap()
             .replace("\"schema_version\": 1", "\"schema_version\": 99");
         let err = RunRecord::from_json(&text).unwrap_err().to_string();
         assert!(err.contains("99") && err.contains("version 1"), "{err}");
         let text = sample()
             .to_json()
+            .unwrap()
             .replace("\"seed\": 7", "\"seed\": 7, \"sede\": 8");
         assert!(RunRecord::from_json(&text)
             .unwrap_err()

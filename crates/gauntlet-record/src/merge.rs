@@ -1,17 +1,17 @@
 //! Merging the records of `--shard K/N` runs into the record of the whole run.
 
-use crate::{accuracy_of, AttackRecord, Error, Result, RunKind, RunRecord};
+use crate::{accuracy_of, AttackKind, AttackRecord, Error, Norm, Result, RunKind, RunRecord};
 
 fn refuse(message: String) -> Error {
     Error::Merge(message)
 }
 
 /// What identifies an attack run apart from its results.
-fn attack_key(a: &AttackRecord) -> (String, String, String, String, String, u64) {
+fn attack_key(a: &AttackRecord) -> (String, Norm, AttackKind, String, String, u64) {
     (
         a.attack.clone(),
-        a.norm.clone(),
-        a.kind.clone(),
+        a.norm,
+        a.kind,
         a.parameters.to_string(),
         a.target.to_string(),
         a.epsilon.to_bits(),
@@ -163,7 +163,7 @@ fn check_same_run(
         (
             r.dataset.path.clone(),
             r.dataset.sha256.clone(),
-            r.dataset.split.clone(),
+            r.dataset.split,
         )
     };
     same("dataset", dataset(record) == dataset(first))?;

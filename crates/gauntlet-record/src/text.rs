@@ -1,6 +1,14 @@
 //! Text helpers for the values a record holds, shared by everything that reads
 //! or renders records (the evaluation runner, the report, the CI gate).
 
+/// `value` as JSON for a record (an attack's parameters, a target). Serde
+/// refuses only maps with non-string keys, which none of these have; should one
+/// appear, the record holds the error's text rather than a silent `null`.
+pub fn json_value<T: serde::Serialize + ?Sized>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value)
+        .unwrap_or_else(|e| serde_json::Value::String(format!("not serialisable: {e}")))
+}
+
 /// An ε as people write it: a non-negative number (`0.3`) or a fraction
 /// (`8/255`). `None` for anything else (negative, infinite, `x/0`, not a number);
 /// callers say in their own words what was expected.

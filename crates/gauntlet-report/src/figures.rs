@@ -1,9 +1,9 @@
 //! Which charts a set of records calls for, as data.
 
-use gauntlet_record::{RobustnessRecord, RunRecord};
+use gauntlet_record::{Norm, RobustnessRecord, RunRecord};
 
 use crate::charts::{Chart, ChartKind, Series, Stroke};
-use crate::{epsilon, norm_name, percent, slug, ReportInput, Section};
+use crate::{epsilon, percent, slug, ReportInput, Section};
 
 const ACCURACY: (f64, f64) = (0.0, 100.0);
 
@@ -25,7 +25,7 @@ pub(crate) fn charts(inputs: &[ReportInput]) -> Vec<(Section, Chart)> {
         .collect();
     if with_robustness.len() > 1 {
         for norm in norms_of(&with_robustness) {
-            out.push((Section::Robustness, comparison(&with_robustness, &norm)));
+            out.push((Section::Robustness, comparison(&with_robustness, norm)));
         }
     }
     for input in inputs {
@@ -35,9 +35,9 @@ pub(crate) fn charts(inputs: &[ReportInput]) -> Vec<(Section, Chart)> {
             for norm in norms(robustness) {
                 out.push((
                     Section::Robustness,
-                    robust_vs_epsilon(input, &prefix(input), robustness, &norm, clean),
+                    robust_vs_epsilon(input, &prefix(input), robustness, norm, clean),
                 ));
-                if let Some(chart) = per_class(input, &prefix(input), robustness, &norm) {
+                if let Some(chart) = per_class(input, &prefix(input), robustness, norm) {
                     out.push((Section::Robustness, chart));
                 }
             }
@@ -70,18 +70,18 @@ pub(crate) fn charts(inputs: &[ReportInput]) -> Vec<(Section, Chart)> {
 }
 
 /// Norms in the order of the worst-case table.
-pub(crate) fn norms(robustness: &RobustnessRecord) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
+pub(crate) fn norms(robustness: &RobustnessRecord) -> Vec<Norm> {
+    let mut out: Vec<Norm> = Vec::new();
     for w in &robustness.worst_case {
         if !out.contains(&w.norm) {
-            out.push(w.norm.clone());
+            out.push(w.norm);
         }
     }
     out
 }
 
-fn norms_of(inputs: &[&ReportInput]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
+fn norms_of(inputs: &[&ReportInput]) -> Vec<Norm> {
+    let mut out: Vec<Norm> = Vec::new();
     for input in inputs {
         if let Some(r) = &input.record.robustness {
             for norm in norms(r) {
@@ -98,7 +98,7 @@ fn clean_point(clean: Option<f64>) -> Vec<(f64, f64)> {
     clean.map(|c| vec![(0.0, 100.0 * c)]).unwrap_or_default()
 }
 
-fn worst_case_points(record: &RunRecord, norm: &str) -> Vec<(f64, f64)> {
+fn worst_case_points(record: &RunRecord, norm: Norm) -> Vec<(f64, f64)> {
     let mut points = clean_point(record.clean.as_ref().map(|c| c.accuracy));
     if let Some(r) = &record.robustness {
         points.extend(
@@ -111,7 +111,7 @@ fn worst_case_points(record: &RunRecord, norm: &str) -> Vec<(f64, f64)> {
     points
 }
 
-fn comparison(inputs: &[&ReportInput], norm: &str) -> Chart {
+fn comparison(inputs: &[&ReportInput], norm: Norm) -> Chart {
     let series = inputs
         .iter()
         .enumerate()
@@ -124,13 +124,13 @@ fn comparison(inputs: &[&ReportInput], norm: &str) -> Chart {
         .collect();
     Chart {
         name: format!("compare-{norm}"),
-        title: format!("Worst-case robust accuracy, {}", norm_name(norm)),
+        title: format!("Worst-case robust accuracy, {}", norm.symbol()),
         caption: format!(
             "Each line is one record: per sample, the worst case over every {} attack in its suite; ε = 0 is clean accuracy.",
-            norm_name(norm)
+            norm.symbol()
         ),
         kind: ChartKind::Lines {
-            x_label: format!("ε ({} norm, input units)", norm_name(norm)),
+            x_label: format!("ε ({} norm, input units)", norm.symbol()),
             y_label: "robust accuracy (%)".into(),
             y_range: ACCURACY,
             series,
@@ -141,7 +141,7 @@ fn comparison(inputs: &[&ReportInput], norm: &str) -> Chart {
 /// Attacks of one norm in suite order, with their (cumulative) robust accuracy per ε.
 pub(crate) fn attack_lines(
     robustness: &RobustnessRecord,
-    norm: &str,
+    norm: Norm,
 ) -> Vec<(String, Vec<(f64, f64)>)> {
     let mut lines: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for a in robustness.attacks.iter().filter(|a| a.norm == norm) {
@@ -157,7 +157,7 @@ fn robust_vs_epsilon(
     input: &ReportInput,
     prefix: &str,
     robustness: &RobustnessRecord,
-    norm: &str,
+    norm: Norm,
     clean: Option<f64>,
 ) -> Chart {
     let mut series: Vec<Series> = attack_lines(robustness, norm)
@@ -184,10 +184,10 @@ fn robust_vs_epsilon(
     });
     Chart {
         name: format!("{prefix}robust-vs-epsilon-{norm}"),
-        title: format!("{}: robust accuracy under {} attacks", input.label, norm_name(norm)),
+        title: format!("{}: robust accuracy under {} attacks", input.label, norm.symbol()),
         caption: "Attacks run in suite order on the samples still classified correctly, so each line includes the attacks before it (“+”); the black line is the per-sample worst case. ε = 0 is clean accuracy.".into(),
         kind: ChartKind::Lines {
-            x_label: format!("ε ({} norm, input units)", norm_name(norm)),
+            x_label: format!("ε ({} norm, input units)", norm.symbol()),
             y_label: "robust accuracy (%)".into(),
             y_range: ACCURACY,
             series,
@@ -199,7 +199,7 @@ fn robust_vs_epsilon(
 /// clean accuracy or below (where classes differ most), else the largest.
 pub(crate) fn per_class_epsilon(
     robustness: &RobustnessRecord,
-    norm: &str,
+    norm: Norm,
     clean: f64,
 ) -> Option<usize> {
     let candidates: Vec<usize> = robustness
@@ -220,7 +220,7 @@ fn per_class(
     input: &ReportInput,
     prefix: &str,
     robustness: &RobustnessRecord,
-    norm: &str,
+    norm: Norm,
 ) -> Option<Chart> {
     let clean = input.record.clean.as_ref()?;
     let labels = &clean.labels;
@@ -262,7 +262,7 @@ fn per_class(
         title: format!(
             "{}: per class, {} ε = {}",
             input.label,
-            norm_name(norm),
+            norm.symbol(),
             epsilon(chosen.epsilon)
         ),
         caption: format!(
@@ -287,7 +287,7 @@ fn per_class(
 }
 
 fn minimal_cdfs(input: &ReportInput, prefix: &str, robustness: &RobustnessRecord) -> Vec<Chart> {
-    let mut by_norm: Vec<(String, Vec<Series>)> = Vec::new();
+    let mut by_norm: Vec<(Norm, Vec<Series>)> = Vec::new();
     for (k, minimal) in robustness.minimal.iter().enumerate() {
         let total = minimal.norms.len().max(1) as f64;
         let mut found: Vec<f64> = minimal
@@ -315,17 +315,17 @@ fn minimal_cdfs(input: &ReportInput, prefix: &str, robustness: &RobustnessRecord
         };
         match by_norm.iter_mut().find(|(n, _)| *n == minimal.norm) {
             Some((_, list)) => list.push(series),
-            None => by_norm.push((minimal.norm.clone(), vec![series])),
+            None => by_norm.push((minimal.norm, vec![series])),
         }
     }
     by_norm
         .into_iter()
         .map(|(norm, series)| Chart {
             name: format!("{prefix}minimal-perturbation-{norm}"),
-            title: format!("{}: minimal {} perturbations", input.label, norm_name(&norm)),
+            title: format!("{}: minimal {} perturbations", input.label, norm.symbol()),
             caption: "Share of all samples whose smallest adversarial perturbation found is at most x (samples misclassified clean count at 0; samples never broken never reach the top).".into(),
             kind: ChartKind::Lines {
-                x_label: format!("perturbation ({} norm, input units)", norm_name(&norm)),
+                x_label: format!("perturbation ({} norm, input units)", norm.symbol()),
                 y_label: "samples broken (%)".into(),
                 y_range: ACCURACY,
                 series,

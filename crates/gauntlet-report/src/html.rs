@@ -8,7 +8,7 @@ use gauntlet_record::{GalleryExample, RunKind, RunRecord};
 
 use crate::charts::{encode_png, RenderedChart};
 use crate::figures::{attack_lines, norms};
-use crate::{epsilon, norm_name, percent, ReportInput, Result, Section};
+use crate::{epsilon, percent, ReportInput, Result, Section};
 
 const STYLE: &str = "
 body{font-family:'DejaVu Sans',Verdana,Arial,sans-serif;color:#1b1b1b;background:#fff;margin:0;line-height:1.45}
@@ -79,10 +79,10 @@ pub(crate) fn verdict(record: &RunRecord) -> String {
                     )
                 })
                 .collect();
-            let attacks = attack_lines(robustness, &norm).len();
+            let attacks = attack_lines(robustness, norm).len();
             parts.push(format!(
                 "Under {} attacks the worst-case robust accuracy is {} (per sample, worst of {} attack{}).",
-                norm_name(&norm),
+                norm.symbol(),
                 points.join(", "),
                 attacks,
                 if attacks == 1 { "" } else { "s" }
@@ -108,7 +108,7 @@ pub(crate) fn verdict(record: &RunRecord) -> String {
                 format!(
                     "{} adversarial training ({} ε = {})",
                     a.method,
-                    norm_name(&a.norm),
+                    a.norm.symbol(),
                     epsilon(a.epsilon)
                 )
             })
@@ -280,7 +280,7 @@ pub(crate) fn page(inputs: &[ReportInput], charts: &[(Section, RenderedChart)]) 
                         out,
                         "<div class=\"warning\"><p><b>{} [{}]</b>: {}</p><p><b>Cause</b>: {}</p><p><b>Remedy</b>: {}</p></div>",
                         escape(&input.label),
-                        escape(&w.code),
+                        escape(w.code.name()),
                         escape(&w.message),
                         escape(&w.cause),
                         escape(&w.remedy)
@@ -375,7 +375,7 @@ fn provenance(out: &mut String, input: &ReportInput) {
         format!(
             "{} ({}, {}, {} classes, input {:?}, bounds [{}, {}])<br/><code>sha256 {}</code>",
             escape(&r.model.path),
-            escape(&r.model.format),
+            escape(r.model.format.as_str()),
             escape(&r.model.arch),
             r.model.num_classes,
             r.model.input_shape,
@@ -389,8 +389,8 @@ fn provenance(out: &mut String, input: &ReportInput) {
         format!(
             "{} ({}, {} split, first {} samples){}<br/><code>sha256 {}</code>",
             escape(&r.dataset.path),
-            escape(&r.dataset.format),
-            escape(&r.dataset.split),
+            escape(r.dataset.format.as_str()),
+            escape(r.dataset.split.as_str()),
             r.dataset.num_samples,
             preprocessing(&r.dataset),
             escape(&r.dataset.sha256)
@@ -407,8 +407,8 @@ fn provenance(out: &mut String, input: &ReportInput) {
             format!(
                 "{} ({}, {} split, {} samples){}<br/><code>sha256 {}</code>",
                 escape(&d.path),
-                escape(&d.format),
-                escape(&d.split),
+                escape(d.format.as_str()),
+                escape(d.split.as_str()),
                 d.num_samples,
                 preprocessing(d),
                 escape(&d.sha256)
@@ -464,11 +464,11 @@ fn accuracy_tables(out: &mut String, input: &ReportInput) {
         return;
     };
     for norm in norms(robustness) {
-        let lines = attack_lines(robustness, &norm);
+        let lines = attack_lines(robustness, norm);
         let _ = write!(
             out,
             "<table><caption>{} robust accuracy</caption><thead><tr><th>ε</th>",
-            escape(&norm_name(&norm))
+            escape(norm.symbol())
         );
         for (k, (name, _)) in lines.iter().enumerate() {
             let _ = write!(
@@ -663,7 +663,7 @@ fn configuration(out: &mut String, input: &ReportInput) {
                 out,
                 "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td class=\"l\"><code>{}</code></td><td class=\"l\"><code>{}</code></td></tr>",
                 escape(&a.attack),
-                escape(&norm_name(&a.norm)),
+                escape(a.norm.symbol()),
                 escape(&epsilon(a.epsilon)),
                 escape(&a.target.to_string()),
                 escape(&a.parameters.to_string())
@@ -736,7 +736,7 @@ fn gallery(out: &mut String, input: &ReportInput) -> Result<()> {
             example.adversarial_prediction,
             percent(example.adversarial_confidence),
             escape(&example.attack),
-            escape(&norm_name(&example.norm)),
+            escape(example.norm.symbol()),
             escape(&epsilon(example.epsilon)),
         );
     }

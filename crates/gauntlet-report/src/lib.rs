@@ -172,17 +172,6 @@ pub(crate) fn epsilon(value: f64) -> String {
     text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
-/// `linf` → `L∞`, `l2` → `L2`.
-pub(crate) fn norm_name(norm: &str) -> String {
-    match norm {
-        "linf" => "L∞".into(),
-        "l2" => "L2".into(),
-        "l1" => "L1".into(),
-        "l0" => "L0".into(),
-        other => other.to_string(),
-    }
-}
-
 /// A file-name-safe slug.
 pub(crate) fn slug(text: &str) -> String {
     let mut out = String::new();

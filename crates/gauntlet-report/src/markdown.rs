@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use crate::charts::RenderedChart;
 use crate::html::verdict;
-use crate::{epsilon, norm_name, percent, ReportInput, Section};
+use crate::{epsilon, percent, ReportInput, Section};
 
 /// Markdown table cells cannot hold `|` or line breaks.
 fn cell(text: &str) -> String {
@@ -22,7 +22,7 @@ pub(crate) fn summary(inputs: &[ReportInput], charts: &[(Section, RenderedChart)
         );
     }
     // One table: a row per record, a column per (norm, ε) of the worst case.
-    let mut columns: Vec<(String, f64)> = Vec::new();
+    let mut columns: Vec<(gauntlet_record::Norm, f64)> = Vec::new();
     for input in inputs {
         if let Some(r) = &input.record.robustness {
             for w in &r.worst_case {
@@ -30,7 +30,7 @@ pub(crate) fn summary(inputs: &[ReportInput], charts: &[(Section, RenderedChart)
                     .iter()
                     .any(|(n, e)| *n == w.norm && (e - w.epsilon).abs() < 1e-12)
                 {
-                    columns.push((w.norm.clone(), w.epsilon));
+                    columns.push((w.norm, w.epsilon));
                 }
             }
         }
@@ -39,7 +39,7 @@ pub(crate) fn summary(inputs: &[ReportInput], charts: &[(Section, RenderedChart)
     if !evaluated.is_empty() {
         out.push_str("| record | clean |");
         for (norm, eps) in &columns {
-            let _ = write!(out, " {} ε={} |", norm_name(norm), epsilon(*eps));
+            let _ = write!(out, " {} ε={} |", norm.symbol(), epsilon(*eps));
         }
         out.push_str("\n|---|---:|");
         out.push_str(&"---:|".repeat(columns.len()));

@@ -35,7 +35,7 @@ fn base(kind: &str, model: &str, samples: usize) -> Value {
 
 fn attack(name: &str, norm: &str, epsilon: f64, robust: &[bool]) -> Value {
     let accuracy = robust.iter().filter(|&&r| r).count() as f64 / robust.len().max(1) as f64;
-    json!({"attack": name, "norm": norm, "kind": "white-box", "parameters": {"steps": 10},
+    json!({"attack": name, "norm": norm, "kind": "fixed-epsilon", "parameters": {"steps": 10},
            "target": null, "epsilon": epsilon, "robust_accuracy": accuracy, "robust": robust,
            "attacked": robust.len(), "newly_broken": 1, "gradient_evaluations": 60,
            "forward_evaluations": 6, "wall_seconds": 0.25, "mean_perturbation": epsilon,

@@ -90,7 +90,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             100.0 * worst.robust_accuracy
         );
     }
-    gauntlet_core::write_atomic(&out.join("results.json"), record.to_json().as_bytes())?;
+    gauntlet_core::write_atomic(&out.join("results.json"), record.to_json()?.as_bytes())?;
     println!("wrote {}", out.join("results.json").display());
     Ok(())
 }

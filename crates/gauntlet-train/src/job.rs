@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use gauntlet_core::{NoProgress, Norm, Observer};
+use gauntlet_core::{NoProgress, Observer};
 use gauntlet_data::Dataset;
 use gauntlet_models::Model;
 use gauntlet_record::{
@@ -261,10 +261,7 @@ impl TrainPlan {
                 .as_ref()
                 .map(|a| AdversarialTrainingRecord {
                     method: a.method.name().into(),
-                    norm: match a.norm {
-                        Norm::Linf => "linf".into(),
-                        Norm::L2 => "l2".into(),
-                    },
+                    norm: a.norm,
                     epsilon: a.epsilon,
                     steps: a.steps,
                     relative_step_size: a.relative_step_size,

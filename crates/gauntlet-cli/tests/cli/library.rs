@@ -30,7 +30,7 @@ fn untimed(mut record: serde_json::Value) -> serde_json::Value {
 }
 
 fn record_json(record: &gauntlet_record::RunRecord) -> serde_json::Value {
-    untimed(serde_json::from_str(&record.to_json()).unwrap())
+    untimed(serde_json::from_str(&record.to_json().unwrap()).unwrap())
 }
 
 fn text(path: &Path) -> String {
