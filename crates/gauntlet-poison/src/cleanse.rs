@@ -111,7 +111,10 @@ impl NeuralCleanse {
             return Err(config("neural cleanse needs clean images"));
         }
         let classes = net.num_classes();
-        observer.start("neural-cleanse", (classes * self.steps) as u64);
+        observer.start(
+            crate::Detector::NeuralCleanse.name(),
+            (classes * self.steps) as u64,
+        );
         let mut found = Vec::with_capacity(classes);
         for class in 0..classes as u32 {
             found.push(self.reverse_engineer(net, clean, count, class, observer)?);

@@ -142,16 +142,32 @@ pub enum PatchPattern {
 }
 
 impl PatchPattern {
-    /// Parse `white`, `checkerboard` or `random`.
-    pub fn parse(text: &str) -> Result<Self> {
-        match text {
-            "white" => Ok(Self::White),
-            "checkerboard" => Ok(Self::Checkerboard),
-            "random" => Ok(Self::Random),
-            other => Err(config(format!(
-                "unknown trigger pattern '{other}', expected white, checkerboard or random"
-            ))),
+    /// The patterns a name selects (the `Image` pattern comes from a file).
+    pub const NAMED: [PatchPattern; 3] = [Self::White, Self::Checkerboard, Self::Random];
+
+    /// Its name: `white`, `checkerboard`, `random`, or `image`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::White => "white",
+            Self::Checkerboard => "checkerboard",
+            Self::Random => "random",
+            Self::Image(_) => "image",
         }
+    }
+
+    /// Parse one of [`PatchPattern::NAMED`] by its name.
+    pub fn parse(text: &str) -> Result<Self> {
+        Self::NAMED
+            .iter()
+            .find(|pattern| pattern.name() == text)
+            .cloned()
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::NAMED.iter().map(|p| p.name()).collect();
+                config(format!(
+                    "unknown trigger pattern '{text}', expected one of {}",
+                    names.join(", ")
+                ))
+            })
     }
 }
 
@@ -199,14 +215,45 @@ pub enum PoisonAttack {
     LabelFlip,
 }
 
-impl PoisonAttack {
+/// Which poisoning attack, without its settings: the closed set `--attack`
+/// names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoisonKind {
+    /// [`PoisonAttack::Badnets`].
+    Badnets,
+    /// [`PoisonAttack::Blend`].
+    Blend,
+    /// [`PoisonAttack::LabelFlip`].
+    LabelFlip,
+}
+
+impl PoisonKind {
+    /// Every poisoning attack.
+    pub const ALL: [PoisonKind; 3] = [Self::Badnets, Self::Blend, Self::LabelFlip];
+
     /// The name used on the command line and in records.
-    pub fn name(&self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
-            Self::Badnets(_) => "badnets",
-            Self::Blend { .. } => "blend",
+            Self::Badnets => "badnets",
+            Self::Blend => "blend",
             Self::LabelFlip => "label-flip",
         }
+    }
+}
+
+impl PoisonAttack {
+    /// Which attack this is.
+    pub fn kind(&self) -> PoisonKind {
+        match self {
+            Self::Badnets(_) => PoisonKind::Badnets,
+            Self::Blend { .. } => PoisonKind::Blend,
+            Self::LabelFlip => PoisonKind::LabelFlip,
+        }
+    }
+
+    /// The name used on the command line and in records.
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
     }
 
     /// Whether the attack plants a trigger (a backdoor) rather than flipping labels.

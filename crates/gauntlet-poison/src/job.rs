@@ -1,8 +1,8 @@
-//! The poisoning jobs: what `gauntlet poison detect` and `gauntlet poison audit`
-//! do, as library calls. `plan` checks every setting before any compute; `run`
+//! The poisoning jobs: what `gauntlet poison inject`, `gauntlet poison detect`
+//! and `gauntlet poison audit` do, as library calls. `plan` checks every setting before any compute; `run`
 //! returns exactly the run record the CLI writes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use gauntlet_core::{Classifier, Observer};
@@ -11,9 +11,103 @@ use gauntlet_models::Model;
 use gauntlet_record::{ModelRecord, PoisoningRecord, RunKind, RunRecord};
 
 use crate::{
-    audit, injection_record, native, run_neural_cleanse, run_strip, AuditConfig, DetectorModel,
-    Error, Manifest, NeuralCleanse, OnnxDetectorModel, Result, Strip, TrainingSetDetectors,
+    audit, inject, injection_record, native, run_neural_cleanse, run_strip, AuditConfig,
+    DetectorModel, Error, InjectionConfig, Manifest, NeuralCleanse, OnnxDetectorModel, Result,
+    Strip, TrainingSetDetectors,
 };
+
+/// The settings of one injection: a poisoned copy of a dataset, written as a
+/// new dataset directory that `--data` reads.
+pub struct InjectJob {
+    /// The clean training data to poison.
+    pub train_set: Dataset,
+    /// The test data, copied unchanged (attack success is measured on it).
+    pub test_set: Dataset,
+    /// What to inject.
+    pub injection: InjectionConfig,
+    /// A new directory for `x_train.npy`, `y_train.npy`, `x_test.npy`,
+    /// `y_test.npy` and `manifest.json` (an existing one is refused).
+    pub out: PathBuf,
+}
+
+impl InjectJob {
+    /// Check the output directory and the injection against the data, before
+    /// any work.
+    pub fn plan(self) -> Result<InjectPlan> {
+        refuse_existing(&self.out)?;
+        self.injection.validate(&self.train_set)?;
+        Ok(InjectPlan { job: self })
+    }
+}
+
+/// An injection checked and ready to run.
+pub struct InjectPlan {
+    job: InjectJob,
+}
+
+impl InjectPlan {
+    /// Poison the training set and write the new dataset: into a staging
+    /// directory beside `out`, renamed into place, so it appears whole or not
+    /// at all. Returns the manifest, whose `poisoned_sha256` is the fingerprint
+    /// `--data` will report for the new training split.
+    pub fn run(&self) -> Result<Manifest> {
+        let job = &self.job;
+        let poisoned = inject(&job.train_set, &job.injection)?;
+        let write_error = |path: &Path, source| gauntlet_core::Error::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let parent = match job.out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(|e| write_error(&parent, e))?;
+        let staging = tempfile::Builder::new()
+            .prefix(".gauntlet-inject-")
+            .tempdir_in(&parent)
+            .map_err(|e| write_error(&parent, e))?;
+        let write = |name: &str, bytes: &[u8]| {
+            let path = staging.path().join(name);
+            std::fs::write(&path, bytes).map_err(|e| write_error(&path, e))
+        };
+        let (x_train, y_train) = poisoned.dataset.to_npy()?;
+        write("x_train.npy", &x_train)?;
+        write("y_train.npy", &y_train)?;
+        let (x_test, y_test) = job.test_set.to_npy()?;
+        write("x_test.npy", &x_test)?;
+        write("y_test.npy", &y_test)?;
+        // The fingerprint of the files as `--data` will load them.
+        let reloaded = gauntlet_data::load(
+            staging.path(),
+            &gauntlet_data::LoadOptions {
+                split: gauntlet_data::Split::Train,
+                limit: None,
+                num_classes: Some(job.train_set.num_classes()),
+                ..Default::default()
+            },
+        )?;
+        let mut manifest = poisoned.manifest;
+        manifest.poisoned_sha256 = reloaded.sha256().into();
+        write("manifest.json", manifest.to_json()?.as_bytes())?;
+        let staged = staging.keep();
+        std::fs::rename(&staged, &job.out).map_err(|e| write_error(&job.out, e))?;
+        Ok(manifest)
+    }
+}
+
+/// Poisoning writes new directories only.
+fn refuse_existing(out: &Path) -> Result<()> {
+    if out.exists() {
+        return Err(setting(
+            "--out",
+            format!(
+                "{} already exists; choose a new directory (poisoning never overwrites)",
+                out.display()
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// The settings of one detection run on a model and the data it was trained on.
 pub struct DetectJob {
@@ -173,15 +267,7 @@ impl AuditJob {
     /// Check the output directory, the training settings, the injection against
     /// the data and the batch's memory, before any compute.
     pub fn plan(self) -> Result<AuditPlan> {
-        if self.out.exists() {
-            return Err(setting(
-                "--out",
-                format!(
-                    "{} already exists; choose a new directory (poisoning never overwrites)",
-                    self.out.display()
-                ),
-            ));
-        }
+        refuse_existing(&self.out)?;
         self.config.training.validate()?;
         self.config.injection.validate(&self.train_set)?;
         let arch = self.config.training.arch;

@@ -36,15 +36,15 @@ pub use detect::{
 pub use error::{Error, Result};
 pub use features::{penultimate_features, Features};
 pub use inject::{
-    inject, InjectionConfig, Manifest, Patch, PatchPattern, PatchPosition, PoisonAttack, Poisoned,
-    Trigger, MANIFEST_VERSION,
+    inject, InjectionConfig, Manifest, Patch, PatchPattern, PatchPosition, PoisonAttack,
+    PoisonKind, Poisoned, Trigger, MANIFEST_VERSION,
 };
-pub use job::{AuditJob, AuditPlan, DetectJob, DetectPlan};
+pub use job::{AuditJob, AuditPlan, DetectJob, DetectPlan, InjectJob, InjectPlan};
 pub use metrics::{auroc, detection_metrics, DetectionMetrics};
 pub use model::{DetectorModel, NativeDetectorModel, OnnxDetectorModel};
 pub use pipeline::{
     audit, backdoor_effect, injection_record, native, run_neural_cleanse, run_strip, AuditConfig,
-    AuditOutcome, TrainingSetDetectors,
+    AuditOutcome, Detector, TrainingSetDetectors,
 };
 pub use scan::Scan;
 pub use spectre::Spectre;

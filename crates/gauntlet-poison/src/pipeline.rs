@@ -26,6 +26,49 @@ use crate::{
     TriggerCarriers,
 };
 
+/// The detectors a run can use, by the names `--method` takes: four read the
+/// training set, two probe the trained model at test time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detector {
+    /// [`ActivationClustering`] (training set).
+    ActivationClustering,
+    /// [`SpectralSignatures`] (training set).
+    SpectralSignatures,
+    /// [`Spectre`] (training set).
+    Spectre,
+    /// [`Scan`] (training set).
+    Scan,
+    /// [`Strip`] (test time).
+    Strip,
+    /// [`NeuralCleanse`] (test time; its reversed trigger also finds training
+    /// images, recorded as `neural-cleanse-trigger`).
+    NeuralCleanse,
+}
+
+impl Detector {
+    /// Every detector, in the order runs report them.
+    pub const ALL: [Detector; 6] = [
+        Self::ActivationClustering,
+        Self::SpectralSignatures,
+        Self::Spectre,
+        Self::Scan,
+        Self::Strip,
+        Self::NeuralCleanse,
+    ];
+
+    /// Its name on the command line and in records.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::ActivationClustering => "activation-clustering",
+            Self::SpectralSignatures => "spectral-signatures",
+            Self::Spectre => "spectre",
+            Self::Scan => "scan",
+            Self::Strip => "strip",
+            Self::NeuralCleanse => "neural-cleanse",
+        }
+    }
+}
+
 /// The training-set detectors a run uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainingSetDetectors {
@@ -467,4 +510,39 @@ fn train_and_measure(
 /// The native engine of a built-in network (every detector runs on it).
 pub fn native(network: &Network) -> Result<NativeDetectorModel<'_>> {
     NativeDetectorModel::new(network)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{PatchPattern, PoisonKind};
+
+    fn distinct(names: &[&str]) -> bool {
+        let mut sorted = names.to_vec();
+        sorted.sort_unstable();
+        sorted.windows(2).all(|w| w[0] != w[1])
+    }
+
+    /// The name tables the command line is built from: distinct names, each
+    /// parsing back to itself, each documented in the README.
+    #[test]
+    fn name_tables_are_distinct_parse_back_and_are_documented() {
+        let readme = include_str!("../../../README.md");
+        let detectors: Vec<&str> = Detector::ALL.iter().map(|d| d.name()).collect();
+        let attacks: Vec<&str> = PoisonKind::ALL.iter().map(|k| k.name()).collect();
+        let patterns: Vec<&str> = PatchPattern::NAMED.iter().map(|p| p.name()).collect();
+        for names in [&detectors, &attacks, &patterns] {
+            assert!(distinct(names), "{names:?}");
+        }
+        for pattern in PatchPattern::NAMED {
+            assert_eq!(PatchPattern::parse(pattern.name()).unwrap(), pattern);
+        }
+        assert!(
+            PatchPattern::parse("image").is_err(),
+            "an image comes from a file"
+        );
+        for name in detectors.iter().chain(&attacks) {
+            assert!(readme.contains(name), "README does not mention {name}");
+        }
+    }
 }

@@ -9,7 +9,7 @@ mod options;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Subcommand;
 use gauntlet_record::{PoisoningRecord, RunRecord};
 
@@ -30,18 +30,6 @@ pub(crate) fn run(command: PoisonCommand) -> Result<()> {
         PoisonCommand::Detect(args) => detect::detect(args),
         PoisonCommand::Audit(args) => audit::audit(args),
     }
-}
-
-/// Refuse an output directory that exists (the input dataset included), so
-/// nothing is ever overwritten.
-pub(super) fn fresh_out_dir(out: &Path) -> Result<()> {
-    if out.exists() {
-        bail!(
-            "--out {} already exists; choose a new directory (poisoning never overwrites)",
-            out.display()
-        );
-    }
-    Ok(())
 }
 
 /// Print what the detectors found, then write the record (timed from `started`,

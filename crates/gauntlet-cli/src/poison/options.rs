@@ -6,16 +6,19 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gauntlet_poison::{
-    ActivationClustering, InjectionConfig, NeuralCleanse, Patch, PatchPattern, PatchPosition,
-    PoisonAttack, Scan, SpectralSignatures, Spectre, Strip, TrainingSetDetectors,
+    ActivationClustering, Detector, InjectionConfig, NeuralCleanse, Patch, PatchPattern,
+    PatchPosition, PoisonAttack, PoisonKind, Scan, SpectralSignatures, Spectre, Strip,
+    TrainingSetDetectors,
 };
+
+use crate::toolbox::one_of;
 
 /// The attack to inject.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct InjectionArgs {
     /// badnets (Gu et al. 2017), blend (Chen et al. 2017) or label-flip.
-    #[arg(long)]
-    pub(super) attack: String,
+    #[arg(long, value_parser = one_of(&PoisonKind::ALL, PoisonKind::name))]
+    pub(super) attack: PoisonKind,
     /// Target class (required for badnets and blend; label-flip without it flips to random classes).
     #[arg(long)]
     pub(super) target: Option<u32>,
@@ -35,9 +38,9 @@ pub(crate) struct InjectionArgs {
     /// BadNets patch position: bottom-right, bottom-left, top-right, top-left or ROW,COL.
     #[arg(long, default_value = "bottom-right")]
     pub(super) trigger_position: String,
-    /// BadNets patch pattern: white, checkerboard or random.
-    #[arg(long, default_value = "white")]
-    pub(super) trigger_pattern: String,
+    /// BadNets patch pattern.
+    #[arg(long, default_value = "white", value_parser = patch_pattern())]
+    pub(super) trigger_pattern: PatchPattern,
     /// Blend opacity α of the (seeded random-noise) pattern.
     #[arg(long, default_value_t = 0.1)]
     pub(super) alpha: f32,
@@ -49,9 +52,9 @@ pub(crate) struct InjectionArgs {
 /// Detector settings shared by detect and audit.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct DetectorArgs {
-    /// Detectors: activation-clustering, spectral-signatures, spectre, scan, strip, neural-cleanse, or all (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "all")]
-    pub(super) method: Vec<String>,
+    /// Detectors, comma-separated, or all.
+    #[arg(long, value_delimiter = ',', default_value = "all", value_parser = method_choice())]
+    pub(super) method: Vec<MethodChoice>,
     /// STRIP: clean test images held out for calibration and overlays (as many more are judged).
     #[arg(long, default_value_t = 500)]
     pub(super) strip_held_out: usize,
@@ -81,8 +84,8 @@ pub(super) fn injection_config(args: &InjectionArgs) -> Result<InjectionConfig> 
         )),
         None => None,
     };
-    let attack = match args.attack.as_str() {
-        "badnets" => {
+    let attack = match args.attack {
+        PoisonKind::Badnets => {
             let (size, pattern) = match trigger_image {
                 Some((path, image)) => {
                     let [_, h, w] = image.shape;
@@ -94,10 +97,7 @@ pub(super) fn injection_config(args: &InjectionArgs) -> Result<InjectionConfig> 
                     }
                     (h, PatchPattern::Image(image.values))
                 }
-                None => (
-                    args.trigger_size,
-                    PatchPattern::parse(&args.trigger_pattern)?,
-                ),
+                None => (args.trigger_size, args.trigger_pattern.clone()),
             };
             PoisonAttack::Badnets(Patch {
                 size,
@@ -105,15 +105,14 @@ pub(super) fn injection_config(args: &InjectionArgs) -> Result<InjectionConfig> 
                 pattern,
             })
         }
-        "blend" => PoisonAttack::Blend {
+        PoisonKind::Blend => PoisonAttack::Blend {
             alpha: args.alpha,
             pattern: trigger_image.map(|(_, image)| image.values),
         },
-        "label-flip" if args.trigger_image.is_some() => {
+        PoisonKind::LabelFlip if args.trigger_image.is_some() => {
             bail!("--trigger-image does not apply to label-flip, which changes labels only")
         }
-        "label-flip" => PoisonAttack::LabelFlip,
-        other => bail!("unknown poisoning attack '{other}', expected badnets, blend or label-flip"),
+        PoisonKind::LabelFlip => PoisonAttack::LabelFlip,
     };
     let source = match args.source.as_str() {
         "all" => None,
@@ -143,62 +142,85 @@ pub(super) struct Methods {
     pub(super) cleanse: Option<NeuralCleanse>,
 }
 
+/// One `--method` value: a detector, or `all` of them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum MethodChoice {
+    All,
+    One(Detector),
+}
+
+/// `--method`'s values: the library's detector names and `all`.
+fn method_choice() -> impl clap::builder::TypedValueParser<Value = MethodChoice> {
+    use clap::builder::TypedValueParser as _;
+    let mut names: Vec<&'static str> = Detector::ALL.iter().map(|d| d.name()).collect();
+    names.push("all");
+    clap::builder::PossibleValuesParser::new(names).map(|chosen: String| {
+        Detector::ALL
+            .into_iter()
+            .find(|d| d.name() == chosen)
+            .map_or(MethodChoice::All, MethodChoice::One)
+    })
+}
+
+/// `--trigger-pattern`'s values: the library's named patterns.
+fn patch_pattern() -> impl clap::builder::TypedValueParser<Value = PatchPattern> {
+    use clap::builder::TypedValueParser as _;
+    let names: Vec<&'static str> = PatchPattern::NAMED.iter().map(|p| p.name()).collect();
+    clap::builder::PossibleValuesParser::new(names)
+        .try_map(|chosen: String| PatchPattern::parse(&chosen).map_err(|e| e.to_string()))
+}
+
 pub(super) fn methods(args: &DetectorArgs, seed: u64) -> Result<Methods> {
     let mut chosen = Methods {
         training_set: TrainingSetDetectors::default(),
         strip: None,
         cleanse: None,
     };
-    for name in &args.method {
-        let all = name == "all";
-        let mut known = all;
-        if all || name == "activation-clustering" {
-            chosen.training_set.activation_clustering = Some(ActivationClustering {
-                seed,
-                ..ActivationClustering::default()
-            });
-            known = true;
-        }
-        if all || name == "spectral-signatures" {
-            chosen.training_set.spectral_signatures = Some(SpectralSignatures {
-                seed,
-                ..SpectralSignatures::default()
-            });
-            known = true;
-        }
-        if all || name == "spectre" {
-            chosen.training_set.spectre = Some(Spectre {
-                seed,
-                ..Spectre::default()
-            });
-            known = true;
-        }
-        if all || name == "scan" {
-            chosen.training_set.scan = Some(Scan {
-                seed,
-                ..Scan::default()
-            });
-            known = true;
-        }
-        if all || name == "strip" {
-            chosen.strip = Some(Strip {
-                overlays: args.overlays,
-                false_rejection_rate: args.false_rejection_rate,
-                batch_size: args.batch_size,
-                seed,
-            });
-            known = true;
-        }
-        if all || name == "neural-cleanse" {
-            chosen.cleanse = Some(NeuralCleanse {
-                steps: args.cleanse_steps,
-                seed,
-                ..NeuralCleanse::default()
-            });
-            known = true;
-        }
-        if !known {
-            bail!("unknown detector '{name}', expected activation-clustering, spectral-signatures, spectre, scan, strip, neural-cleanse or all");
+    let detectors = args.method.iter().flat_map(|choice| match choice {
+        MethodChoice::All => Detector::ALL.to_vec(),
+        MethodChoice::One(detector) => vec![*detector],
+    });
+    for detector in detectors {
+        match detector {
+            Detector::ActivationClustering => {
+                chosen.training_set.activation_clustering = Some(ActivationClustering {
+                    seed,
+                    ..ActivationClustering::default()
+                })
+            }
+            Detector::SpectralSignatures => {
+                chosen.training_set.spectral_signatures = Some(SpectralSignatures {
+                    seed,
+                    ..SpectralSignatures::default()
+                })
+            }
+            Detector::Spectre => {
+                chosen.training_set.spectre = Some(Spectre {
+                    seed,
+                    ..Spectre::default()
+                })
+            }
+            Detector::Scan => {
+                chosen.training_set.scan = Some(Scan {
+                    seed,
+                    ..Scan::default()
+                })
+            }
+            Detector::Strip => {
+                chosen.strip = Some(Strip {
+                    overlays: args.overlays,
+                    false_rejection_rate: args.false_rejection_rate,
+                    batch_size: args.batch_size,
+                    seed,
+                })
+            }
+            Detector::NeuralCleanse => {
+                chosen.cleanse = Some(NeuralCleanse {
+                    steps: args.cleanse_steps,
+                    seed,
+                    ..NeuralCleanse::default()
+                })
+            }
         }
     }
     if let Some(strip) = &chosen.strip {

@@ -49,7 +49,7 @@ fn poison_inject_writes_a_loadable_dataset_and_refuses_bad_settings_writing_noth
         ),
         (
             &["--attack", "sleeper", "--target", "0"],
-            "unknown poisoning attack 'sleeper'",
+            "invalid value 'sleeper' for '--attack <ATTACK>'; [possible values: badnets, blend, label-flip]",
         ),
     ];
     for (extra, needle) in bad {
@@ -100,7 +100,10 @@ fn poison_inject_writes_a_loadable_dataset_and_refuses_bad_settings_writing_noth
         "--out",
         dir.path().join("d").to_str().unwrap(),
     ]);
-    assert_clear_error(&unknown, "unknown detector 'magic'");
+    assert_clear_error(
+        &unknown,
+        "invalid value 'magic' for '--method <METHOD>'; [possible values: activation-clustering, spectral-signatures, spectre, scan, strip, neural-cleanse, all]",
+    );
 }
 
 #[test]
