@@ -185,7 +185,7 @@ pub(crate) fn load_model_checked(
                 .max_by_key(|f| f.severity)
                 .map(|f| format!("{} ({})", f.message, f.location))
                 .unwrap_or_default();
-            let pickle = report.format != "safetensors";
+            let pickle = report.format != gauntlet_scan::ScanFormat::Safetensors;
             if !(pickle && args.allow_unsafe_pickle) {
                 bail!(
                     "refusing model {}: {worst}{}; see `gauntlet scan {}`",

@@ -11,7 +11,9 @@ mod text;
 mod vocabulary;
 pub use merge::merge_shards;
 pub use text::{escape_markup, json_value, parse_epsilon};
-pub use vocabulary::{AttackKind, DataFormat, ModelFormat, Norm, Split, WarningCode};
+pub use vocabulary::{
+    AttackKind, DataFormat, ModelFormat, Norm, ScanFormat, Severity, Split, WarningCode,
+};
 
 /// Version of the schema this crate writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -145,11 +147,11 @@ pub struct ModelRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelScanRecord {
-    /// `pytorch-zip`, `pytorch-legacy`, `pickle` or `safetensors`.
-    pub format: String,
-    /// The worst finding's severity (`low` … `critical`), if any.
+    /// What the file was scanned as.
+    pub format: ScanFormat,
+    /// The worst finding's severity, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub worst: Option<String>,
+    pub worst: Option<Severity>,
     /// Each finding as `severity: message`.
     #[serde(default)]
     pub findings: Vec<String>,

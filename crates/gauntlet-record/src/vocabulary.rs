@@ -1,5 +1,5 @@
-//! The closed sets a record names: norms, attack kinds, warning codes, splits
-//! and file formats. Each
+//! The closed sets a record names: norms, attack kinds, warning codes, splits,
+//! file formats and scan severities. Each
 //! is an enum serialised by the names the schema documents, with one table
 //! (`ALL`) from which its names, parsers and documentation lists derive.
 
@@ -228,6 +228,83 @@ impl ModelFormat {
     }
 }
 
+/// How bad a scan finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Worth knowing; loading is safe.
+    Low,
+    /// Not on the allow-list of tensor-rebuild functions: loading it in Python
+    /// would import code the scanner cannot vouch for. (Given to such imports
+    /// only; loaders refuse the file.)
+    Medium,
+    /// The file is malformed or hides its imports; do not trust it.
+    High,
+    /// Loading it in Python would run arbitrary code (os, subprocess, eval, ...).
+    Critical,
+}
+
+impl Severity {
+    /// Every severity, least first.
+    pub const ALL: [Self; 4] = [Self::Low, Self::Medium, Self::High, Self::Critical];
+
+    /// The lowercase name used in JSON and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+/// What a model file was scanned as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScanFormat {
+    /// safetensors.
+    Safetensors,
+    /// `torch.save`'s zip archive.
+    PytorchZip,
+    /// `torch.save`'s oldest, tar format.
+    PytorchTar,
+    /// `torch.save`'s legacy stream of pickles.
+    PytorchLegacy,
+    /// One plain pickle.
+    Pickle,
+    /// A NumPy `.npy` array.
+    Npy,
+    /// An ONNX graph.
+    Onnx,
+}
+
+impl ScanFormat {
+    /// Every format the scanner recognises.
+    pub const ALL: [Self; 7] = [
+        Self::Safetensors,
+        Self::PytorchZip,
+        Self::PytorchTar,
+        Self::PytorchLegacy,
+        Self::Pickle,
+        Self::Npy,
+        Self::Onnx,
+    ];
+
+    /// The name in scan reports and records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Safetensors => "safetensors",
+            Self::PytorchZip => "pytorch-zip",
+            Self::PytorchTar => "pytorch-tar",
+            Self::PytorchLegacy => "pytorch-legacy",
+            Self::Pickle => "pickle",
+            Self::Npy => "npy",
+            Self::Onnx => "onnx",
+        }
+    }
+}
+
 macro_rules! display_by {
     ($name:ident, $($ty:ty),*) => {
         $(impl fmt::Display for $ty {
@@ -237,7 +314,7 @@ macro_rules! display_by {
         })*
     };
 }
-display_by!(as_str, Split, DataFormat, ModelFormat);
+display_by!(as_str, Split, DataFormat, ModelFormat, Severity, ScanFormat);
 
 #[cfg(test)]
 mod tests {
@@ -263,6 +340,8 @@ mod tests {
         names_are_serde_names(&Split::ALL, |s| s.as_str());
         names_are_serde_names(&DataFormat::ALL, |f| f.as_str());
         names_are_serde_names(&ModelFormat::ALL, |f| f.as_str());
+        names_are_serde_names(&Severity::ALL, |s| s.as_str());
+        names_are_serde_names(&ScanFormat::ALL, |f| f.as_str());
     }
 
     #[test]

@@ -52,33 +52,8 @@ pub enum Error {
 /// Result with the scan [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// How bad a finding is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// Worth knowing; loading is safe.
-    Low,
-    /// Not on the allow-list of tensor-rebuild functions: loading it in Python
-    /// would import code the scanner cannot vouch for. (Given to such imports
-    /// only; loaders refuse the file, see [`ScanReport::refuse`].)
-    Medium,
-    /// The file is malformed or hides its imports; do not trust it.
-    High,
-    /// Loading it in Python would run arbitrary code (os, subprocess, eval, ...).
-    Critical,
-}
-
-impl Severity {
-    /// The lowercase name used in JSON and messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Low => "low",
-            Self::Medium => "medium",
-            Self::High => "high",
-            Self::Critical => "critical",
-        }
-    }
-}
+/// How bad a finding is; what a file was scanned as (the record's vocabulary).
+pub use gauntlet_record::{ScanFormat, Severity};
 
 /// One problem found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -96,8 +71,8 @@ pub struct Finding {
 pub struct ScanReport {
     /// The file as given.
     pub path: String,
-    /// `pytorch-zip`, `pytorch-legacy`, `pickle`, `safetensors` or `onnx`.
-    pub format: String,
+    /// What the file was scanned as.
+    pub format: ScanFormat,
     /// Every global the pickles import, as `module.name` (pickle formats).
     pub imports: Vec<String>,
     /// What is wrong; empty for a clean file.
@@ -112,8 +87,8 @@ impl ScanReport {
     /// What a run record says about the scan of the model it loaded.
     pub fn to_record(&self) -> gauntlet_record::ModelScanRecord {
         gauntlet_record::ModelScanRecord {
-            format: self.format.clone(),
-            worst: self.worst().map(|s| s.as_str().to_string()),
+            format: self.format,
+            worst: self.worst(),
             findings: self
                 .findings
                 .iter()
@@ -371,7 +346,8 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
         .map(u64::from_le_bytes);
     let mut report = ScanReport {
         path: shown.clone(),
-        format: String::new(),
+        // Every branch below that does not return an error sets it.
+        format: ScanFormat::Pickle,
         imports: Vec::new(),
         findings: Vec::new(),
         refuse: false,
@@ -379,21 +355,21 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
     // safetensors: an 8-byte header length, then the JSON header's '{'. Checked
     // first: its first byte can look like a pickle opcode.
     if got >= 9 && head[8] == b'{' && header_len.is_some_and(|n| n <= size - 8) {
-        report.format = "safetensors".into();
+        report.format = ScanFormat::Safetensors;
         safetensors::check(path, size, &mut report.findings).map_err(io)?;
     } else if head.starts_with(b"PK\x03\x04") {
-        report.format = "pytorch-zip".into();
+        report.format = ScanFormat::PytorchZip;
         scan_zip(|| std::fs::File::open(path), size, "", 0, &mut report).map_err(io)?;
     } else if tar::is_tar(head) {
-        report.format = "pytorch-tar".into();
+        report.format = ScanFormat::PytorchTar;
         scan_tar(&mut file, size, &mut report);
     } else if head.starts_with(NPY_MAGIC) {
-        report.format = "npy".into();
+        report.format = ScanFormat::Npy;
         let bytes = read_bounded(path, size).map_err(io)?;
         scan_npy("array", &bytes, 0, &mut report);
     } else if head.first() == Some(&0x08) {
         // ONNX: a ModelProto starts with ir_version (field 1, varint).
-        report.format = "onnx".into();
+        report.format = ScanFormat::Onnx;
         if size > 2 << 30 {
             report.findings.push(Finding {
                 severity: Severity::High,
@@ -416,7 +392,7 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
         .filter(|bytes| onnx::is_model(bytes))
     {
         // ONNX whose first field is not ir_version (protobuf allows any order).
-        report.format = "onnx".into();
+        report.format = ScanFormat::Onnx;
         let dir = path.parent().unwrap_or(Path::new("."));
         onnx::check(&bytes, dir, &mut report.findings);
     } else if let Some(bytes) =
@@ -427,7 +403,7 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
         scan_pickle_file(&bytes, &mut report);
     } else if got >= 9 && head[8] == b'{' {
         // A safetensors header whose length runs past the end of the file.
-        report.format = "safetensors".into();
+        report.format = ScanFormat::Safetensors;
         let header_len = header_len.unwrap_or(u64::MAX);
         report
             .findings
@@ -438,7 +414,7 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
             head: head.iter().take(9).map(|b| format!("{b:02x}")).collect(),
         });
     }
-    if report.format != "pytorch-zip" {
+    if report.format != ScanFormat::PytorchZip {
         let mut file = std::fs::File::open(path).map_err(io)?;
         scan_zip_view(&mut file, size, &mut report);
     }
@@ -453,11 +429,10 @@ pub fn scan_file(path: &Path) -> Result<ScanReport> {
 fn scan_pickle_file(bytes: &[u8], report: &mut ScanReport) {
     let pickles = scan_pickle_stream("", bytes, 0, report);
     report.format = if pickles > 1 {
-        "pytorch-legacy"
+        ScanFormat::PytorchLegacy
     } else {
-        "pickle"
-    }
-    .into();
+        ScanFormat::Pickle
+    };
 }
 
 /// Whether bytes that no other format claims are a pickle: the walk reaches

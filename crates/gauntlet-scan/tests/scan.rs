@@ -16,7 +16,7 @@ fn repo(path: &str) -> PathBuf {
 #[test]
 fn shipped_models_are_clean() {
     let pt = scan_file(&repo("crates/gauntlet-models/tests/fixtures/mlp.pt")).unwrap();
-    assert_eq!(pt.format, "pytorch-zip");
+    assert_eq!(pt.format.as_str(), "pytorch-zip");
     assert!(pt.findings.is_empty(), "{:?}", pt.findings);
     assert!(
         pt.imports
@@ -30,7 +30,7 @@ fn shipped_models_are_clean() {
         "crates/gauntlet-models/tests/fixtures/mlp.safetensors",
     ] {
         let report = scan_file(&repo(model)).unwrap();
-        assert_eq!(report.format, "safetensors");
+        assert_eq!(report.format.as_str(), "safetensors");
         assert!(report.findings.is_empty(), "{model}: {:?}", report.findings);
     }
 }
@@ -67,7 +67,7 @@ fn code_execution_in_a_raw_pickle_and_in_a_checkpoint_is_critical() {
     zip.write_all(b"3\n").unwrap();
     zip.finish().unwrap();
     let report = scan_file(&pt).unwrap();
-    assert_eq!(report.format, "pytorch-zip");
+    assert_eq!(report.format.as_str(), "pytorch-zip");
     assert_eq!(report.worst(), Some(Severity::Critical));
     assert_eq!(report.findings[0].location, "archive/data.pkl");
 
@@ -251,7 +251,7 @@ fn lying_safetensors_headers_are_found() {
         bytes.extend(b"{}");
         std::fs::write(&path, bytes).unwrap();
         let report = scan_file(&path).unwrap();
-        assert_eq!(report.format, "safetensors", "{name}");
+        assert_eq!(report.format.as_str(), "safetensors", "{name}");
         assert!(
             report.is_dangerous() && report.findings[0].message.contains("runs past the end"),
             "{name}: {:?}",
@@ -318,7 +318,7 @@ fn onnx_external_data_escapes_and_absurd_sizes_are_found() {
             "crates/gauntlet-models/tests/fixtures/{fixture}"
         )))
         .unwrap();
-        assert_eq!(report.format, "onnx");
+        assert_eq!(report.format.as_str(), "onnx");
         assert!(
             report.findings.is_empty(),
             "{fixture}: {:?}",
@@ -416,7 +416,7 @@ fn onnx_external_data_escapes_and_absurd_sizes_are_found() {
         let path = dir.join(format!("{name}.onnx"));
         std::fs::write(&path, bytes).unwrap();
         let report = scan_file(&path).unwrap();
-        assert_eq!(report.format, "onnx", "{name}");
+        assert_eq!(report.format.as_str(), "onnx", "{name}");
         assert!(
             report.worst() == Some(Severity::Critical)
                 && report
@@ -658,7 +658,7 @@ fn every_pickle_of_a_legacy_stream_is_scanned_as_torch_load_reads_them() {
     }
     legacy.extend_from_slice(OS_SYSTEM_PROTOCOL_0);
     let report = scan_bytes("storages.pt", &legacy);
-    assert_eq!(report.format, "pytorch-legacy");
+    assert_eq!(report.format.as_str(), "pytorch-legacy");
     assert!(
         report.findings.is_empty() && !report.refuse,
         "{:?}",
@@ -764,7 +764,7 @@ fn npy(descr: &str, data: &[u8]) -> Vec<u8> {
 fn object_arrays_in_npy_and_npz_files_are_pickles_and_are_scanned() {
     let evil = npy("'|O'", &os_system_pickle());
     let report = scan_bytes("evil.npy", &evil);
-    assert_eq!(report.format, "npy");
+    assert_eq!(report.format.as_str(), "npy");
     assert_eq!(
         report.worst(),
         Some(Severity::Critical),
@@ -859,7 +859,7 @@ fn legacy_tar_checkpoints_have_their_pickled_members_scanned() {
         "old.pt",
         &tar_with(&[("storages", clean), ("tensors", clean), ("pickle", &evil)]),
     );
-    assert_eq!(report.format, "pytorch-tar");
+    assert_eq!(report.format.as_str(), "pytorch-tar");
     assert_eq!(
         report.worst(),
         Some(Severity::Critical),
@@ -1060,7 +1060,7 @@ fn a_file_valid_in_two_formats_is_scanned_as_both() {
     );
     let polyglot = behind(b"\x80\x02}q\x00.".to_vec(), &zip);
     let report = scan_bytes("polyglot.pkl", &polyglot);
-    assert_eq!(report.format, "pickle");
+    assert_eq!(report.format.as_str(), "pickle");
     assert_eq!(
         report.worst(),
         Some(Severity::Critical),
@@ -1080,7 +1080,7 @@ fn a_file_valid_in_two_formats_is_scanned_as_both() {
         &zip,
     );
     let report = scan_bytes("model.safetensors", &tensors);
-    assert_eq!(report.format, "safetensors");
+    assert_eq!(report.format.as_str(), "safetensors");
     assert!(report.refuse, "{:?}", report.findings);
     assert!(report.imports.iter().any(|i| i == "posix.system"));
 }
