@@ -55,6 +55,9 @@ pub enum Error {
     /// A bad argument or configuration.
     #[error("{0}")]
     Invalid(String),
+    /// The metadata saved with a model could not be written as JSON.
+    #[error("cannot serialise the model's metadata: {0}")]
+    Metadata(#[source] serde_json::Error),
 }
 
 /// What the importer lacks in a graph, for [`Error::UnsupportedOps`].

@@ -266,7 +266,7 @@ impl Network {
         metadata.insert("gauntlet.arch".to_string(), self.arch.name().to_string());
         metadata.insert(
             "gauntlet.input_shape".to_string(),
-            json(&self.arch.input_shape().to_vec()),
+            json(&self.arch.input_shape().to_vec())?,
         );
         metadata.insert(
             "gauntlet.num_classes".to_string(),
@@ -274,10 +274,10 @@ impl Network {
         );
         metadata.insert(
             "gauntlet.bounds".to_string(),
-            json(&vec![self.bounds.min, self.bounds.max]),
+            json(&vec![self.bounds.min, self.bounds.max])?,
         );
-        metadata.insert("gauntlet.mean".to_string(), json(&self.normalization.mean));
-        metadata.insert("gauntlet.std".to_string(), json(&self.normalization.std));
+        metadata.insert("gauntlet.mean".to_string(), json(&self.normalization.mean)?);
+        metadata.insert("gauntlet.std".to_string(), json(&self.normalization.std)?);
         let mut tensors = BTreeMap::new();
         for (name, t) in &self.params.0 {
             let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
@@ -377,8 +377,8 @@ fn native_engine(
     Ok(Some(Arc::new(engine)))
 }
 
-fn json<T: Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_default()
+fn json<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(Error::Metadata)
 }
 
 impl Classifier for Network {

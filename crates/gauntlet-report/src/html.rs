@@ -196,14 +196,60 @@ pub(crate) fn page(inputs: &[ReportInput], charts: &[(Section, RenderedChart)]) 
         escape(&title)
     );
 
-    // Summary verdict.
-    let warning_count: usize = inputs
+    let warning_count = count_warnings(inputs);
+    summary_section(&mut out, inputs, warning_count);
+    // Provenance.
+    out.push_str("<section id=\"provenance\"><h2>Provenance</h2>\n<p class=\"note\">Everything needed to re-run exactly these runs.</p>\n");
+    for input in inputs {
+        provenance(&mut out, input);
+    }
+    out.push_str("</section>\n");
+
+    // Accuracy tables.
+    let evaluated: Vec<&ReportInput> = inputs.iter().filter(|i| i.record.clean.is_some()).collect();
+    if !evaluated.is_empty() {
+        out.push_str("<section id=\"accuracy\"><h2>Clean and robust accuracy</h2>\n");
+        for input in evaluated {
+            accuracy_tables(&mut out, input);
+        }
+        out.push_str("<p class=\"note\">Robust accuracy per attack includes the attacks before it in the suite (the runner attacks only samples still classified correctly); the worst case is per sample over every attack of the norm, at that ε or any smaller one.</p>\n</section>\n");
+    }
+
+    robustness_sections(&mut out, inputs, charts)?;
+    if warning_count > 0 {
+        warnings_section(&mut out, inputs);
+    }
+    training_section(&mut out, inputs, charts);
+    poisoning_section(&mut out, inputs, charts);
+    // Configuration.
+    out.push_str("<section id=\"configuration\"><h2>Configuration</h2>\n");
+    for input in inputs {
+        configuration(&mut out, input);
+    }
+    out.push_str("</section>\n");
+    let _ = write!(
+        out,
+        "<footer><p class=\"note\">Rendered by {} {} from the run record{} alone.</p></footer>\n</main></body></html>\n",
+        escape(&inputs[0].record.tool.name),
+        escape(&inputs[0].record.tool.version),
+        if inputs.len() == 1 { "" } else { "s" }
+    );
+    Ok(out)
+}
+
+/// Sanity warnings over every record (evaluation and training).
+fn count_warnings(inputs: &[ReportInput]) -> usize {
+    inputs
         .iter()
         .map(|i| {
             i.record.robustness.as_ref().map_or(0, |r| r.warnings.len())
                 + i.record.training.as_ref().map_or(0, |t| t.warnings.len())
         })
-        .sum();
+        .sum()
+}
+
+/// The verdict of each record, with a banner when any has warnings.
+fn summary_section(out: &mut String, inputs: &[ReportInput], warning_count: usize) {
     out.push_str("<section id=\"summary\"><h2>Summary</h2>\n");
     if warning_count > 0 {
         let _ = writeln!(
@@ -222,25 +268,14 @@ pub(crate) fn page(inputs: &[ReportInput], charts: &[(Section, RenderedChart)]) 
         );
     }
     out.push_str("</section>\n");
+}
 
-    // Provenance.
-    out.push_str("<section id=\"provenance\"><h2>Provenance</h2>\n<p class=\"note\">Everything needed to re-run exactly these runs.</p>\n");
-    for input in inputs {
-        provenance(&mut out, input);
-    }
-    out.push_str("</section>\n");
-
-    // Accuracy tables.
-    let evaluated: Vec<&ReportInput> = inputs.iter().filter(|i| i.record.clean.is_some()).collect();
-    if !evaluated.is_empty() {
-        out.push_str("<section id=\"accuracy\"><h2>Clean and robust accuracy</h2>\n");
-        for input in evaluated {
-            accuracy_tables(&mut out, input);
-        }
-        out.push_str("<p class=\"note\">Robust accuracy per attack includes the attacks before it in the suite (the runner attacks only samples still classified correctly); the worst case is per sample over every attack of the norm, at that ε or any smaller one.</p>\n</section>\n");
-    }
-
-    // Charts of robustness.
+/// Robustness charts and the gallery of adversarial examples.
+fn robustness_sections(
+    out: &mut String,
+    inputs: &[ReportInput],
+    charts: &[(Section, RenderedChart)],
+) -> Result<()> {
     let robustness_charts: Vec<&RenderedChart> = charts
         .iter()
         .filter(|(s, _)| *s == Section::Robustness)
@@ -249,7 +284,7 @@ pub(crate) fn page(inputs: &[ReportInput], charts: &[(Section, RenderedChart)]) 
     if !robustness_charts.is_empty() {
         out.push_str("<section id=\"charts\"><h2>Charts</h2>\n");
         for chart in robustness_charts {
-            figure(&mut out, chart);
+            figure(out, chart);
         }
         out.push_str("</section>\n");
     }
@@ -265,43 +300,46 @@ pub(crate) fn page(inputs: &[ReportInput], charts: &[(Section, RenderedChart)]) 
     if !galleries.is_empty() {
         out.push_str("<section id=\"gallery\"><h2>Adversarial examples</h2>\n<p class=\"note\">The first broken test samples: the clean image, the adversarial one, and the perturbation amplified to the full grey range (mid-grey = 0).</p>\n");
         for input in galleries {
-            gallery(&mut out, input)?;
+            gallery(out, input)?;
         }
         out.push_str("</section>\n");
     }
+    Ok(())
+}
 
-    // Sanity warnings.
-    if warning_count > 0 {
-        out.push_str("<section id=\"warnings\"><h2>Sanity warnings</h2>\n");
-        for input in inputs {
-            if let Some(r) = &input.record.robustness {
-                for w in &r.warnings {
-                    let _ = writeln!(
-                        out,
-                        "<div class=\"warning\"><p><b>{} [{}]</b>: {}</p><p><b>Cause</b>: {}</p><p><b>Remedy</b>: {}</p></div>",
-                        escape(&input.label),
-                        escape(w.code.name()),
-                        escape(&w.message),
-                        escape(&w.cause),
-                        escape(&w.remedy)
-                    );
-                }
-            }
-            if let Some(t) = &input.record.training {
-                for w in &t.warnings {
-                    let _ = writeln!(
-                        out,
-                        "<div class=\"warning\"><p><b>{} [training]</b>: {}</p></div>",
-                        escape(&input.label),
-                        escape(w)
-                    );
-                }
+/// Each warning with its cause and remedy.
+fn warnings_section(out: &mut String, inputs: &[ReportInput]) {
+    out.push_str("<section id=\"warnings\"><h2>Sanity warnings</h2>\n");
+    for input in inputs {
+        if let Some(r) = &input.record.robustness {
+            for w in &r.warnings {
+                let _ = writeln!(
+                    out,
+                    "<div class=\"warning\"><p><b>{} [{}]</b>: {}</p><p><b>Cause</b>: {}</p><p><b>Remedy</b>: {}</p></div>",
+                    escape(&input.label),
+                    escape(w.code.name()),
+                    escape(&w.message),
+                    escape(&w.cause),
+                    escape(&w.remedy)
+                );
             }
         }
-        out.push_str("</section>\n");
+        if let Some(t) = &input.record.training {
+            for w in &t.warnings {
+                let _ = writeln!(
+                    out,
+                    "<div class=\"warning\"><p><b>{} [training]</b>: {}</p></div>",
+                    escape(&input.label),
+                    escape(w)
+                );
+            }
+        }
     }
+    out.push_str("</section>\n");
+}
 
-    // Adversarial training.
+/// Training curves and per-epoch tables.
+fn training_section(out: &mut String, inputs: &[ReportInput], charts: &[(Section, RenderedChart)]) {
     let trained: Vec<&ReportInput> = inputs
         .iter()
         .filter(|i| {
@@ -314,15 +352,21 @@ pub(crate) fn page(inputs: &[ReportInput], charts: &[(Section, RenderedChart)]) 
     if !trained.is_empty() {
         out.push_str("<section id=\"training\"><h2>Training</h2>\n");
         for (_, chart) in charts.iter().filter(|(s, _)| *s == Section::Training) {
-            figure(&mut out, chart);
+            figure(out, chart);
         }
         for input in trained {
-            training_table(&mut out, input);
+            training_table(out, input);
         }
         out.push_str("</section>\n");
     }
+}
 
-    // Poisoning.
+/// What each poisoning run injected and found, and its charts.
+fn poisoning_section(
+    out: &mut String,
+    inputs: &[ReportInput],
+    charts: &[(Section, RenderedChart)],
+) {
     let poisoned: Vec<&ReportInput> = inputs
         .iter()
         .filter(|i| i.record.poisoning.is_some())
@@ -330,28 +374,13 @@ pub(crate) fn page(inputs: &[ReportInput], charts: &[(Section, RenderedChart)]) 
     if !poisoned.is_empty() {
         out.push_str("<section id=\"poisoning\"><h2>Poisoning</h2>\n");
         for input in poisoned {
-            poisoning_tables(&mut out, input);
+            poisoning_tables(out, input);
         }
         for (_, chart) in charts.iter().filter(|(s, _)| *s == Section::Poisoning) {
-            figure(&mut out, chart);
+            figure(out, chart);
         }
         out.push_str("</section>\n");
     }
-
-    // Configuration.
-    out.push_str("<section id=\"configuration\"><h2>Configuration</h2>\n");
-    for input in inputs {
-        configuration(&mut out, input);
-    }
-    out.push_str("</section>\n");
-    let _ = write!(
-        out,
-        "<footer><p class=\"note\">Rendered by {} {} from the run record{} alone.</p></footer>\n</main></body></html>\n",
-        escape(&inputs[0].record.tool.name),
-        escape(&inputs[0].record.tool.version),
-        if inputs.len() == 1 { "" } else { "s" }
-    );
-    Ok(out)
 }
 
 fn provenance(out: &mut String, input: &ReportInput) {
