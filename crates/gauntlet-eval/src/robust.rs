@@ -589,7 +589,7 @@ impl Sweep<'_> {
             for eps in grid {
                 let robust = self.robust_at(norm, eps);
                 self.result.worst_case.push(WorstCase {
-                    norm: norm,
+                    norm,
                     epsilon: eps,
                     robust_accuracy: gauntlet_record::accuracy_of(&robust),
                     robust,
