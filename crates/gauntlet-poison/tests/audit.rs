@@ -578,3 +578,50 @@ fn an_unknown_feature_layer_is_refused_with_a_suggestion() {
         "{err}"
     );
 }
+
+#[test]
+fn the_inject_job_writes_a_dataset_that_loads_as_its_manifest_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = |out: PathBuf| InjectJob {
+        train_set: mnist(Split::Train),
+        test_set: mnist(Split::Test),
+        injection: badnets(4),
+        out,
+    };
+    // An existing directory is refused before any work, and left as it was.
+    let refused = job(dir.path().to_path_buf()).plan();
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Setting {
+                setting: "--out",
+                ..
+            })
+        ),
+        "an existing output directory was accepted"
+    );
+    let out = dir.path().join("poisoned");
+    let manifest = job(out.clone()).plan().unwrap().run().unwrap();
+    let train = load(
+        &out,
+        &LoadOptions {
+            split: Split::Train,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(train.sha256(), manifest.poisoned_sha256);
+    assert!(!manifest.indices.is_empty());
+    assert!(manifest.indices.iter().all(|&i| train.labels()[i] == 0));
+    let clean_test = mnist(Split::Test);
+    let test = load(&out, &LoadOptions::default()).unwrap();
+    assert_eq!(
+        test.labels(),
+        clean_test.labels(),
+        "the test split is copied"
+    );
+    // Nothing but the new directory is left beside it (no staging directory).
+    let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(entries.len(), 1);
+    assert!(job(out).plan().is_err(), "a second run would overwrite");
+}
