@@ -317,17 +317,8 @@ impl Chart {
             });
         }
         if let Some((name, y)) = reference {
-            ctx.draw_series(DashedLineSeries::new(
-                vec![(-0.5, *y), (n as f64 - 0.5, *y)],
-                7,
-                5,
-                BLACK.stroke_width(2),
-            ))?;
-            entries.push(LegendEntry {
-                name: name.clone(),
-                colour: BLACK,
-                mark: Mark::Dashed,
-            });
+            let line = [(-0.5, *y), (n as f64 - 0.5, *y)];
+            entries.push(reference_line(&mut ctx, line, name)?);
         }
         Ok(entries)
     }
@@ -381,20 +372,29 @@ impl Chart {
             });
         }
         if let Some((name, x)) = threshold {
-            ctx.draw_series(DashedLineSeries::new(
-                vec![(*x, 0.0), (*x, top)],
-                7,
-                5,
-                BLACK.stroke_width(2),
-            ))?;
-            entries.push(LegendEntry {
-                name: name.clone(),
-                colour: BLACK,
-                mark: Mark::Dashed,
-            });
+            entries.push(reference_line(&mut ctx, [(*x, 0.0), (*x, top)], name)?);
         }
         Ok(entries)
     }
+}
+
+/// A dashed black reference line (a threshold, a chance level) and its legend entry.
+fn reference_line<DB: DrawingBackend>(
+    ctx: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    [from, to]: [(f64, f64); 2],
+    name: &str,
+) -> Drawn<DB, LegendEntry> {
+    ctx.draw_series(DashedLineSeries::new(
+        vec![from, to],
+        7,
+        5,
+        BLACK.stroke_width(2),
+    ))?;
+    Ok(LegendEntry {
+        name: name.to_string(),
+        colour: BLACK,
+        mark: Mark::Dashed,
+    })
 }
 
 /// Grid, tick labels and axis titles of a chart with numbers on both axes.
