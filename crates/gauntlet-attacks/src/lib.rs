@@ -11,6 +11,8 @@
 mod apgd;
 mod context;
 mod error;
+mod fab;
+mod fmn;
 pub mod losses;
 mod minimal;
 pub mod ops;
@@ -25,6 +27,8 @@ use gauntlet_core::{Classifier, Norm, SeedStream};
 pub use apgd::{Apgd, ApgdParams};
 pub use context::{AttackContext, LossGradient};
 pub use error::{Error, Result};
+pub use fab::{project_onto_halfspace, Fab, FabParams, FAB_VARIANTS};
+pub use fmn::{Fmn, FmnParams};
 pub use losses::Loss;
 pub use minimal::{CarliniWagner, CwParams, DeepFool, DeepFoolParams};
 pub use pgd::{Pgd, PgdParams, StepSize};

@@ -11,6 +11,7 @@ pub fn norms(delta: &Tensor, norm: Norm) -> Result<Tensor> {
     Ok(match norm {
         Norm::Linf => flat.abs()?.max(1)?,
         Norm::L2 => flat.sqr()?.sum(1)?.sqrt()?,
+        Norm::L1 => flat.abs()?.sum(1)?,
     })
 }
 
@@ -36,7 +37,49 @@ pub fn project(delta: &Tensor, norm: Norm, eps: f64) -> Result<Tensor> {
             let factor = (n + 1e-12)?.recip()?.affine(eps, 0.0)?.clamp(0.0, 1.0)?;
             delta.broadcast_mul(&per_sample(&factor, delta)?)?
         }
+        Norm::L1 => {
+            let dtype = delta.dtype();
+            let per = delta.elem_count() / delta.dim(0)?.max(1);
+            let mut values = delta
+                .flatten_all()?
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?;
+            if per > 0 {
+                for row in values.chunks_mut(per) {
+                    project_l1_row(row, eps as f32);
+                }
+            }
+            Tensor::from_vec(values, delta.shape(), delta.device())?.to_dtype(dtype)?
+        }
     })
+}
+
+/// Euclidean projection of one row onto the L1 ball of radius `eps`, in place
+/// (Duchi et al. 2008, "Efficient projections onto the l1-ball for learning in
+/// high dimensions"): soft-threshold every entry by the θ that makes the L1 norm
+/// exactly `eps`, found from the sorted magnitudes.
+pub fn project_l1_row(row: &mut [f32], eps: f32) {
+    let total: f64 = row.iter().map(|v| f64::from(v.abs())).sum();
+    if total <= f64::from(eps) {
+        return;
+    }
+    let mut magnitudes: Vec<f32> = row.iter().map(|v| v.abs()).collect();
+    magnitudes.sort_by(|a, b| b.total_cmp(a));
+    let mut cumulative = 0f64;
+    let mut theta = 0f64;
+    for (j, &m) in magnitudes.iter().enumerate() {
+        cumulative += f64::from(m);
+        let candidate = (cumulative - f64::from(eps)) / (j + 1) as f64;
+        if f64::from(m) > candidate {
+            theta = candidate;
+        } else {
+            break;
+        }
+    }
+    for v in row.iter_mut() {
+        let shrunk = (f64::from(v.abs()) - theta).max(0.0) as f32;
+        *v = shrunk.copysign(*v);
+    }
 }
 
 /// Clip into the valid input range.
@@ -57,7 +100,8 @@ pub fn project_and_clip(
 }
 
 /// The steepest-ascent direction of a gradient under `norm`: `sign(g)` for L∞,
-/// `g / ||g||₂` for L2 (zero gradients stay zero).
+/// `g / ||g||₂` for L2, and for L1 the signed unit vector of the largest
+/// gradient entry (zero gradients stay zero).
 pub fn ascent_direction(gradient: &Tensor, norm: Norm) -> Result<Tensor> {
     Ok(match norm {
         Norm::Linf => gradient.sign()?,
@@ -65,11 +109,26 @@ pub fn ascent_direction(gradient: &Tensor, norm: Norm) -> Result<Tensor> {
             let n = (norms(gradient, Norm::L2)? + 1e-12)?;
             gradient.broadcast_div(&per_sample(&n, gradient)?)?
         }
+        Norm::L1 => {
+            let flat = gradient.flatten_from(1)?;
+            let largest = flat.abs()?.max_keepdim(1)?;
+            let at_max = flat
+                .abs()?
+                .broadcast_ge(&largest)?
+                .to_dtype(gradient.dtype())?;
+            let nonzero = largest.gt(0.0)?.to_dtype(gradient.dtype())?;
+            // Ties share the unit step so the direction keeps L1 norm 1.
+            let ties = at_max.sum_keepdim(1)?;
+            (flat.sign()? * at_max)?
+                .broadcast_div(&ties)?
+                .broadcast_mul(&nonzero)?
+                .reshape(gradient.shape())?
+        }
     })
 }
 
 /// A random point in the ε-ball of `norm` around zero, shaped like `like`, drawn on
-/// the host from `seed`: uniform in the L∞ box; uniform in the L2 ball.
+/// the host from `seed`: uniform in the L∞ box, the L2 ball or the L1 ball.
 pub fn random_in_ball(like: &Tensor, norm: Norm, eps: f64, seed: &SeedStream) -> Result<Tensor> {
     let shape = like.dims().to_vec();
     let n = like.dim(0)?;
@@ -81,14 +140,17 @@ pub fn random_in_ball(like: &Tensor, norm: Norm, eps: f64, seed: &SeedStream) ->
             shape,
             device,
         )?,
-        Norm::L2 => {
+        Norm::L2 | Norm::L1 => {
             let dim = count / n.max(1);
-            let direction = Tensor::from_vec(
-                seed.derive("direction").normal_f32(count),
-                shape.clone(),
-                device,
-            )?;
-            let unit = ascent_direction(&direction, Norm::L2)?;
+            // Gaussian draws normalised in L2, or Laplace draws normalised in L1,
+            // are uniform on the sphere's cone measure (Barthe et al. 2005).
+            let draws = match norm {
+                Norm::L1 => laplace(&seed.derive("direction").uniform_f32(count, 0.0, 1.0)),
+                _ => seed.derive("direction").normal_f32(count),
+            };
+            let direction = Tensor::from_vec(draws, shape.clone(), device)?;
+            let length = (norms(&direction, norm)? + 1e-12)?;
+            let unit = direction.broadcast_div(&per_sample(&length, &direction)?)?;
             // Radius eps * u^(1/d) makes the point uniform in the ball.
             let radii: Vec<f32> = seed
                 .derive("radius")
@@ -101,6 +163,17 @@ pub fn random_in_ball(like: &Tensor, norm: Norm, eps: f64, seed: &SeedStream) ->
         }
     };
     Ok(t.to_dtype(like.dtype())?)
+}
+
+/// Standard Laplace draws from uniform ones in [0, 1) (inverse CDF).
+fn laplace(uniform: &[f32]) -> Vec<f32> {
+    uniform
+        .iter()
+        .map(|&u| {
+            let centred = u - 0.5;
+            -centred.signum() * (1.0 - 2.0 * centred.abs()).max(f32::MIN_POSITIVE).ln()
+        })
+        .collect()
 }
 
 /// Select rows of `x` where `mask` is true, with the rows of `other` elsewhere.

@@ -5,6 +5,8 @@ use serde_json::Value;
 use gauntlet_core::Norm;
 
 use crate::apgd::Apgd;
+use crate::fab::Fab;
+use crate::fmn::Fmn;
 use crate::minimal::{CarliniWagner, DeepFool};
 use crate::pgd::{Pgd, PgdParams};
 use crate::square::Square;
@@ -26,6 +28,15 @@ pub const NAMES: &[&str] = &[
     "square-linf",
     "deepfool",
     "cw-l2",
+    "fmn-linf",
+    "fmn-l2",
+    "fmn-l1",
+    "fab-linf",
+    "fab-l2",
+    "fab-l1",
+    "fab-t-linf",
+    "fab-t-l2",
+    "fab-t-l1",
 ];
 
 /// Build an attack by name, applying `overrides` (a JSON object of parameters) on
@@ -54,6 +65,15 @@ pub fn build_attack(name: &str, overrides: &Value) -> Result<Box<dyn Attack>> {
         _ => None,
     };
     if let Some(attack) = apgd {
+        let params = merge(name, attack.params(), overrides)?;
+        return Ok(Box::new(attack.with_params(params)?));
+    }
+    if let Some(attack) = Fab::named(name) {
+        let params = merge(name, attack.params(), overrides)?;
+        return Ok(Box::new(attack.with_params(params)?));
+    }
+    if let Some(&norm) = Norm::ALL.iter().find(|&&norm| Fmn::name_for(norm) == name) {
+        let attack = Fmn::new(norm);
         let params = merge(name, attack.params(), overrides)?;
         return Ok(Box::new(attack.with_params(params)?));
     }
@@ -108,4 +128,24 @@ fn merge<T: serde::Serialize + serde::de::DeserializeOwned>(
         }
     }
     serde_json::from_value(base).map_err(|e| param_err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_builds_under_its_own_name_and_the_readme_lists_it() {
+        let readme = include_str!("../../../README.md");
+        for name in NAMES {
+            let attack = build_attack(name, &Value::Null).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(attack.name(), *name);
+            // The README's table writes L2 twins as `apgd-ce` (`-l2`).
+            let listed = readme.contains(&format!("`{name}`"))
+                || name.strip_suffix("-l2").is_some_and(|base| {
+                    readme.contains(&format!("`{base}`")) && readme.contains("(`-l2`)")
+                });
+            assert!(listed, "{name} is missing from the README's attack table");
+        }
+    }
 }

@@ -99,6 +99,7 @@ impl RobustResult {
             suite,
             attacks: self.attacks,
             minimal: self.minimal,
+            best_known: self.best_known,
             worst_case: self.worst_case,
             warnings: sanity,
             gallery,

@@ -15,9 +15,9 @@ pub use artifacts::{adversarial_npz, gallery, Examples, GALLERY_CANDIDATES};
 pub use job::{model_record, record_header, AdversarialExamples, EvalJob, EvalOutput, EvalPlan};
 pub use journal::{journal_fingerprint, FileJournal, JOURNAL_FILE};
 pub use robust::{
-    evaluate_robust, evaluate_robust_journaled, model_sanity, AttackResult, BatchOutcome, Journal,
-    MinimalNorms, NoJournal, RobustConfig, RobustResult, SuiteEntry, TargetSpec, Warning,
-    WorstCase,
+    evaluate_robust, evaluate_robust_journaled, model_sanity, AttackResult, BatchOutcome,
+    BestKnown, Journal, MinimalNorms, NoJournal, RobustConfig, RobustResult, Schedule, SuiteEntry,
+    TargetSpec, Warning, WorstCase,
 };
 pub use suite::{parse_epsilon, parse_target, Suite, SuiteAttack};
 

@@ -32,6 +32,20 @@ pub enum TargetSpec {
     Class(u32),
 }
 
+/// Which samples a minimal-perturbation attack runs on. (Fixed-ε attacks always
+/// run, per ε, on the samples still robust at that ε.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// Every clean-correct sample, so the attack's own curve is complete and
+    /// its optimality can be measured.
+    #[default]
+    AllCorrect,
+    /// AutoAttack's schedule: only samples no earlier attack of the norm broke
+    /// at the grid's smallest ε, each until it is broken within that ε.
+    StillRobust,
+}
+
 /// One attack of a suite, with its ε grid.
 pub struct SuiteEntry {
     /// The attack.
@@ -41,13 +55,15 @@ pub struct SuiteEntry {
     pub epsilons: Vec<f64>,
     /// Targeting.
     pub target: TargetSpec,
+    /// Which samples a minimal-perturbation attack runs on.
+    pub schedule: Schedule,
 }
 
 // The result types are the run record's own (serde-only) types, so the record is
 // written from them directly.
 pub use gauntlet_record::{
-    AttackRecord as AttackResult, MinimalRecord as MinimalNorms, WarningRecord as Warning,
-    WorstCaseRecord as WorstCase,
+    AttackRecord as AttackResult, BestKnownRecord as BestKnown, MinimalRecord as MinimalNorms,
+    WarningRecord as Warning, WorstCaseRecord as WorstCase,
 };
 
 /// What one attack batch found: enough to fold it into the evaluation again
@@ -106,6 +122,8 @@ pub struct RobustResult {
     pub attacks: Vec<AttackResult>,
     /// Per minimal-perturbation attack.
     pub minimal: Vec<MinimalNorms>,
+    /// Per norm: each sample's smallest adversarial perturbation over every attack.
+    pub best_known: Vec<BestKnown>,
     /// Per norm and ε.
     pub worst_case: Vec<WorstCase>,
     /// Sanity warnings.
@@ -340,7 +358,14 @@ impl Sweep<'_> {
         let (model, data, clean, config) = (self.model, self.data, self.clean, self.config);
         let attack = entry.attack.as_ref();
         let n = data.len();
-        let indices: Vec<usize> = (0..n).filter(|&i| clean.correct[i]).collect();
+        let smallest = epsilons.first().copied().unwrap_or(f64::INFINITY);
+        let (indices, threshold) = match entry.schedule {
+            Schedule::AllCorrect => (
+                (0..n).filter(|&i| clean.correct[i]).collect(),
+                f64::INFINITY,
+            ),
+            Schedule::StillRobust => (self.still_robust(attack.norm(), smallest), smallest),
+        };
         self.observer.start(attack.name(), indices.len() as u64);
         let targets = targets_for(
             entry.target,
@@ -369,7 +394,7 @@ impl Sweep<'_> {
                         model,
                         &images,
                         &goal,
-                        f64::INFINITY,
+                        threshold,
                         &stream.per_sample(&sample_ids(chunk, config.first_sample)),
                     )?;
                     Ok(BatchOutcome {
@@ -583,6 +608,18 @@ impl Sweep<'_> {
     /// The per-sample worst case over every attack, per norm and ε of any grid,
     /// and the warnings that read it.
     fn finish(mut self) -> RobustResult {
+        for (&norm, broken) in &self.broken_at {
+            let norms = (0..self.data.len())
+                .map(|i| {
+                    if !self.clean.correct[i] {
+                        Some(0.0)
+                    } else {
+                        Some(broken[i]).filter(|v| v.is_finite())
+                    }
+                })
+                .collect();
+            self.result.best_known.push(BestKnown { norm, norms });
+        }
         for (norm, mut grid) in std::mem::take(&mut self.grids) {
             grid.sort_by(f64::total_cmp);
             grid.dedup();
@@ -690,7 +727,13 @@ fn large_epsilon_warnings(model: &dyn Classifier, worst: &[WorstCase]) -> Vec<Wa
     worst
         .iter()
         .filter(|wc| {
-            let huge = if wc.norm == Norm::Linf { range * 0.5 } else { range * 0.5 * ((c * h * w) as f64).sqrt() };
+            // The distance from any image to a mid-grey one, at most.
+            let dimension = (c * h * w) as f64;
+            let huge = match wc.norm {
+                Norm::Linf => range * 0.5,
+                Norm::L2 => range * 0.5 * dimension.sqrt(),
+                Norm::L1 => range * 0.5 * dimension,
+            };
             wc.epsilon >= huge && wc.robust_accuracy > chance
         })
         .map(|wc| Warning {

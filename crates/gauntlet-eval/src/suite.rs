@@ -9,6 +9,8 @@
 //! eps = [0.1, "8/255", 0.3]      # numbers or fractions
 //! target = "none"                # or "random", "least-likely", or a class index
 //! params = { steps = 40, restarts = 1 }
+//! schedule = "still-robust"      # minimal-perturbation attacks only: run on the
+//!                                # samples still robust (default "all-correct")
 //! ```
 //! Unknown keys anywhere are rejected with a message naming the key.
 
@@ -18,7 +20,7 @@ use gauntlet_attacks::build_attack;
 use gauntlet_record::SuiteRecord;
 use serde::Deserialize;
 
-use crate::robust::{SuiteEntry, TargetSpec};
+use crate::robust::{Schedule, SuiteEntry, TargetSpec};
 use crate::{Error, Result};
 
 /// A parsed suite (before the attacks are built).
@@ -43,6 +45,8 @@ pub struct SuiteAttack {
     pub target: TargetSpec,
     /// Parameter overrides.
     pub params: serde_json::Value,
+    /// Which samples a minimal-perturbation attack runs on.
+    pub schedule: Schedule,
 }
 
 #[derive(Deserialize)]
@@ -65,6 +69,8 @@ struct RawAttack {
     target: Option<toml::Value>,
     #[serde(default)]
     params: Option<toml::Table>,
+    #[serde(default)]
+    schedule: Option<Schedule>,
 }
 
 /// Parse an ε written as a number or a fraction such as `"8/255"`.
@@ -144,7 +150,12 @@ impl Suite {
                 Some(table) => serde_json::to_value(table).map_err(|e| ctx(e.to_string()))?,
             };
             // Build once now so bad names and parameters surface before any compute.
-            build_attack(&a.name, &params).map_err(|e| ctx(e.to_string()))?;
+            let built = build_attack(&a.name, &params).map_err(|e| ctx(e.to_string()))?;
+            if a.schedule.is_some()
+                && built.kind() != gauntlet_attacks::AttackKind::MinimalPerturbation
+            {
+                return Err(ctx("schedule applies to minimal-perturbation attacks only; fixed-epsilon attacks always run on the samples still robust at each epsilon".into()));
+            }
             if epsilons.is_empty() {
                 return Err(ctx("eps is empty: give at least one epsilon".into()));
             }
@@ -153,6 +164,7 @@ impl Suite {
                 epsilons,
                 target,
                 params,
+                schedule: a.schedule.unwrap_or_default(),
             });
         }
         Ok(Self {
@@ -202,6 +214,7 @@ impl Suite {
                     attack: build_attack(&a.name, &a.params)?,
                     epsilons: a.epsilons.clone(),
                     target: a.target,
+                    schedule: a.schedule,
                 })
             })
             .collect()
@@ -248,6 +261,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("-0.1"), "{err}");
+        let err = Suite::from_toml(
+            &text.replace(
+                "params = {",
+                "schedule = \"still-robust\"\n            params = {",
+            ),
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("minimal-perturbation attacks only"), "{err}");
         let err = Suite::from_toml(&text.replace("pgd-linf", "pgd-l3"), Path::new("t.toml"))
             .unwrap_err()
             .to_string();

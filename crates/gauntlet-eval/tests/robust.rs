@@ -9,7 +9,9 @@ use candle_core::{Device, Tensor};
 use gauntlet_attacks::{build_attack, Attack, AttackContext, Goal};
 use gauntlet_core::{Bounds, Classifier, NoProgress, Norm, SeedStream};
 use gauntlet_data::{load, Dataset, LoadOptions, Split};
-use gauntlet_eval::{evaluate_clean, evaluate_robust, RobustConfig, Suite, SuiteEntry, TargetSpec};
+use gauntlet_eval::{
+    evaluate_clean, evaluate_robust, RobustConfig, Schedule, Suite, SuiteEntry, TargetSpec,
+};
 use gauntlet_models::{load_model, ModelOptions};
 use gauntlet_record::WarningCode;
 
@@ -102,6 +104,7 @@ fn three_broken() -> (
         }),
         epsilons: vec![0.5],
         target: TargetSpec::None,
+        schedule: Schedule::default(),
     }];
     let config = RobustConfig {
         batch_size: 4,
@@ -192,6 +195,7 @@ fn worst_case_is_the_per_sample_and_over_attacks_that_break_disjoint_samples() {
             }),
             epsilons: vec![0.5, 0.1],
             target: TargetSpec::None,
+            schedule: Schedule::default(),
         },
         SuiteEntry {
             attack: Box::new(Breaker {
@@ -201,6 +205,7 @@ fn worst_case_is_the_per_sample_and_over_attacks_that_break_disjoint_samples() {
             }),
             epsilons: vec![0.1, 0.5],
             target: TargetSpec::None,
+            schedule: Schedule::default(),
         },
     ];
     let config = RobustConfig {
@@ -286,6 +291,7 @@ fn robust_count(
         attack: build_attack(name, &params).unwrap(),
         epsilons: vec![eps],
         target: TargetSpec::None,
+        schedule: Schedule::default(),
     }];
     let config = RobustConfig {
         batch_size: 100,
@@ -316,6 +322,7 @@ fn minimal_perturbation_curve_is_monotone_and_consistent_with_its_norms() {
         attack: build_attack("deepfool", &serde_json::Value::Null).unwrap(),
         epsilons: grid.clone(),
         target: TargetSpec::None,
+        schedule: Schedule::default(),
     }];
     let config = RobustConfig {
         batch_size: 100,
@@ -350,11 +357,19 @@ fn minimal_perturbation_curve_is_monotone_and_consistent_with_its_norms() {
 
 #[test]
 fn shipped_suites_parse() {
-    for name in ["quick", "standard-linf", "standard-l2", "minimal"] {
-        let suite = Suite::from_file(&repo(&format!("attacks/{name}.toml"))).unwrap();
-        assert_eq!(suite.name, name);
-        assert!(!suite.entries().unwrap().is_empty());
+    let mut seen = 0;
+    for file in std::fs::read_dir(repo("attacks")).unwrap() {
+        let path = file.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let suite = Suite::from_file(&path).unwrap();
+        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        assert_eq!(suite.name, stem, "{}", path.display());
+        assert!(!suite.entries().unwrap().is_empty(), "{stem}");
+        seen += 1;
     }
+    assert!(seen >= 5, "only {seen} suites under attacks/");
 }
 
 #[test]
@@ -414,6 +429,7 @@ fn record_types_carry_norm_kind_and_target_names() {
         }),
         epsilons: vec![0.5],
         target: TargetSpec::None,
+        schedule: Schedule::default(),
     }];
     let config = RobustConfig {
         batch_size: 4,
@@ -446,11 +462,13 @@ fn results_do_not_depend_on_batch_size_or_sharding() {
                 attack: build_attack("pgd-linf", &serde_json::json!({"steps": 5})).unwrap(),
                 epsilons: vec![0.1, 0.2],
                 target: TargetSpec::None,
+                schedule: Schedule::default(),
             },
             SuiteEntry {
                 attack: build_attack("square-linf", &serde_json::json!({"queries": 30})).unwrap(),
                 epsilons: vec![0.2],
                 target: TargetSpec::Random,
+                schedule: Schedule::default(),
             },
         ]
     };
@@ -483,4 +501,136 @@ fn results_do_not_depend_on_batch_size_or_sharding() {
     // The attacks did something: not everything robust, not everything broken.
     let last = &whole.1[whole.1.len() - 1];
     assert!(last.iter().any(|r| *r) || whole.1[0].iter().any(|r| !*r));
+}
+
+fn entry(
+    name: &str,
+    params: serde_json::Value,
+    epsilons: &[f64],
+    schedule: Schedule,
+) -> SuiteEntry {
+    SuiteEntry {
+        attack: build_attack(name, &params).unwrap(),
+        epsilons: epsilons.to_vec(),
+        target: TargetSpec::None,
+        schedule,
+    }
+}
+
+fn config() -> RobustConfig {
+    RobustConfig {
+        batch_size: 100,
+        seed: 0,
+        keep_examples: false,
+        gallery_samples: 0,
+        first_sample: 0,
+    }
+}
+
+#[test]
+fn the_best_known_perturbations_are_the_worst_case_curve_and_bound_every_attack() {
+    let (model, data) = shipped_cnn_and_data(16);
+    let clean = evaluate_clean(&model, &data, 100, &NoProgress).unwrap();
+    let grid = [0.05, 0.1, 0.15];
+    let suite = vec![
+        entry(
+            "pgd-linf",
+            serde_json::json!({"steps": 10}),
+            &grid,
+            Schedule::default(),
+        ),
+        entry(
+            "fmn-linf",
+            serde_json::json!({"steps": 30}),
+            &grid,
+            Schedule::default(),
+        ),
+    ];
+    let result = evaluate_robust(&model, &data, &clean, &suite, &config(), &NoProgress).unwrap();
+    let best = &result.best_known[0];
+    assert_eq!(best.norm, Norm::Linf);
+    for (i, known) in best.norms.iter().enumerate() {
+        if !clean.correct[i] {
+            assert_eq!(*known, Some(0.0), "sample {i} is misclassified clean");
+            continue;
+        }
+        // No attack found anything smaller than the best known.
+        if let Some(own) = result.minimal[0].norms[i] {
+            assert!(
+                known.is_some_and(|k| k <= own),
+                "sample {i}: best {known:?} > fmn {own}"
+            );
+        }
+    }
+    // The curve at every grid point is exactly what the per-sample bests say.
+    for wc in &result.worst_case {
+        let expected: Vec<bool> = (0..data.len())
+            .map(|i| clean.correct[i] && best.norms[i].is_none_or(|b| b > wc.epsilon))
+            .collect();
+        assert_eq!(wc.robust, expected, "ε = {}", wc.epsilon);
+    }
+}
+
+#[test]
+fn a_still_robust_schedule_attacks_only_what_earlier_attacks_left_and_never_weakens_the_suite() {
+    let (model, data) = shipped_cnn_and_data(16);
+    let clean = evaluate_clean(&model, &data, 100, &NoProgress).unwrap();
+    let grid = [0.05, 0.1];
+    let pgd = || {
+        entry(
+            "pgd-linf",
+            serde_json::json!({"steps": 5}),
+            &grid,
+            Schedule::default(),
+        )
+    };
+    let fab = entry(
+        "fab-t-linf",
+        serde_json::json!({"steps": 20, "target_classes": 3}),
+        &grid,
+        Schedule::StillRobust,
+    );
+    let before = evaluate_robust(&model, &data, &clean, &[pgd()], &config(), &NoProgress).unwrap();
+    let after =
+        evaluate_robust(&model, &data, &clean, &[pgd(), fab], &config(), &NoProgress).unwrap();
+    let still_robust = before.worst_case[0].robust.iter().filter(|r| **r).count();
+    let fab_rows: Vec<_> = after
+        .attacks
+        .iter()
+        .filter(|a| a.attack == "fab-t-linf")
+        .collect();
+    assert_eq!(
+        fab_rows[0].attacked, still_robust,
+        "FAB-T ran on other samples than the still-robust ones"
+    );
+    for (b, a) in before.worst_case.iter().zip(&after.worst_case) {
+        for i in 0..data.len() {
+            assert!(
+                b.robust[i] || !a.robust[i],
+                "sample {i} robust again at ε = {}",
+                a.epsilon
+            );
+        }
+    }
+    // Its curve is partial, so the optimality table leaves it out.
+    let record = gauntlet_record::RobustnessRecord {
+        suite: gauntlet_record::SuiteRecord {
+            name: "t".into(),
+            description: String::new(),
+            path: None,
+            sha256: None,
+        },
+        attacks: after.attacks.clone(),
+        minimal: after.minimal.clone(),
+        best_known: after.best_known.clone(),
+        worst_case: after.worst_case.clone(),
+        warnings: Vec::new(),
+        gallery: Vec::new(),
+    };
+    let correct = clean.correct.iter().filter(|c| **c).count();
+    assert_eq!(
+        gauntlet_record::optimality(&record).is_empty(),
+        still_robust < correct,
+        "a partial curve must have no optimality row, a full one must"
+    );
 }

@@ -7,9 +7,11 @@
 use serde::{Deserialize, Serialize};
 
 mod merge;
+mod optimality;
 mod text;
 mod vocabulary;
 pub use merge::merge_shards;
+pub use optimality::{optimality, Optimality};
 pub use text::{escape_markup, json_value, parse_epsilon};
 pub use vocabulary::{
     AttackKind, DataFormat, ModelFormat, Norm, ScanFormat, Severity, Split, WarningCode,
@@ -304,6 +306,10 @@ pub struct RobustnessRecord {
     /// Per minimal-perturbation attack: the norm found per sample.
     #[serde(default)]
     pub minimal: Vec<MinimalRecord>,
+    /// Per norm: each sample's smallest adversarial perturbation over every
+    /// attack run (absent in records older than the field).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub best_known: Vec<BestKnownRecord>,
     /// Per norm and ε: the worst case over every attack.
     pub worst_case: Vec<WorstCaseRecord>,
     /// Sanity warnings, each with a cause and a remedy.
@@ -430,6 +436,18 @@ pub struct MinimalRecord {
     /// The norm its perturbations are measured in.
     pub norm: Norm,
     /// Per sample: the norm of the adversarial example found, or null.
+    pub norms: Vec<Option<f64>>,
+}
+
+/// The best-known perturbation per sample in one norm: the smallest
+/// adversarial perturbation any attack of the run found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BestKnownRecord {
+    /// The norm.
+    pub norm: Norm,
+    /// Per sample, dataset order: the smallest norm found, 0 for samples the
+    /// model misclassifies unperturbed, null where no attack succeeded.
     pub norms: Vec<Option<f64>>,
 }
 

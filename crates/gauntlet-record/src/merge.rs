@@ -216,6 +216,17 @@ fn merge_robustness(robustness: &mut crate::RobustnessRecord, parts: &[&crate::R
             })
             .collect();
     }
+    for (j, best) in robustness.best_known.iter_mut().enumerate() {
+        best.norms = parts
+            .iter()
+            .flat_map(|p| {
+                p.best_known
+                    .get(j)
+                    .map(|b| b.norms.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+    }
     for (j, worst) in robustness.worst_case.iter_mut().enumerate() {
         worst.robust = parts
             .iter()

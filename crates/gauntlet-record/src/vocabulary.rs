@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// The norm that measures a perturbation (`linf`, `l2`).
+/// The norm that measures a perturbation (`linf`, `l2`, `l1`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Norm {
@@ -15,25 +15,30 @@ pub enum Norm {
     Linf,
     /// Euclidean length of the perturbation.
     L2,
+    /// Sum of the absolute changes: the sparse threat model of Croce & Hein
+    /// 2021, "Mind the box: l1-APGD for sparse adversarial attacks".
+    L1,
 }
 
 impl Norm {
     /// Every norm, in the order reports list them.
-    pub const ALL: [Norm; 2] = [Norm::Linf, Norm::L2];
+    pub const ALL: [Norm; 3] = [Norm::Linf, Norm::L2, Norm::L1];
 
     /// The name in records, policies and on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Norm::Linf => "linf",
             Norm::L2 => "l2",
+            Norm::L1 => "l1",
         }
     }
 
-    /// The mathematical symbol reports print (`L∞`, `L2`).
+    /// The mathematical symbol reports print (`L∞`, `L2`, `L1`).
     pub fn symbol(self) -> &'static str {
         match self {
             Norm::Linf => "L∞",
             Norm::L2 => "L2",
+            Norm::L1 => "L1",
         }
     }
 }
@@ -357,7 +362,7 @@ mod tests {
 
     #[test]
     fn an_unknown_name_is_refused() {
-        assert!(serde_json::from_str::<Norm>("\"l1\"").is_err());
+        assert!(serde_json::from_str::<Norm>("\"l0\"").is_err());
         assert!(serde_json::from_str::<WarningCode>("\"made-up\"").is_err());
     }
 }

@@ -540,7 +540,39 @@ fn accuracy_tables(out: &mut String, input: &ReportInput) {
         }
         out.push_str("</tbody></table>\n");
     }
+    optimality_table(out, robustness);
 }
+
+/// Each minimal-perturbation attack against the best perturbations known
+/// (AttackBench's local optimality), so a weak attack shows at a glance.
+fn optimality_table(out: &mut String, robustness: &gauntlet_record::RobustnessRecord) {
+    let rows = gauntlet_record::optimality(robustness);
+    if rows.is_empty() {
+        return;
+    }
+    out.push_str("<table><caption>Minimal-perturbation attacks against the best perturbation known per sample (local optimality: area under the best-known robust-accuracy curve on [0, E] over the attack's own; 1 = optimal)</caption><thead><tr><th class=\"l\">attack</th><th>norm</th><th>found</th><th>at the best known</th><th>E</th><th>area</th><th>best-known area</th><th>local optimality</th></tr></thead><tbody>");
+    for row in rows {
+        let _ = write!(
+            out,
+            "<tr><td class=\"l\">{}</td><td>{}</td><td>{} of {}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{}{:.3}{}</td></tr>",
+            escape(&row.attack),
+            escape(row.norm.symbol()),
+            row.found,
+            row.attacked,
+            row.at_best,
+            escape(&epsilon(row.epsilon_max)),
+            row.area,
+            row.best_area,
+            if row.local_optimality < WEAK_OPTIMALITY { "<b>" } else { "" },
+            row.local_optimality,
+            if row.local_optimality < WEAK_OPTIMALITY { "</b> (weak on this model)" } else { "" },
+        );
+    }
+    out.push_str("</tbody></table>\n");
+}
+
+/// Below this local optimality an attack is flagged as weak on the model.
+const WEAK_OPTIMALITY: f64 = 0.9;
 
 fn training_table(out: &mut String, input: &ReportInput) {
     let Some(t) = &input.record.training else {

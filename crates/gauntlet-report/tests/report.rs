@@ -64,6 +64,7 @@ fn eval_record() -> RunRecord {
             attack("pgd-l2", "l2", 0.5, &[t, t, t, f, f, f]),
         ],
         "minimal": [{"attack": "deepfool", "norm": "l2", "norms": [0.2, 0.9, null, 0.4, 0.1, 0.0]}],
+        "best_known": [{"norm": "l2", "norms": [0.2, 0.6, null, 0.4, 0.1, 0.0]}],
         "worst_case": [
             worst("linf", 0.1, &[t, t, f, t, f, f]),
             worst("linf", 8.0 / 255.0 * 10.0, &[f, f, f, f, f, f]),

@@ -341,6 +341,11 @@ impl AdversarialTraining {
                 self.clean_weight
             )));
         }
+        if self.norm == Norm::L1 {
+            return Err(Error::Config(
+                "adversarial training supports the linf and l2 norms, not l1".into(),
+            ));
+        }
         if self.method == AdversarialMethod::Trades {
             if self.norm != Norm::Linf {
                 return Err(Error::Config(
@@ -368,6 +373,11 @@ impl AdversarialTraining {
         let name = match self.norm {
             Norm::Linf => "pgd-linf",
             Norm::L2 => "pgd-l2",
+            Norm::L1 => {
+                return Err(Error::Config(
+                    "adversarial training supports the linf and l2 norms, not l1".into(),
+                ))
+            }
         };
         let params = serde_json::json!({
             "steps": self.steps,

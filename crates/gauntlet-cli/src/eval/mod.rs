@@ -72,9 +72,8 @@ pub(crate) struct AttackArgs {
     model: ModelArgs,
     #[command(flatten)]
     data: DataArgs,
-    /// Attack registry name (fgsm, bim, pgd-linf, pgd-l2, mifgsm, apgd-ce, apgd-dlr,
-    /// apgd-t, apgd-ce-l2, apgd-dlr-l2, apgd-t-l2, square-linf, deepfool, cw-l2).
-    #[arg(long)]
+    /// Attack registry name.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(gauntlet_attacks::NAMES))]
     attack: String,
     /// ε values, comma-separated; fractions like 8/255 are accepted.
     #[arg(long, value_delimiter = ',', required = true)]
@@ -145,6 +144,7 @@ pub(crate) fn attack(args: AttackArgs) -> Result<()> {
         epsilons,
         target,
         params,
+        schedule: gauntlet_eval::Schedule::default(),
     })?;
     let record = suite.record(None)?;
     let plan = plan::plan(&args.model, &args.data, args.run, Some((suite, record)))?;

@@ -263,7 +263,7 @@ fn attack_and_suite_errors_exit_2_before_any_compute() {
     };
     assert_clear_error(
         &with(&["--attack", "fgsn", "--eps", "0.1"]),
-        "unknown attack 'fgsn'",
+        "invalid value 'fgsn' for '--attack <ATTACK>'",
     );
     assert_clear_error(
         &with(&["--attack", "fgsm", "--eps", "abc"]),

@@ -89,6 +89,7 @@ fn the_evaluation_job_gives_the_record_and_examples_gauntlet_attack_writes() {
         epsilons: vec![0.1, 0.3],
         target: gauntlet_eval::TargetSpec::None,
         params: serde_json::json!({ "steps": 5 }),
+        schedule: gauntlet_eval::Schedule::default(),
     })
     .unwrap();
     let suite_record = suite.record(None).unwrap();

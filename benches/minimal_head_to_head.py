@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Minimal-perturbation attacks head to head (issue 22): Gauntlet's FMN and FAB
+against Foolbox's FMN and torchattacks' FAB on the same weights (the shipped
+MNIST CNNs) and the same samples (the first N test images of mnist-5k).
+
+Per attack and model: the median perturbation found over the samples both sides
+broke, the share of samples broken, robust accuracy at a few ε read from the
+per-sample norms, and wall time (the same 2 threads on both sides; the Gauntlet
+side is the release CLI end to end, so its time includes loading). Writes its
+block of benches/RESULTS.md. Not part of the test command.
+
+    benches/.venv/bin/pip install torch torchattacks foolbox safetensors numpy
+    cargo build --release -p gauntlet-cli
+    benches/.venv/bin/python benches/minimal_head_to_head.py
+"""
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from head_to_head import ROOT, GAUNTLET, THREADS, load, mnist_test  # noqa: E402
+from results_block import write_block  # noqa: E402
+
+N = int(os.environ.get("SAMPLES", "200"))
+STEPS = 100
+torch.set_num_threads(THREADS)
+
+# (Gauntlet name, norm, ε grid for the robust-accuracy columns)
+ATTACKS = [
+    ("fmn-linf", "linf", [0.1, 0.2, 0.3]),
+    ("fmn-l2", "l2", [1.0, 1.5, 2.0]),
+    ("fmn-l1", "l1", [5.0, 10.0, 15.0]),
+    ("fab-linf", "linf", [0.1, 0.2, 0.3]),
+    ("fab-l2", "l2", [1.0, 1.5, 2.0]),
+]
+P = {"linf": float("inf"), "l2": 2, "l1": 1}
+
+
+def gauntlet_norms(weights, name, grid):
+    out = os.path.join(ROOT, "target", "minimal-head-to-head", f"{os.path.basename(weights)}-{name}")
+    start = time.perf_counter()
+    subprocess.run([GAUNTLET, "attack", "--model", weights, "--data", "datasets/mnist-5k",
+                    "--limit", str(N), "--attack", name, "--eps", ",".join(map(str, grid)),
+                    "--out", out, "--force", "--quiet"], check=True, cwd=ROOT, capture_output=True)
+    seconds = time.perf_counter() - start
+    record = json.load(open(os.path.join(out, "results.json")))
+    norms = record["robustness"]["minimal"][0]["norms"]
+    correct = record["clean"]["correct"]
+    return [n if c else 0.0 for n, c in zip(norms, correct)], seconds
+
+
+def reference(model, name, x, y):
+    """The other library's perturbation norms per sample (None: not found)."""
+    norm = P[name.split("-")[-1]]
+    start = time.perf_counter()
+    if name.startswith("fmn"):
+        import foolbox as fb
+        fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+        cls = {float("inf"): fb.attacks.LInfFMNAttack, 2: fb.attacks.L2FMNAttack, 1: fb.attacks.L1FMNAttack}[norm]
+        _, adv, _ = cls(steps=STEPS)(fmodel, x, y, epsilons=None)
+        library = f"Foolbox {fb.__version__}"
+    else:
+        import torchattacks
+        atk = torchattacks.FAB(model, norm={float("inf"): "Linf", 2: "L2", 1: "L1"}[norm], steps=STEPS,
+                               n_restarts=1, eps=100.0, alpha_max=0.1, eta=1.05, beta=0.9, multi_targeted=False, n_classes=10)
+        adv = atk(x, y)
+        library = f"torchattacks {torchattacks.__version__}"
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        clean = model(x).argmax(1)
+        pred = model(adv).argmax(1)
+    deltas = (adv - x).flatten(1).norm(p=norm, dim=1).tolist()
+    out = []
+    for c, p, l, d in zip(clean, pred, y, deltas):
+        out.append(0.0 if c != l else (d if p != l else None))
+    return out, seconds, library
+
+
+def robust_at(norms, eps):
+    return np.mean([n is None or n > eps for n in norms])
+
+
+def main():
+    x, y = mnist_test()
+    x, y = x[:N], y[:N]
+    rows = []
+    for arch, weights in [("cnn", "mnist-cnn"), ("cnn", "mnist-cnn-pgd-at")]:
+        model = load(arch)
+        if weights != "mnist-cnn":
+            from safetensors.torch import load_file
+            model.load_state_dict(load_file(os.path.join(ROOT, "examples", "models", f"{weights}.safetensors")))
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for name, norm, grid in ATTACKS:
+            ours, g_time = gauntlet_norms(f"examples/models/{weights}.safetensors", name, grid)
+            theirs, t_time, library = reference(model, name, x, y)
+            both = [(a, b) for a, b in zip(ours, theirs) if a and b]
+            smaller = np.mean([a <= b * 1.01 for a, b in both]) if both else float("nan")
+            median = lambda v: float(np.median(v)) if v else float("nan")
+            accuracy = " / ".join(f"{robust_at(ours, e):.3f} vs {robust_at(theirs, e):.3f}" for e in grid)
+            rows.append(f"| {weights} | {name} vs {library} | "
+                        f"{median([a for a, _ in both]):.4f} vs {median([b for _, b in both]):.4f} | "
+                        f"{100 * smaller:.0f}% | {accuracy} (ε = {', '.join(map(str, grid))}) | "
+                        f"{g_time:.1f} s vs {t_time:.1f} s | {t_time / g_time:.2f}× |")
+            print(rows[-1], flush=True)
+    lines = [f"Generated by `benches/minimal_head_to_head.py` on {platform.processor() or platform.machine()}, "
+             f"{os.cpu_count()} cores, {THREADS} threads both sides, torch {torch.__version__}; first {N} test images of "
+             f"mnist-5k, {STEPS} steps both sides, default parameters otherwise. Gauntlet's time is the CLI end to end.", "",
+             "| model | attack | median ‖δ‖ (Gauntlet vs reference, samples both broke) | Gauntlet's ≤ reference's (1% slack) | robust accuracy (Gauntlet vs reference) | time | ratio |",
+             "|---|---|---|---|---|---|---|"] + rows
+    write_block("minimal", "\n".join(lines), "Minimal-perturbation attacks (FMN, FAB)")
+
+
+if __name__ == "__main__":
+    main()
