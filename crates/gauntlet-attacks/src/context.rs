@@ -70,6 +70,36 @@ impl<'a> AttackContext<'a> {
         })
     }
 
+    /// [`Self::loss_gradient`] averaged over `samples` forward and backward
+    /// passes: Expectation over Transformation (Athalye et al. 2018,
+    /// "Synthesizing Robust Adversarial Examples"; "Obfuscated Gradients Give a
+    /// False Sense of Security"), the gradient of a randomised model's expected
+    /// loss. The logits are the last pass's. One sample is the plain gradient.
+    pub fn expected_loss_gradient<F>(
+        &mut self,
+        x: &Tensor,
+        loss: F,
+        samples: usize,
+    ) -> Result<LossGradient>
+    where
+        F: Fn(&Tensor) -> Result<Tensor>,
+    {
+        let mut total = self.loss_gradient(x, &loss)?;
+        for _ in 1..samples {
+            let next = self.loss_gradient(x, &loss)?;
+            total.gradient = (total.gradient + next.gradient)?;
+            for (sum, value) in total.loss.iter_mut().zip(&next.loss) {
+                *sum += value;
+            }
+            total.logits = next.logits;
+        }
+        if samples > 1 {
+            total.gradient = (total.gradient / samples as f64)?;
+            total.loss.iter_mut().for_each(|v| *v /= samples as f32);
+        }
+        Ok(total)
+    }
+
     /// Logits and the input gradient of each listed class's logit, from one
     /// forward pass (counts one gradient per sample and class).
     pub fn class_gradients(&mut self, x: &Tensor, classes: usize) -> Result<(Tensor, Vec<Tensor>)> {

@@ -88,6 +88,9 @@ pub fn clip(x: &Tensor, bounds: Bounds) -> Result<Tensor> {
 }
 
 /// `clip(x + project(candidate - x))`: the one way a perturbation enters an image.
+/// For L1 the projection is onto the intersection of the ball and the box, which
+/// is not the ball's projection clipped (that would waste budget on values the
+/// box cuts off).
 pub fn project_and_clip(
     x: &Tensor,
     candidate: &Tensor,
@@ -95,8 +98,69 @@ pub fn project_and_clip(
     eps: f64,
     bounds: Bounds,
 ) -> Result<Tensor> {
+    if norm == Norm::L1 {
+        let clean = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let mut delta = (candidate - x)?
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        let per = clean.len() / x.dim(0)?.max(1);
+        if per > 0 {
+            for (row, origin) in delta.chunks_mut(per).zip(clean.chunks(per)) {
+                project_l1_box_row(row, origin, eps, bounds);
+            }
+        }
+        let moved: Vec<f32> = clean.iter().zip(&delta).map(|(c, d)| c + d).collect();
+        let moved = Tensor::from_vec(moved, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        // The rows are already inside the box; clipping only absorbs rounding.
+        return clip(&moved, bounds);
+    }
     let delta = project(&(candidate - x)?, norm, eps)?;
     clip(&(x + delta)?, bounds)
+}
+
+/// Euclidean projection of a perturbation row onto {δ : ‖δ‖₁ ≤ ε, lo ≤ x + δ ≤ hi},
+/// in place: each entry soft-thresholded by θ and then cut at its room to the
+/// box's face, with θ ≥ 0 the smallest that meets the budget (the L1 norm is
+/// decreasing in θ, so bisect).
+pub fn project_l1_box_row(delta: &mut [f32], origin: &[f32], eps: f64, bounds: Bounds) {
+    let room: Vec<f64> = delta
+        .iter()
+        .zip(origin)
+        .map(|(&d, &o)| {
+            if d >= 0.0 {
+                bounds.max - f64::from(o)
+            } else {
+                f64::from(o) - bounds.min
+            }
+            .max(0.0)
+        })
+        .collect();
+    let shrunk = |theta: f64| -> f64 {
+        delta
+            .iter()
+            .zip(&room)
+            .map(|(&d, &r)| (f64::from(d.abs()) - theta).clamp(0.0, r))
+            .sum()
+    };
+    let mut theta = 0.0;
+    if shrunk(0.0) > eps {
+        let mut upper = delta.iter().fold(0f64, |m, d| m.max(f64::from(d.abs())));
+        let mut lower = 0.0;
+        for _ in 0..60 {
+            let mid = 0.5 * (lower + upper);
+            if shrunk(mid) > eps {
+                lower = mid;
+            } else {
+                upper = mid;
+            }
+        }
+        theta = upper;
+    }
+    for (d, &r) in delta.iter_mut().zip(&room) {
+        let magnitude = (f64::from(d.abs()) - theta).clamp(0.0, r) as f32;
+        *d = magnitude.copysign(*d);
+    }
 }
 
 /// The steepest-ascent direction of a gradient under `norm`: `sign(g)` for L∞,

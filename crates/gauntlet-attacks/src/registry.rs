@@ -25,6 +25,9 @@ pub const NAMES: &[&str] = &[
     "apgd-ce-l2",
     "apgd-dlr-l2",
     "apgd-t-l2",
+    "apgd-ce-l1",
+    "apgd-dlr-l1",
+    "apgd-t-l1",
     "square-linf",
     "deepfool",
     "cw-l2",
@@ -62,6 +65,9 @@ pub fn build_attack(name: &str, overrides: &Value) -> Result<Box<dyn Attack>> {
         "apgd-ce-l2" => Some(Apgd::ce(Norm::L2)),
         "apgd-dlr-l2" => Some(Apgd::dlr(Norm::L2)),
         "apgd-t-l2" => Some(Apgd::targeted(Norm::L2)),
+        "apgd-ce-l1" => Some(Apgd::ce(Norm::L1)),
+        "apgd-dlr-l1" => Some(Apgd::dlr(Norm::L1)),
+        "apgd-t-l1" => Some(Apgd::targeted(Norm::L1)),
         _ => None,
     };
     if let Some(attack) = apgd {
@@ -140,10 +146,13 @@ mod tests {
         for name in NAMES {
             let attack = build_attack(name, &Value::Null).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(attack.name(), *name);
-            // The README's table writes L2 twins as `apgd-ce` (`-l2`).
+            // The README's table writes norm twins as `apgd-ce` (`-l2`, `-l1`).
             let listed = readme.contains(&format!("`{name}`"))
-                || name.strip_suffix("-l2").is_some_and(|base| {
-                    readme.contains(&format!("`{base}`")) && readme.contains("(`-l2`)")
+                || ["-l2", "-l1"].iter().any(|suffix| {
+                    name.strip_suffix(suffix).is_some_and(|base| {
+                        readme.contains(&format!("`{base}`"))
+                            && readme.contains(&format!("`{suffix}`"))
+                    })
                 });
             assert!(listed, "{name} is missing from the README's attack table");
         }

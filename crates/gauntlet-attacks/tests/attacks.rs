@@ -489,3 +489,142 @@ fn minimal_attacks_reach_the_exact_distance_to_a_linear_boundary() {
         }
     }
 }
+
+/// A randomised defence in miniature: a linear two-class model on 28×28 inputs
+/// whose class-1 logit carries a small high-frequency ripple with a fresh random
+/// phase per value and per forward pass, A·Σ sin(ω xᵢ + φᵢ). The ripple barely
+/// moves the logits (A = 0.01: ±0.2 against a margin of 20), but its gradient,
+/// A·ω = 10 per value, drowns the linear signal (1 per value) in any single
+/// pass; its expectation over φ is zero, so the mean of 20 passes points the
+/// right way about three times in four.
+struct RandomRipple {
+    weight: Tensor,
+    seed: SeedStream,
+    calls: std::sync::atomic::AtomicU64,
+}
+
+const RIPPLE_MARGIN: f64 = 20.0;
+
+impl RandomRipple {
+    fn new() -> Self {
+        let signs: Vec<f32> = SeedStream::new(40)
+            .uniform_f32(784, -1.0, 1.0)
+            .into_iter()
+            .map(f32::signum)
+            .collect();
+        Self {
+            weight: Tensor::from_vec(signs, 784, &Device::Cpu).unwrap(),
+            seed: SeedStream::new(41),
+            calls: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl Classifier for RandomRipple {
+    fn logits(&self, x: &Tensor) -> gauntlet_core::Result<Tensor> {
+        let call = self
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let flat = x.flatten_from(1)?;
+        let n = flat.dim(0)?;
+        let phases = self.seed.derive(&format!("call-{call}")).uniform_f32(
+            n * 784,
+            0.0,
+            std::f32::consts::TAU,
+        );
+        let phases = Tensor::from_vec(phases, (n, 784), x.device())?;
+        let ripple = ((flat.affine(1000.0, 0.0)? + phases)?.sin()?.sum(1)? * 0.01)?;
+        let linear = (flat
+            .affine(1.0, -0.5)?
+            .broadcast_mul(&self.weight)?
+            .sum(1)?
+            - RIPPLE_MARGIN)?;
+        let class1 = (linear + ripple)?;
+        Ok(Tensor::stack(&[class1.zeros_like()?, class1], 1)?)
+    }
+    fn bounds(&self) -> Bounds {
+        Bounds::UNIT
+    }
+    fn num_classes(&self) -> usize {
+        2
+    }
+    fn input_shape(&self) -> [usize; 3] {
+        [1, 28, 28]
+    }
+    fn device(&self) -> &Device {
+        &Device::Cpu
+    }
+}
+
+#[test]
+fn expectation_over_transformation_breaks_a_randomised_model_that_single_gradients_miss() {
+    let model = RandomRipple::new();
+    let n = 12;
+    let x = Tensor::from_vec(
+        SeedStream::new(42).uniform_f32(n * 784, 0.45, 0.55),
+        (n, 1, 28, 28),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let goal = Goal::Untargeted { labels: vec![0; n] };
+    // The forward pass is random, yet every clean sample is class 0 every time.
+    let a = model.logits(&x).unwrap();
+    let b = model.logits(&x).unwrap();
+    assert_ne!(bytes(&a), bytes(&b), "the ripple must be random");
+    assert!(ops_argmax(&a).iter().all(|c| *c == 0));
+    // At ε = 0.1 the best L∞ perturbation moves the linear part by 78.4, four
+    // times the margin; random steps move it by about √784 · 0.1 ≈ 2.8.
+    let broken = |eot: usize| -> usize {
+        let attack = build_attack("apgd-ce", &serde_json::json!({"eot_samples": eot})).unwrap();
+        let out = run_attack(
+            attack.as_ref(),
+            &model,
+            &x,
+            &goal,
+            0.1,
+            &SeedStream::new(43),
+        )
+        .unwrap();
+        out.success.iter().filter(|s| **s).count()
+    };
+    let single = broken(1);
+    let expected = broken(20);
+    assert!(
+        single <= 1,
+        "single-sample APGD broke {single} of {n}: the ripple should mask it"
+    );
+    assert!(
+        expected >= n - 1,
+        "APGD with EOT over 20 broke only {expected} of {n}"
+    );
+}
+
+fn ops_argmax(logits: &Tensor) -> Vec<u32> {
+    logits.argmax(1).unwrap().to_vec1::<u32>().unwrap()
+}
+
+#[test]
+fn apgd_l1_is_at_least_as_strong_at_its_epsilon_as_fmn_l1_on_the_shipped_cnn() {
+    // Two independent L1 attacks: APGD-L1 at ε must break at least as many
+    // samples as FMN-L1 found perturbations ≤ ε for (one sample of slack), and
+    // its perturbations must respect ε.
+    let model = shipped("mnist-cnn");
+    let (x, labels) = correct_batch(&model, 16);
+    let goal = Goal::Untargeted { labels };
+    let fmn = minimal_norms("fmn-l1", &model, &x, &goal);
+    let attack = build_attack("apgd-ce-l1", &serde_json::Value::Null).unwrap();
+    // Measured: 4/3 at ε = 6, 6/7 at 8, 11/11 at 10, 13/13 at 12 of 16.
+    for eps in [6.0, 10.0] {
+        let out = run_attack(attack.as_ref(), &model, &x, &goal, eps, &SeedStream::new(7)).unwrap();
+        let apgd = out.success.iter().filter(|s| **s).count();
+        let reference = fmn.iter().filter(|n| n.is_some_and(|v| v <= eps)).count();
+        assert!(out
+            .norms
+            .iter()
+            .all(|n| *n <= eps * (1.0 + NORM_TOLERANCE) + NORM_TOLERANCE));
+        assert!(
+            apgd + 1 >= reference,
+            "ε = {eps}: APGD-L1 broke {apgd}, FMN-L1 {reference}"
+        );
+    }
+}

@@ -778,7 +778,7 @@ pub fn model_sanity(
             code: WarningCode::NonDeterministicForward,
             message: format!("two forward passes on the same input differ by up to {diff:e}"),
             cause: "randomised layers (dropout in training mode, random transforms) make a single attack run meaningless".into(),
-            remedy: "put the model in evaluation mode; for randomised defences use expectation over transformation".into(),
+            remedy: "put the model in evaluation mode; for a randomised defence run the suite that averages gradients over 20 samples (expectation over transformation): --suite attacks/rand-linf.toml or attacks/rand-l2.toml".into(),
         });
     }
     let _ = predictions_of(&a, 0)?;

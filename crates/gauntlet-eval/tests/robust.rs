@@ -634,3 +634,49 @@ fn a_still_robust_schedule_attacks_only_what_earlier_attacks_left_and_never_weak
         "a partial curve must have no optimality row, a full one must"
     );
 }
+
+#[test]
+fn a_random_forward_pass_is_flagged_with_the_suite_that_handles_it() {
+    /// TwoPixels plus fresh noise on every call.
+    struct Noisy(std::sync::atomic::AtomicU64);
+    impl Classifier for Noisy {
+        fn logits(&self, x: &Tensor) -> gauntlet_core::Result<Tensor> {
+            let call = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let noise = SeedStream::new(call).uniform_f32(x.elem_count(), -0.01, 0.01);
+            let noise = Tensor::from_vec(noise, x.shape(), x.device())?;
+            Ok((x + noise)?.flatten_from(1)?)
+        }
+        fn bounds(&self) -> Bounds {
+            Bounds::UNIT
+        }
+        fn num_classes(&self) -> usize {
+            2
+        }
+        fn input_shape(&self) -> [usize; 3] {
+            [1, 1, 2]
+        }
+        fn device(&self) -> &Device {
+            &Device::Cpu
+        }
+    }
+    let x = Tensor::new(&[[[[0.6f32, 0.5]]], [[[0.2, 0.9]]]], &Device::Cpu).unwrap();
+    let y = Tensor::new(&[0u32, 1], &Device::Cpu).unwrap();
+    let flagged =
+        gauntlet_eval::model_sanity(&Noisy(std::sync::atomic::AtomicU64::new(0)), &x, &y).unwrap();
+    let warning = flagged
+        .iter()
+        .find(|w| w.code == WarningCode::NonDeterministicForward)
+        .expect("a random forward pass is flagged");
+    // The remedy names suites that exist and average gradients over samples.
+    for suite in ["attacks/rand-linf.toml", "attacks/rand-l2.toml"] {
+        assert!(warning.remedy.contains(suite), "{}", warning.remedy);
+        let parsed = Suite::from_file(&repo(suite)).unwrap();
+        for entry in parsed.entries().unwrap() {
+            assert_eq!(entry.attack.parameters()["eot_samples"], 20, "{suite}");
+        }
+    }
+    let steady = gauntlet_eval::model_sanity(&TwoPixels, &x, &y).unwrap();
+    assert!(steady
+        .iter()
+        .all(|w| w.code != WarningCode::NonDeterministicForward));
+}

@@ -218,3 +218,67 @@ fn three_shards_merge_into_the_single_run() {
         shards_merge_into_the_single_run(dir.path(), data);
     }
 }
+
+/// An L1 ε grid runs through the runner, the record, the report and the gate.
+#[test]
+fn l1_grids_run_through_the_attack_the_report_and_the_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("l1");
+    let attack = gauntlet(&[
+        "attack",
+        "--model",
+        "examples/models/mnist-mlp.safetensors",
+        "--data",
+        "datasets/mnist-5k",
+        "--limit",
+        "30",
+        "--attack",
+        "apgd-ce-l1",
+        "--eps",
+        "4,8",
+        "--steps",
+        "20",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(attack.status.success(), "{}", stderr(&attack));
+    let record = out.join("results.json");
+    let json = read_json(&record);
+    let worst = json["robustness"]["worst_case"].as_array().unwrap();
+    assert_eq!(worst.len(), 2);
+    assert!(worst.iter().all(|w| w["norm"] == "l1"), "{worst:?}");
+    assert_eq!(json["robustness"]["best_known"][0]["norm"], "l1");
+    let at_8 = worst[1]["robust_accuracy"].as_f64().unwrap();
+    assert!(at_8 < 1.0, "nothing broken at L1 ε = 8 on the MLP");
+
+    let report_dir = dir.path().join("report");
+    let report = gauntlet(&[
+        "report",
+        record.to_str().unwrap(),
+        "--out",
+        report_dir.to_str().unwrap(),
+    ]);
+    assert!(report.status.success(), "{}", stderr(&report));
+    let html = std::fs::read_to_string(report_dir.join("report.html")).unwrap();
+    assert!(
+        html.contains("L1 robust accuracy"),
+        "the report has no L1 table"
+    );
+
+    let check = |threshold: &str| {
+        gauntlet(&[
+            "check",
+            record.to_str().unwrap(),
+            "--min-robust",
+            &format!("l1:8:{threshold}"),
+            "--out",
+            dir.path().join("gate").to_str().unwrap(),
+        ])
+    };
+    assert_eq!(check(&format!("{}", at_8 / 2.0)).status.code(), Some(0));
+    assert_eq!(
+        check(&format!("{}", (at_8 + 1.0) / 2.0)).status.code(),
+        Some(1)
+    );
+}
