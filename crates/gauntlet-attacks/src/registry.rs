@@ -29,6 +29,7 @@ pub const NAMES: &[&str] = &[
     "apgd-dlr-l1",
     "apgd-t-l1",
     "square-linf",
+    "square-l2",
     "deepfool",
     "cw-l2",
     "fmn-linf",
@@ -84,8 +85,12 @@ pub fn build_attack(name: &str, overrides: &Value) -> Result<Box<dyn Attack>> {
         return Ok(Box::new(attack.with_params(params)?));
     }
     match name {
-        "square-linf" => {
-            let attack = Square::default();
+        "square-linf" | "square-l2" => {
+            let attack = Square::new(if name == "square-l2" {
+                Norm::L2
+            } else {
+                Norm::Linf
+            });
             let params = merge(name, attack.params(), overrides)?;
             Ok(Box::new(attack.with_params(params)?))
         }

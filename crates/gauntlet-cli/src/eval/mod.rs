@@ -87,10 +87,10 @@ pub(crate) struct AttackArgs {
     /// Step size relative to ε (PGD family).
     #[arg(long)]
     rel_step_size: Option<f64>,
-    /// Restarts (PGD family, APGD).
+    /// Restarts (PGD family, APGD, FAB).
     #[arg(long)]
     restarts: Option<usize>,
-    /// Query budget (square-linf).
+    /// Query budget (square-linf, square-l2).
     #[arg(long)]
     queries: Option<usize>,
     /// Targeted goal: random, least-likely, or a class index.
