@@ -427,21 +427,12 @@ impl Attack for Apgd {
         seed: &SeedStream,
     ) -> Result<Tensor> {
         let mut best = BestIterate::new(x)?;
-        // Targets for apgd-t: the classes ranked 2nd, 3rd, ... on the clean input.
-        let ranked: Option<Vec<Vec<u32>>> = if self.targeted {
-            let logits = ctx.logits(x)?;
-            let (_, order) = logits.sort_last_dim(false)?;
-            Some(order.to_dtype(DType::U32)?.to_vec2::<u32>()?)
+        // apgd-t's targets: the classes ranked 2nd, 3rd, ... on the clean input.
+        let (ranked, runs) = if self.targeted {
+            let (order, runs) = ctx.ranked_classes(x, self.params.target_classes)?;
+            (Some(order), runs)
         } else {
-            None
-        };
-        // apgd-t tries the classes ranked 2nd, 3rd, ...: at most classes - 1 targets.
-        let runs = match &ranked {
-            Some(order) => self
-                .params
-                .target_classes
-                .min(order.first().map_or(0, |r| r.len().saturating_sub(1))),
-            None => 1,
+            (None, 1)
         };
         for run in 0..runs {
             for restart in 0..self.params.restarts {

@@ -147,6 +147,16 @@ impl<'a> AttackContext<'a> {
         Ok((x.detach(), logits.detach(), values, gradient))
     }
 
+    /// Each sample's classes from the highest logit down, on `x`, and how many
+    /// targets a targeted attack gets from them: `wanted`, at most classes − 1
+    /// (targets are the classes ranked 2nd, 3rd, …).
+    pub fn ranked_classes(&mut self, x: &Tensor, wanted: usize) -> Result<(Vec<Vec<u32>>, usize)> {
+        let (_, order) = self.logits(x)?.sort_last_dim(false)?;
+        let order = order.to_dtype(candle_core::DType::U32)?.to_vec2::<u32>()?;
+        let runs = wanted.min(order.first().map_or(0, |r| r.len().saturating_sub(1)));
+        Ok((order, runs))
+    }
+
     /// Per-sample forward evaluations so far.
     pub fn forwards(&self) -> u64 {
         self.forwards

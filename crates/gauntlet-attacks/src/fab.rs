@@ -18,7 +18,7 @@ use gauntlet_core::{Norm, SeedStream};
 use serde::{Deserialize, Serialize};
 
 use crate::context::AttackContext;
-use crate::ops::argmax;
+use crate::ops::{argmax, dual, row_norm, select_rows};
 use crate::{Attack, AttackKind, Error, Goal, Result};
 
 /// FAB parameters; defaults are AutoAttack's.
@@ -106,24 +106,6 @@ impl Fab {
         }
         self.params = params;
         Ok(self)
-    }
-}
-
-/// The norm of one row.
-fn row_norm(row: &[f64], norm: Norm) -> f64 {
-    match norm {
-        Norm::Linf => row.iter().fold(0f64, |m, v| m.max(v.abs())),
-        Norm::L2 => row.iter().map(|v| v * v).sum::<f64>().sqrt(),
-        Norm::L1 => row.iter().map(|v| v.abs()).sum(),
-    }
-}
-
-/// The dual norm: it turns a gradient into the linearised distance to a boundary.
-fn dual(norm: Norm) -> Norm {
-    match norm {
-        Norm::Linf => Norm::L1,
-        Norm::L2 => Norm::L2,
-        Norm::L1 => Norm::Linf,
     }
 }
 
@@ -438,19 +420,11 @@ impl Attack for Fab {
             best_norm: vec![f64::INFINITY; n],
         };
         // FAB-T's targets: the classes ranked 2nd, 3rd, … on the clean input.
-        let ranked: Option<Vec<Vec<u32>>> = if self.targeted {
-            let logits = ctx.logits(x)?;
-            let (_, order) = logits.sort_last_dim(false)?;
-            Some(order.to_dtype(DType::U32)?.to_vec2::<u32>()?)
+        let (ranked, runs) = if self.targeted {
+            let (order, runs) = ctx.ranked_classes(x, self.params.target_classes)?;
+            (Some(order), runs)
         } else {
-            None
-        };
-        let runs = match &ranked {
-            Some(order) => self
-                .params
-                .target_classes
-                .min(order.first().map_or(0, |r| r.len().saturating_sub(1))),
-            None => 1,
+            (None, 1)
         };
         for run in 0..runs {
             for restart in 0..self.params.restarts {
@@ -502,13 +476,6 @@ impl Attack for Fab {
         }
         Ok(Tensor::from_vec(best.best, x.shape(), x.device())?.to_dtype(x.dtype())?)
     }
-}
-
-/// Rows `indices` of `x`.
-fn select_rows(x: &Tensor, indices: &[usize]) -> Result<Tensor> {
-    let idx: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
-    let idx = Tensor::from_vec(idx, indices.len(), x.device())?;
-    Ok(x.index_select(&idx, 0)?)
 }
 
 /// A restart's starting points: a random direction at half the best norm found

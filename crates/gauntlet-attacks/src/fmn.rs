@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::context::AttackContext;
 use crate::losses::margin;
-use crate::ops::{argmax, project_l1_row};
+use crate::ops::{argmax, dual, project_l1_row, row_norm};
 use crate::{Attack, AttackKind, Error, Goal, Result};
 
 /// FMN parameters. Step sizes and γ follow the reference implementation
@@ -98,29 +98,6 @@ impl Fmn {
         }
         self.params = params;
         Ok(self)
-    }
-
-    /// The norm whose ball is dual to this one: it measures the gradient in the
-    /// linearised distance to the boundary, |loss| / ‖∇‖_dual.
-    fn dual(&self) -> Norm {
-        match self.norm {
-            Norm::Linf => Norm::L1,
-            Norm::L2 => Norm::L2,
-            Norm::L1 => Norm::Linf,
-        }
-    }
-}
-
-/// The norm of one row.
-fn row_norm(row: &[f32], norm: Norm) -> f64 {
-    match norm {
-        Norm::Linf => row.iter().fold(0f64, |m, v| m.max(f64::from(v.abs()))),
-        Norm::L2 => row
-            .iter()
-            .map(|v| f64::from(*v).powi(2))
-            .sum::<f64>()
-            .sqrt(),
-        Norm::L1 => row.iter().map(|v| f64::from(v.abs())).sum(),
     }
 }
 
@@ -230,7 +207,7 @@ impl Attack for Fmn {
             for i in 0..n {
                 let (norm, adversarial) = status[i];
                 let g = &mut gradient[i * per..(i + 1) * per];
-                let dual = row_norm(g, self.dual()).max(1e-12);
+                let dual = row_norm(g, dual(self.norm)).max(1e-12);
                 let to_boundary = f64::from(lg.loss[i].abs()) / dual;
                 epsilon[i] = if adversarial {
                     (epsilon[i] * (1.0 - gamma)).min(smallest.best_norm[i])

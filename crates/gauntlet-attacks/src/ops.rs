@@ -15,6 +15,33 @@ pub fn norms(delta: &Tensor, norm: Norm) -> Result<Tensor> {
     })
 }
 
+/// The norm of one row of host values.
+pub fn row_norm<T: Copy + Into<f64>>(row: &[T], norm: Norm) -> f64 {
+    let values = row.iter().map(|&v| v.into());
+    match norm {
+        Norm::Linf => values.fold(0f64, |m, v| m.max(v.abs())),
+        Norm::L2 => values.map(|v| v * v).sum::<f64>().sqrt(),
+        Norm::L1 => values.map(f64::abs).sum(),
+    }
+}
+
+/// The dual norm: a gradient measured in it turns a loss into the linearised
+/// distance to the decision boundary, |loss| / ‖∇‖_dual.
+pub fn dual(norm: Norm) -> Norm {
+    match norm {
+        Norm::Linf => Norm::L1,
+        Norm::L2 => Norm::L2,
+        Norm::L1 => Norm::Linf,
+    }
+}
+
+/// Rows `indices` of `x`.
+pub fn select_rows(x: &Tensor, indices: &[usize]) -> Result<Tensor> {
+    let idx: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
+    let idx = Tensor::from_vec(idx, indices.len(), x.device())?;
+    Ok(x.index_select(&idx, 0)?)
+}
+
 /// Per-sample norms as host values.
 pub fn norms_vec(delta: &Tensor, norm: Norm) -> Result<Vec<f64>> {
     Ok(norms(delta, norm)?.to_dtype(DType::F64)?.to_vec1::<f64>()?)

@@ -80,9 +80,7 @@ impl BestIterate {
 
     /// Rows `indices` of `x`.
     pub fn select(&self, x: &Tensor, indices: &[usize]) -> Result<Tensor> {
-        let idx: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
-        let idx = Tensor::from_vec(idx, indices.len(), x.device())?;
-        Ok(x.index_select(&idx, 0)?)
+        crate::ops::select_rows(x, indices)
     }
 
     /// One restart: run `attempt` on the samples with no adversarial example yet
