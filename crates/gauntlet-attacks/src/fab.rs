@@ -235,31 +235,40 @@ impl Fab {
         let z = logits.to_dtype(DType::F64)?.to_vec2::<f64>()?;
         let g: Vec<Vec<f64>> = grads.iter().map(&rows).collect::<Result<_>>()?;
         let q = dual(self.norm);
-        Ok((0..n)
-            .map(|i| {
-                let y = labels[i] as usize;
-                let span = i * per..(i + 1) * per;
-                let candidate = |j: usize| -> (f64, Boundary) {
-                    let w: Vec<f64> = g[j][span.clone()]
-                        .iter()
-                        .zip(&g[y][span.clone()])
-                        .map(|(a, b)| a - b)
-                        .collect();
-                    let b = z[i][j] - z[i][y];
-                    let distance = b.abs() / (row_norm(&w, q) + 1e-12);
-                    (distance, Boundary { b, w })
-                };
-                (0..k)
-                    .filter(|&j| j != y)
-                    .map(candidate)
-                    .min_by(|a, b| a.0.total_cmp(&b.0))
-                    .map(|(_, boundary)| boundary)
-                    .unwrap_or(Boundary {
-                        b: 0.0,
-                        w: vec![0.0; per],
-                    })
-            })
-            .collect())
+        // One scratch row for the distances; only the nearest boundary's normal
+        // is kept (K − 1 candidates per sample and step).
+        let mut scratch = vec![0f64; per];
+        let difference = |j: usize, y: usize, i: usize, out: &mut [f64]| {
+            let span = i * per..(i + 1) * per;
+            for (o, (a, b)) in out
+                .iter_mut()
+                .zip(g[j][span.clone()].iter().zip(&g[y][span]))
+            {
+                *o = a - b;
+            }
+        };
+        let mut boundaries = Vec::with_capacity(n);
+        for (i, &label) in labels.iter().enumerate() {
+            let y = label as usize;
+            let mut nearest: Option<(f64, usize)> = None;
+            for j in (0..k).filter(|&j| j != y) {
+                difference(j, y, i, &mut scratch);
+                let distance = (z[i][j] - z[i][y]).abs() / (row_norm(&scratch, q) + 1e-12);
+                if nearest.is_none_or(|(d, _)| distance < d) {
+                    nearest = Some((distance, j));
+                }
+            }
+            let mut w = vec![0.0; per];
+            let b = match nearest {
+                Some((_, j)) => {
+                    difference(j, y, i, &mut w);
+                    z[i][j] - z[i][y]
+                }
+                None => 0.0,
+            };
+            boundaries.push(Boundary { b, w });
+        }
+        Ok(boundaries)
     }
 
     /// One FAB run on the batch from `start`, folding successes into `best`.
