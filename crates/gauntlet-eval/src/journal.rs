@@ -15,7 +15,9 @@ use crate::{BatchOutcome, Error, Journal, Result, RobustConfig, SuiteAttack};
 
 /// The journal's file name inside the output directory.
 pub const JOURNAL_FILE: &str = "journal.jsonl";
-const VERSION: u32 = 1;
+/// 2: attack random streams keyed by name and occurrence instead of suite
+/// position, so a journal of version 1 would replay draws this build never makes.
+const VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct Header {

@@ -287,8 +287,15 @@ pub fn evaluate_robust_journaled(
         white_box_done: BTreeMap::new(),
         result: RobustResult::default(),
     };
+    // Random streams are keyed by attack name and occurrence, not by position, so
+    // adding an attack to a suite leaves every other attack's draws (per sample)
+    // unchanged: a suite that gains an attack can only break more samples.
+    let mut occurrences: BTreeMap<&str, usize> = BTreeMap::new();
     for (position, entry) in suite.iter().enumerate() {
         let attack = entry.attack.as_ref();
+        let occurrence = occurrences.entry(attack.name()).or_default();
+        let stream = root.derive(&format!("attack/{}/{occurrence}", attack.name()));
+        *occurrence += 1;
         let epsilons = sorted_epsilons(entry)?;
         sweep
             .grids
@@ -299,7 +306,6 @@ pub fn evaluate_robust_journaled(
             .broken_at
             .entry(attack.norm())
             .or_insert_with(|| vec![f64::INFINITY; data.len()]);
-        let stream = root.derive(&format!("attack-{position}/{}", attack.name()));
         if attack.kind() == AttackKind::MinimalPerturbation {
             sweep.minimal_attack(position, entry, &epsilons, &stream)?;
             continue;

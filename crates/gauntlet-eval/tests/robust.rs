@@ -636,6 +636,55 @@ fn a_still_robust_schedule_attacks_only_what_earlier_attacks_left_and_never_weak
 }
 
 #[test]
+fn adding_an_attack_to_a_suite_leaves_the_other_attacks_draws_unchanged() {
+    // PGD with a random start draws from its own stream; putting FGSM before it
+    // moves it to another position but must not change a single verdict on the
+    // samples that reach it in both suites, so the longer suite can only break more.
+    let (model, data) = shipped_cnn_and_data(40);
+    let clean = evaluate_clean(&model, &data, 100, &NoProgress).unwrap();
+    let grid = [0.15];
+    let pgd = || {
+        entry(
+            "pgd-linf",
+            serde_json::json!({"steps": 10, "step_size": {"relative": 0.25}}),
+            &grid,
+            Schedule::default(),
+        )
+    };
+    let fgsm = || entry("fgsm", serde_json::json!({}), &grid, Schedule::default());
+    let run = |suite: &[SuiteEntry]| {
+        evaluate_robust(&model, &data, &clean, suite, &config(), &NoProgress).unwrap()
+    };
+    let alone = run(&[pgd()]);
+    let after_fgsm = run(&[fgsm(), pgd()]);
+    let fgsm_robust = &after_fgsm.attacks[0].robust;
+    let (pgd_alone, pgd_after) = (&alone.attacks[0].robust, &after_fgsm.attacks[1].robust);
+    let mut compared = 0;
+    let mut pgd_broke = 0;
+    for i in 0..data.len() {
+        if clean.correct[i] && fgsm_robust[i] {
+            compared += 1;
+            pgd_broke += usize::from(!pgd_alone[i]);
+            assert_eq!(
+                pgd_alone[i], pgd_after[i],
+                "sample {i}: PGD's verdict changed when FGSM was put before it"
+            );
+        }
+    }
+    // The check compared something, and PGD's draws decided some of it.
+    assert!(
+        compared > 0 && pgd_broke > 0 && pgd_broke < compared,
+        "PGD broke {pgd_broke} of {compared}"
+    );
+    for i in 0..data.len() {
+        assert!(
+            alone.worst_case[0].robust[i] || !after_fgsm.worst_case[0].robust[i],
+            "sample {i} robust again in the longer suite"
+        );
+    }
+}
+
+#[test]
 fn a_random_forward_pass_is_flagged_with_the_suite_that_handles_it() {
     /// TwoPixels plus fresh noise on every call.
     struct Noisy(std::sync::atomic::AtomicU64);
