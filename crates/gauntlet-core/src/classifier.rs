@@ -50,6 +50,10 @@ pub trait Classifier: Send + Sync {
     fn input_shape(&self) -> [usize; 3];
     /// The device the model's tensors live on.
     fn device(&self) -> &Device;
+    /// Restart the model's own randomness (a randomised defence's noise) from
+    /// `stream`, so that its forward passes from here on follow from the run's
+    /// seed. Deterministic models ignore it (the default).
+    fn reseed_noise(&self, _stream: &crate::SeedStream) {}
     /// Memory one sample takes while it is attacked or trained on, in bytes:
     /// the activations kept for the backward pass, their gradients and the
     /// attack's own copies of the input. An estimate, used to refuse a batch that

@@ -393,6 +393,7 @@ impl Sweep<'_> {
                 chunk,
                 &mut self.computed_batches,
                 || {
+                    model.reseed_noise(&stream.derive(&format!("noise/batch-{b}")));
                     let images = gather(data, chunk, model)?;
                     let goal = make_goal(data, chunk, targets.as_deref(), &indices);
                     let outcome = run_attack(
@@ -513,6 +514,9 @@ impl Sweep<'_> {
                 chunk,
                 &mut self.computed_batches,
                 || {
+                    // A randomised model's noise for this batch follows from the
+                    // seed and the batch alone, so resumed runs draw it again.
+                    model.reseed_noise(&eps_stream.derive(&format!("noise/batch-{b}")));
                     let images = gather(data, chunk, model)?;
                     let goal = make_goal(data, chunk, targets.as_deref(), &indices);
                     let outcome = run_attack(

@@ -728,4 +728,20 @@ fn a_random_forward_pass_is_flagged_with_the_suite_that_handles_it() {
     assert!(steady
         .iter()
         .all(|w| w.code != WarningCode::NonDeterministicForward));
+    // The same holds for a randomised defence exported from PyTorch (input
+    // noise from randn_like/rand_like), whose noise is seeded, not constant.
+    let (onnx, _) = load_model(
+        &repo("crates/gauntlet-models/tests/fixtures/noisy-legacy.onnx"),
+        &ModelOptions::default(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let images = Tensor::full(0.5f32, (2, 1, 8, 8), &Device::Cpu).unwrap();
+    let flagged = gauntlet_eval::model_sanity(&onnx, &images, &y).unwrap();
+    assert!(
+        flagged
+            .iter()
+            .any(|w| w.code == WarningCode::NonDeterministicForward),
+        "{flagged:?}"
+    );
 }

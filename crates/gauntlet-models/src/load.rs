@@ -114,6 +114,9 @@ impl Classifier for Model {
     fn logits(&self, x: &Tensor) -> gauntlet_core::Result<Tensor> {
         self.inner().logits(x)
     }
+    fn reseed_noise(&self, stream: &gauntlet_core::SeedStream) {
+        self.inner().reseed_noise(stream);
+    }
     fn bounds(&self) -> Bounds {
         self.inner().bounds()
     }

@@ -691,3 +691,153 @@ fn single_operator_graphs_match_onnxruntime_and_finite_differences() {
         finite_difference_check(&model, 3, 12);
     }
 }
+
+/// A randomised defence (input noise from `torch.randn_like`/`rand_like`) as both
+/// of today's exporters write it (`fixtures/make_noise_fixtures.py`): it loads,
+/// every forward pass draws fresh noise, the noise follows from the seed it was
+/// given, the noiseless run is PyTorch's, and with the noise held fixed the input
+/// gradient is the finite difference's.
+#[test]
+fn randomised_graphs_from_both_exporters_draw_seeded_noise_with_exact_gradients() {
+    let text = std::fs::read_to_string(fixture("noisy.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let shape: Vec<usize> = serde_json::from_value(json["shape"].clone()).unwrap();
+    let input: Vec<f32> = serde_json::from_value(json["input"].clone()).unwrap();
+    let expected: Vec<f32> = serde_json::from_value(json["mean_logits"].clone()).unwrap();
+    let x = Tensor::from_vec(input, shape, &cpu()).unwrap();
+    let expected = Tensor::from_vec(expected, (2, 10), &cpu()).unwrap();
+    for file in ["noisy-legacy.onnx", "noisy-dynamo.onnx"] {
+        let (model, _) = load_model(&fixture(file), &ModelOptions::default(), &cpu()).unwrap();
+        let Model::Onnx(graph) = &model else {
+            panic!("{file} is not a graph")
+        };
+        assert!(graph.is_random(), "{file}");
+        let reason = graph.reference_reason().unwrap_or_default();
+        assert!(reason.contains("Random"), "{file}: {reason}");
+        // Noise at its mean: PyTorch's noiseless logits.
+        let mean = graph.graph().run(&x, None).unwrap().output;
+        assert!(max_abs_diff(&mean, &expected) < 1e-5, "{file}");
+        // Fresh noise on every pass, the same noise after the same reseed.
+        let seed = SeedStream::new(7);
+        model.reseed_noise(&seed);
+        let first = model.logits(&x).unwrap();
+        let second = model.logits(&x).unwrap();
+        assert!(
+            max_abs_diff(&first, &second) > 1e-4,
+            "{file}: no fresh noise"
+        );
+        assert!(
+            max_abs_diff(&first, &mean) > 1e-4,
+            "{file}: no noise at all"
+        );
+        model.reseed_noise(&seed);
+        assert_eq!(
+            max_abs_diff(&model.logits(&x).unwrap(), &first),
+            0.0,
+            "{file}"
+        );
+        model.reseed_noise(&SeedStream::new(8));
+        assert!(
+            max_abs_diff(&model.logits(&x).unwrap(), &first) > 1e-4,
+            "{file}"
+        );
+        // With the noise fixed by reseeding before every pass, x -> logits is a
+        // function, and its gradient must be the finite difference's.
+        let weights = Tensor::arange(0f32, 20.0, &cpu())
+            .unwrap()
+            .reshape((2, 10))
+            .unwrap()
+            .affine(0.1, -1.0)
+            .unwrap();
+        let objective = |x: &Tensor| {
+            model.reseed_noise(&seed);
+            (model.logits(x).unwrap() * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64
+        };
+        model.reseed_noise(&seed);
+        let (_, gradient) =
+            input_gradient(&model, &x, |logits| Ok((logits * &weights)?.sum_all()?)).unwrap();
+        let gradient = gradient.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let flat = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let h = 1e-2f32;
+        for i in [0usize, 9, 37, 64, 100, 127] {
+            let at = |d: f32| {
+                let mut v = flat.clone();
+                v[i] += d;
+                objective(&Tensor::from_vec(v, x.dims(), &cpu()).unwrap())
+            };
+            let numeric = (at(h) - at(-h)) / (2.0 * h as f64);
+            let exact = gradient[i] as f64;
+            assert!(
+                (numeric - exact).abs() < 2e-2 * exact.abs().max(1.0),
+                "{file} pixel {i}: finite difference {numeric}, gradient {exact}"
+            );
+        }
+    }
+}
+
+/// The random operators draw from the distributions their attributes name.
+#[test]
+fn random_operators_draw_from_their_distributions() {
+    use gauntlet_models::graph::{Distribution, Graph, Node, Noise, NoiseSource, Op};
+    let x = Tensor::zeros((4, 50_000), DType::F32, &cpu()).unwrap();
+    let source = NoiseSource::new(SeedStream::new(3));
+    for (distribution, mean, std) in [
+        (
+            Distribution::Normal {
+                mean: 0.5,
+                scale: 2.0,
+            },
+            0.5,
+            2.0,
+        ),
+        (
+            Distribution::Uniform {
+                low: -1.0,
+                high: 3.0,
+            },
+            1.0,
+            4.0 / 12f64.sqrt(),
+        ),
+    ] {
+        let graph = Graph {
+            nodes: vec![Node {
+                name: "noise".into(),
+                op: Op::Random {
+                    distribution,
+                    shape: None,
+                },
+                inputs: vec!["x".into()],
+                outputs: vec!["y".into()],
+            }],
+            constants: HashMap::new(),
+            input: "x".into(),
+            output: "y".into(),
+            float: DType::F32,
+        };
+        let y = graph
+            .run_with_noise(&x, None, Noise::Draw(&source))
+            .unwrap()
+            .output;
+        assert_eq!(y.dims(), x.dims());
+        let v = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let n = v.len() as f64;
+        let m = v.iter().map(|&a| a as f64).sum::<f64>() / n;
+        let s = (v.iter().map(|&a| (a as f64 - m).powi(2)).sum::<f64>() / n).sqrt();
+        assert!(
+            (m - mean).abs() < 0.02 && (s / std - 1.0).abs() < 0.01,
+            "{distribution:?}: mean {m}, std {s}"
+        );
+        if let Distribution::Uniform { low, high } = distribution {
+            assert!(v.iter().all(|&a| (low as f32..high as f32).contains(&a)));
+        }
+        // Without a source, every value is the mean.
+        let quiet = graph.run_with_noise(&x, None, Noise::Mean).unwrap().output;
+        let q = quiet.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(q.iter().all(|&a| a == mean as f32), "{distribution:?}");
+    }
+}

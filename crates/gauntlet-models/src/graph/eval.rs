@@ -147,6 +147,40 @@ fn like(b: &Tensor, a: &Tensor) -> Result<Tensor> {
     })
 }
 
+/// A random operator's values: `shape`, or `like`'s shape for the `-Like` forms,
+/// drawn from `stream`, or the distribution's mean everywhere without one.
+pub(super) fn random(
+    distribution: super::op::Distribution,
+    shape: Option<&[usize]>,
+    like: Option<&Tensor>,
+    stream: Option<gauntlet_core::SeedStream>,
+    float: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    use super::op::Distribution;
+    let dims = match (shape, like) {
+        (Some(shape), _) => shape.to_vec(),
+        (None, Some(like)) => like.dims().to_vec(),
+        (None, None) => return Err(invalid("input 0 is missing")),
+    };
+    check_size(&dims)?;
+    let count = dims.iter().product();
+    let values = match (stream, distribution) {
+        (None, d) => vec![d.mean() as f32; count],
+        (Some(s), Distribution::Normal { mean, scale }) => {
+            let (mean, scale) = (mean as f32, scale as f32);
+            s.normal_f32(count)
+                .into_iter()
+                .map(|z| mean + scale * z)
+                .collect()
+        }
+        (Some(s), Distribution::Uniform { low, high }) => {
+            s.uniform_f32(count, low as f32, high as f32)
+        }
+    };
+    Ok(Tensor::from_vec(values, dims, device)?.to_dtype(float)?)
+}
+
 /// Run one op. `outputs` is how many results the node names.
 pub(crate) fn eval(
     op: &Op,

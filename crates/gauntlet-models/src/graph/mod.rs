@@ -18,10 +18,12 @@ pub mod passes;
 mod shape;
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use candle_core::{DType, Tensor};
+use gauntlet_core::SeedStream;
 
-pub use op::{BinaryOp, CompareOp, Op, ReduceOp, ResizeMode, UnaryOp, VariadicOp};
+pub use op::{BinaryOp, CompareOp, Distribution, Op, ReduceOp, ResizeMode, UnaryOp, VariadicOp};
 
 use crate::{Error, Result};
 
@@ -54,6 +56,54 @@ pub struct Graph {
     pub float: DType,
 }
 
+/// What a graph's random operators return on one run.
+#[derive(Clone, Copy, Debug)]
+pub enum Noise<'a> {
+    /// Their distribution's mean: the graph is deterministic (shape probes, the
+    /// batching check, and the noiseless reference tests compare against).
+    Mean,
+    /// Fresh draws from the source: one forward pass of a randomised model.
+    Draw(&'a NoiseSource),
+}
+
+/// The seeded noise of a model's random operators (randomised defences such as
+/// input noise, exported from `torch.randn_like`). Every forward pass takes the
+/// next pass number k, and the node writing value `v` draws from the stream
+/// `pass-k/v`, so a run's noise follows from its seed alone. The evaluation
+/// runner restarts it per attack batch ([`NoiseSource::reseed`]), so resumed,
+/// sharded and whole runs draw the same noise for the same batch.
+#[derive(Debug)]
+pub struct NoiseSource {
+    state: Mutex<(SeedStream, u64)>,
+}
+
+impl NoiseSource {
+    /// A source drawing from `stream`, at pass 0.
+    pub fn new(stream: SeedStream) -> Self {
+        Self {
+            state: Mutex::new((stream, 0)),
+        }
+    }
+
+    /// Restart from `stream`, at pass 0.
+    pub fn reseed(&self, stream: SeedStream) {
+        *self.lock() = (stream, 0);
+    }
+
+    /// The stream of the next forward pass.
+    fn next_pass(&self) -> SeedStream {
+        let mut state = self.lock();
+        let pass = state.0.derive(&format!("pass-{}", state.1));
+        state.1 += 1;
+        pass
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (SeedStream, u64)> {
+        // A panic elsewhere cannot leave the pair half-written: keep using it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// What one run of the reference executor produced.
 pub struct Run {
     /// The graph's output.
@@ -66,16 +116,27 @@ pub struct Run {
 
 impl Graph {
     /// Run the graph on `x` (already normalised), returning the output and, when
-    /// `capture` names a value, that value too.
+    /// `capture` names a value, that value too. Random operators return their
+    /// mean ([`Noise::Mean`]); [`Graph::run_with_noise`] draws.
     pub fn run(&self, x: &Tensor, capture: Option<&str>) -> Result<Run> {
-        self.run_visiting(x, capture, &mut |_, _| {})
+        self.run_visiting(x, capture, Noise::Mean, &mut |_, _| {})
+    }
+
+    /// [`Graph::run`] with the random operators' values from `noise`.
+    pub fn run_with_noise(&self, x: &Tensor, capture: Option<&str>, noise: Noise) -> Result<Run> {
+        self.run_visiting(x, capture, noise, &mut |_, _| {})
+    }
+
+    /// Whether some operator draws random values on every run.
+    pub fn is_random(&self) -> bool {
+        self.nodes.iter().any(|n| matches!(n.op, Op::Random { .. }))
     }
 
     /// Every computed value's shape for input `x` (the input included).
     pub fn value_shapes(&self, x: &Tensor) -> Result<HashMap<String, (Vec<usize>, DType)>> {
         let mut shapes = HashMap::new();
         shapes.insert(self.input.clone(), (x.dims().to_vec(), x.dtype()));
-        self.run_visiting(x, None, &mut |name, t| {
+        self.run_visiting(x, None, Noise::Mean, &mut |name, t| {
             shapes.insert(name.to_string(), (t.dims().to_vec(), t.dtype()));
         })?;
         Ok(shapes)
@@ -86,8 +147,13 @@ impl Graph {
         &self,
         x: &Tensor,
         capture: Option<&str>,
+        noise: Noise,
         visit: &mut dyn FnMut(&str, &Tensor),
     ) -> Result<Run> {
+        let pass = match noise {
+            Noise::Draw(source) if self.is_random() => Some(source.next_pass()),
+            _ => None,
+        };
         let mut values: HashMap<&str, Tensor> = HashMap::new();
         values.insert(self.input.as_str(), x.clone());
         let mut produced = x.elem_count();
@@ -111,8 +177,27 @@ impl Graph {
                         })
                 })
                 .collect::<Result<Vec<Option<&Tensor>>>>()?;
-            let outputs = eval::eval(&node.op, &inputs, node.outputs.len(), self.float)
-                .map_err(|e| Error::Invalid(format!("{} node '{}': {e}", node.op, node.name)))?;
+            let outputs = match &node.op {
+                Op::Random {
+                    distribution,
+                    shape,
+                } => {
+                    let label = node.outputs.first().map(String::as_str).unwrap_or_default();
+                    let stream = pass.as_ref().map(|p| p.derive(label));
+                    let like = inputs.first().copied().flatten();
+                    eval::random(
+                        *distribution,
+                        shape.as_deref(),
+                        like,
+                        stream,
+                        self.float,
+                        x.device(),
+                    )
+                    .map(|y| vec![y])
+                }
+                op => eval::eval(op, &inputs, node.outputs.len(), self.float),
+            }
+            .map_err(|e| Error::Invalid(format!("{} node '{}': {e}", node.op, node.name)))?;
             for (name, y) in node.outputs.iter().zip(outputs) {
                 if !name.is_empty() {
                     produced += y.elem_count();

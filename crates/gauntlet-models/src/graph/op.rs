@@ -103,6 +103,36 @@ pub enum ResizeMode {
     Linear,
 }
 
+/// The distribution a random operator draws from, with ONNX's parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Distribution {
+    /// `RandomNormal`: mean and standard deviation (`scale`).
+    Normal {
+        /// Mean.
+        mean: f64,
+        /// Standard deviation.
+        scale: f64,
+    },
+    /// `RandomUniform`: uniform on `[low, high)`.
+    Uniform {
+        /// Lower bound.
+        low: f64,
+        /// Upper bound.
+        high: f64,
+    },
+}
+
+impl Distribution {
+    /// The distribution's mean: what a random operator returns when a graph runs
+    /// without noise (shape probes, and the noiseless reference in tests).
+    pub fn mean(&self) -> f64 {
+        match *self {
+            Distribution::Normal { mean, .. } => mean,
+            Distribution::Uniform { low, high } => 0.5 * (low + high),
+        }
+    }
+}
+
 /// One typed operator.
 #[derive(Clone, Debug)]
 #[allow(missing_docs)]
@@ -230,6 +260,14 @@ pub enum Op {
     Range,
     /// Returns its input (also `Dropout` in inference).
     Identity,
+    /// Fresh random values on every forward pass (`torch.randn_like`, `rand_like`
+    /// as exporters write them), drawn from the model's seeded [`super::NoiseSource`];
+    /// the shape is the attribute's, or input 0's for the `-Like` forms. No gradient
+    /// flows through it (its values do not depend on its input's).
+    Random {
+        distribution: Distribution,
+        shape: Option<Vec<usize>>,
+    },
 }
 
 /// Target of a `Cast`.
@@ -344,6 +382,16 @@ impl std::fmt::Display for Op {
             Op::ConstantOfShape(_) => "ConstantOfShape",
             Op::Range => "Range",
             Op::Identity => "Identity",
+            Op::Random {
+                distribution,
+                shape,
+            } => {
+                let base = match distribution {
+                    Distribution::Normal { .. } => "RandomNormal",
+                    Distribution::Uniform { .. } => "RandomUniform",
+                };
+                return write!(f, "{base}{}", if shape.is_none() { "Like" } else { "" });
+            }
         };
         f.write_str(name)
     }

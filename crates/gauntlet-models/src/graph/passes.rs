@@ -24,12 +24,13 @@ pub fn fold_constants(graph: &mut Graph) -> Result<()> {
     let nodes = std::mem::take(&mut graph.nodes);
     let mut kept = Vec::with_capacity(nodes.len());
     for node in nodes {
-        // Every op is deterministic (no random ops are imported), so any node
-        // whose inputs are all known can run now.
-        let foldable = node
-            .inputs
-            .iter()
-            .all(|i| i.is_empty() || graph.constants.contains_key(i))
+        // Every op but the random ones is deterministic, so any other node whose
+        // inputs are all known can run now.
+        let foldable = !matches!(node.op, Op::Random { .. })
+            && node
+                .inputs
+                .iter()
+                .all(|i| i.is_empty() || graph.constants.contains_key(i))
             && node.inputs.iter().any(|i| !i.is_empty());
         if !foldable {
             kept.push(node);

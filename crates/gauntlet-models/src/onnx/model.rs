@@ -10,7 +10,7 @@ use prost::Message;
 
 use super::ops::{self, NodeCtx};
 use super::proto::{self, data_type, TensorProto};
-use crate::graph::{passes, Graph, Node};
+use crate::graph::{passes, Graph, Node, Noise, NoiseSource};
 use crate::native::{engine_logits, NativeGraph};
 use crate::network::Normalization;
 use crate::{Error, Result};
@@ -38,7 +38,12 @@ pub struct OnnxModel {
     native: Option<Arc<NativeGraph>>,
     /// Why the graph runs on the reference executor instead, when it does.
     not_native: Option<String>,
+    /// Where the graph's random operators draw from (shared by copies).
+    noise: Arc<NoiseSource>,
 }
+
+/// The label of the random operators' stream under the seed it is given.
+const NOISE_LABEL: &str = "model-noise";
 
 fn format_err(path: &Path, message: impl Into<String>) -> Error {
     Error::Format {
@@ -144,6 +149,9 @@ impl OnnxModel {
             activations_per_sample: 0,
             native: None,
             not_native: None,
+            noise: Arc::new(NoiseSource::new(
+                gauntlet_core::SeedStream::new(0).derive(NOISE_LABEL),
+            )),
         };
         // One forward pass finds the class count and proves the graph runs.
         let probe = Tensor::zeros(
@@ -204,6 +212,16 @@ impl OnnxModel {
             }
         };
         self.not_native = Some(reason);
+    }
+
+    /// Restart the random operators' noise from `stream` (see [`NoiseSource`]).
+    pub fn reseed_noise(&self, stream: &gauntlet_core::SeedStream) {
+        self.noise.reseed(stream.derive(NOISE_LABEL));
+    }
+
+    /// Whether the graph draws fresh random values on every forward pass.
+    pub fn is_random(&self) -> bool {
+        self.graph.is_random()
     }
 
     /// The native engine's plan, when this model runs on it.
@@ -296,7 +314,9 @@ impl OnnxModel {
         let mut features = Vec::new();
         for part in self.batches(x)? {
             let x = self.normalization.apply(&part)?;
-            let run = self.graph.run(&x, Some(name))?;
+            let run = self
+                .graph
+                .run_with_noise(&x, Some(name), Noise::Draw(&self.noise))?;
             let f = run
                 .captured
                 .ok_or_else(|| Error::Invalid(format!("value '{name}' was not computed")))?;
@@ -383,7 +403,10 @@ impl OnnxModel {
             .iter()
             .map(|part| {
                 let x = self.normalization.apply(part)?;
-                Ok(self.graph.run(&x, None)?.output)
+                Ok(self
+                    .graph
+                    .run_with_noise(&x, None, Noise::Draw(&self.noise))?
+                    .output)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(match outputs.as_slice() {
@@ -799,6 +822,9 @@ pub(super) fn decode_tensor(
 impl Classifier for OnnxModel {
     fn logits(&self, x: &Tensor) -> gauntlet_core::Result<Tensor> {
         Ok(self.run(x)?)
+    }
+    fn reseed_noise(&self, stream: &gauntlet_core::SeedStream) {
+        OnnxModel::reseed_noise(self, stream);
     }
     fn bounds(&self) -> Bounds {
         self.bounds

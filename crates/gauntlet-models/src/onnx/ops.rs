@@ -3,7 +3,7 @@
 //! list shows. The importer, `SUPPORTED_OPS`, the docs and the README list all
 //! come from [`OPERATORS`].
 
-use crate::graph::op::{CastTo, Coordinates, PadMode};
+use crate::graph::op::{CastTo, Coordinates, Distribution, PadMode};
 use crate::graph::{
     BinaryOp as B, CompareOp as C, Op, ReduceOp as R, ResizeMode, UnaryOp as U, VariadicOp as V,
 };
@@ -154,6 +154,10 @@ ops! {
     "Pad" ("constant, reflect, edge, wrap") => pad,
     "Pow" => |_| Ok(Op::Binary(B::Pow)),
     "PRelu" => |_| Ok(Op::PRelu),
+    "RandomNormal" ("drawn from the run's seed, not the seed attribute") => |c| random(c, true, false),
+    "RandomNormalLike" ("drawn from the run's seed, not the seed attribute") => |c| random(c, true, true),
+    "RandomUniform" ("drawn from the run's seed, not the seed attribute") => |c| random(c, false, false),
+    "RandomUniformLike" ("drawn from the run's seed, not the seed attribute") => |c| random(c, false, true),
     "Range" => |_| Ok(Op::Range),
     "Reciprocal" => |_| Ok(Op::Unary(U::Reciprocal)),
     "ReduceL1" => |c| reduce(c, R::L1, 18),
@@ -338,6 +342,46 @@ fn cast(c: &NodeCtx) -> Parsed {
         }
         other => return Err(format!("cast to data type {other} is not supported")),
     }))
+}
+
+/// `RandomNormal[Like]` and `RandomUniform[Like]`: the distribution from the
+/// attributes, the shape from `shape` (or input 0's for `-Like`). The `seed`
+/// attribute is ignored on purpose: every draw comes from the run's recorded seed.
+fn random(c: &NodeCtx, normal: bool, like: bool) -> Parsed {
+    use super::proto::data_type as t;
+    if let Some(dtype) = c.attr("dtype").and_then(|a| a.i) {
+        let dtype = dtype as i32;
+        if ![t::FLOAT, t::DOUBLE, t::FLOAT16, t::BFLOAT16].contains(&dtype) {
+            return Err(format!("data type {dtype} is not a floating-point type"));
+        }
+    }
+    let distribution = if normal {
+        Distribution::Normal {
+            mean: c.f("mean", 0.0),
+            scale: c.f("scale", 1.0),
+        }
+    } else {
+        Distribution::Uniform {
+            low: c.f("low", 0.0),
+            high: c.f("high", 1.0),
+        }
+    };
+    let shape = if like {
+        None
+    } else {
+        let dims = c
+            .ints("shape")
+            .ok_or_else(|| "the shape attribute is missing".to_string())?;
+        Some(
+            dims.into_iter()
+                .map(|d| usize_of(d, "shape dimension"))
+                .collect::<std::result::Result<Vec<_>, _>>()?,
+        )
+    };
+    Ok(Op::Random {
+        distribution,
+        shape,
+    })
 }
 
 fn pad(c: &NodeCtx) -> Parsed {
