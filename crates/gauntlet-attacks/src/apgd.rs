@@ -427,6 +427,10 @@ impl Attack for Apgd {
         seed: &SeedStream,
     ) -> Result<Tensor> {
         let mut best = BestIterate::new(x)?;
+        if self.params.eot_samples > 1 || ctx.model().is_random() {
+            // A random model: keep the latest point judged adversarial.
+            best = best.following_latest();
+        }
         // apgd-t's targets: the classes ranked 2nd, 3rd, ... on the clean input.
         let (ranked, runs) = if self.targeted {
             let (order, runs) = ctx.ranked_classes(x, self.params.target_classes)?;

@@ -1,5 +1,6 @@
-//! Best iterate per sample: the first adversarial point found, or else the point
-//! with the highest loss. Attacks report this, not their last iterate.
+//! Best iterate per sample: the first adversarial point found (for a random
+//! model, optionally the latest), or else the point with the highest loss.
+//! Attacks report this, not their last iterate.
 
 use candle_core::Tensor;
 
@@ -11,6 +12,7 @@ pub struct BestIterate {
     adversarial: Tensor,
     found: Vec<bool>,
     loss: Vec<f32>,
+    follow_latest: bool,
 }
 
 impl BestIterate {
@@ -21,7 +23,18 @@ impl BestIterate {
             adversarial: x.clone(),
             found: vec![false; n],
             loss: vec![f32::NEG_INFINITY; n],
+            follow_latest: false,
         })
+    }
+
+    /// Keep replacing a found adversarial point with each later one judged
+    /// adversarial, as AutoAttack's APGD does. For a random forward pass the
+    /// first point one draw called adversarial sits on the edge of the region a
+    /// fresh draw often undoes; the attack keeps climbing the loss, so later
+    /// points lie deeper inside it. Deterministic attacks keep the first point.
+    pub fn following_latest(mut self) -> Self {
+        self.follow_latest = true;
+        self
     }
 
     /// Number of samples.
@@ -61,6 +74,10 @@ impl BestIterate {
         let mut take = vec![false; self.found.len()];
         for i in 0..take.len() {
             if self.found[i] {
+                if self.follow_latest && goal.is_success(i, predictions[i]) {
+                    take[i] = true;
+                    self.loss[i] = loss[i];
+                }
                 continue;
             }
             if goal.is_success(i, predictions[i]) {
@@ -102,6 +119,7 @@ impl BestIterate {
         }
         let sub_x = self.select(x, &remaining)?;
         let mut sub = BestIterate::new(&sub_x)?;
+        sub.follow_latest = self.follow_latest;
         attempt(&sub_x, &goal.select(&remaining), &remaining, &mut sub)?;
         self.merge(&remaining, &sub)?;
         Ok(true)
@@ -137,5 +155,35 @@ impl BestIterate {
     /// The best points.
     pub fn into_adversarial(self) -> Tensor {
         self.adversarial
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Two samples; both judged adversarial at step 1 and again at step 2.
+    fn two_successes(best: &mut BestIterate) -> Tensor {
+        let goal = Goal::Untargeted { labels: vec![0, 0] };
+        let wrong = Tensor::new(&[[0f32, 1.0], [0.0, 1.0]], &Device::Cpu).unwrap();
+        let first = Tensor::full(1f32, (2, 3), &Device::Cpu).unwrap();
+        let second = Tensor::full(2f32, (2, 3), &Device::Cpu).unwrap();
+        best.update(&first, &wrong, &[1.0, 1.0], &goal).unwrap();
+        best.update(&second, &wrong, &[0.5, 0.5], &goal).unwrap();
+        second
+    }
+
+    #[test]
+    fn the_first_success_stays_unless_following_the_latest() {
+        let x = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let mut first = BestIterate::new(&x).unwrap();
+        two_successes(&mut first);
+        let kept = first.into_adversarial().flatten_all().unwrap();
+        assert_eq!(kept.to_vec1::<f32>().unwrap(), vec![1.0; 6]);
+        let mut latest = BestIterate::new(&x).unwrap().following_latest();
+        two_successes(&mut latest);
+        let kept = latest.into_adversarial().flatten_all().unwrap();
+        assert_eq!(kept.to_vec1::<f32>().unwrap(), vec![2.0; 6]);
     }
 }

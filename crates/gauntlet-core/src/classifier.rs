@@ -54,6 +54,11 @@ pub trait Classifier: Send + Sync {
     /// `stream`, so that its forward passes from here on follow from the run's
     /// seed. Deterministic models ignore it (the default).
     fn reseed_noise(&self, _stream: &crate::SeedStream) {}
+    /// Whether the forward pass itself is random (a randomised defence's noise
+    /// operators), so that attacks can treat one pass's verdict as a draw.
+    fn is_random(&self) -> bool {
+        false
+    }
     /// Memory one sample takes while it is attacked or trained on, in bytes:
     /// the activations kept for the backward pass, their gradients and the
     /// attack's own copies of the input. An estimate, used to refuse a batch that

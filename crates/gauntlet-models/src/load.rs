@@ -117,6 +117,9 @@ impl Classifier for Model {
     fn reseed_noise(&self, stream: &gauntlet_core::SeedStream) {
         self.inner().reseed_noise(stream);
     }
+    fn is_random(&self) -> bool {
+        self.inner().is_random()
+    }
     fn bounds(&self) -> Bounds {
         self.inner().bounds()
     }

@@ -826,6 +826,9 @@ impl Classifier for OnnxModel {
     fn reseed_noise(&self, stream: &gauntlet_core::SeedStream) {
         OnnxModel::reseed_noise(self, stream);
     }
+    fn is_random(&self) -> bool {
+        OnnxModel::is_random(self)
+    }
     fn bounds(&self) -> Bounds {
         self.bounds
     }
