@@ -840,4 +840,32 @@ fn random_operators_draw_from_their_distributions() {
         let q = quiet.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!(q.iter().all(|&a| a == mean as f32), "{distribution:?}");
     }
+    // An empty range is an error naming the node, never a panic in the sampler.
+    let empty = Graph {
+        nodes: vec![Node {
+            name: "noise".into(),
+            op: Op::Random {
+                distribution: Distribution::Uniform {
+                    low: 1.0,
+                    high: 1.0,
+                },
+                shape: None,
+            },
+            inputs: vec!["x".into()],
+            outputs: vec!["y".into()],
+        }],
+        constants: HashMap::new(),
+        input: "x".into(),
+        output: "y".into(),
+        float: DType::F32,
+    };
+    let error = empty
+        .run_with_noise(&x, None, Noise::Draw(&source))
+        .err()
+        .expect("an empty uniform range is refused")
+        .to_string();
+    assert!(
+        error.contains("node 'noise'") && error.contains("low < high"),
+        "{error}"
+    );
 }

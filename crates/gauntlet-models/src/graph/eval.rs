@@ -164,6 +164,7 @@ pub(super) fn random(
         (None, None) => return Err(invalid("input 0 is missing")),
     };
     check_size(&dims)?;
+    distribution.check().map_err(invalid)?;
     let count = dims.iter().product();
     let values = match (stream, distribution) {
         (None, d) => vec![d.mean() as f32; count],

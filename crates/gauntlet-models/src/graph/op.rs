@@ -131,6 +131,24 @@ impl Distribution {
             Distribution::Uniform { low, high } => 0.5 * (low + high),
         }
     }
+
+    /// Refuse parameters no draw can follow (sampling would otherwise panic on
+    /// an empty or non-finite range): finite values, `low < high`.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        match *self {
+            Distribution::Normal { mean, scale } if !(mean.is_finite() && scale.is_finite()) => {
+                Err(format!("mean {mean} and scale {scale} must be finite"))
+            }
+            Distribution::Uniform { low, high }
+                if !(low.is_finite() && high.is_finite() && low < high) =>
+            {
+                Err(format!(
+                    "low {low} and high {high} must be finite with low < high"
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// One typed operator.

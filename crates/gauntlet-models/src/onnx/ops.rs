@@ -366,6 +366,7 @@ fn random(c: &NodeCtx, normal: bool, like: bool) -> Parsed {
             high: c.f("high", 1.0),
         }
     };
+    distribution.check()?;
     let shape = if like {
         None
     } else {
