@@ -157,7 +157,6 @@ pub(super) fn random(
     float: DType,
     device: &Device,
 ) -> Result<Tensor> {
-    use super::op::Distribution;
     let dims = match (shape, like) {
         (Some(shape), _) => shape.to_vec(),
         (None, Some(like)) => like.dims().to_vec(),
@@ -165,20 +164,7 @@ pub(super) fn random(
     };
     check_size(&dims)?;
     distribution.check().map_err(invalid)?;
-    let count = dims.iter().product();
-    let values = match (stream, distribution) {
-        (None, d) => vec![d.mean() as f32; count],
-        (Some(s), Distribution::Normal { mean, scale }) => {
-            let (mean, scale) = (mean as f32, scale as f32);
-            s.normal_f32(count)
-                .into_iter()
-                .map(|z| mean + scale * z)
-                .collect()
-        }
-        (Some(s), Distribution::Uniform { low, high }) => {
-            s.uniform_f32(count, low as f32, high as f32)
-        }
-    };
+    let values = distribution.values(dims.iter().product(), stream.as_ref());
     Ok(Tensor::from_vec(values, dims, device)?.to_dtype(float)?)
 }
 

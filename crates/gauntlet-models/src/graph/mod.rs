@@ -91,7 +91,7 @@ impl NoiseSource {
     }
 
     /// The stream of the next forward pass.
-    fn next_pass(&self) -> SeedStream {
+    pub(crate) fn next_pass(&self) -> SeedStream {
         let mut state = self.lock();
         let pass = state.0.derive(&format!("pass-{}", state.1));
         state.1 += 1;

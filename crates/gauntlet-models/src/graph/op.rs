@@ -132,6 +132,25 @@ impl Distribution {
         }
     }
 
+    /// `count` values drawn from `stream`, or the mean everywhere without one.
+    /// Both executors draw through here, so the reference executor and the
+    /// native engine see the same noise for the same stream.
+    pub fn values(&self, count: usize, stream: Option<&gauntlet_core::SeedStream>) -> Vec<f32> {
+        match (stream, *self) {
+            (None, d) => vec![d.mean() as f32; count],
+            (Some(s), Distribution::Normal { mean, scale }) => {
+                let (mean, scale) = (mean as f32, scale as f32);
+                s.normal_f32(count)
+                    .into_iter()
+                    .map(|z| mean + scale * z)
+                    .collect()
+            }
+            (Some(s), Distribution::Uniform { low, high }) => {
+                s.uniform_f32(count, low as f32, high as f32)
+            }
+        }
+    }
+
     /// Refuse parameters no draw can follow (sampling would otherwise panic on
     /// an empty or non-finite range): finite values, `low < high`.
     pub fn check(&self) -> std::result::Result<(), String> {

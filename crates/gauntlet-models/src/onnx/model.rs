@@ -203,7 +203,8 @@ impl OnnxModel {
                 NativeGraph::plan
             };
             match plan(&self.graph, self.input_shape, &self.normalization) {
-                Ok(native) => {
+                Ok(mut native) => {
+                    native.draw_from(Arc::clone(&self.noise));
                     self.native = Some(Arc::new(native));
                     self.not_native = None;
                     return;

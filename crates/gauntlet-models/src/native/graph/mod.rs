@@ -22,18 +22,21 @@ mod conv;
 mod linear;
 mod math;
 mod movement;
+mod noise;
 mod plan;
 mod pointwise;
 mod pool;
 mod rows;
 mod winograd;
 
+use crate::graph::{Noise, NoiseSource};
 use crate::network::Normalization;
 use crate::{Error, Result};
 use buffers::BufferPool;
 use conv::{Conv, ConvGeom, Gradients};
 use linear::Linear;
 use movement::Movement;
+use noise::RandomNoise;
 use pointwise::{Affine, Binary, Unary};
 use pool::{GlobalPool, Pool};
 use rows::{BatchedMatMul, LayerNorm, Softmax};
@@ -58,6 +61,8 @@ enum Kernel {
     MatMul(BatchedMatMul),
     /// The same values for every sample (a class token expanded to the batch).
     Constant(Vec<f32>),
+    /// Fresh noise on every pass (a random operator).
+    Random(RandomNoise),
 }
 
 impl Kernel {
@@ -75,6 +80,7 @@ impl Kernel {
             Kernel::Softmax(_) => "softmax",
             Kernel::MatMul(_) => "matmul",
             Kernel::Constant(_) => "constant",
+            Kernel::Random(_) => "random",
         }
     }
 }
@@ -164,6 +170,9 @@ pub struct NativeGraph {
     /// Graph values that are slots (the batch first), with the per-sample dims
     /// and layout needed to read them back in the graph's order.
     values: std::collections::HashMap<String, ValueSlot>,
+    /// Where the random operators draw from ([`NativeGraph::draw_from`]); without
+    /// a source they return their mean.
+    noise: Option<Arc<NoiseSource>>,
 }
 
 /// Where a graph value lives in the plan.
@@ -282,15 +291,45 @@ impl NativeGraph {
         Ok(Some((logits, features)))
     }
 
+    /// Draw the random operators' values from `source` (one pass per forward
+    /// pass, as the reference executor does), instead of their mean.
+    pub fn draw_from(&mut self, source: Arc<NoiseSource>) {
+        self.noise = Some(source);
+    }
+
+    /// Whether some step draws fresh random values on every pass.
+    pub fn is_random(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s.kernel, Kernel::Random(_)))
+    }
+
     /// Logits `(n × classes)` of `n` NCHW images in pixel space; with `keep`, also
-    /// what [`NativeGraph::input_gradient`] needs.
+    /// what [`NativeGraph::input_gradient`] needs. Random operators draw from the
+    /// source given to [`NativeGraph::draw_from`], if any.
     pub fn forward(
         &self,
         images: &[f32],
         count: usize,
         keep: bool,
     ) -> Result<(Vec<f32>, Option<GraphTape>)> {
-        crate::native::on_pool(|| self.forward_on_pool(images, count, keep))
+        let noise = self.noise.as_deref().map_or(Noise::Mean, Noise::Draw);
+        self.forward_with_noise(images, count, keep, noise)
+    }
+
+    /// [`NativeGraph::forward`] with the random operators' values from `noise`.
+    pub fn forward_with_noise(
+        &self,
+        images: &[f32],
+        count: usize,
+        keep: bool,
+        noise: Noise,
+    ) -> Result<(Vec<f32>, Option<GraphTape>)> {
+        let pass = match noise {
+            Noise::Draw(source) if self.is_random() => Some(source.next_pass()),
+            _ => None,
+        };
+        crate::native::on_pool(|| self.forward_on_pool(images, count, keep, pass.as_ref()))
     }
 
     fn forward_on_pool(
@@ -298,6 +337,7 @@ impl NativeGraph {
         images: &[f32],
         count: usize,
         keep: bool,
+        pass: Option<&gauntlet_core::SeedStream>,
     ) -> Result<(Vec<f32>, Option<GraphTape>)> {
         let [c, h, w] = self.input_shape;
         if images.len() != count * c * h * w {
@@ -358,6 +398,7 @@ impl NativeGraph {
                         sample.copy_from_slice(constant);
                     }
                 }
+                Kernel::Random(noise) => noise.forward(pass, count, &mut out),
             }
             values[step.output] = out;
             if !keep {
@@ -525,7 +566,7 @@ impl NativeGraph {
                     };
                     product.backward(input(0), input(1), &dy, da, db)?;
                 }
-                Kernel::Constant(_) => {}
+                Kernel::Constant(_) | Kernel::Random(_) => {}
             }
             self.buffers.give(dy);
             // Every reader of this step's output came later: it is dead now.

@@ -14,12 +14,15 @@ use candle_core::{DType, Device, Tensor};
 use super::conv::{Conv, ConvGeom, Epilogue};
 use super::linear::Linear;
 use super::movement::{Movement, ZERO};
+use super::noise::RandomNoise;
 use super::pointwise::{Affine, Binary, Map, Operand, Unary};
 use super::pool::{GlobalPool, Pool};
 use super::rows::{BatchedMatMul, LayerNorm, Softmax};
 use super::{Kernel, NativeGraph, Step};
 use super::{ParamLayout, ParamSlot};
-use crate::graph::{eval, BinaryOp, Graph, Node, Op, ReduceOp, ResizeMode, UnaryOp};
+use crate::graph::{
+    eval, BinaryOp, Distribution, Graph, Node, Noise, Op, ReduceOp, ResizeMode, UnaryOp,
+};
 use crate::layers::PoolKind;
 use crate::network::Normalization;
 
@@ -298,7 +301,7 @@ impl NativeGraph {
             .and_then(|t| t.to_vec1::<f32>())
             .map_err(|e| e.to_string())?;
         let (native, _) = self
-            .forward(&pixels, probe_samples, false)
+            .forward_with_noise(&pixels, probe_samples, false, Noise::Mean)
             .map_err(|e| e.to_string())?;
         let scale = reference.iter().fold(1.0f32, |m, v| m.max(v.abs()));
         let error = native
@@ -379,6 +382,7 @@ impl<'g> Planner<'g> {
             last_use,
             buffers: Default::default(),
             winner_buffers: Default::default(),
+            noise: None,
             values: self
                 .slot_of
                 .iter()
@@ -636,7 +640,8 @@ impl<'g> Planner<'g> {
             .inputs
             .iter()
             .any(|n| !n.is_empty() && self.constant(n).is_none());
-        if reads_data {
+        // A random op is never known: it draws afresh on every pass.
+        if reads_data || matches!(node.op, Op::Random { .. }) {
             return Ok(false);
         }
         let inputs: Vec<Option<&Tensor>> = node
@@ -867,8 +872,37 @@ impl<'g> Planner<'g> {
                 mode: ResizeMode::Nearest { .. },
                 ..
             } => self.movement(node),
+            Op::Random {
+                distribution,
+                shape: None,
+            } => self.random(node, *distribution),
+            Op::Random { shape: Some(_), .. } => Err(
+                "noise of a fixed shape is one draw for the whole batch; the engine draws noise shaped like a batched value (the `-Like` forms)"
+                    .into(),
+            ),
             _ => Err("the engine has no kernel for it".into()),
         }
+    }
+
+    /// Noise shaped like data input 0, stored in that input's layout (so adding
+    /// it needs no copy); the step reads nothing.
+    fn random(&mut self, node: &Node, distribution: Distribution) -> Planned<()> {
+        distribution.check()?;
+        let like = &self.slots[self.data(node, 0)?];
+        if !like.batch.is_first() {
+            return Err("noise shaped like a value without the batch first".into());
+        }
+        let channels_last = match like.dims.as_slice() {
+            [c, h, w] if like.channels_last => Some((*c, h * w)),
+            _ => None,
+        };
+        let out = node.outputs.first().ok_or("the node has no output")?;
+        let kernel = Kernel::Random(RandomNoise {
+            distribution,
+            label: out.clone(),
+            channels_last,
+        });
+        self.push_as(kernel, Vec::new(), out, channels_last.is_some())
     }
 
     /// Channels of a value whose channel index is innermost in storage.

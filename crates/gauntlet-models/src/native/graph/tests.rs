@@ -719,3 +719,114 @@ fn convolutions_read_by_a_max_pool_keep_exact_ties() {
         }
     }
 }
+
+/// Random operators (input noise, and noise on a flattened value): with the
+/// same source reseeded the same way, the engine draws the reference
+/// executor's noise, so logits and input gradients match; every pass draws
+/// afresh; without a source the noise is its mean, as in the reference's
+/// noiseless run.
+#[test]
+fn random_operators_draw_the_reference_noise() {
+    use crate::graph::{Distribution, Noise, NoiseSource};
+    let shape = [2, 5, 7];
+    let mut b = Builder::new();
+    let normal = Op::Random {
+        distribution: Distribution::Normal {
+            mean: 0.1,
+            scale: 0.5,
+        },
+        shape: None,
+    };
+    let noise = b.op(normal, &["x"]);
+    let sigma = b.constant_values(vec![0.3], &[1]);
+    let scaled = b.op(Op::Binary(BinaryOp::Mul), &[&noise, &sigma]);
+    let noisy = b.op(Op::Binary(BinaryOp::Add), &["x", &scaled]);
+    let weight = b.constant(&[3, 2, 3, 3]);
+    let y = b.op(conv(1, [1, 1, 1, 1], 1, 1), &[&noisy, &weight]);
+    let y = b.op(Op::Unary(UnaryOp::Relu), &[&y]);
+    let flat = b.op(Op::Flatten(1), &[&y]);
+    let uniform = Op::Random {
+        distribution: Distribution::Uniform {
+            low: -0.2,
+            high: 0.4,
+        },
+        shape: None,
+    };
+    let jitter = b.op(uniform, &[&flat]);
+    let last = b.op(Op::Binary(BinaryOp::Add), &[&flat, &jitter]);
+    let graph = b.finish(&last);
+    let native = NativeGraph::plan(&graph, shape, &Normalization::default()).unwrap();
+    assert!(native.is_random());
+    let counts = native.kernel_counts();
+    assert!(counts.contains(&("random", 2)), "{counts:?}");
+
+    let n = 3;
+    let x = seeded(n * 2 * 5 * 7, 5, 1.0);
+    let source = NoiseSource::new(gauntlet_core::SeedStream::new(4));
+    let start = gauntlet_core::SeedStream::new(4).derive("test");
+    source.reseed(start.clone());
+    let (logits, tape) = native
+        .forward_with_noise(&x, n, true, Noise::Draw(&source))
+        .unwrap();
+    let weights = seeded(logits.len(), 6, 1.0);
+    let grad = native.input_gradient(&tape.unwrap(), &weights).unwrap();
+    let (fresh, _) = native
+        .forward_with_noise(&x, n, false, Noise::Draw(&source))
+        .unwrap();
+    assert!(
+        fresh.iter().zip(&logits).any(|(a, b)| (a - b).abs() > 1e-3),
+        "the second pass drew the same noise"
+    );
+
+    source.reseed(start);
+    let var = Var::from_tensor(&tensor(x.clone(), &[n, 2, 5, 7])).unwrap();
+    let reference = graph
+        .run_with_noise(var.as_tensor(), None, Noise::Draw(&source))
+        .unwrap()
+        .output;
+    let loss = (&reference * tensor(weights.clone(), reference.dims()))
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let grad_reference = loss.backward().unwrap();
+    let grad_reference = grad_reference.get(var.as_tensor()).unwrap();
+    let flat_values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let close = |a: &[f32], b: &[f32], label: &str| {
+        assert_eq!(a.len(), b.len(), "{label}");
+        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        for (i, (p, q)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (p - q).abs() <= 1e-4 * scale,
+                "{label}[{i}]: native {p} vs reference {q}"
+            );
+        }
+    };
+    close(&logits, &flat_values(&reference), "drawn logits");
+    close(&grad, &flat_values(grad_reference), "input gradient");
+
+    let (mean, _) = native.forward(&x, n, false).unwrap();
+    let noiseless = graph
+        .run(&tensor(x.clone(), &[n, 2, 5, 7]), None)
+        .unwrap()
+        .output;
+    close(&mean, &flat_values(&noiseless), "noiseless logits");
+}
+
+/// Noise of a fixed shape is one draw for the whole batch; the engine refuses
+/// it by name rather than drawing it per sample.
+#[test]
+fn fixed_shape_noise_is_left_to_the_reference_executor() {
+    let mut b = Builder::new();
+    let op = Op::Random {
+        distribution: crate::graph::Distribution::Normal {
+            mean: 0.0,
+            scale: 1.0,
+        },
+        shape: Some(vec![1, 1, 4, 4]),
+    };
+    let noise = b.op(op, &[]);
+    let noisy = b.op(Op::Binary(BinaryOp::Add), &["x", &noise]);
+    let graph = b.finish(&noisy);
+    let refused = NativeGraph::plan(&graph, [1, 4, 4], &Normalization::default()).unwrap_err();
+    assert!(refused.reason.contains("fixed shape"), "{refused}");
+}
