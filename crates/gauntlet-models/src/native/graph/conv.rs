@@ -91,6 +91,20 @@ impl ConvGeom {
             .filter(|&i| i < len)
     }
 
+    /// How many threads each task's GEMMs take for `values` input (or input
+    /// gradient) values: all when the batch is a single task (deep layers of
+    /// small maps, a few positions per image), so the other cores do not idle
+    /// through ResNet's and VGG's last stages; one otherwise. `gemm` splits
+    /// the output, never a dot product, so the values are the same either way.
+    fn threads_per_task(&self, values: usize) -> Threads {
+        let images = values / self.in_len().max(1);
+        if images <= self.images_per_task() {
+            Threads::All
+        } else {
+            Threads::One
+        }
+    }
+
     /// Images per parallel task: enough GEMM rows to amortise packing the weight,
     /// few enough that the im2col buffer stays small. Depends on the geometry
     /// only, so results do not depend on the thread count.
@@ -224,12 +238,19 @@ impl Conv {
             return Ok(());
         }
         let per_task = g.images_per_task();
+        let threads = g.threads_per_task(x.len());
         y.par_chunks_mut(per_task * g.out_len())
             .zip(x.par_chunks(per_task * g.in_len()))
-            .try_for_each(|(y, x)| self.forward_task(params, x, y))
+            .try_for_each(|(y, x)| self.forward_task(params, x, y, threads))
     }
 
-    fn forward_task(&self, params: &[f32], x: &[f32], y: &mut [f32]) -> Result<()> {
+    fn forward_task(
+        &self,
+        params: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+        threads: Threads,
+    ) -> Result<()> {
         let g = self.geom;
         let images = x.len() / g.in_len();
         if g.pointwise() {
@@ -238,7 +259,7 @@ impl Conv {
                 Mat::new(x, images * g.positions(), g.cin),
                 self.group_weight(params, 0),
                 false,
-                Threads::One,
+                threads,
             )?;
         } else if g.depthwise() {
             for (x, y) in x
@@ -258,7 +279,7 @@ impl Conv {
                         Mat::new(col, rows, g.patch()),
                         self.group_weight(params, group),
                         false,
-                        Threads::One,
+                        threads,
                     )?;
                 }
                 Ok(())
@@ -293,10 +314,12 @@ impl Conv {
             Some(dx) if winograd::applies(&g) => {
                 winograd::input_gradient(&g, &params[self.weight.clone()], dy, dx, buffers)?
             }
-            Some(dx) => dx
-                .par_chunks_mut(in_chunk)
-                .zip(dy.par_chunks(out_chunk))
-                .try_for_each(|(dx, dy)| self.input_gradient_task(params, dy, dx))?,
+            Some(dx) => {
+                let threads = g.threads_per_task(dx.len());
+                dx.par_chunks_mut(in_chunk)
+                    .zip(dy.par_chunks(out_chunk))
+                    .try_for_each(|(dx, dy)| self.input_gradient_task(params, dy, dx, threads))?
+            }
             None => {}
         }
         if let Some(grads) = wanted.params {
@@ -304,6 +327,7 @@ impl Conv {
             // whatever the thread count. A window of tasks at a time, so the
             // partials of a large batch need not all exist at once.
             const WINDOW: usize = 16;
+            let threads = g.threads_per_task(x.len());
             let tasks: Vec<(&[f32], &[f32])> =
                 x.chunks(in_chunk).zip(dy.chunks(out_chunk)).collect();
             for window in tasks.chunks(WINDOW) {
@@ -311,7 +335,7 @@ impl Conv {
                     .par_iter()
                     .map(|&(x, dy)| {
                         let mut partial = buffers.take_zeroed(self.weight.len() + self.bias.len());
-                        self.parameter_gradient_task(x, dy, &mut partial)?;
+                        self.parameter_gradient_task(x, dy, &mut partial, threads)?;
                         Ok(partial)
                     })
                     .collect::<Result<_>>()?;
@@ -324,7 +348,13 @@ impl Conv {
         Ok(())
     }
 
-    fn input_gradient_task(&self, params: &[f32], dy: &[f32], dx: &mut [f32]) -> Result<()> {
+    fn input_gradient_task(
+        &self,
+        params: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+        threads: Threads,
+    ) -> Result<()> {
         let g = self.geom;
         let images = dx.len() / g.in_len();
         if g.pointwise() {
@@ -333,7 +363,7 @@ impl Conv {
                 Mat::new(dy, images * g.positions(), g.cout),
                 self.group_weight(params, 0).t(),
                 true,
-                Threads::One,
+                threads,
             );
         }
         if g.depthwise() {
@@ -360,16 +390,9 @@ impl Conv {
                         Mat::strided(&dy[group * g.cout_group()..], rows, g.cout_group(), g.cout);
                     let weight = self.group_weight(params, group).t();
                     if by_columns {
-                        kernels::matmul_by_columns(
-                            col,
-                            dy,
-                            weight,
-                            false,
-                            transposed,
-                            Threads::One,
-                        )?;
+                        kernels::matmul_by_columns(col, dy, weight, false, transposed, threads)?;
                     } else {
-                        kernels::matmul(col, dy, weight, false, Threads::One)?;
+                        kernels::matmul(col, dy, weight, false, threads)?;
                     }
                     let block = g.positions() * g.patch();
                     for (image, dx) in dx.chunks_exact_mut(g.in_len()).enumerate() {
@@ -383,7 +406,13 @@ impl Conv {
 
     /// Adds one task's weight and bias gradients to `partial` (zeroed; the
     /// weight packed, then the bias).
-    fn parameter_gradient_task(&self, x: &[f32], dy: &[f32], partial: &mut [f32]) -> Result<()> {
+    fn parameter_gradient_task(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        partial: &mut [f32],
+        threads: Threads,
+    ) -> Result<()> {
         let g = self.geom;
         let images = x.len() / g.in_len();
         let rows = images * g.positions();
@@ -395,7 +424,7 @@ impl Conv {
                 Mat::new(x, rows, g.cin).t(),
                 Mat::new(dy, rows, g.cout),
                 false,
-                Threads::One,
+                threads,
             )?;
         } else if g.depthwise() {
             let c = g.cin;
@@ -422,7 +451,7 @@ impl Conv {
                         Mat::new(col, rows, g.patch()).t(),
                         Mat::strided(&dy[group * g.cout_group()..], rows, g.cout_group(), g.cout),
                         false,
-                        Threads::One,
+                        threads,
                     )?;
                 }
                 Ok(())

@@ -385,12 +385,18 @@ fn results_do_not_depend_on_the_thread_count() {
     let y = b.op(conv(1, [1, 1, 1, 1], 1, 1), &[&y, &w_mid]);
     let w2 = b.constant(&[16, 1, 3, 3]);
     let y = b.op(conv(2, [1, 1, 1, 1], 1, 16), &[&y, &w2]);
+    // Small maps (4×4, then 2×2): the whole batch is one task, whose GEMMs
+    // take every thread (the second's input gradient column by column).
+    let w3 = b.constant(&[48, 16, 3, 3]);
+    let y = b.op(conv(2, [1, 1, 1, 1], 1, 1), &[&y, &w3]);
+    let w4 = b.constant(&[64, 48, 3, 3]);
+    let y = b.op(conv(2, [1, 1, 1, 1], 1, 1), &[&y, &w4]);
     let y = b.op(Op::GlobalPool { max: false }, &[&y]);
     let graph = b.finish(&y);
     let native = check(&graph, [3, 16, 16], "thread counts");
     let n = 9;
     let x = seeded(n * 3 * 16 * 16, 5, 1.0);
-    let grad_out = seeded(n * 16, 6, 1.0);
+    let grad_out = seeded(n * 64, 6, 1.0);
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)

@@ -29,10 +29,12 @@ use crate::Result;
 /// layer of an image model, with 1 or 3 input channels, stays on im2col).
 const MIN_CHANNELS: usize = 16;
 
-/// Fewest output positions per image (8×8): on smaller maps the kernel
+/// Fewest output positions per image (4×4): on smaller maps the kernel
 /// transform, which costs the same whatever the map size, outweighs the saving
-/// (ResNet-18's last stages on 32×32 inputs, 2×2 and 1×1 maps, ran slower).
-const MIN_POSITIONS: usize = 64;
+/// (on ResNet-18's and VGG-11's 2×2 maps, 256 and 512 channels, the transform
+/// took 1.3–2.2× im2col's time; on their 4×4 maps it took 0.7–0.9×, session 22,
+/// once the input gradient stopped re-packing its kernels).
+const MIN_POSITIONS: usize = 16;
 
 /// Values of transformed input and products per group when the kernels are
 /// small: 1 MiB, about what a core's L2 cache holds (on the MNIST CNN's 5×5
@@ -182,8 +184,6 @@ struct Pass {
     cout: usize,
     pad_top: usize,
     pad_left: usize,
-    /// The kernels are stored `cout × cin` and read transposed.
-    transposed: bool,
 }
 
 impl Pass {
@@ -206,24 +206,14 @@ impl Pass {
     }
 
     /// Kernel ξ of `points` as this pass's `cin × cout` right-hand side
-    /// (stored `rows × points × cols`, see [`transform_kernels`]).
+    /// (stored `cin × points × cout`, see [`transform_kernels`]).
     fn kernel<'a>(&self, kernels: &'a [f32], points: usize, xi: usize) -> Mat<'a> {
-        if self.transposed {
-            Mat::strided(
-                &kernels[xi * self.cin..],
-                self.cout,
-                self.cin,
-                points * self.cin,
-            )
-            .t()
-        } else {
-            Mat::strided(
-                &kernels[xi * self.cout..],
-                self.cin,
-                self.cout,
-                points * self.cout,
-            )
-        }
+        Mat::strided(
+            &kernels[xi * self.cout..],
+            self.cin,
+            self.cout,
+            points * self.cout,
+        )
     }
 
     /// Runs over all images, `output` overwritten or (with `accumulate`) added
@@ -435,11 +425,14 @@ fn strided_mut<const N: usize>(
 }
 
 /// The `N²` transformed kernels `G g Gᵀ` of a packed weight
-/// (`(tap, cin) × cout`), as `cin × N² × cout` (row `r` of kernel ξ at
-/// `(r·N² + ξ)·cout`): each input channel's taps are read once and its `N²`
-/// rows written once, in parallel over input channels. `flipped` uses tap
-/// `(r−1−i, r−1−j)` for `(i, j)` (the input gradient's kernel, read
-/// transposed).
+/// (`(tap, cin) × cout`), laid out as the pass reads them: `rows × N² ×
+/// cols`, row `r` of kernel ξ at `(r·N² + ξ)·cols`, where the rows are the
+/// pass's input channels (`cin` forward; `cout` for the input gradient, with
+/// `flipped`, which also uses tap `(r−1−i, r−1−j)` for `(i, j)`). So every GEMM
+/// reads its kernel row-major: read transposed, `gemm` packed each kernel
+/// again for every group of images, and the input gradient of a 128-channel
+/// 16×16 layer took 2.8× its forward pass. Each row's taps are read once and
+/// its `N²` rows written once, in parallel over rows.
 fn transform_kernels<const N: usize, V: Variant<N>>(
     g: &ConvGeom,
     weight: &[f32],
@@ -449,25 +442,26 @@ fn transform_kernels<const N: usize, V: Variant<N>>(
     let r = V::R;
     let (cin, cout) = (g.cin, g.cout);
     let block = cin * cout;
+    let cols = if flipped { cin } else { cout };
     let mut kernels = buffers.take(N * N * block);
     kernels
-        .par_chunks_exact_mut(N * N * cout)
+        .par_chunks_exact_mut(N * N * cols)
         .enumerate()
         .for_each(|(row, out)| {
-            let tap = |i: usize, j: usize| {
-                let t = if flipped {
-                    (r - 1 - i) * r + (r - 1 - j)
+            let tap = |i: usize, j: usize, col: usize| {
+                let (t, c, o) = if flipped {
+                    ((r - 1 - i) * r + (r - 1 - j), col, row)
                 } else {
-                    i * r + j
+                    (i * r + j, row, col)
                 };
-                &weight[t * block + row * cout..t * block + (row + 1) * cout]
+                weight[t * block + c * cout + o]
             };
             let mut w = [[0.0f32; 5]; 5];
             let mut t = [[0.0f32; 5]; N];
-            for o in 0..cout {
+            for col in 0..cols {
                 for (i, w) in w.iter_mut().enumerate().take(r) {
                     for (j, w) in w.iter_mut().enumerate().take(r) {
-                        *w = tap(i, j)[o];
+                        *w = tap(i, j, col);
                     }
                 }
                 // t = G w (N × r), then u = t Gᵀ (N × N).
@@ -478,7 +472,7 @@ fn transform_kernels<const N: usize, V: Variant<N>>(
                 }
                 for (a, t) in t.iter().enumerate() {
                     for (b, g_row) in V::G.iter().enumerate() {
-                        out[(a * N + b) * cout + o] = (0..r).map(|k| t[k] * g_row[k]).sum();
+                        out[(a * N + b) * cols + col] = (0..r).map(|k| t[k] * g_row[k]).sum();
                     }
                 }
             }
@@ -535,7 +529,6 @@ pub(crate) fn forward(
         cout: g.cout,
         pad_top: g.pad_top,
         pad_left: g.pad_left,
-        transposed: false,
     };
     run_pass(g, pass, weight, x, y, false, buffers)
 }
@@ -558,7 +551,6 @@ pub(crate) fn input_gradient(
         cout: g.cin,
         pad_top: g.kh - 1 - g.pad_top,
         pad_left: g.kw - 1 - g.pad_left,
-        transposed: true,
     };
     run_pass(g, pass, weight, dy, dx, true, buffers)
 }
