@@ -298,13 +298,12 @@ pub(crate) fn to_channels_last(
 /// The pixel-space NCHW gradient from the gradient of [`to_channels_last`]'s output.
 pub(crate) fn gradient_to_pixels(
     grad: &[f32],
-    count: usize,
     shape: [usize; 3],
     normalization: &Normalization,
 ) -> Vec<f32> {
     let [c, h, w] = shape;
     let mut grad = if c > 1 {
-        transpose_inner(grad, count, h * w, c)
+        transpose_inner(grad, h * w, c)
     } else {
         grad.to_vec()
     };
@@ -319,24 +318,58 @@ pub(crate) fn gradient_to_pixels(
     grad
 }
 
-/// `(n, c, hw)` → `(n, hw, c)`, or the reverse with `(n, hw, c)` dims swapped.
-pub(crate) fn transpose_inner(src: &[f32], n: usize, a: usize, b: usize) -> Vec<f32> {
+/// `(n, c, hw)` → `(n, hw, c)` for `a = c, b = hw`, or the reverse with the
+/// two swapped (`n` is however many `a × b` matrices `src` holds).
+pub(crate) fn transpose_inner(src: &[f32], a: usize, b: usize) -> Vec<f32> {
     let mut dst = vec![0.0; src.len()];
-    for img in 0..n {
-        let s = &src[img * a * b..(img + 1) * a * b];
-        let d = &mut dst[img * a * b..(img + 1) * a * b];
-        for i in 0..a {
-            for j in 0..b {
-                d[j * a + i] = s[i * b + j];
+    transpose_into(src, &mut dst, a, b);
+    dst
+}
+
+/// Every `a × b` row-major matrix of `src` (consecutive, as many as fit) into
+/// `dst` as `b × a`, in square blocks so that neither side is walked with a
+/// stride of whole rows (a 512 × 512 matrix would miss the cache on every
+/// write).
+pub(crate) fn transpose_into(src: &[f32], dst: &mut [f32], a: usize, b: usize) {
+    const BLOCK: usize = 16;
+    let len = a * b;
+    if len == 0 {
+        return;
+    }
+    for (s, d) in src.chunks_exact(len).zip(dst.chunks_exact_mut(len)) {
+        for i0 in (0..a).step_by(BLOCK) {
+            for j0 in (0..b).step_by(BLOCK) {
+                for i in i0..(i0 + BLOCK).min(a) {
+                    for j in j0..(j0 + BLOCK).min(b) {
+                        d[j * a + i] = s[i * b + j];
+                    }
+                }
             }
         }
     }
-    dst
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The blocked transpose against the definition, on sizes that are not
+    /// multiples of its block, several matrices at once.
+    #[test]
+    fn blocked_transpose_matches_the_definition() {
+        for (a, b) in [(1, 1), (3, 40), (17, 33), (32, 16), (64, 5)] {
+            let src: Vec<f32> = (0..2 * a * b).map(|i| i as f32).collect();
+            let mut dst = vec![f32::NAN; src.len()];
+            transpose_into(&src, &mut dst, a, b);
+            for m in 0..2 {
+                for i in 0..a {
+                    for j in 0..b {
+                        assert_eq!(dst[m * a * b + j * a + i], src[m * a * b + i * b + j]);
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn matmul_refuses_views_outside_their_data() {

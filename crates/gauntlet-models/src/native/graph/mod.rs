@@ -284,7 +284,7 @@ impl NativeGraph {
         };
         let features = match value.dims.as_slice() {
             [c, h, w] if value.channels_last && c * h * w > 0 => {
-                crate::native::kernels::transpose_inner(&stored, count, h * w, *c)
+                crate::native::kernels::transpose_inner(&stored, h * w, *c)
             }
             _ => stored.into_owned(),
         };
@@ -398,7 +398,7 @@ impl NativeGraph {
                         sample.copy_from_slice(constant);
                     }
                 }
-                Kernel::Random(noise) => noise.forward(pass, count, &mut out),
+                Kernel::Random(noise) => noise.forward(pass, &mut out),
             }
             values[step.output] = out;
             if !keep {
@@ -598,7 +598,6 @@ impl NativeGraph {
             .unwrap_or_else(|| vec![0.0; count * c * h * w]);
         let pixels = crate::native::kernels::gradient_to_pixels(
             &grad,
-            count,
             self.input_shape,
             &self.normalization,
         );

@@ -20,25 +20,14 @@ pub(super) struct RandomNoise {
 }
 
 impl RandomNoise {
-    /// Fills `out` (`count` samples) from `pass`, or with the mean without one.
-    pub fn forward(&self, pass: Option<&SeedStream>, count: usize, out: &mut [f32]) {
+    /// Fills `out` (whole samples) from `pass`, or with the mean without one.
+    pub fn forward(&self, pass: Option<&SeedStream>, out: &mut [f32]) {
         let stream = pass.map(|p| p.derive(&self.label));
         let values = self.distribution.values(out.len(), stream.as_ref());
         match self.channels_last {
+            // Per sample: channel-major (as drawn) to pixel-major (as stored).
             Some((channels, pixels)) if stream.is_some() => {
-                // Per sample: channel-major (as drawn) to pixel-major (as stored).
-                let per_sample = channels * pixels;
-                for (src, dst) in values
-                    .chunks_exact(per_sample)
-                    .zip(out.chunks_exact_mut(per_sample))
-                    .take(count)
-                {
-                    for (c, plane) in src.chunks_exact(pixels).enumerate() {
-                        for (p, &v) in plane.iter().enumerate() {
-                            dst[p * channels + c] = v;
-                        }
-                    }
-                }
+                crate::native::kernels::transpose_into(&values, out, channels, pixels)
             }
             _ => out.copy_from_slice(&values),
         }
