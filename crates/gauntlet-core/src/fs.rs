@@ -7,6 +7,16 @@ use crate::{Error, Result};
 /// written, flushed to disk and renamed over the target, so readers see either the
 /// old file or the complete new one, never a half-written file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |file| file.write_all(bytes))
+}
+
+/// [`write_atomic`] for content produced by `write` into the (buffered)
+/// temporary file, so a large output (a training checkpoint, several times the
+/// weights) need not exist in memory whole first.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
     let io_err = |source| Error::Write {
         path: path.to_path_buf(),
         source,
@@ -22,8 +32,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .unwrap_or_else(|| "output".into());
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        write(&mut file)?;
+        let file = file.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
         // Make the rename itself durable; some filesystems cannot sync a directory,
@@ -107,6 +118,31 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A streamed write that fails part-way leaves the old file as it was and
+    /// no temporary file behind; one that succeeds replaces it whole.
+    #[test]
+    fn a_failed_streamed_write_keeps_the_old_file() {
+        let dir = std::env::temp_dir().join(format!("gauntlet-streamed-{}", std::process::id()));
+        let path = dir.join("checkpoint.bin");
+        write_atomic(&path, b"old").unwrap();
+        let err = write_atomic_with(&path, |file| {
+            file.write_all(b"half")?;
+            Err(std::io::Error::other("disk full"))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("checkpoint.bin"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        write_atomic_with(&path, |file| file.write_all(b"new content")).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new content");
+        let leftovers = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .count();
+        assert_eq!(leftovers, 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -21,7 +21,8 @@ pub use contain::contain_panic;
 pub use error::{Error, Result};
 pub use fingerprint::{sha256_bytes, sha256_file, Sha256Hasher};
 pub use fs::{
-    line_and_column, read_text_limited, write_atomic, MAX_CONFIG_BYTES, MAX_DOCUMENT_BYTES,
+    line_and_column, read_text_limited, write_atomic, write_atomic_with, MAX_CONFIG_BYTES,
+    MAX_DOCUMENT_BYTES,
 };
 pub use loss::{
     cross_entropy_per_sample, cross_entropy_sum, largest, log_softmax, log_softmax_dim, softmax,

@@ -25,3 +25,4 @@ pub use load::{
 pub use native::{matmul_transposed, GraphTape, NativeClassifier, NativeGraph};
 pub use network::{Network, Normalization};
 pub use safetensors_io::serialize as safetensors_bytes;
+pub use safetensors_io::write as write_safetensors;

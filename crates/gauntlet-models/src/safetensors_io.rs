@@ -10,6 +10,20 @@ pub fn serialize<V: AsRef<[f32]>>(
     metadata: &BTreeMap<String, String>,
     tensors: &BTreeMap<String, (Vec<usize>, V)>,
 ) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = write(&mut out, metadata, tensors);
+    out
+}
+
+/// [`serialize`] straight into `writer`, a bounded chunk at a time, so a large
+/// file (a training checkpoint: weights, best weights and optimiser moments)
+/// never exists whole in memory.
+pub fn write<V: AsRef<[f32]>>(
+    writer: &mut dyn std::io::Write,
+    metadata: &BTreeMap<String, String>,
+    tensors: &BTreeMap<String, (Vec<usize>, V)>,
+) -> std::io::Result<()> {
     let mut header = serde_json::Map::new();
     header.insert(
         "__metadata__".into(),
@@ -34,14 +48,16 @@ pub fn serialize<V: AsRef<[f32]>>(
     while !header_bytes.len().is_multiple_of(8) {
         header_bytes.push(b' ');
     }
-    let mut out = Vec::with_capacity(8 + header_bytes.len() + offset);
-    out.extend((header_bytes.len() as u64).to_le_bytes());
-    out.extend(header_bytes);
+    writer.write_all(&(header_bytes.len() as u64).to_le_bytes())?;
+    writer.write_all(&header_bytes)?;
+    const CHUNK: usize = 1 << 16;
+    let mut bytes = Vec::with_capacity(4 * CHUNK);
     for (_, values) in tensors.values() {
-        values
-            .as_ref()
-            .iter()
-            .for_each(|v| out.extend(v.to_le_bytes()));
+        for chunk in values.as_ref().chunks(CHUNK) {
+            bytes.clear();
+            chunk.iter().for_each(|v| bytes.extend(v.to_le_bytes()));
+            writer.write_all(&bytes)?;
+        }
     }
-    out
+    Ok(())
 }

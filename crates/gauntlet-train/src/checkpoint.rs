@@ -114,8 +114,12 @@ pub fn save_parts(
     for (name, values) in optimizer.moments() {
         tensors.insert(format!("optimizer.{name}"), vector(values));
     }
-    let bytes = gauntlet_models::safetensors_bytes(&metadata, &tensors);
-    gauntlet_core::write_atomic(&path_in(dir), &bytes)?;
+    // Streamed to the file: built in memory first, the checkpoint was one more
+    // allocation of its whole size, which a run near its memory limit could not
+    // get after the epoch (an abort, not an error).
+    gauntlet_core::write_atomic_with(&path_in(dir), |file| {
+        gauntlet_models::write_safetensors(file, &metadata, &tensors)
+    })?;
     Ok(())
 }
 
