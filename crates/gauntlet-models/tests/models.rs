@@ -791,7 +791,7 @@ fn randomised_graphs_from_both_exporters_draw_seeded_noise_with_exact_gradients(
 /// The random operators draw from the distributions their attributes name.
 #[test]
 fn random_operators_draw_from_their_distributions() {
-    use gauntlet_models::graph::{Distribution, Graph, Node, Noise, NoiseSource, Op};
+    use gauntlet_models::graph::{Distribution, Noise, NoiseSource};
     let x = Tensor::zeros((4, 50_000), DType::F32, &cpu()).unwrap();
     let source = NoiseSource::new(SeedStream::new(3));
     for (distribution, mean, std) in [
@@ -812,21 +812,7 @@ fn random_operators_draw_from_their_distributions() {
             4.0 / 12f64.sqrt(),
         ),
     ] {
-        let graph = Graph {
-            nodes: vec![Node {
-                name: "noise".into(),
-                op: Op::Random {
-                    distribution,
-                    shape: None,
-                },
-                inputs: vec!["x".into()],
-                outputs: vec!["y".into()],
-            }],
-            constants: HashMap::new(),
-            input: "x".into(),
-            output: "y".into(),
-            float: DType::F32,
-        };
+        let graph = one_random_node(distribution);
         let y = graph
             .run_with_noise(&x, None, Noise::Draw(&source))
             .unwrap()
@@ -849,24 +835,10 @@ fn random_operators_draw_from_their_distributions() {
         assert!(q.iter().all(|&a| a == mean as f32), "{distribution:?}");
     }
     // An empty range is an error naming the node, never a panic in the sampler.
-    let empty = Graph {
-        nodes: vec![Node {
-            name: "noise".into(),
-            op: Op::Random {
-                distribution: Distribution::Uniform {
-                    low: 1.0,
-                    high: 1.0,
-                },
-                shape: None,
-            },
-            inputs: vec!["x".into()],
-            outputs: vec!["y".into()],
-        }],
-        constants: HashMap::new(),
-        input: "x".into(),
-        output: "y".into(),
-        float: DType::F32,
-    };
+    let empty = one_random_node(Distribution::Uniform {
+        low: 1.0,
+        high: 1.0,
+    });
     let error = empty
         .run_with_noise(&x, None, Noise::Draw(&source))
         .err()
@@ -876,4 +848,26 @@ fn random_operators_draw_from_their_distributions() {
         error.contains("node 'noise'") && error.contains("low < high"),
         "{error}"
     );
+}
+
+/// A graph whose output is noise shaped like its input `x`.
+fn one_random_node(
+    distribution: gauntlet_models::graph::Distribution,
+) -> gauntlet_models::graph::Graph {
+    use gauntlet_models::graph::{Graph, Node, Op};
+    Graph {
+        nodes: vec![Node {
+            name: "noise".into(),
+            op: Op::Random {
+                distribution,
+                shape: None,
+            },
+            inputs: vec!["x".into()],
+            outputs: vec!["y".into()],
+        }],
+        constants: HashMap::new(),
+        input: "x".into(),
+        output: "y".into(),
+        float: DType::F32,
+    }
 }

@@ -87,6 +87,18 @@ impl Builder {
     }
 }
 
+/// `native` equals `reference` within 1e-4 of the reference's largest value.
+fn assert_close(native: &[f32], reference: &[f32], label: &str) {
+    assert_eq!(native.len(), reference.len(), "{label} length");
+    let scale = reference.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    for (i, (p, q)) in native.iter().zip(reference).enumerate() {
+        assert!(
+            (p - q).abs() <= 1e-4 * scale,
+            "{label}[{i}] native {p} vs reference {q} (scale {scale})"
+        );
+    }
+}
+
 /// Native vs reference: logits and the input gradient of `Σ w · logits`.
 fn check(graph: &Graph, shape: [usize; 3], what: &str) -> NativeGraph {
     let native = NativeGraph::plan(graph, shape, &Normalization::default())
@@ -124,16 +136,7 @@ fn check(graph: &Graph, shape: [usize; 3], what: &str) -> NativeGraph {
         .backward(&mut tape.unwrap(), &weights, true, Some(&mut param_grads))
         .unwrap()
         .unwrap();
-    let close = |a: &[f32], b: &[f32], label: &str| {
-        assert_eq!(a.len(), b.len(), "{what}: {label} length");
-        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-        for (i, (p, q)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (p - q).abs() <= 1e-4 * scale,
-                "{what}: {label}[{i}] native {p} vs reference {q} (scale {scale})"
-            );
-        }
-    };
+    let close = |a: &[f32], b: &[f32], label: &str| assert_close(a, b, &format!("{what}: {label}"));
     close(&logits, &reference, "logits");
     close(&grad, &grad_reference, "input gradient");
     if let Some((_, short)) = param_grads.split_last() {
@@ -797,25 +800,15 @@ fn random_operators_draw_the_reference_noise() {
     let grad_reference = loss.backward().unwrap();
     let grad_reference = grad_reference.get(var.as_tensor()).unwrap();
     let flat_values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let close = |a: &[f32], b: &[f32], label: &str| {
-        assert_eq!(a.len(), b.len(), "{label}");
-        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-        for (i, (p, q)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (p - q).abs() <= 1e-4 * scale,
-                "{label}[{i}]: native {p} vs reference {q}"
-            );
-        }
-    };
-    close(&logits, &flat_values(&reference), "drawn logits");
-    close(&grad, &flat_values(grad_reference), "input gradient");
+    assert_close(&logits, &flat_values(&reference), "drawn logits");
+    assert_close(&grad, &flat_values(grad_reference), "input gradient");
 
     let (mean, _) = native.forward(&x, n, false).unwrap();
     let noiseless = graph
         .run(&tensor(x.clone(), &[n, 2, 5, 7]), None)
         .unwrap()
         .output;
-    close(&mean, &flat_values(&noiseless), "noiseless logits");
+    assert_close(&mean, &flat_values(&noiseless), "noiseless logits");
 }
 
 /// Noise of a fixed shape is one draw for the whole batch; the engine refuses
