@@ -189,11 +189,10 @@ pub fn load_model(
 /// format, architecture, shape and classes, and the network's bounds (the file
 /// does not store them; a unit-range network loads back with the default ones).
 pub fn save_model(network: &Network, path: &Path) -> Result<ModelInfo> {
-    let bytes = network.to_safetensors()?;
-    gauntlet_core::write_atomic(path, &bytes)?;
+    let sha256 = network.save(path)?;
     Ok(ModelInfo {
         path: path.to_path_buf(),
-        sha256: gauntlet_core::sha256_bytes(&bytes),
+        sha256,
         format: ModelFormat::Safetensors,
         arch: network.arch().name().to_string(),
         num_classes: network.num_classes(),

@@ -261,6 +261,33 @@ impl Network {
     /// (architecture, input shape, bounds, mean/std, classes), so the file loads
     /// without `--arch`. Deterministic: the same weights give the same bytes.
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        let (metadata, tensors) = self.safetensors_parts()?;
+        Ok(crate::safetensors_io::serialize(&metadata, &tensors))
+    }
+
+    /// Write [`Network::to_safetensors`]'s bytes atomically to `path`, streamed
+    /// (never whole in memory), and return their lowercase hex sha256.
+    pub fn save(&self, path: &std::path::Path) -> Result<String> {
+        let (metadata, tensors) = self.safetensors_parts()?;
+        let mut hasher = gauntlet_core::Sha256Hasher::new();
+        gauntlet_core::write_atomic_with(path, |file| {
+            let mut tee = HashingWriter {
+                inner: file,
+                hasher: &mut hasher,
+            };
+            crate::safetensors_io::write(&mut tee, &metadata, &tensors)
+        })?;
+        Ok(hasher.finish_hex())
+    }
+
+    /// The metadata and f32 tensors a safetensors file of this network holds.
+    #[allow(clippy::type_complexity)]
+    fn safetensors_parts(
+        &self,
+    ) -> Result<(
+        BTreeMap<String, String>,
+        BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    )> {
         let mut metadata = BTreeMap::new();
         metadata.insert("gauntlet.format".to_string(), "1".to_string());
         metadata.insert("gauntlet.arch".to_string(), self.arch.name().to_string());
@@ -283,13 +310,24 @@ impl Network {
             let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
             tensors.insert(name.clone(), (t.dims().to_vec(), values));
         }
-        Ok(crate::safetensors_io::serialize(&metadata, &tensors))
+        Ok((metadata, tensors))
     }
+}
 
-    /// Write [`Network::to_safetensors`] atomically to `path`.
-    pub fn save(&self, path: &std::path::Path) -> Result<()> {
-        gauntlet_core::write_atomic(path, &self.to_safetensors()?)?;
-        Ok(())
+/// Passes writes through to `inner` and hashes exactly the bytes it accepted.
+struct HashingWriter<'a> {
+    inner: &'a mut dyn std::io::Write,
+    hasher: &'a mut gauntlet_core::Sha256Hasher,
+}
+
+impl std::io::Write for HashingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

@@ -212,6 +212,8 @@ fn safetensors_round_trip_gives_identical_logits_and_bytes() {
     assert_eq!(info.input_shape, [1, 28, 28]);
     assert_eq!(info.num_classes, 10);
     assert_eq!(info.sha256, gauntlet_core::sha256_file(&path).unwrap());
+    // The streamed file holds exactly the in-memory serialisation.
+    assert_eq!(std::fs::read(&path).unwrap(), net.to_safetensors().unwrap());
     let Model::Network(inner) = &loaded else {
         panic!("expected a built-in network")
     };
